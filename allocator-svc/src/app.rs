@@ -1,0 +1,185 @@
+//! Start-up: `Application::build` connects, migrates and binds (port 0 works); then
+//! `run_until_stopped` serves gRPC, `/metrics` and the reaper until the token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cco_contracts::allocator::v1::extension_allocator_server::ExtensionAllocatorServer;
+use cco_contracts::allocator::v1::extension_pool_server::ExtensionPoolServer;
+use cco_platform::auth::AuthLayer;
+use cco_platform::db::{DbPool, Migrations};
+use prometheus_client::registry::Registry;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::grpc::AllocatorGrpc;
+use crate::metrics::Metrics;
+use crate::policy::{GrpcPolicy, PolicySource, StaticPolicy};
+use crate::service::Allocator;
+use crate::settings::{PolicySourceKind, Settings};
+use crate::store::Store;
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::SqliteStore;
+
+static PG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/allocator/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/allocator/sqlite");
+
+/// The allocator's migrations for each backend.
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: &PG_MIGRATIONS,
+    sqlite: &SQLITE_MIGRATIONS,
+};
+
+/// Builds the store for a connected pool.
+pub fn store_for(db: &DbPool) -> Arc<dyn Store> {
+    match db {
+        DbPool::Postgres(p) => Arc::new(PgStore::new(p.clone())),
+        DbPool::Sqlite(p) => Arc::new(SqliteStore::new(p.clone())),
+    }
+}
+
+/// A built, bound, not yet serving allocator.
+pub struct Application {
+    settings: Settings,
+    db: DbPool,
+    svc: Allocator,
+    grpc_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("grpc_addr", &self.grpc_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Connects to the database, migrates it if configured, and binds the listeners.
+    ///
+    /// # Errors
+    /// Names the setting, database or address that failed.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let db = DbPool::connect(&settings.database).await?;
+        if settings.database.migrate_on_start {
+            db.migrate(MIGRATIONS).await?;
+        }
+        let policy: Arc<dyn PolicySource> = match settings.policy.source {
+            PolicySourceKind::Static => Arc::new(StaticPolicy::new(&settings.policy)),
+            PolicySourceKind::Grpc => Arc::new(GrpcPolicy::new(&settings.policy)?),
+        };
+        let svc = Allocator::new(store_for(&db), policy);
+        let grpc_listener =
+            cco_platform::grpc::bind(&settings.grpc.host, settings.grpc.port).await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let (metrics_listener, metrics_addr) = if settings.metrics.enabled {
+            let l = cco_platform::grpc::bind(&settings.metrics.host, settings.metrics.port).await?;
+            let a = l.local_addr()?;
+            (Some(l), Some(a))
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            settings,
+            db,
+            svc,
+            grpc_listener,
+            grpc_addr,
+            metrics_listener,
+            metrics_addr,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound metrics address, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Serves until `shutdown` is cancelled; then reports NOT_SERVING, lets in-flight calls
+    /// finish (up to `shutdown_grace_seconds`), stops the reaper and closes the database.
+    ///
+    /// # Errors
+    /// Returns a serving failure.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let keys = self.settings.keys()?;
+        let (reporter, health) = cco_platform::grpc::health();
+        reporter
+            .set_serving::<ExtensionAllocatorServer<AllocatorGrpc>>()
+            .await;
+        reporter
+            .set_serving::<ExtensionPoolServer<AllocatorGrpc>>()
+            .await;
+
+        let background = shutdown.child_token();
+        let reaper = tokio::spawn(crate::reaper::run(
+            self.svc.clone(),
+            metrics.clone(),
+            Duration::from_millis(self.settings.reaper.interval_ms),
+            self.settings.reaper.batch_size,
+            background.clone(),
+        ));
+        let metrics_task = self.metrics_listener.map(|l| {
+            tokio::spawn(cco_platform::metrics::serve(
+                l,
+                Arc::new(registry),
+                background.clone(),
+            ))
+        });
+
+        let grpc = AllocatorGrpc::new(self.svc.clone(), metrics);
+        tracing::info!(addr = %self.grpc_addr, metrics = ?self.metrics_addr, backend = self.db.backend(), "allocator serving");
+        let stop = shutdown.clone();
+        let reporter2 = reporter.clone();
+        let server = tonic::transport::Server::builder()
+            .layer(cco_platform::grpc::trace_layer())
+            .layer(AuthLayer::new(keys, crate::grpc::roles))
+            .add_service(health)
+            .add_service(cco_platform::grpc::reflection()?)
+            .add_service(ExtensionAllocatorServer::new(grpc.clone()))
+            .add_service(ExtensionPoolServer::new(grpc))
+            .serve_with_incoming_shutdown(
+                cco_platform::grpc::incoming(self.grpc_listener),
+                async move {
+                    stop.cancelled().await;
+                    reporter2
+                        .set_not_serving::<ExtensionAllocatorServer<AllocatorGrpc>>()
+                        .await;
+                    reporter2
+                        .set_not_serving::<ExtensionPoolServer<AllocatorGrpc>>()
+                        .await;
+                    reporter2
+                        .set_service_status("", cco_platform::grpc::ServingStatus::NotServing)
+                        .await;
+                },
+            );
+        let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
+        let result = tokio::select! {
+            r = server => r.map_err(anyhow::Error::from),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("in-flight calls did not finish within the grace period");
+                Ok(())
+            }
+        };
+        background.cancel();
+        let _ = reaper.await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
+        self.db.close().await;
+        tracing::info!("allocator stopped");
+        result
+    }
+}

@@ -1,0 +1,631 @@
+//! The gRPC transport: protobuf <-> domain conversions, tenant-scope checks, metrics, and the
+//! one mapping from [`AllocError`] to `tonic::Status`.
+
+use std::time::Instant;
+
+use cco_contracts::allocator::v1 as pb;
+use cco_platform::auth::{Principal, Role};
+use chrono::{DateTime, Utc};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::{
+    AllocError, CollectorId, ConfigId, ExtStatus, Extension, ExtensionNumber, Lease, ReleaseReason,
+    RequestId, Strategy, TenantId, parse_uuid,
+};
+use crate::metrics::Metrics;
+use crate::service::{AcquireInput, Allocator, ImportLine, parse_ttl};
+use crate::store::{DeleteOutcome, ExtUpdate, LeaseChange, ListFilter};
+
+impl From<AllocError> for Status {
+    fn from(e: AllocError) -> Self {
+        match e {
+            AllocError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            AllocError::NotFound(m) => Status::not_found(m),
+            AllocError::FailedPrecondition(m) => Status::failed_precondition(m),
+            AllocError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            AllocError::Unavailable(m) => Status::unavailable(m),
+            AllocError::PermissionDenied(m) => Status::permission_denied(m),
+            AllocError::Internal(cause) => {
+                tracing::error!(error = ?cause, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// Which roles may call each method; pool administration is admin-only.
+pub fn roles(path: &str) -> Option<&'static [Role]> {
+    const ANY: &[Role] = &[Role::Admin, Role::Caller, Role::Peer];
+    const ADMIN: &[Role] = &[Role::Admin];
+    if path.starts_with("/cco.infinity.allocator.v1.ExtensionAllocator/") {
+        Some(ANY)
+    } else if path.starts_with("/cco.infinity.allocator.v1.ExtensionPool/") {
+        Some(ADMIN)
+    } else {
+        None
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn from_ts(
+    field: &'static str,
+    t: Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, AllocError> {
+    t.map(|t| {
+        u32::try_from(t.nanos)
+            .ok()
+            .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+            .ok_or_else(|| AllocError::invalid(field, "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+fn strategy_to_pb(s: Strategy) -> pb::Strategy {
+    match s {
+        Strategy::Lru => pb::Strategy::Lru,
+        Strategy::RoundRobin => pb::Strategy::RoundRobin,
+        Strategy::CollectorAffinity => pb::Strategy::CollectorAffinity,
+    }
+}
+
+fn strategy_from_pb(v: i32) -> Result<Option<Strategy>, AllocError> {
+    match pb::Strategy::try_from(v) {
+        Ok(pb::Strategy::Unspecified) => Ok(None),
+        Ok(pb::Strategy::Lru) => Ok(Some(Strategy::Lru)),
+        Ok(pb::Strategy::RoundRobin) => Ok(Some(Strategy::RoundRobin)),
+        Ok(pb::Strategy::CollectorAffinity) => Ok(Some(Strategy::CollectorAffinity)),
+        Err(_) => Err(AllocError::invalid(
+            "strategy",
+            format!("unknown strategy {v}"),
+        )),
+    }
+}
+
+fn reason_to_pb(r: ReleaseReason) -> pb::ReleaseReason {
+    match r {
+        ReleaseReason::CallEnded => pb::ReleaseReason::CallEnded,
+        ReleaseReason::DialFailed => pb::ReleaseReason::DialFailed,
+        ReleaseReason::Manual => pb::ReleaseReason::Manual,
+        ReleaseReason::CollectorForced => pb::ReleaseReason::CollectorForced,
+        ReleaseReason::Expired => pb::ReleaseReason::Expired,
+        ReleaseReason::ExtensionOffline => pb::ReleaseReason::ExtensionOffline,
+        ReleaseReason::ExtensionDeleted => pb::ReleaseReason::ExtensionDeleted,
+        ReleaseReason::Cancelled => pb::ReleaseReason::Cancelled,
+        ReleaseReason::Reconciled => pb::ReleaseReason::Reconciled,
+    }
+}
+
+fn reason_from_pb(v: i32) -> Result<ReleaseReason, AllocError> {
+    Ok(match pb::ReleaseReason::try_from(v) {
+        Ok(pb::ReleaseReason::Unspecified | pb::ReleaseReason::CallEnded) => {
+            ReleaseReason::CallEnded
+        }
+        Ok(pb::ReleaseReason::DialFailed) => ReleaseReason::DialFailed,
+        Ok(pb::ReleaseReason::Manual) => ReleaseReason::Manual,
+        Ok(pb::ReleaseReason::CollectorForced) => ReleaseReason::CollectorForced,
+        Ok(pb::ReleaseReason::Cancelled) => ReleaseReason::Cancelled,
+        Ok(pb::ReleaseReason::Reconciled) => ReleaseReason::Reconciled,
+        Ok(
+            pb::ReleaseReason::Expired
+            | pb::ReleaseReason::ExtensionOffline
+            | pb::ReleaseReason::ExtensionDeleted,
+        ) => {
+            return Err(AllocError::invalid(
+                "reason",
+                "expired, extension_offline and extension_deleted are set by the allocator itself",
+            ));
+        }
+        Err(_) => {
+            return Err(AllocError::invalid(
+                "reason",
+                format!("unknown release reason {v}"),
+            ));
+        }
+    })
+}
+
+fn status_to_pb(s: ExtStatus) -> pb::ExtensionStatus {
+    match s {
+        ExtStatus::Available => pb::ExtensionStatus::Available,
+        ExtStatus::InUse => pb::ExtensionStatus::InUse,
+        ExtStatus::Offline => pb::ExtensionStatus::Offline,
+    }
+}
+
+fn status_from_pb(v: i32) -> Result<Option<ExtStatus>, AllocError> {
+    match pb::ExtensionStatus::try_from(v) {
+        Ok(pb::ExtensionStatus::Unspecified) => Ok(None),
+        Ok(pb::ExtensionStatus::Available) => Ok(Some(ExtStatus::Available)),
+        Ok(pb::ExtensionStatus::InUse) => Ok(Some(ExtStatus::InUse)),
+        Ok(pb::ExtensionStatus::Offline) => Ok(Some(ExtStatus::Offline)),
+        Err(_) => Err(AllocError::invalid(
+            "status",
+            format!("unknown extension status {v}"),
+        )),
+    }
+}
+
+fn token_from_pb(v: u64) -> Result<i64, AllocError> {
+    if v == 0 {
+        return Err(AllocError::invalid(
+            "fencing_token",
+            "is required (the token returned with the lease)",
+        ));
+    }
+    i64::try_from(v).map_err(|_| AllocError::invalid("fencing_token", "is out of range"))
+}
+
+/// Converts a domain lease to its message.
+pub fn lease_to_pb(l: &Lease) -> pb::Lease {
+    pb::Lease {
+        lease_id: l.lease_id.to_string(),
+        extension_id: l.extension_id.to_string(),
+        extension_number: l.extension_number.clone(),
+        tenant_id: l.tenant_id.clone(),
+        collector_id: l.collector_id.clone(),
+        fencing_token: u64::try_from(l.fencing_token).unwrap_or(0),
+        acquired_at: Some(ts(l.acquired_at)),
+        expires_at: Some(ts(l.expires_at)),
+        request_id: l.request_id.clone(),
+        strategy: strategy_to_pb(l.strategy).into(),
+        released_at: l.released_at.map(ts),
+        release_reason: l
+            .release_reason
+            .map_or(pb::ReleaseReason::Unspecified, reason_to_pb)
+            .into(),
+    }
+}
+
+fn ext_to_pb(e: &Extension) -> pb::Extension {
+    pb::Extension {
+        extension_id: e.id.to_string(),
+        tenant_id: e.tenant_id.clone(),
+        config_id: e.config_id.clone(),
+        number: e.number.clone(),
+        status: status_to_pb(e.status).into(),
+        current_collector_id: e.current_collector_id.clone().unwrap_or_default(),
+        current_lease_id: e
+            .current_lease_id
+            .map(|l| l.to_string())
+            .unwrap_or_default(),
+        lease_expires_at: e.lease_expires_at.map(ts),
+        fencing_token: u64::try_from(e.fencing_token).unwrap_or(0),
+        last_collector_id: e.last_collector_id.clone().unwrap_or_default(),
+        last_used_at: e.last_used_at.map(ts),
+        last_released_at: e.last_released_at.map(ts),
+        use_count: u64::try_from(e.use_count).unwrap_or(0),
+        created_at: Some(ts(e.created_at)),
+        updated_at: Some(ts(e.updated_at)),
+        available_at: e.available_at.filter(|t| *t > Utc::now()).map(ts),
+    }
+}
+
+fn release_to_pb(c: LeaseChange) -> pb::ReleaseResponse {
+    match c {
+        LeaseChange::Changed(l) => pb::ReleaseResponse {
+            released: true,
+            reason: String::new(),
+            lease: Some(lease_to_pb(&l)),
+        },
+        LeaseChange::Unchanged { lease, reason } => pb::ReleaseResponse {
+            released: false,
+            reason,
+            lease: Some(lease_to_pb(&lease)),
+        },
+        LeaseChange::NotFound => pb::ReleaseResponse {
+            released: false,
+            reason: "extension is not in use".into(),
+            lease: None,
+        },
+    }
+}
+
+fn page_token_encode(number: &str) -> String {
+    hex::encode(number)
+}
+
+fn page_token_decode(token: &str) -> Result<Option<String>, AllocError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || AllocError::invalid("page_token", "is not a token returned by ListExtensions");
+    let bytes = hex::decode(token).map_err(|_| bad())?;
+    let s = String::from_utf8(bytes).map_err(|_| bad())?;
+    ExtensionNumber::parse_reason(&s).map_err(|_| bad())?;
+    Ok(Some(s))
+}
+
+fn tenant_of(p: &Principal, raw: &str) -> Result<TenantId, AllocError> {
+    let t = TenantId::parse("tenant_id", raw)?;
+    if p.may_access(t.as_str()) {
+        Ok(t)
+    } else {
+        Err(AllocError::PermissionDenied(format!(
+            "tenant_id: this API key is not allowed to access tenant {raw:?}"
+        )))
+    }
+}
+
+/// Serves both allocator services over one [`Allocator`].
+#[derive(Clone, Debug)]
+pub struct AllocatorGrpc {
+    svc: Allocator,
+    metrics: Metrics,
+}
+
+impl AllocatorGrpc {
+    /// Wraps the service.
+    pub fn new(svc: Allocator, metrics: Metrics) -> Self {
+        Self { svc, metrics }
+    }
+
+    /// Counts the outcome of `op` and converts the error.
+    fn done<T>(&self, op: &'static str, r: Result<T, AllocError>) -> Result<Response<T>, Status> {
+        let r = r.map(Response::new).map_err(Status::from);
+        self.metrics.outcome(
+            op,
+            r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
+        );
+        r
+    }
+
+    /// Reads a lease the caller names and checks the caller may touch its tenant.
+    async fn scoped_lease(
+        &self,
+        p: &Principal,
+        lease_id: Uuid,
+        tenant: &str,
+    ) -> Result<Option<Lease>, AllocError> {
+        if tenant.is_empty() && p.tenants.is_none() {
+            return Ok(None);
+        }
+        let lease = self.svc.lease(lease_id).await?;
+        if !tenant.is_empty() && lease.tenant_id != tenant {
+            return Err(AllocError::NotFound(format!(
+                "lease_id: no lease {lease_id} in tenant {tenant:?}"
+            )));
+        }
+        tenant_of(p, &lease.tenant_id)?;
+        Ok(Some(lease))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::extension_allocator_server::ExtensionAllocator for AllocatorGrpc {
+    async fn acquire(
+        &self,
+        req: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let started = Instant::now();
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let input = AcquireInput {
+                tenant_id: tenant_of(&p, &r.tenant_id)?,
+                collector_id: CollectorId::parse("collector_id", &r.collector_id)?,
+                request_id: RequestId::parse("request_id", &r.request_id)?,
+                strategy: strategy_from_pb(r.strategy)?,
+                ttl_seconds: parse_ttl("ttl_seconds", r.ttl_seconds)?,
+            };
+            let (lease, replayed) = self.svc.acquire(input).await?;
+            Ok(pb::AcquireResponse {
+                lease: Some(lease_to_pb(&lease)),
+                replayed,
+            })
+        }
+        .await;
+        self.metrics
+            .acquire_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.done("acquire", result)
+    }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let lease_id = parse_uuid("lease_id", &r.lease_id)?;
+            let token = token_from_pb(r.fencing_token)?;
+            let reason = reason_from_pb(r.reason)?;
+            self.scoped_lease(&p, lease_id, &r.tenant_id).await?;
+            Ok(release_to_pb(
+                self.svc.release(lease_id, token, reason).await?,
+            ))
+        }
+        .await;
+        self.done("release", result)
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let lease_id = parse_uuid("lease_id", &r.lease_id)?;
+            let token = token_from_pb(r.fencing_token)?;
+            let ttl = parse_ttl("ttl_seconds", r.ttl_seconds)?;
+            let lease = match self.scoped_lease(&p, lease_id, &r.tenant_id).await? {
+                Some(l) => l,
+                None => self.svc.lease(lease_id).await?,
+            };
+            let lease = self.svc.renew(&lease, token, ttl).await?;
+            Ok(pb::RenewResponse {
+                lease: Some(lease_to_pb(&lease)),
+            })
+        }
+        .await;
+        self.done("renew", result)
+    }
+
+    async fn stats(
+        &self,
+        req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::PoolStats>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let tenant = tenant_of(&p, &r.tenant_id)?;
+            let window = if r.include_usage {
+                let since = from_ts("usage_since", r.usage_since)?;
+                let until = from_ts("usage_until", r.usage_until)?;
+                Some(Allocator::usage_window(since, until))
+            } else {
+                None
+            };
+            let (c, usage) = self.svc.stats(&tenant, window).await?;
+            Ok(pb::PoolStats {
+                tenant_id: tenant.as_str().to_owned(),
+                total: c.total,
+                available: c.available,
+                in_use: c.in_use,
+                offline: c.offline,
+                utilization: c.utilization(),
+                cooling_down: c.cooling_down,
+                usage: usage
+                    .into_iter()
+                    .map(|u| pb::ExtensionUsage {
+                        extension_id: u.extension_id.to_string(),
+                        extension_number: u.extension_number,
+                        lease_count: u.lease_count,
+                        busy_seconds: u.busy_seconds,
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        self.done("stats", result)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
+    async fn batch_import(
+        &self,
+        req: Request<pb::BatchImportRequest>,
+    ) -> Result<Response<pb::BatchImportResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let tenant = tenant_of(&p, &r.tenant_id)?;
+            let config_id = ConfigId::parse_optional("config_id", &r.config_id)?;
+            let report = self.svc.import(&tenant, config_id, &r.numbers).await?;
+            let mut resp = pb::BatchImportResponse::default();
+            for (line, input, outcome) in report {
+                let (o, reason, id) = match outcome {
+                    ImportLine::Imported(id) => {
+                        resp.imported += 1;
+                        (pb::ImportOutcome::Imported, String::new(), id.to_string())
+                    }
+                    ImportLine::Duplicate(why) => {
+                        resp.duplicates += 1;
+                        (pb::ImportOutcome::Duplicate, why, String::new())
+                    }
+                    ImportLine::Invalid(why) => {
+                        resp.invalid += 1;
+                        (pb::ImportOutcome::Invalid, why, String::new())
+                    }
+                };
+                resp.results.push(pb::ImportLineResult {
+                    line,
+                    input,
+                    outcome: o.into(),
+                    reason,
+                    extension_id: id,
+                });
+            }
+            Ok(resp)
+        }
+        .await;
+        self.done("batch_import", result)
+    }
+
+    async fn list_extensions(
+        &self,
+        req: Request<pb::ListExtensionsRequest>,
+    ) -> Result<Response<pb::ListExtensionsResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let filter = ListFilter {
+                tenant_id: tenant_of(&p, &r.tenant_id)?,
+                config_id: ConfigId::parse_optional("config_id", &r.config_id)?,
+                status: status_from_pb(r.status)?,
+                collector_id: if r.collector_id.is_empty() {
+                    None
+                } else {
+                    Some(CollectorId::parse("collector_id", &r.collector_id)?)
+                },
+                after_number: page_token_decode(&r.page_token)?,
+                limit: r.page_size,
+            };
+            let (rows, next) = self.svc.list(filter).await?;
+            Ok(pb::ListExtensionsResponse {
+                extensions: rows.iter().map(ext_to_pb).collect(),
+                next_page_token: next.map(|n| page_token_encode(&n)).unwrap_or_default(),
+            })
+        }
+        .await;
+        self.done("list_extensions", result)
+    }
+
+    async fn get_extension(
+        &self,
+        req: Request<pb::GetExtensionRequest>,
+    ) -> Result<Response<pb::Extension>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let tenant = tenant_of(&p, &r.tenant_id)?;
+            let id = parse_uuid("extension_id", &r.extension_id)?;
+            Ok(ext_to_pb(&self.svc.get_extension(&tenant, id).await?))
+        }
+        .await;
+        self.done("get_extension", result)
+    }
+
+    async fn update_extension(
+        &self,
+        req: Request<pb::UpdateExtensionRequest>,
+    ) -> Result<Response<pb::Extension>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let tenant = tenant_of(&p, &r.tenant_id)?;
+            let id = parse_uuid("extension_id", &r.extension_id)?;
+            let status =
+                match r.status {
+                    None => None,
+                    Some(v) => Some(status_from_pb(v)?.ok_or_else(|| {
+                        AllocError::invalid("status", "give available or offline")
+                    })?),
+                };
+            let number = r
+                .number
+                .as_deref()
+                .map(|n| ExtensionNumber::parse("number", n))
+                .transpose()?;
+            let update = ExtUpdate {
+                status,
+                number,
+                force: r.force,
+            };
+            Ok(ext_to_pb(
+                &self.svc.update_extension(&tenant, id, update).await?,
+            ))
+        }
+        .await;
+        self.done("update_extension", result)
+    }
+
+    async fn release_extension(
+        &self,
+        req: Request<pb::ReleaseExtensionRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let tenant = tenant_of(&p, &r.tenant_id)?;
+            let id = parse_uuid("extension_id", &r.extension_id)?;
+            Ok(release_to_pb(
+                self.svc.release_extension(&tenant, id).await?,
+            ))
+        }
+        .await;
+        self.done("release_extension", result)
+    }
+
+    async fn delete_extension(
+        &self,
+        req: Request<pb::DeleteExtensionRequest>,
+    ) -> Result<Response<pb::DeleteExtensionResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let tenant = tenant_of(&p, &r.tenant_id)?;
+            let id = parse_uuid("extension_id", &r.extension_id)?;
+            let out = self.svc.delete_extensions(&tenant, &[id], r.force).await?;
+            match out.into_iter().next() {
+                Some(DeleteOutcome::Deleted(lease)) => Ok(pb::DeleteExtensionResponse {
+                    deleted: true,
+                    ended_lease_id: lease.map(|l| l.to_string()).unwrap_or_default(),
+                }),
+                Some(DeleteOutcome::InUse) => Err(AllocError::FailedPrecondition(format!(
+                    "extension {id} is in use: set force to end its lease and delete it"
+                ))),
+                _ => Err(AllocError::NotFound(format!(
+                    "extension_id: no extension {id} in this tenant"
+                ))),
+            }
+        }
+        .await;
+        self.done("delete_extension", result)
+    }
+
+    async fn batch_delete_extensions(
+        &self,
+        req: Request<pb::BatchDeleteExtensionsRequest>,
+    ) -> Result<Response<pb::BatchDeleteExtensionsResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let tenant = tenant_of(&p, &r.tenant_id)?;
+            let ids = r
+                .extension_ids
+                .iter()
+                .map(|s| parse_uuid("extension_ids", s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self.svc.delete_extensions(&tenant, &ids, r.force).await?;
+            let mut resp = pb::BatchDeleteExtensionsResponse::default();
+            for (raw, o) in r.extension_ids.iter().zip(out) {
+                let (deleted, reason) = match o {
+                    DeleteOutcome::Deleted(_) => (true, ""),
+                    DeleteOutcome::InUse => (false, "in use"),
+                    DeleteOutcome::NotFound => (false, "not found"),
+                };
+                resp.deleted += u32::from(deleted);
+                resp.results.push(pb::DeleteResult {
+                    extension_id: raw.clone(),
+                    deleted,
+                    reason: reason.into(),
+                });
+            }
+            Ok(resp)
+        }
+        .await;
+        self.done("batch_delete_extensions", result)
+    }
+
+    async fn force_release_collector(
+        &self,
+        req: Request<pb::ForceReleaseCollectorRequest>,
+    ) -> Result<Response<pb::ForceReleaseCollectorResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let tenant = tenant_of(&p, &r.tenant_id)?;
+            let collector = CollectorId::parse("collector_id", &r.collector_id)?;
+            let ids = self
+                .svc
+                .force_release_collector(&tenant, &collector)
+                .await?;
+            Ok(pb::ForceReleaseCollectorResponse {
+                released_count: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                lease_ids: ids.iter().map(Uuid::to_string).collect(),
+            })
+        }
+        .await;
+        self.done("force_release_collector", result)
+    }
+}

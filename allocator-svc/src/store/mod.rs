@@ -1,0 +1,351 @@
+//! Storage behind one trait; [`postgres`] and [`sqlite`] implement it and one conformance suite
+//! (`tests/conformance.rs`) proves they behave the same.
+//!
+//! Concurrency contract, shared by both backends:
+//! - every method is one transaction;
+//! - an acquire that must respect a cap or move the round-robin cursor first locks the tenant's
+//!   `tenant_state` row, so those acquires are serialised per tenant; uncapped LRU and affinity
+//!   acquires never take it (PostgreSQL picks with `for update skip locked`);
+//! - anything that ends a lease locks the lease row before the extension row, so release, renew,
+//!   the reaper and the admin paths cannot deadlock with each other;
+//! - only acquire turns an extension `in_use`, so the cap check under the tenant lock cannot be
+//!   outrun by another path.
+//! SQLite serialises all writers with `begin immediate`, which gives the same guarantees.
+
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{
+    AllocError, CollectorId, ConfigId, ExtStatus, Extension, ExtensionNumber, ExtensionUsage,
+    Lease, PoolCounts, ReleaseReason, RequestId, Strategy, TenantId,
+};
+
+/// A validated acquire, with the policy already applied.
+#[derive(Debug, Clone)]
+pub struct AcquireCmd {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Collector.
+    pub collector_id: CollectorId,
+    /// Idempotency key.
+    pub request_id: RequestId,
+    /// Strategy to use.
+    pub strategy: Strategy,
+    /// Lease time.
+    pub ttl_seconds: u32,
+    /// Rest applied when the lease ends.
+    pub cooldown_seconds: u32,
+    /// Most live leases of the tenant; `None` = no cap.
+    pub cap: Option<u32>,
+    /// What identifies "the same request" besides its id.
+    pub fingerprint: String,
+}
+
+/// What an acquire did.
+#[derive(Debug, Clone)]
+pub enum AcquireOutcome {
+    /// A lease (new, or the earlier one for this request id).
+    Granted {
+        /// The lease.
+        lease: Lease,
+        /// True when it was granted earlier for the same request id.
+        replayed: bool,
+    },
+    /// The request id was used before with other parameters.
+    Conflict {
+        /// The earlier lease.
+        existing: Lease,
+    },
+    /// No extension can be leased now.
+    PoolEmpty(PoolCounts),
+    /// The tenant already holds `live` leases, at or above `cap`.
+    CapReached {
+        /// The cap.
+        cap: u32,
+        /// Live leases counted.
+        live: u32,
+    },
+}
+
+/// What a release (or renew) did.
+#[derive(Debug, Clone)]
+pub enum LeaseChange {
+    /// This call changed the lease.
+    Changed(Lease),
+    /// Nothing changed, for `reason`.
+    Unchanged {
+        /// The lease as it stands.
+        lease: Lease,
+        /// Why nothing changed.
+        reason: String,
+    },
+    /// No such lease (or extension, for admin paths).
+    NotFound,
+}
+
+/// Filter and page of a listing.
+#[derive(Debug, Clone)]
+pub struct ListFilter {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Only this config id.
+    pub config_id: Option<ConfigId>,
+    /// Only this status.
+    pub status: Option<ExtStatus>,
+    /// Only held by this collector.
+    pub collector_id: Option<CollectorId>,
+    /// Start after this number (number order).
+    pub after_number: Option<String>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// Changes to one extension.
+#[derive(Debug, Clone)]
+pub struct ExtUpdate {
+    /// New status (available or offline).
+    pub status: Option<ExtStatus>,
+    /// New number.
+    pub number: Option<ExtensionNumber>,
+    /// Allow ending a live lease.
+    pub force: bool,
+}
+
+/// What an update did.
+#[derive(Debug, Clone)]
+pub enum UpdateOutcome {
+    /// Updated.
+    Updated(Extension),
+    /// No such extension.
+    NotFound,
+    /// The extension is in use and `force` was not given.
+    InUse,
+    /// Another extension of the tenant has that number.
+    NumberTaken,
+}
+
+/// What deleting one extension did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteOutcome {
+    /// Deleted; with the lease a forced delete ended.
+    Deleted(Option<Uuid>),
+    /// No such extension.
+    NotFound,
+    /// In use and not forced.
+    InUse,
+}
+
+/// The allocator's storage.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// Leases an extension (idempotent per tenant and request id).
+    async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError>;
+    /// Ends a lease if the token matches and it is live.
+    async fn release(
+        &self,
+        lease_id: Uuid,
+        token: i64,
+        reason: ReleaseReason,
+    ) -> Result<LeaseChange, AllocError>;
+    /// Extends a live, unexpired lease to now + `ttl_seconds`.
+    async fn renew(
+        &self,
+        lease_id: Uuid,
+        token: i64,
+        ttl_seconds: u32,
+    ) -> Result<LeaseChange, AllocError>;
+    /// Reads one lease.
+    async fn get_lease(&self, lease_id: Uuid) -> Result<Option<Lease>, AllocError>;
+    /// Ends up to `limit` leases whose expiry has passed (reason expired); returns them.
+    async fn reap_expired(&self, limit: u32) -> Result<Vec<Lease>, AllocError>;
+    /// Counts the tenant's pool.
+    async fn counts(&self, tenant: &TenantId) -> Result<PoolCounts, AllocError>;
+    /// Per-extension usage over `[since, until)`.
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<ExtensionUsage>, AllocError>;
+    /// Inserts numbers in one transaction; `None` for a number already in the pool.
+    async fn import(
+        &self,
+        tenant: &TenantId,
+        config_id: &str,
+        numbers: &[ExtensionNumber],
+    ) -> Result<Vec<Option<Uuid>>, AllocError>;
+    /// Lists extensions in number order.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Extension>, AllocError>;
+    /// Reads one extension.
+    async fn get_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Option<Extension>, AllocError>;
+    /// Changes status or number.
+    async fn update_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        update: &ExtUpdate,
+    ) -> Result<UpdateOutcome, AllocError>;
+    /// Ends the extension's live lease (reason given).
+    async fn release_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        reason: ReleaseReason,
+    ) -> Result<LeaseChange, AllocError>;
+    /// Deletes extensions in one transaction.
+    async fn delete_extensions(
+        &self,
+        tenant: &TenantId,
+        ids: &[Uuid],
+        force: bool,
+    ) -> Result<Vec<DeleteOutcome>, AllocError>;
+    /// Ends every live lease of a collector; returns their ids.
+    async fn force_release_collector(
+        &self,
+        tenant: &TenantId,
+        collector: &CollectorId,
+    ) -> Result<Vec<Uuid>, AllocError>;
+    /// Live leases across all tenants (for the gauge).
+    async fn live_leases(&self) -> Result<i64, AllocError>;
+}
+
+/// Classifies a database error: connection trouble is `UNAVAILABLE`, the rest internal.
+pub(crate) fn db_err(e: sqlx::Error) -> AllocError {
+    match &e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => AllocError::Unavailable(format!("database unavailable: {e}")),
+        sqlx::Error::Database(d)
+            if d.code()
+                .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
+        {
+            AllocError::Unavailable(format!("database unavailable: {e}"))
+        }
+        _ => AllocError::Internal(e.into()),
+    }
+}
+
+/// True for a unique-constraint violation (portable across backends).
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Column list shared by every lease query (a macro, so queries stay `&'static str`).
+macro_rules! lease_cols {
+    () => {
+        "lease_id, tenant_id, extension_id, extension_number, collector_id, request_id, \
+         request_fingerprint, strategy, fencing_token, acquired_at, expires_at, released_at, release_reason"
+    };
+}
+pub(crate) use lease_cols;
+
+/// Column list shared by every extension query.
+macro_rules! ext_cols {
+    () => {
+        "id, tenant_id, config_id, number, status, current_lease_id, current_collector_id, \
+         lease_expires_at, fencing_token, last_collector_id, last_used_at, last_released_at, \
+         available_at, use_count, created_at, updated_at"
+    };
+}
+pub(crate) use ext_cols;
+
+/// Reads typed columns from a backend's row; times and ids are stored differently per backend.
+pub(crate) trait RowRead {
+    fn text(&self, col: &str) -> Result<String, AllocError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, AllocError>;
+    fn int(&self, col: &str) -> Result<i64, AllocError>;
+    fn uuid(&self, col: &str) -> Result<Uuid, AllocError>;
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>, AllocError>;
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, AllocError>;
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, AllocError>;
+}
+
+fn corrupt(col: &str, what: &str) -> AllocError {
+    AllocError::Internal(anyhow::anyhow!(
+        "column {col}: unexpected stored value {what:?}"
+    ))
+}
+
+/// Builds a lease from a row selected with `lease_cols!()`.
+pub(crate) fn lease_from(r: &impl RowRead) -> Result<(Lease, String), AllocError> {
+    let strategy = r.text("strategy")?;
+    let reason = r.opt_text("release_reason")?;
+    let lease = Lease {
+        lease_id: r.uuid("lease_id")?,
+        extension_id: r.uuid("extension_id")?,
+        extension_number: r.text("extension_number")?,
+        tenant_id: r.text("tenant_id")?,
+        collector_id: r.text("collector_id")?,
+        request_id: r.text("request_id")?,
+        strategy: Strategy::parse(&strategy).ok_or_else(|| corrupt("strategy", &strategy))?,
+        fencing_token: r.int("fencing_token")?,
+        acquired_at: r.time("acquired_at")?,
+        expires_at: r.time("expires_at")?,
+        released_at: r.opt_time("released_at")?,
+        release_reason: match reason {
+            None => None,
+            Some(s) => Some(ReleaseReason::parse(&s).ok_or_else(|| corrupt("release_reason", &s))?),
+        },
+    };
+    Ok((lease, r.text("request_fingerprint")?))
+}
+
+/// Builds an extension from a row selected with `ext_cols!()`.
+pub(crate) fn extension_from(r: &impl RowRead) -> Result<Extension, AllocError> {
+    let status = r.text("status")?;
+    Ok(Extension {
+        id: r.uuid("id")?,
+        tenant_id: r.text("tenant_id")?,
+        config_id: r.text("config_id")?,
+        number: r.text("number")?,
+        status: ExtStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        current_lease_id: r.opt_uuid("current_lease_id")?,
+        current_collector_id: r.opt_text("current_collector_id")?,
+        lease_expires_at: r.opt_time("lease_expires_at")?,
+        fencing_token: r.int("fencing_token")?,
+        last_collector_id: r.opt_text("last_collector_id")?,
+        last_used_at: r.opt_time("last_used_at")?,
+        last_released_at: r.opt_time("last_released_at")?,
+        available_at: r.opt_time("available_at")?,
+        use_count: r.int("use_count")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+/// Decides between a replay and a conflict for an acquire whose request id exists.
+pub(crate) fn replay(existing: Lease, fingerprint: &str, cmd: &AcquireCmd) -> AcquireOutcome {
+    if fingerprint == cmd.fingerprint {
+        AcquireOutcome::Granted {
+            lease: existing,
+            replayed: true,
+        }
+    } else {
+        AcquireOutcome::Conflict { existing }
+    }
+}
+
+/// Explains why a release or renew changed nothing, given the lease as stored.
+pub(crate) fn unchanged_reason(lease: &Lease, token: i64) -> String {
+    if lease.fencing_token != token {
+        format!(
+            "stale fencing token: the lease has token {}, got {token}",
+            lease.fencing_token
+        )
+    } else if let Some(r) = lease.release_reason {
+        format!("lease already released ({})", r.as_str())
+    } else {
+        "lease expired".to_owned()
+    }
+}

@@ -1,0 +1,353 @@
+//! API-key authentication and role authorisation for every gRPC call.
+//!
+//! Keys come from configuration as `role:key[:tenant,tenant...]` entries separated by `;`
+//! (for example `admin:k1;caller:k2:tenant-a,tenant-b`). Only SHA-256 digests of the keys are
+//! kept in memory, and a presented key is compared against every digest in constant time.
+//!
+//! [`AuthLayer`] runs before any handler: it rejects a call without a valid
+//! `authorization: Bearer <key>` (`UNAUTHENTICATED`) or whose key's role may not call the
+//! method (`PERMISSION_DENIED`), and puts the [`Principal`] into the request extensions, where
+//! handlers read it to enforce tenant scopes. Health and reflection stay open.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Everything, including pool and tenant administration.
+    Admin,
+    /// Place and query calls; lease and free extensions.
+    Caller,
+    /// Service-to-service calls (the allocator and the gateway talking to each other).
+    Peer,
+}
+
+impl Role {
+    /// Parses `admin`, `caller` or `peer`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "caller" => Some(Self::Caller),
+            "peer" => Some(Self::Peer),
+            _ => None,
+        }
+    }
+
+    /// The role's name in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Caller => "caller",
+            Self::Peer => "peer",
+        }
+    }
+}
+
+/// The authenticated caller of one request.
+#[derive(Clone)]
+pub struct Principal {
+    /// The key's role.
+    pub role: Role,
+    /// The tenants the key is limited to; `None` means every tenant.
+    pub tenants: Option<Arc<BTreeSet<String>>>,
+    /// A short, non-secret id of the key for logs (first 8 hex characters of its digest).
+    pub key_id: String,
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("role", &self.role)
+            .field("tenants", &self.tenants)
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+impl Principal {
+    /// Returns whether the key may touch `tenant_id`.
+    pub fn may_access(&self, tenant_id: &str) -> bool {
+        self.tenants.as_ref().is_none_or(|t| t.contains(tenant_id))
+    }
+
+    /// Fails with `PERMISSION_DENIED` unless the key may touch `tenant_id`.
+    pub fn check_tenant(&self, tenant_id: &str) -> Result<(), tonic::Status> {
+        if self.may_access(tenant_id) {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "tenant_id: this API key is not allowed to access tenant {tenant_id:?}"
+            )))
+        }
+    }
+
+    /// Reads the principal the auth layer attached to a request.
+    pub fn from_request<T>(req: &tonic::Request<T>) -> Result<Self, tonic::Status> {
+        req.extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| tonic::Status::unauthenticated("missing API key"))
+    }
+}
+
+struct KeyEntry {
+    digest: [u8; 32],
+    principal: Principal,
+}
+
+/// The configured API keys, held as digests.
+#[derive(Clone)]
+pub struct KeyStore {
+    keys: Arc<Vec<KeyEntry>>,
+}
+
+impl fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyStore({} keys)", self.keys.len())
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl KeyStore {
+    /// Parses `role:key[:tenant,tenant...]` entries separated by `;`.
+    ///
+    /// # Errors
+    /// Names the entry (by position, never by its key) and what is wrong with it.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (i, raw) in spec.split(';').enumerate() {
+            let entry = raw.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let mut parts = entry.splitn(3, ':');
+            let role_s = parts.next().unwrap_or_default().trim();
+            let role = Role::parse(role_s).ok_or_else(|| {
+                format!(
+                    "auth.api_keys: entry {}: role must be admin, caller or peer, got {role_s:?}",
+                    i + 1
+                )
+            })?;
+            let key = parts.next().unwrap_or_default().trim();
+            if key.len() < 8 {
+                return Err(format!(
+                    "auth.api_keys: entry {}: the key must be at least 8 characters",
+                    i + 1
+                ));
+            }
+            let tenants = match parts.next().map(str::trim) {
+                None | Some("") | Some("*") => None,
+                Some(list) => Some(Arc::new(
+                    list.split(',')
+                        .map(|t| t.trim().to_owned())
+                        .filter(|t| !t.is_empty())
+                        .collect::<BTreeSet<_>>(),
+                )),
+            };
+            let d = digest(key);
+            keys.push(KeyEntry {
+                digest: d,
+                principal: Principal {
+                    role,
+                    tenants,
+                    key_id: hex::encode(&d[..4]),
+                },
+            });
+        }
+        if keys.is_empty() {
+            return Err("auth.api_keys: at least one key is required".into());
+        }
+        Ok(Self {
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// Returns the principal of `key`, comparing against every configured key in constant time.
+    pub fn authenticate(&self, key: &str) -> Option<Principal> {
+        let d = digest(key);
+        let mut found = None;
+        for entry in self.keys.iter() {
+            if bool::from(entry.digest.ct_eq(&d)) {
+                found = Some(entry.principal.clone());
+            }
+        }
+        found
+    }
+}
+
+/// Says which roles may call a gRPC path such as `/pkg.Service/Method`; `None` = no such method.
+pub type RoleTable = fn(&str) -> Option<&'static [Role]>;
+
+/// Paths that never need a key: health checks and reflection.
+pub fn is_open_path(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// Tower layer enforcing API keys and roles.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    keys: KeyStore,
+    roles: RoleTable,
+}
+
+impl AuthLayer {
+    /// Builds the layer from the key store and the service's role table.
+    pub fn new(keys: KeyStore, roles: RoleTable) -> Self {
+        Self { keys, roles }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            keys: self.keys.clone(),
+            roles: self.roles,
+        }
+    }
+}
+
+/// The service built by [`AuthLayer`].
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    keys: KeyStore,
+    roles: RoleTable,
+}
+
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl<S> AuthService<S> {
+    fn check<B>(&self, req: &mut http::Request<B>) -> Result<(), tonic::Status> {
+        let path = req.uri().path();
+        if is_open_path(path) {
+            return Ok(());
+        }
+        let Some(allowed) = (self.roles)(path) else {
+            return Err(tonic::Status::unimplemented(format!(
+                "unknown method {path}"
+            )));
+        };
+        let token = bearer(req.headers()).ok_or_else(|| {
+            tonic::Status::unauthenticated("missing API key: send `authorization: Bearer <key>`")
+        })?;
+        let principal = self
+            .keys
+            .authenticate(token)
+            .ok_or_else(|| tonic::Status::unauthenticated("invalid API key"))?;
+        if !allowed.contains(&principal.role) {
+            return Err(tonic::Status::permission_denied(format!(
+                "role {} may not call {path}",
+                principal.role.as_str()
+            )));
+        }
+        req.extensions_mut().insert(principal);
+        Ok(())
+    }
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.check(&mut req) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(status) => {
+                let resp = status.into_http::<ResBody>();
+                Box::pin(async move { Ok(resp) })
+            }
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <key>` to every outgoing request of a tonic client.
+#[derive(Clone)]
+pub struct BearerInterceptor {
+    value: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl fmt::Debug for BearerInterceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerInterceptor")
+    }
+}
+
+impl BearerInterceptor {
+    /// Builds the interceptor; an empty or non-ASCII key sends no header.
+    pub fn new(key: &str) -> Self {
+        let value = if key.is_empty() {
+            None
+        } else {
+            format!("Bearer {key}").parse().ok()
+        };
+        Self { value }
+    }
+}
+
+impl tonic::service::Interceptor for BearerInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.value {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_roles_keys_and_scopes() {
+        let ks = KeyStore::parse("admin:adminkey1; caller:callerkey1:t1,t2").expect("valid spec");
+        let a = ks.authenticate("adminkey1").expect("admin key");
+        assert_eq!(a.role, Role::Admin);
+        assert!(a.may_access("anything"));
+        let c = ks.authenticate("callerkey1").expect("caller key");
+        assert_eq!(c.role, Role::Caller);
+        assert!(c.may_access("t2"));
+        assert!(!c.may_access("t3"));
+        assert!(ks.authenticate("nope-nope").is_none());
+    }
+
+    #[test]
+    fn rejects_bad_entries_without_echoing_keys() {
+        let err = KeyStore::parse("boss:secretkey9").expect_err("bad role");
+        assert!(
+            err.contains("entry 1") && !err.contains("secretkey9"),
+            "{err}"
+        );
+        assert!(KeyStore::parse("admin:short").is_err());
+        assert!(KeyStore::parse(" ; ").is_err());
+    }
+}

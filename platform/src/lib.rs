@@ -1,0 +1,17 @@
+//! Plumbing shared by `allocator-svc` and `call-gateway-svc`, written once:
+//!
+//! - [`config`]: layered settings (defaults, optional TOML file, environment).
+//! - [`telemetry`]: the tracing subscriber, quiet in tests unless `TEST_LOG` is set.
+//! - [`auth`]: API keys with roles and tenant scopes, enforced by a tower layer on every RPC.
+//! - [`grpc`]: health, reflection, the per-RPC trace span and the shutdown signal.
+//! - [`db`]: connecting to `postgres://` or `sqlite://` URLs and running migrations.
+//! - [`metrics`]: the Prometheus registry and its `/metrics` HTTP endpoint.
+//! - [`mask`]: masking phone numbers and secrets for logs.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod mask;
+pub mod metrics;
+pub mod telemetry;

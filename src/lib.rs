@@ -1,0 +1,28 @@
+//! Protobuf contracts shared by `allocator-svc` and `call-gateway-svc`.
+//!
+//! - [`allocator::v1`]: `ExtensionAllocator` (lease and free extensions) and `ExtensionPool`
+//!   (pool administration).
+//! - [`gateway::v1`]: `TenantPolicies` (served by the gateway, read by the allocator).
+//! - [`FILE_DESCRIPTOR_SET`]: every file above, for gRPC reflection.
+
+/// The encoded `FileDescriptorSet` of every contract, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cco_descriptor.bin"));
+
+/// Contracts of `allocator-svc`.
+pub mod allocator {
+    /// Version 1 of `cco.infinity.allocator`.
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("cco.infinity.allocator.v1");
+    }
+}
+
+/// Contracts of `call-gateway-svc`.
+pub mod gateway {
+    /// Version 1 of `cco.infinity.gateway`.
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("cco.infinity.gateway.v1");
+    }
+}
