@@ -39,14 +39,14 @@ pub struct AcquireInput {
     pub ttl_seconds: Option<u32>,
 }
 
-/// A lease time given by a client: 10-86400 seconds, 0 for "the policy's".
+/// A lease time given by a client: 1-86400 seconds, 0 for "the policy's".
 pub fn parse_ttl(field: &'static str, v: u32) -> Result<Option<u32>, AllocError> {
     match v {
         0 => Ok(None),
-        10..=86_400 => Ok(Some(v)),
+        1..=86_400 => Ok(Some(v)),
         _ => Err(AllocError::invalid(
             field,
-            format!("must be 10-86400 seconds (or 0 for the policy's), got {v}"),
+            format!("must be 1-86400 seconds (or 0 for the policy's), got {v}"),
         )),
     }
 }

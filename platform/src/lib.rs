@@ -7,6 +7,7 @@
 //! - [`db`]: connecting to `postgres://` or `sqlite://` URLs and running migrations.
 //! - [`metrics`]: the Prometheus registry and its `/metrics` HTTP endpoint.
 //! - [`mask`]: masking phone numbers and secrets for logs.
+//! - [`testing`]: a fresh PostgreSQL or SQLite database per test.
 
 pub mod auth;
 pub mod config;
@@ -15,3 +16,4 @@ pub mod grpc;
 pub mod mask;
 pub mod metrics;
 pub mod telemetry;
+pub mod testing;

@@ -259,15 +259,19 @@ impl Store for PgStore {
 
     async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
         let tenant = cmd.tenant_id.as_str();
-        {
-            let mut conn = self.pool.acquire().await.map_err(db_err)?;
-            if let Some((l, fp)) =
-                find_by_request(&mut conn, tenant, cmd.request_id.as_str()).await?
-            {
-                return Ok(replay(l, &fp, cmd));
-            }
-        }
         let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // Identical requests (same tenant and request id) run one at a time: the second waits
+        // here until the first commits, then finds its lease below and replays it, instead of
+        // leasing a second extension or seeing a pool its twin has drained.
+        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))")
+            .bind(tenant)
+            .bind(cmd.request_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if let Some((l, fp)) = find_by_request(&mut tx, tenant, cmd.request_id.as_str()).await? {
+            return Ok(replay(l, &fp, cmd));
+        }
         let mut cursor: Option<String> = None;
         let serialised = cmd.cap.is_some() || cmd.strategy == Strategy::RoundRobin;
         if serialised {
@@ -282,10 +286,6 @@ impl Store for PgStore {
             .await
             .map_err(db_err)?;
             cursor = row.try_get("rr_cursor").map_err(db_err)?;
-            if let Some((l, fp)) = find_by_request(&mut tx, tenant, cmd.request_id.as_str()).await?
-            {
-                return Ok(replay(l, &fp, cmd));
-            }
             if let Some(cap) = cmd.cap {
                 let live: i64 = sqlx::query_scalar(
                     "select count(*) from extensions where tenant_id = $1 and status = 'in_use'",

@@ -1,0 +1,90 @@
+//! The real binary: starts on SQLite with its defaults (file under ./data, created if missing),
+//! serves health, and exits cleanly on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn starts_on_sqlite_defaults_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_allocator-svc"))
+        .current_dir(dir.path())
+        .env("ALLOCATOR__GRPC__HOST", "127.0.0.1")
+        .env("ALLOCATOR__GRPC__PORT", port.to_string())
+        .env("ALLOCATOR__METRICS__ENABLED", "false")
+        .env("ALLOCATOR__POLICY__SOURCE", "static")
+        .env("ALLOCATOR__LOG__FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "allocator did not start listening"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "allocator exited early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        dir.path().join("data/allocator.db").exists(),
+        "SQLite file created under ./data"
+    );
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "allocator did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(code.success(), "exit {code:?}: {out}");
+    assert!(out.contains("allocator stopped"), "{out}");
+}
+
+#[test]
+fn bad_settings_fail_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_allocator-svc"))
+        .current_dir(dir.path())
+        .env("ALLOCATOR__POLICY__STATIC_STRATEGY", "fastest")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("policy.static_strategy"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_allocator-svc"))
+        .current_dir(dir.path())
+        .env("ALLOCATOR__DATABASE__URL", "mysql://x")
+        .env("ALLOCATOR__POLICY__SOURCE", "static")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database.url"), "{err}");
+}

@@ -1,0 +1,126 @@
+//! Test support shared by both services' suites: a fresh database per test.
+//!
+//! PostgreSQL: a new database on the server named by `TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), dropped when the guard drops, even after a
+//! panic. An unreachable server fails the test loudly; it is never skipped.
+//! SQLite: a file in a new temporary folder.
+
+use std::str::FromStr;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+/// The backends every conformance suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+/// The admin URL of the test PostgreSQL server.
+pub fn pg_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh database that is removed when dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The URL to give the service.
+    pub url: String,
+    backend: Backend,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// Creates a fresh, empty database on `backend`.
+    ///
+    /// # Panics
+    /// When PostgreSQL cannot be reached or the temporary folder cannot be made: tests must
+    /// fail loudly rather than skip.
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let name = format!("cco_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL is unreachable at {admin} (set TEST_DATABASE_URL): {e}")
+                });
+                sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+                let _ = conn.close().await;
+                let opts = PgConnectOptions::from_str(&admin)
+                    .unwrap_or_else(|e| panic!("bad TEST_DATABASE_URL: {e}"))
+                    .database(&name);
+                let url = pg_url(&opts, &name);
+                Self {
+                    url,
+                    backend,
+                    pg_name: Some(name),
+                    _dir: None,
+                }
+            }
+            Backend::Sqlite => {
+                let dir =
+                    tempfile::tempdir().unwrap_or_else(|e| panic!("cannot make a temp dir: {e}"));
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                Self {
+                    url,
+                    backend,
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+fn pg_url(opts: &PgConnectOptions, name: &str) -> String {
+    let user = opts.get_username();
+    let host = opts.get_host();
+    let port = opts.get_port();
+    let admin = pg_admin_url();
+    // Keep a password from the admin URL, if any, by swapping only the database name.
+    match admin.rsplit_once('/') {
+        Some((base, db)) if !db.contains('@') && !base.ends_with('/') => format!("{base}/{name}"),
+        _ => format!("postgres://{user}@{host}:{port}/{name}"),
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop runs outside async context (maybe during a panic): use a private runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&pg_admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "drop database if exists {name} with (force)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
