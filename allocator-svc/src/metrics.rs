@@ -34,12 +34,9 @@ impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
-            acquire_seconds: Histogram::new(
-                [
-                    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                ]
-                .into_iter(),
-            ),
+            acquire_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
             outcomes: Family::default(),
             live_leases: Gauge::default(),
             reaped: Counter::default(),

@@ -358,7 +358,7 @@ impl Allocator {
             ));
         }
         match self.store.update_extension(tenant, id, &update).await? {
-            UpdateOutcome::Updated(e) => Ok(e),
+            UpdateOutcome::Updated(e) => Ok(*e),
             UpdateOutcome::NotFound => Err(not_found_ext(id)),
             UpdateOutcome::InUse => Err(AllocError::FailedPrecondition(format!(
                 "extension {id} is in use: set force to end its lease and take it offline"

@@ -565,7 +565,7 @@ async fn batch_import_reports_each_line(b: Backend) {
     let mut pool = app.pool(ADMIN).await;
     import(&mut pool, "t1", &["8001"]).await;
     let long = "1".repeat(33);
-    let lines = vec!["  8002 ", "", "8001", "80a3", "8002", "   ", &long, "8004"];
+    let lines = ["  8002 ", "", "8001", "80a3", "8002", "   ", &long, "8004"];
     let resp = pool
         .batch_import(pb::BatchImportRequest {
             tenant_id: "t1".into(),

@@ -30,15 +30,21 @@ pub fn reflection() -> anyhow::Result<
         .build_v1()?)
 }
 
-/// A trace layer that opens one span per RPC, named after the gRPC path.
-pub fn trace_layer() -> tower_http::trace::TraceLayer<
+/// Builds the span of one RPC.
+pub type MakeRpcSpan = fn(&http::Request<tonic::body::Body>) -> tracing::Span;
+
+/// The trace layer returned by [`trace_layer`].
+pub type RpcTraceLayer = tower_http::trace::TraceLayer<
     tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
-    fn(&http::Request<tonic::body::Body>) -> tracing::Span,
-> {
+    MakeRpcSpan,
+>;
+
+/// A trace layer that opens one span per RPC, named after the gRPC path.
+pub fn trace_layer() -> RpcTraceLayer {
     fn make_span(req: &http::Request<tonic::body::Body>) -> tracing::Span {
         tracing::info_span!("rpc", path = %req.uri().path())
     }
-    tower_http::trace::TraceLayer::new_for_grpc().make_span_with(make_span as fn(&_) -> _)
+    tower_http::trace::TraceLayer::new_for_grpc().make_span_with(make_span as MakeRpcSpan)
 }
 
 /// Binds a TCP listener; port 0 picks a free port (see `local_addr`).

@@ -3,6 +3,8 @@
 //!
 //! Concurrency contract, shared by both backends:
 //! - every method is one transaction;
+//! - identical acquires (same tenant and request id) are serialised (PostgreSQL: a
+//!   transaction-scoped advisory lock on the pair), so the second replays the first's lease;
 //! - an acquire that must respect a cap or move the round-robin cursor first locks the tenant's
 //!   `tenant_state` row, so those acquires are serialised per tenant; uncapped LRU and affinity
 //!   acquires never take it (PostgreSQL picks with `for update skip locked`);
@@ -10,6 +12,7 @@
 //!   the reaper and the admin paths cannot deadlock with each other;
 //! - only acquire turns an extension `in_use`, so the cap check under the tenant lock cannot be
 //!   outrun by another path.
+//!
 //! SQLite serialises all writers with `begin immediate`, which gives the same guarantees.
 
 pub mod postgres;
@@ -119,7 +122,7 @@ pub struct ExtUpdate {
 #[derive(Debug, Clone)]
 pub enum UpdateOutcome {
     /// Updated.
-    Updated(Extension),
+    Updated(Box<Extension>),
     /// No such extension.
     NotFound,
     /// The extension is in use and `force` was not given.

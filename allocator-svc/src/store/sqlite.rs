@@ -682,7 +682,7 @@ impl Store for SqliteStore {
         };
         let ext = extension_from(&row)?;
         tx.commit().await.map_err(db_err)?;
-        Ok(UpdateOutcome::Updated(ext))
+        Ok(UpdateOutcome::Updated(Box::new(ext)))
     }
 
     async fn release_extension(
