@@ -47,25 +47,7 @@ impl AllocError {
 }
 
 fn check_id(field: &'static str, value: &str, max: usize) -> Result<(), AllocError> {
-    if value.is_empty() {
-        return Err(AllocError::invalid(field, "is required"));
-    }
-    if value.len() > max {
-        return Err(AllocError::invalid(
-            field,
-            format!("must be at most {max} characters, got {}", value.len()),
-        ));
-    }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
-    {
-        return Err(AllocError::invalid(
-            field,
-            format!("may contain only letters, digits and _ - . : (found {c:?})"),
-        ));
-    }
-    Ok(())
+    cco_platform::validate::id(value, max).map_err(|m| AllocError::invalid(field, m))
 }
 
 macro_rules! id_type {

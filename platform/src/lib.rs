@@ -8,6 +8,7 @@
 //! - [`metrics`]: the Prometheus registry and its `/metrics` HTTP endpoint.
 //! - [`mask`]: masking phone numbers and secrets for logs.
 //! - [`testing`]: a fresh PostgreSQL or SQLite database per test.
+//! - [`validate`]: field rules shared by both services.
 
 pub mod auth;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod mask;
 pub mod metrics;
 pub mod telemetry;
 pub mod testing;
+pub mod validate;

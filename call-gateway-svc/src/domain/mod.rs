@@ -1,0 +1,100 @@
+//! Validated domain types and the gateway's error. Nothing here knows about tonic or sqlx.
+
+pub mod collector;
+pub mod config;
+pub mod phone;
+
+use std::fmt;
+
+/// The gateway's error: what went wrong, in terms a client can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum GwError {
+    /// A request field is malformed or out of range.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The offending field.
+        field: &'static str,
+        /// The rule broken.
+        message: String,
+    },
+    /// An id names nothing.
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A concurrent change won (stale version).
+    #[error("{0}")]
+    Aborted(String),
+    /// The state forbids the change.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The caller's key may not touch this tenant.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A dependency (database, allocator, Infinity) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Not supported by the tenant's Infinity.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// A bug or an unexpected failure; details are logged, not sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl GwError {
+    /// Builds an `InvalidArgument` for `field`.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `value`; errors name `field`.
+            pub fn parse(field: &'static str, value: &str) -> Result<Self, GwError> {
+                cco_platform::validate::id(value, $max).map_err(|m| GwError::invalid(field, m))?;
+                Ok(Self(value.to_owned()))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A tenant id: 1-64 characters of `[A-Za-z0-9_.:-]`.
+    TenantId,
+    64
+);
+id_type!(
+    /// A collector id: 1-64 characters of `[A-Za-z0-9_.:-]`.
+    CollectorId,
+    64
+);
+
+/// Parses a UUID field.
+pub fn parse_uuid(field: &'static str, value: &str) -> Result<uuid::Uuid, GwError> {
+    if value.is_empty() {
+        return Err(GwError::invalid(field, "is required"));
+    }
+    uuid::Uuid::parse_str(value).map_err(|_| GwError::invalid(field, format!("must be a UUID, got {value:?}")))
+}

@@ -1,0 +1,381 @@
+//! The gateway's storage: one trait, implemented for PostgreSQL and SQLite by one macro over
+//! the same SQL (ids as text, times as `DateTime<Utc>`, which sqlx stores natively in each).
+//! The store never sees a secret in clear: the service seals them before they arrive here.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use crate::domain::GwError;
+
+/// A config as stored: secrets sealed, lists as JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigRow {
+    pub config_id: String,
+    pub tenant_id: String,
+    pub supplier_id: String,
+    pub api_url: String,
+    pub credential_mode: String,
+    pub app_id: Option<String>,
+    pub access_token_sealed: Option<String>,
+    pub access_key_sealed: Option<String>,
+    pub caller_number_pool: String,
+    pub default_caller_number: String,
+    pub caller_number_selection: String,
+    pub call_mode: String,
+    pub destination_prefix: String,
+    pub max_concurrent_calls: i32,
+    pub call_timeout_seconds: i32,
+    pub api_timeout_ms: i32,
+    pub allocation_strategy: String,
+    pub lease_ttl_seconds: i32,
+    pub cooldown_seconds: i32,
+    pub callback_secret_sealed: String,
+    pub callback_ip_allowlist: String,
+    pub callback_time_zone: String,
+    pub is_active: bool,
+    pub phone_region: String,
+    pub api_encoding: String,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A collector as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectorRow {
+    pub tenant_id: String,
+    pub collector_id: String,
+    pub callback_number: Option<String>,
+    pub display_name: String,
+    pub active: bool,
+    pub last_extension_number: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The result of a versioned update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Versioned {
+    /// Written.
+    Updated,
+    /// Someone else changed it first: the stored version.
+    Stale(i64),
+    /// No such config.
+    NotFound,
+}
+
+/// The gateway's storage.
+#[async_trait]
+pub trait GatewayStore: Send + Sync + 'static {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// Inserts a config; `AlreadyExists` when the tenant has one.
+    async fn insert_config(&self, row: &ConfigRow) -> Result<(), GwError>;
+    /// The config of a tenant.
+    async fn config_by_tenant(&self, tenant_id: &str) -> Result<Option<ConfigRow>, GwError>;
+    /// A config by id.
+    async fn config_by_id(&self, config_id: &str) -> Result<Option<ConfigRow>, GwError>;
+    /// Replaces a config if its stored version is `expected` (the row carries the new version).
+    async fn update_config(&self, row: &ConfigRow, expected: i64) -> Result<Versioned, GwError>;
+    /// Deletes a tenant's config and its collectors; false when there was none.
+    async fn delete_config(&self, tenant_id: &str) -> Result<bool, GwError>;
+    /// Creates or replaces a collector; returns it as stored.
+    async fn upsert_collector(&self, row: &CollectorRow) -> Result<CollectorRow, GwError>;
+    /// One collector.
+    async fn collector(&self, tenant_id: &str, collector_id: &str) -> Result<Option<CollectorRow>, GwError>;
+    /// Collectors by id after `after`, at most `limit`.
+    async fn list_collectors(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        active: Option<bool>,
+        limit: u32,
+    ) -> Result<Vec<CollectorRow>, GwError>;
+    /// Deletes a collector; false when there was none.
+    async fn delete_collector(&self, tenant_id: &str, collector_id: &str) -> Result<bool, GwError>;
+}
+
+/// Classifies a database error: connection trouble is `UNAVAILABLE`, the rest internal.
+pub(crate) fn db_err(e: sqlx::Error) -> GwError {
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            GwError::Unavailable(format!("database unavailable: {e}"))
+        }
+        sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") => {
+            GwError::Unavailable(format!("database unavailable: {e}"))
+        }
+        _ => GwError::Internal(e.into()),
+    }
+}
+
+macro_rules! config_cols {
+    () => {
+        "config_id, tenant_id, supplier_id, api_url, credential_mode, app_id, access_token_sealed, \
+         access_key_sealed, caller_number_pool, default_caller_number, caller_number_selection, call_mode, \
+         destination_prefix, max_concurrent_calls, call_timeout_seconds, api_timeout_ms, allocation_strategy, \
+         lease_ttl_seconds, cooldown_seconds, callback_secret_sealed, callback_ip_allowlist, callback_time_zone, \
+         is_active, phone_region, api_encoding, version, created_at, updated_at"
+    };
+}
+
+macro_rules! collector_cols {
+    () => {
+        "tenant_id, collector_id, callback_number, display_name, active, last_extension_number, created_at, updated_at"
+    };
+}
+
+fn config_from<R: Row>(r: &R) -> Result<ConfigRow, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ConfigRow {
+        config_id: r.try_get("config_id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        supplier_id: r.try_get("supplier_id")?,
+        api_url: r.try_get("api_url")?,
+        credential_mode: r.try_get("credential_mode")?,
+        app_id: r.try_get("app_id")?,
+        access_token_sealed: r.try_get("access_token_sealed")?,
+        access_key_sealed: r.try_get("access_key_sealed")?,
+        caller_number_pool: r.try_get("caller_number_pool")?,
+        default_caller_number: r.try_get("default_caller_number")?,
+        caller_number_selection: r.try_get("caller_number_selection")?,
+        call_mode: r.try_get("call_mode")?,
+        destination_prefix: r.try_get("destination_prefix")?,
+        max_concurrent_calls: r.try_get("max_concurrent_calls")?,
+        call_timeout_seconds: r.try_get("call_timeout_seconds")?,
+        api_timeout_ms: r.try_get("api_timeout_ms")?,
+        allocation_strategy: r.try_get("allocation_strategy")?,
+        lease_ttl_seconds: r.try_get("lease_ttl_seconds")?,
+        cooldown_seconds: r.try_get("cooldown_seconds")?,
+        callback_secret_sealed: r.try_get("callback_secret_sealed")?,
+        callback_ip_allowlist: r.try_get("callback_ip_allowlist")?,
+        callback_time_zone: r.try_get("callback_time_zone")?,
+        is_active: r.try_get("is_active")?,
+        phone_region: r.try_get("phone_region")?,
+        api_encoding: r.try_get("api_encoding")?,
+        version: r.try_get("version")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn collector_from<R: Row>(r: &R) -> Result<CollectorRow, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(CollectorRow {
+        tenant_id: r.try_get("tenant_id")?,
+        collector_id: r.try_get("collector_id")?,
+        callback_number: r.try_get("callback_number")?,
+        display_name: r.try_get("display_name")?,
+        active: r.try_get("active")?,
+        last_extension_number: r.try_get("last_extension_number")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// Implements [`GatewayStore`] for one backend; the SQL is shared and portable.
+macro_rules! sql_store {
+    ($(#[$doc:meta])* $name:ident, $pool:ty, $backend:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+        }
+
+        impl $name {
+            /// Wraps a migrated pool.
+            pub fn new(pool: $pool) -> Self {
+                Self { pool }
+            }
+        }
+
+        #[async_trait]
+        impl GatewayStore for $name {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn insert_config(&self, c: &ConfigRow) -> Result<(), GwError> {
+                let res = sqlx::query(concat!(
+                    "insert into infinity_call_configs (", config_cols!(), ") values \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+                      $21, $22, $23, $24, $25, $26, $27, $28)"
+                ))
+                .bind(&c.config_id).bind(&c.tenant_id).bind(&c.supplier_id).bind(&c.api_url)
+                .bind(&c.credential_mode).bind(&c.app_id).bind(&c.access_token_sealed).bind(&c.access_key_sealed)
+                .bind(&c.caller_number_pool).bind(&c.default_caller_number).bind(&c.caller_number_selection)
+                .bind(&c.call_mode).bind(&c.destination_prefix).bind(c.max_concurrent_calls)
+                .bind(c.call_timeout_seconds).bind(c.api_timeout_ms).bind(&c.allocation_strategy)
+                .bind(c.lease_ttl_seconds).bind(c.cooldown_seconds).bind(&c.callback_secret_sealed)
+                .bind(&c.callback_ip_allowlist).bind(&c.callback_time_zone).bind(c.is_active)
+                .bind(&c.phone_region).bind(&c.api_encoding).bind(c.version).bind(c.created_at).bind(c.updated_at)
+                .execute(&self.pool)
+                .await;
+                match res {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(GwError::AlreadyExists(format!(
+                        "tenant_id: tenant {} already has an Infinity call config",
+                        c.tenant_id
+                    ))),
+                    Err(e) => Err(db_err(e)),
+                }
+            }
+
+            async fn config_by_tenant(&self, tenant_id: &str) -> Result<Option<ConfigRow>, GwError> {
+                let row = sqlx::query(concat!("select ", config_cols!(), " from infinity_call_configs where tenant_id = $1"))
+                    .bind(tenant_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(config_from).transpose().map_err(db_err)
+            }
+
+            async fn config_by_id(&self, config_id: &str) -> Result<Option<ConfigRow>, GwError> {
+                let row = sqlx::query(concat!("select ", config_cols!(), " from infinity_call_configs where config_id = $1"))
+                    .bind(config_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(config_from).transpose().map_err(db_err)
+            }
+
+            async fn update_config(&self, c: &ConfigRow, expected: i64) -> Result<Versioned, GwError> {
+                // One statement: the version check and the write cannot be separated.
+                let done = sqlx::query(
+                    "update infinity_call_configs set supplier_id = $3, api_url = $4, credential_mode = $5, \
+                       app_id = $6, access_token_sealed = $7, access_key_sealed = $8, caller_number_pool = $9, \
+                       default_caller_number = $10, caller_number_selection = $11, call_mode = $12, \
+                       destination_prefix = $13, max_concurrent_calls = $14, call_timeout_seconds = $15, \
+                       api_timeout_ms = $16, allocation_strategy = $17, lease_ttl_seconds = $18, \
+                       cooldown_seconds = $19, callback_secret_sealed = $20, callback_ip_allowlist = $21, \
+                       callback_time_zone = $22, is_active = $23, phone_region = $24, api_encoding = $25, \
+                       version = $26, updated_at = $27 \
+                     where tenant_id = $1 and config_id = $2 and version = $28",
+                )
+                .bind(&c.tenant_id).bind(&c.config_id).bind(&c.supplier_id).bind(&c.api_url)
+                .bind(&c.credential_mode).bind(&c.app_id).bind(&c.access_token_sealed).bind(&c.access_key_sealed)
+                .bind(&c.caller_number_pool).bind(&c.default_caller_number).bind(&c.caller_number_selection)
+                .bind(&c.call_mode).bind(&c.destination_prefix).bind(c.max_concurrent_calls)
+                .bind(c.call_timeout_seconds).bind(c.api_timeout_ms).bind(&c.allocation_strategy)
+                .bind(c.lease_ttl_seconds).bind(c.cooldown_seconds).bind(&c.callback_secret_sealed)
+                .bind(&c.callback_ip_allowlist).bind(&c.callback_time_zone).bind(c.is_active)
+                .bind(&c.phone_region).bind(&c.api_encoding).bind(c.version).bind(c.updated_at).bind(expected)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if done == 1 {
+                    return Ok(Versioned::Updated);
+                }
+                let current: Option<i64> = sqlx::query_scalar("select version from infinity_call_configs where tenant_id = $1")
+                    .bind(&c.tenant_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(current.map_or(Versioned::NotFound, Versioned::Stale))
+            }
+
+            async fn delete_config(&self, tenant_id: &str) -> Result<bool, GwError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let n = sqlx::query("delete from infinity_call_configs where tenant_id = $1")
+                    .bind(tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                sqlx::query("delete from collectors where tenant_id = $1")
+                    .bind(tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(n == 1)
+            }
+
+            async fn upsert_collector(&self, c: &CollectorRow) -> Result<CollectorRow, GwError> {
+                let row = sqlx::query(concat!(
+                    "insert into collectors (", collector_cols!(), ") values ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     on conflict (tenant_id, collector_id) do update set callback_number = excluded.callback_number, \
+                       display_name = excluded.display_name, active = excluded.active, updated_at = excluded.updated_at \
+                     returning ", collector_cols!()
+                ))
+                .bind(&c.tenant_id).bind(&c.collector_id).bind(&c.callback_number).bind(&c.display_name)
+                .bind(c.active).bind(&c.last_extension_number).bind(c.created_at).bind(c.updated_at)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+                collector_from(&row).map_err(db_err)
+            }
+
+            async fn collector(&self, tenant_id: &str, collector_id: &str) -> Result<Option<CollectorRow>, GwError> {
+                let row = sqlx::query(concat!("select ", collector_cols!(), " from collectors where tenant_id = $1 and collector_id = $2"))
+                    .bind(tenant_id)
+                    .bind(collector_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(collector_from).transpose().map_err(db_err)
+            }
+
+            async fn list_collectors(
+                &self,
+                tenant_id: &str,
+                after: Option<&str>,
+                active: Option<bool>,
+                limit: u32,
+            ) -> Result<Vec<CollectorRow>, GwError> {
+                let rows = sqlx::query(concat!(
+                    "select ", collector_cols!(), " from collectors where tenant_id = $1 \
+                     and ($2 is null or collector_id > $2) and ($3 is null or active = $3) \
+                     order by collector_id limit $4"
+                ))
+                .bind(tenant_id)
+                .bind(after)
+                .bind(active)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(collector_from).collect::<Result<_, _>>().map_err(db_err)
+            }
+
+            async fn delete_collector(&self, tenant_id: &str, collector_id: &str) -> Result<bool, GwError> {
+                let n = sqlx::query("delete from collectors where tenant_id = $1 and collector_id = $2")
+                    .bind(tenant_id)
+                    .bind(collector_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+        }
+    };
+}
+
+sql_store!(
+    /// The PostgreSQL implementation of [`GatewayStore`].
+    PgGatewayStore,
+    sqlx::PgPool,
+    "postgres"
+);
+sql_store!(
+    /// The SQLite implementation of [`GatewayStore`].
+    SqliteGatewayStore,
+    sqlx::SqlitePool,
+    "sqlite"
+);
