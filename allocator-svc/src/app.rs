@@ -65,6 +65,18 @@ impl Application {
     /// # Errors
     /// Names the setting, database or address that failed.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, None).await
+    }
+
+    /// Like [`Application::build`] on listeners bound beforehand (gRPC, optional metrics), so
+    /// that two services can learn each other's address before either starts.
+    ///
+    /// # Errors
+    /// Names the setting or database that failed.
+    pub async fn build_with(
+        settings: Settings,
+        listeners: Option<(TcpListener, Option<TcpListener>)>,
+    ) -> anyhow::Result<Self> {
         settings.validate()?;
         let db = DbPool::connect(&settings.database).await?;
         if settings.database.migrate_on_start {
@@ -75,16 +87,26 @@ impl Application {
             PolicySourceKind::Grpc => Arc::new(GrpcPolicy::new(&settings.policy)?),
         };
         let svc = Allocator::new(store_for(&db), policy);
-        let grpc_listener =
-            cco_platform::grpc::bind(&settings.grpc.host, settings.grpc.port).await?;
-        let grpc_addr = grpc_listener.local_addr()?;
-        let (metrics_listener, metrics_addr) = if settings.metrics.enabled {
-            let l = cco_platform::grpc::bind(&settings.metrics.host, settings.metrics.port).await?;
-            let a = l.local_addr()?;
-            (Some(l), Some(a))
-        } else {
-            (None, None)
+        let (grpc_listener, metrics_listener) = match listeners {
+            Some(l) => l,
+            None => {
+                let g = cco_platform::grpc::bind(&settings.grpc.host, settings.grpc.port).await?;
+                let m = if settings.metrics.enabled {
+                    Some(
+                        cco_platform::grpc::bind(&settings.metrics.host, settings.metrics.port)
+                            .await?,
+                    )
+                } else {
+                    None
+                };
+                (g, m)
+            }
         };
+        let grpc_addr = grpc_listener.local_addr()?;
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         Ok(Self {
             settings,
             db,

@@ -38,10 +38,16 @@ impl From<AllocError> for Status {
 pub fn roles(path: &str) -> Option<&'static [Role]> {
     const ANY: &[Role] = &[Role::Admin, Role::Caller, Role::Peer];
     const ADMIN: &[Role] = &[Role::Admin];
+    // The gateway (peer) reads the pool for TestConnection and takes extensions offline when
+    // Infinity reports them broken (codes 1010-1014); it never imports or deletes.
+    const ADMIN_OR_PEER: &[Role] = &[Role::Admin, Role::Peer];
     if path.starts_with("/cco.infinity.allocator.v1.ExtensionAllocator/") {
         Some(ANY)
-    } else if path.starts_with("/cco.infinity.allocator.v1.ExtensionPool/") {
-        Some(ADMIN)
+    } else if let Some(method) = path.strip_prefix("/cco.infinity.allocator.v1.ExtensionPool/") {
+        match method {
+            "ListExtensions" | "GetExtension" | "UpdateExtension" => Some(ADMIN_OR_PEER),
+            _ => Some(ADMIN),
+        }
     } else {
         None
     }

@@ -1,21 +1,12 @@
 //! The allocator's Prometheus metrics; every name and label set lives here. Labels are bounded:
 //! the RPC name and the gRPC code, never a tenant or collector id.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use cco_platform::metrics::{OutcomeLabels, code_name};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-/// Labels of an RPC outcome.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    /// The RPC, e.g. `acquire`.
-    pub op: &'static str,
-    /// The gRPC code name, e.g. `ok` or `resource_exhausted`.
-    pub code: &'static str,
-}
 
 /// Handles to every metric.
 #[derive(Clone, Debug)]
@@ -72,28 +63,5 @@ impl Metrics {
                 code: code_name(code),
             })
             .inc();
-    }
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "ok",
-        C::Cancelled => "cancelled",
-        C::Unknown => "unknown",
-        C::InvalidArgument => "invalid_argument",
-        C::DeadlineExceeded => "deadline_exceeded",
-        C::NotFound => "not_found",
-        C::AlreadyExists => "already_exists",
-        C::PermissionDenied => "permission_denied",
-        C::ResourceExhausted => "resource_exhausted",
-        C::FailedPrecondition => "failed_precondition",
-        C::Aborted => "aborted",
-        C::OutOfRange => "out_of_range",
-        C::Unimplemented => "unimplemented",
-        C::Internal => "internal",
-        C::Unavailable => "unavailable",
-        C::DataLoss => "data_loss",
-        C::Unauthenticated => "unauthenticated",
     }
 }

@@ -38,7 +38,12 @@ fn interface_error(ret: i64, msg: &str) -> Value {
 }
 
 fn json_response(v: &Value) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json;charset=utf-8")], v.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 async fn read_form(req: Request) -> Result<HashMap<String, String>, String> {
@@ -49,14 +54,18 @@ async fn read_form(req: Request) -> Result<HashMap<String, String>, String> {
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     let mut out = HashMap::new();
     if is_multipart {
-        let mut mp = Multipart::from_request(req, &()).await.map_err(|e| e.to_string())?;
+        let mut mp = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| e.to_string())?;
         while let Some(field) = mp.next_field().await.map_err(|e| e.to_string())? {
             let name = field.name().unwrap_or_default().to_owned();
             let value = field.text().await.map_err(|e| e.to_string())?;
             out.insert(name, value);
         }
     } else {
-        let body = Bytes::from_request(req, &()).await.map_err(|e| e.to_string())?;
+        let body = Bytes::from_request(req, &())
+            .await
+            .map_err(|e| e.to_string())?;
         for (k, v) in form_pairs(&body) {
             out.insert(k, v);
         }
@@ -92,7 +101,10 @@ fn decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' => match (bytes.get(i + 1).copied().and_then(hex_val), bytes.get(i + 2).copied().and_then(hex_val)) {
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex_val),
+                bytes.get(i + 2).copied().and_then(hex_val),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h * 16 + l);
                     i += 2;
@@ -111,7 +123,12 @@ pub(crate) async fn handle(State(state): State<Arc<SimState>>, req: Request) -> 
     if req.method() == axum::http::Method::GET
         && let Some(file) = req.uri().path().strip_prefix("/recordings/")
     {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "audio/mpeg")], format!("fake audio {file}")).into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "audio/mpeg")],
+            format!("fake audio {file}"),
+        )
+            .into_response();
     }
     let params = match read_form(req).await {
         Ok(p) => p,
@@ -148,12 +165,18 @@ pub(crate) async fn handle(State(state): State<Arc<SimState>>, req: Request) -> 
         "App.Sip_Call.HangupCall" => {
             let ext = params.get("extnumber").cloned().unwrap_or_default();
             if ext.is_empty() {
-                json_response(&interface_error(400, "Illegal request: extnumber is required"))
+                json_response(&interface_error(
+                    400,
+                    "Illegal request: extnumber is required",
+                ))
             } else {
                 json_response(&business_error("1015", "extension not in a call"))
             }
         }
-        _ => json_response(&interface_error(400, &format!("Illegal request: unknown service {service:?}"))),
+        _ => json_response(&interface_error(
+            400,
+            &format!("Illegal request: unknown service {service:?}"),
+        )),
     }
 }
 
@@ -185,27 +208,47 @@ fn login(state: &SimState, p: &HashMap<String, String>) -> Value {
         .insert(token.clone(), Some(Instant::now() + state.config.token_ttl));
     ok(
         "Authorization successful",
-        Some(json!({"companycode": state.config.company_code, "companyname": state.config.company_name,
-            "token": token, "authtime": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(), "authmodel": ""})),
+        Some(
+            json!({"companycode": state.config.company_code, "companyname": state.config.company_name,
+            "token": token, "authtime": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(), "authmodel": ""}),
+        ),
     )
 }
 
 async fn dial(state: &Arc<SimState>, p: &HashMap<String, String>, double: bool) -> Response {
     let get = |k: &str| p.get(k).map(String::as_str).unwrap_or_default();
     let ext = get("extnumber");
-    let dest = if double { get("bnumber") } else { get("destnumber") };
+    let dest = if double {
+        get("bnumber")
+    } else {
+        get("destnumber")
+    };
     if ext.is_empty() {
-        return json_response(&interface_error(400, "Illegal request: extnumber is required"));
+        return json_response(&interface_error(
+            400,
+            "Illegal request: extnumber is required",
+        ));
     }
     if dest.is_empty() || (double && get("anumber").is_empty()) {
-        let field = if double { "anumber and bnumber are" } else { "destnumber is" };
-        return json_response(&interface_error(400, &format!("Illegal request: {field} required")));
+        let field = if double {
+            "anumber and bnumber are"
+        } else {
+            "destnumber is"
+        };
+        return json_response(&interface_error(
+            400,
+            &format!("Illegal request: {field} required"),
+        ));
     }
     let ext_state = state.lock().extensions.get(ext).cloned();
     match ext_state {
         None => return json_response(&business_error("1012", "extension does not exist")),
-        Some(e) if !e.enabled => return json_response(&business_error("1013", "extension disabled")),
-        Some(e) if !e.registered => return json_response(&business_error("1014", "extension not registered")),
+        Some(e) if !e.enabled => {
+            return json_response(&business_error("1013", "extension disabled"));
+        }
+        Some(e) if !e.registered => {
+            return json_response(&business_error("1014", "extension not registered"));
+        }
         Some(_) => {}
     }
     let script = state.script_for(dest);
@@ -214,12 +257,22 @@ async fn dial(state: &Arc<SimState>, p: &HashMap<String, String>, double: bool) 
             return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
         }
         Outcome::Garbage => {
-            return (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>502 Bad Gateway</html>")
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html>502 Bad Gateway</html>",
+            )
                 .into_response();
         }
-        Outcome::TokenExpired => return json_response(&interface_error(600, "token invalid, please log in again")),
-        Outcome::ExtNotRegistered => return json_response(&business_error("1014", "extension not registered")),
-        Outcome::Refused => return json_response(&business_error(&script.refuse_code, &script.refuse_message)),
+        Outcome::TokenExpired => {
+            return json_response(&interface_error(600, "token invalid, please log in again"));
+        }
+        Outcome::ExtNotRegistered => {
+            return json_response(&business_error("1014", "extension not registered"));
+        }
+        Outcome::Refused => {
+            return json_response(&business_error(&script.refuse_code, &script.refuse_message));
+        }
         _ => {}
     }
     // Accepted: the call happens whatever becomes of this response.
@@ -254,7 +307,11 @@ async fn dial(state: &Arc<SimState>, p: &HashMap<String, String>, double: bool) 
     json_response(&ok(desc, None))
 }
 
-fn schedule_callback(state: Arc<SimState>, record: serde_json::Map<String, Value>, script: record::Script) {
+fn schedule_callback(
+    state: Arc<SimState>,
+    record: serde_json::Map<String, Value>,
+    script: record::Script,
+) {
     if script.callback == CallbackMode::Lost {
         return;
     }
@@ -264,7 +321,11 @@ fn schedule_callback(state: Arc<SimState>, record: serde_json::Map<String, Value
             delay += script.late_ms;
         }
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        let times = if script.callback == CallbackMode::Duplicated { 2 } else { 1 };
+        let times = if script.callback == CallbackMode::Duplicated {
+            2
+        } else {
+            1
+        };
         let body = record::render(&record, &script);
         for _ in 0..times {
             let url = state.lock().callback_url.clone();
@@ -320,18 +381,42 @@ fn call_status(state: &SimState, p: &HashMap<String, String>) -> Value {
 
 fn get_bill(state: &SimState, p: &HashMap<String, String>) -> Value {
     let filter = |k: &str| p.get(k).filter(|s| !s.is_empty()).cloned();
-    let (uuid, member, start, end) = (filter("customuuid"), filter("memberid"), filter("starttime"), filter("endtime"));
-    let page: usize = p.get("currentpage").and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
-    let per: usize = p.get("itemsperpage").and_then(|s| s.parse().ok()).unwrap_or(20).clamp(1, 1000);
+    let (uuid, member, start, end) = (
+        filter("customuuid"),
+        filter("memberid"),
+        filter("starttime"),
+        filter("endtime"),
+    );
+    let page: usize = p
+        .get("currentpage")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let per: usize = p
+        .get("itemsperpage")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+        .clamp(1, 1000);
     let g = state.lock();
     let matching: Vec<&serde_json::Map<String, Value>> = g
         .bills
         .iter()
-        .filter(|b| uuid.as_ref().is_none_or(|u| b.get("customuuid").and_then(Value::as_str) == Some(u)))
-        .filter(|b| member.as_ref().is_none_or(|m| b.get("memberid").and_then(Value::as_str) == Some(m)))
         .filter(|b| {
-            let st = b.get("starttime").and_then(Value::as_str).unwrap_or_default();
-            start.as_ref().is_none_or(|s| st >= s.as_str()) && end.as_ref().is_none_or(|e| st <= e.as_str())
+            uuid.as_ref()
+                .is_none_or(|u| b.get("customuuid").and_then(Value::as_str) == Some(u))
+        })
+        .filter(|b| {
+            member
+                .as_ref()
+                .is_none_or(|m| b.get("memberid").and_then(Value::as_str) == Some(m))
+        })
+        .filter(|b| {
+            let st = b
+                .get("starttime")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            start.as_ref().is_none_or(|s| st >= s.as_str())
+                && end.as_ref().is_none_or(|e| st <= e.as_str())
         })
         .collect();
     let total = matching.len();
@@ -343,7 +428,9 @@ fn get_bill(state: &SimState, p: &HashMap<String, String>) -> Value {
         .collect();
     ok(
         "query successful",
-        Some(json!({"totalitems": total, "currentpage": page, "itemsperpage": per, "bills": bills})),
+        Some(
+            json!({"totalitems": total, "currentpage": page, "itemsperpage": per, "bills": bills}),
+        ),
     )
 }
 
@@ -363,7 +450,9 @@ fn recode_file(state: &SimState, p: &HashMap<String, String>) -> Value {
     let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%d %H:%M:%S");
     ok(
         "query successful",
-        Some(json!({"downurl": format!("{}/recordings/{name}?sig=sim", state.base_url),
-            "expiredtime": format!("Expiration time:{expires}")})),
+        Some(
+            json!({"downurl": format!("{}/recordings/{name}?sig=sim", state.base_url),
+            "expiredtime": format!("Expiration time:{expires}")}),
+        ),
     )
 }

@@ -43,18 +43,22 @@ pub(crate) fn routes() -> Router<Arc<SimState>> {
     Router::new()
         .route(
             "/control/scripts",
-            post(|State(s): State<Arc<SimState>>, Json(b): Json<ScriptBody>| async move {
-                s.set_script(b.destination.as_deref(), b.script);
-                Json(json!({"ok": true}))
-            }),
+            post(
+                |State(s): State<Arc<SimState>>, Json(b): Json<ScriptBody>| async move {
+                    s.set_script(b.destination.as_deref(), b.script);
+                    Json(json!({"ok": true}))
+                },
+            ),
         )
         .route(
             "/control/extensions",
-            post(|State(s): State<Arc<SimState>>, Json(b): Json<ExtBody>| async move {
-                let refs: Vec<&str> = b.numbers.iter().map(String::as_str).collect();
-                s.set_extensions(&refs, b.registered);
-                Json(json!({"ok": true}))
-            }),
+            post(
+                |State(s): State<Arc<SimState>>, Json(b): Json<ExtBody>| async move {
+                    let refs: Vec<&str> = b.numbers.iter().map(String::as_str).collect();
+                    s.set_extensions(&refs, b.registered);
+                    Json(json!({"ok": true}))
+                },
+            ),
         )
         .route(
             "/control/expire-tokens",
@@ -65,21 +69,27 @@ pub(crate) fn routes() -> Router<Arc<SimState>> {
         )
         .route(
             "/control/callback-url",
-            post(|State(s): State<Arc<SimState>>, Json(b): Json<UrlBody>| async move {
-                s.set_callback_url(b.url);
-                Json(json!({"ok": true}))
-            }),
+            post(
+                |State(s): State<Arc<SimState>>, Json(b): Json<UrlBody>| async move {
+                    s.set_callback_url(b.url);
+                    Json(json!({"ok": true}))
+                },
+            ),
         )
         .route(
             "/control/requests",
-            get(|State(s): State<Arc<SimState>>, Query(q): Query<ReqQuery>| async move {
-                Json(json!(s.requests(q.service.as_deref())))
-            }),
+            get(
+                |State(s): State<Arc<SimState>>, Query(q): Query<ReqQuery>| async move {
+                    Json(json!(s.requests(q.service.as_deref())))
+                },
+            ),
         )
         .route(
             "/control/bills",
             get(|State(s): State<Arc<SimState>>| async move {
-                Json(Value::Array(s.bills().into_iter().map(Value::Object).collect()))
+                Json(Value::Array(
+                    s.bills().into_iter().map(Value::Object).collect(),
+                ))
             }),
         )
         .route(

@@ -50,9 +50,12 @@ impl Simulator {
         let stop = CancellationToken::new();
         let s2 = stop.clone();
         let handle = tokio::spawn(async move {
-            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { s2.cancelled().await })
-                .await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { s2.cancelled().await })
+            .await;
         });
         Ok(Self {
             addr,

@@ -19,10 +19,18 @@ struct Cli {
     #[arg(long, env = "INFINITY_SIM_APP_ID", default_value = "sim-app")]
     app_id: String,
     /// Access key accepted by App.Sip_Auth.Login.
-    #[arg(long, env = "INFINITY_SIM_ACCESS_KEY", default_value = "sim-access-key")]
+    #[arg(
+        long,
+        env = "INFINITY_SIM_ACCESS_KEY",
+        default_value = "sim-access-key"
+    )]
     access_key: String,
     /// A static token that is always valid.
-    #[arg(long, env = "INFINITY_SIM_STATIC_TOKEN", default_value = "0123456789abcdef0123456789abcdef")]
+    #[arg(
+        long,
+        env = "INFINITY_SIM_STATIC_TOKEN",
+        default_value = "0123456789abcdef0123456789abcdef"
+    )]
     static_token: String,
     /// Where call-record callbacks are posted.
     #[arg(long, env = "INFINITY_SIM_CALLBACK_URL")]
@@ -37,7 +45,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let cli = Cli::parse();
     let config = SimConfig {
         host: cli.host,
@@ -57,7 +67,11 @@ async fn main() -> anyhow::Result<()> {
         ..SimConfig::default()
     };
     let sim = Simulator::start(config).await?;
-    println!("infinity-sim: API at {}  (control: http://{}/control/...)", sim.api_url(), sim.addr());
+    println!(
+        "infinity-sim: API at {}  (control: http://{}/control/...)",
+        sim.api_url(),
+        sim.addr()
+    );
     let _ = tokio::signal::ctrl_c().await;
     sim.stop().await;
     Ok(())

@@ -176,14 +176,25 @@ pub(crate) fn build(r: &NewRecord<'_>) -> Map<String, Value> {
     let answered = s.outcome == Outcome::Answered;
     let fmt = |t: chrono::DateTime<chrono::FixedOffset>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     let ring = chrono::Duration::seconds(i64::from(s.ring_seconds));
-    let talk = if answered { i64::from(s.talk_seconds) } else { 0 };
+    let talk = if answered {
+        i64::from(s.talk_seconds)
+    } else {
+        0
+    };
     let answer_at = r.start + ring;
     let end = answer_at + chrono::Duration::seconds(talk);
     let p = |k: &str| r.params.get(k).cloned().unwrap_or_default();
     let uuid = uuid::Uuid::new_v4().to_string();
-    let filename = format!("{}_{}_{}.mp3", r.start.format("%Y%m%d%H%M%S"), p("extnumber"), r.id);
+    let filename = format!(
+        "{}_{}_{}.mp3",
+        r.start.format("%Y%m%d%H%M%S"),
+        p("extnumber"),
+        r.id
+    );
     let (recordurl, recordfilename) = match (answered, s.recording) {
-        (true, crate::Recording::Url) => (format!("{}/recordings/{filename}", r.base_url), filename),
+        (true, crate::Recording::Url) => {
+            (format!("{}/recordings/{filename}", r.base_url), filename)
+        }
         (true, crate::Recording::Filename) => (String::new(), filename),
         _ => (String::new(), String::new()),
     };

@@ -116,14 +116,18 @@ impl SimState {
             inner: Mutex::new(inner),
             config,
             started: Instant::now(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
             base_url: format!("http://{addr}"),
         })
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock only poisons test state; keep serving.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sets the script for calls to `destination` (the dialled number, prefix included, or a
@@ -177,14 +181,25 @@ impl SimState {
             .collect()
     }
 
-    /// Dial requests (MakeCall or DoubleCall) carrying this customuuid.
+    /// Calls actually placed (dials Infinity accepted) carrying this customuuid.
     pub fn dials_for(&self, customuuid: &str) -> usize {
+        self.lock()
+            .bills
+            .iter()
+            .filter(|b| b.get("customuuid").and_then(Value::as_str) == Some(customuuid))
+            .count()
+    }
+
+    /// Dial requests received (accepted or not), MakeCall and DoubleCall.
+    pub fn dial_requests(&self) -> Vec<LoggedRequest> {
         self.lock()
             .requests
             .iter()
-            .filter(|r| r.service == "App.Sip_Call.MakeCall" || r.service == "App.Sip_Call.DoubleCall")
-            .filter(|r| r.params.get("customuuid").is_some_and(|c| c == customuuid))
-            .count()
+            .filter(|r| {
+                r.service == "App.Sip_Call.MakeCall" || r.service == "App.Sip_Call.DoubleCall"
+            })
+            .cloned()
+            .collect()
     }
 
     /// Every call record produced so far.

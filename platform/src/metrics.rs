@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -45,4 +46,37 @@ pub async fn serve(
 /// The address a listener is bound to, or an error naming the problem.
 pub fn local_addr(listener: &tokio::net::TcpListener) -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
+}
+
+/// Labels of an RPC outcome: bounded (the RPC name and the gRPC code, never an id).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The RPC, e.g. `acquire`.
+    pub op: &'static str,
+    /// The gRPC code name, e.g. `ok` or `resource_exhausted`.
+    pub code: &'static str,
+}
+
+/// The snake_case name of a gRPC code, for metric labels.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "ok",
+        C::Cancelled => "cancelled",
+        C::Unknown => "unknown",
+        C::InvalidArgument => "invalid_argument",
+        C::DeadlineExceeded => "deadline_exceeded",
+        C::NotFound => "not_found",
+        C::AlreadyExists => "already_exists",
+        C::PermissionDenied => "permission_denied",
+        C::ResourceExhausted => "resource_exhausted",
+        C::FailedPrecondition => "failed_precondition",
+        C::Aborted => "aborted",
+        C::OutOfRange => "out_of_range",
+        C::Unimplemented => "unimplemented",
+        C::Internal => "internal",
+        C::Unavailable => "unavailable",
+        C::DataLoss => "data_loss",
+        C::Unauthenticated => "unauthenticated",
+    }
 }

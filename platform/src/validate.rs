@@ -6,13 +6,18 @@ pub fn id(value: &str, max: usize) -> Result<(), String> {
         return Err("is required".into());
     }
     if value.len() > max {
-        return Err(format!("must be at most {max} characters, got {}", value.len()));
+        return Err(format!(
+            "must be at most {max} characters, got {}",
+            value.len()
+        ));
     }
     if let Some(c) = value
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
     {
-        return Err(format!("may contain only letters, digits and _ - . : (found {c:?})"));
+        return Err(format!(
+            "may contain only letters, digits and _ - . : (found {c:?})"
+        ));
     }
     Ok(())
 }
@@ -24,6 +29,10 @@ mod tests {
         assert!(super::id("tenant-1.a:b_c", 64).is_ok());
         assert_eq!(super::id("", 64).expect_err("empty"), "is required");
         assert!(super::id("a b", 64).expect_err("space").contains("' '"));
-        assert!(super::id(&"x".repeat(65), 64).expect_err("long").contains("at most 64"));
+        assert!(
+            super::id(&"x".repeat(65), 64)
+                .expect_err("long")
+                .contains("at most 64")
+        );
     }
 }

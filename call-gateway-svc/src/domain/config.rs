@@ -97,10 +97,14 @@ impl Credentials {
                 }
             }
             Self::App { app_id, access_key } => {
-                cco_platform::validate::id(app_id, 64).map_err(|m| GwError::invalid("credentials.app.app_id", m))?;
+                cco_platform::validate::id(app_id, 64)
+                    .map_err(|m| GwError::invalid("credentials.app.app_id", m))?;
                 let k = access_key.expose_secret();
                 if k.is_empty() || k.len() > 128 || !k.chars().all(|c| c.is_ascii_graphic()) {
-                    return Err(GwError::invalid("credentials.app.access_key", "must be 1-128 printable characters"));
+                    return Err(GwError::invalid(
+                        "credentials.app.access_key",
+                        "must be 1-128 printable characters",
+                    ));
                 }
             }
         }
@@ -192,7 +196,10 @@ fn range(field: &'static str, v: u32, lo: u32, hi: u32) -> Result<u32, GwError> 
     if (lo..=hi).contains(&v) {
         Ok(v)
     } else {
-        Err(GwError::invalid(field, format!("must be {lo}-{hi}, got {v}")))
+        Err(GwError::invalid(
+            field,
+            format!("must be {lo}-{hi}, got {v}"),
+        ))
     }
 }
 
@@ -202,13 +209,21 @@ pub fn validate_api_url(raw: &str) -> Result<String, GwError> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| GwError::invalid("api_url", format!("must start with http:// or https://, got {url:?}")))?;
+        .ok_or_else(|| {
+            GwError::invalid(
+                "api_url",
+                format!("must start with http:// or https://, got {url:?}"),
+            )
+        })?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if host.is_empty() || host.contains(char::is_whitespace) || host.starts_with(':') {
         return Err(GwError::invalid("api_url", format!("has no host: {url:?}")));
     }
     if url.len() > 512 {
-        return Err(GwError::invalid("api_url", "must be at most 512 characters"));
+        return Err(GwError::invalid(
+            "api_url",
+            "must be at most 512 characters",
+        ));
     }
     Ok(url.to_owned())
 }
@@ -216,10 +231,16 @@ pub fn validate_api_url(raw: &str) -> Result<String, GwError> {
 /// Parses and deduplicates a caller number pool (1-1000 numbers) in `region`.
 fn parse_pool(pool: &[String], region: Region) -> Result<Vec<Phone>, GwError> {
     if pool.is_empty() {
-        return Err(GwError::invalid("caller_number_pool", "give at least one caller number"));
+        return Err(GwError::invalid(
+            "caller_number_pool",
+            "give at least one caller number",
+        ));
     }
     if pool.len() > 1_000 {
-        return Err(GwError::invalid("caller_number_pool", "at most 1000 numbers"));
+        return Err(GwError::invalid(
+            "caller_number_pool",
+            "at most 1000 numbers",
+        ));
     }
     let mut out: Vec<Phone> = Vec::with_capacity(pool.len());
     for (i, raw) in pool.iter().enumerate() {
@@ -240,7 +261,12 @@ pub fn generate_secret() -> SecretString {
 
 fn validate_secret(s: &SecretString) -> Result<(), GwError> {
     let v = s.expose_secret();
-    if v.len() < 16 || v.len() > 128 || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~')) {
+    if v.len() < 16
+        || v.len() > 128
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+    {
         return Err(GwError::invalid(
             "callback_secret",
             "must be 16-128 URL-safe characters (letters, digits, - _ . ~)",
@@ -263,14 +289,12 @@ impl TenantConfig {
             None => Region::CN,
         };
         let pool = parse_pool(&f.caller_number_pool.take().unwrap_or_default(), region)?;
-        let first = pool
-            .first()
-            .cloned()
-            .ok_or_else(|| GwError::invalid("caller_number_pool", "give at least one caller number"))?;
-        let credentials = f
-            .credentials
-            .clone()
-            .ok_or_else(|| GwError::invalid("credentials", "give an access_token or app credentials"))?;
+        let first = pool.first().cloned().ok_or_else(|| {
+            GwError::invalid("caller_number_pool", "give at least one caller number")
+        })?;
+        let credentials = f.credentials.clone().ok_or_else(|| {
+            GwError::invalid("credentials", "give an access_token or app credentials")
+        })?;
         let generated = f.callback_secret.is_none().then(generate_secret);
         let mut cfg = Self {
             config_id: Uuid::now_v7(),
@@ -308,10 +332,14 @@ impl TenantConfig {
     pub fn apply(&mut self, f: ConfigFields) -> Result<(), GwError> {
         if let Some(v) = f.supplier_id {
             if v.len() > 64 {
-                return Err(GwError::invalid("supplier_id", "must be at most 64 characters"));
+                return Err(GwError::invalid(
+                    "supplier_id",
+                    "must be at most 64 characters",
+                ));
             }
             if !v.is_empty() {
-                cco_platform::validate::id(&v, 64).map_err(|m| GwError::invalid("supplier_id", m))?;
+                cco_platform::validate::id(&v, 64)
+                    .map_err(|m| GwError::invalid("supplier_id", m))?;
             }
             self.supplier_id = v;
         }
@@ -324,7 +352,8 @@ impl TenantConfig {
             self.credentials = self.credentials.clone().validate()?;
         }
         if let Some(r) = f.phone_region {
-            self.phone_region = parse_region(&r).map_err(|m| GwError::invalid("phone_region", m))?;
+            self.phone_region =
+                parse_region(&r).map_err(|m| GwError::invalid("phone_region", m))?;
         }
         if let Some(pool) = f.caller_number_pool {
             let out = parse_pool(&pool, self.phone_region)?;
@@ -337,7 +366,8 @@ impl TenantConfig {
             self.caller_number_pool = out;
         }
         if let Some(d) = f.default_caller_number {
-            let p = Phone::parse(&d, self.phone_region).map_err(|m| GwError::invalid("default_caller_number", m))?;
+            let p = Phone::parse(&d, self.phone_region)
+                .map_err(|m| GwError::invalid("default_caller_number", m))?;
             if !self.caller_number_pool.contains(&p) {
                 return Err(GwError::invalid(
                     "default_caller_number",
@@ -354,7 +384,10 @@ impl TenantConfig {
         }
         if let Some(v) = f.destination_prefix {
             if v.len() > 8 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(GwError::invalid("destination_prefix", format!("must be 0-8 digits, got {v:?}")));
+                return Err(GwError::invalid(
+                    "destination_prefix",
+                    format!("must be 0-8 digits, got {v:?}"),
+                ));
             }
             self.destination_prefix = v;
         }
@@ -382,7 +415,10 @@ impl TenantConfig {
         }
         if let Some(list) = f.callback_ip_allowlist {
             if list.len() > 100 {
-                return Err(GwError::invalid("callback_ip_allowlist", "at most 100 entries"));
+                return Err(GwError::invalid(
+                    "callback_ip_allowlist",
+                    "at most 100 entries",
+                ));
             }
             let mut nets = Vec::with_capacity(list.len());
             for (i, raw) in list.iter().enumerate() {
@@ -404,7 +440,10 @@ impl TenantConfig {
         }
         if let Some(tz) = f.callback_time_zone {
             self.callback_time_zone = tz.parse().map_err(|_| {
-                GwError::invalid("callback_time_zone", format!("must be an IANA time zone such as Asia/Shanghai, got {tz:?}"))
+                GwError::invalid(
+                    "callback_time_zone",
+                    format!("must be an IANA time zone such as Asia/Shanghai, got {tz:?}"),
+                )
             })?;
         }
         if let Some(v) = f.is_active {
@@ -419,7 +458,8 @@ impl TenantConfig {
 
     /// Whether `ip` may post callbacks (an empty allow-list allows any address).
     pub fn callback_ip_allowed(&self, ip: std::net::IpAddr) -> bool {
-        self.callback_ip_allowlist.is_empty() || self.callback_ip_allowlist.iter().any(|n| n.contains(&ip))
+        self.callback_ip_allowlist.is_empty()
+            || self.callback_ip_allowlist.iter().any(|n| n.contains(&ip))
     }
 }
 

@@ -46,8 +46,13 @@ impl Phone {
         if s.len() > 32 {
             return Err(format!("must be at most 32 characters, got {}", s.len()));
         }
-        if let Some(c) = s.chars().find(|c| !(c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')'))) {
-            return Err(format!("may contain only digits, spaces, + - ( ), found {c:?}"));
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')')))
+        {
+            return Err(format!(
+                "may contain only digits, spaces, + - ( ), found {c:?}"
+            ));
         }
         let normalised = match s.strip_prefix("00") {
             Some(rest) if !s.starts_with('+') => format!("+{rest}"),
@@ -58,7 +63,10 @@ impl Phone {
             .map_err(|_| format!("is not a phone number: {s:?}"))?
             .map_err(|e| format!("is not a phone number ({e}): {s:?}"))?;
         if !phonenumber::is_valid(&parsed) {
-            return Err(format!("is not a valid phone number for region {}: {s:?}", region.as_ref()));
+            return Err(format!(
+                "is not a valid phone number for region {}: {s:?}",
+                region.as_ref()
+            ));
         }
         Ok(Self::from_parsed(&parsed))
     }
@@ -115,8 +123,16 @@ mod tests {
         let l = Phone::parse("025-66823420", cn()).expect("landline");
         assert_eq!(l.e164(), "+862566823420");
         assert_eq!(l.dial_digits(cn()), "02566823420");
-        assert_eq!(Phone::parse("+86 138 0013 8000", cn()).expect("intl").e164(), "+8613800138000");
-        assert_eq!(Phone::parse("008613800138000", cn()).expect("00").e164(), "+8613800138000");
+        assert_eq!(
+            Phone::parse("+86 138 0013 8000", cn())
+                .expect("intl")
+                .e164(),
+            "+8613800138000"
+        );
+        assert_eq!(
+            Phone::parse("008613800138000", cn()).expect("00").e164(),
+            "+8613800138000"
+        );
     }
 
     #[test]
@@ -130,7 +146,17 @@ mod tests {
 
     #[test]
     fn rejects_garbage_without_panicking() {
-        for bad in ["", "abc", "12", "+", "++++", "138001380000000000000000000000000", "1380013800x", "(((((", "+999 1234"] {
+        for bad in [
+            "",
+            "abc",
+            "12",
+            "+",
+            "++++",
+            "138001380000000000000000000000000",
+            "1380013800x",
+            "(((((",
+            "+999 1234",
+        ] {
             assert!(Phone::parse(bad, cn()).is_err(), "{bad:?} accepted");
         }
         assert!(parse_region("XX").is_err());

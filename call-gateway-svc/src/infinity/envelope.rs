@@ -50,10 +50,16 @@ fn snippet(body: &[u8]) -> String {
 /// Parses one answer. Success is `ret == 200 && data.status == 0`.
 pub fn parse_envelope(http_status: u16, body: &[u8]) -> Result<Data, InfinityError> {
     if http_status >= 500 {
-        return Err(InfinityError::Upstream(format!("HTTP {http_status}: {}", snippet(body))));
+        return Err(InfinityError::Upstream(format!(
+            "HTTP {http_status}: {}",
+            snippet(body)
+        )));
     }
     if !(200..300).contains(&http_status) {
-        return Err(InfinityError::Upstream(format!("HTTP {http_status}: {}", snippet(body))));
+        return Err(InfinityError::Upstream(format!(
+            "HTTP {http_status}: {}",
+            snippet(body)
+        )));
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|_| InfinityError::Upstream(format!("body is not JSON: {:?}", snippet(body))))?;
@@ -74,7 +80,9 @@ pub fn parse_envelope(http_status: u16, body: &[u8]) -> Result<Data, InfinityErr
     }
     let data = v.get("data").cloned().unwrap_or(Value::Null);
     if !data.is_object() {
-        return Err(InfinityError::Upstream(format!("ret 200 without a data object: {msg}")));
+        return Err(InfinityError::Upstream(format!(
+            "ret 200 without a data object: {msg}"
+        )));
     }
     let status = int(&data, "status").unwrap_or(-1);
     let desc = text(&data, "desc");
@@ -88,7 +96,11 @@ pub fn parse_envelope(http_status: u16, body: &[u8]) -> Result<Data, InfinityErr
     let code = text(&errors, "code");
     let codemsg = text(&errors, "codemsg");
     Err(InfinityError::Refused {
-        code: if code.is_empty() { format!("status {status}") } else { code },
+        code: if code.is_empty() {
+            format!("status {status}")
+        } else {
+            code
+        },
         message: if codemsg.is_empty() { desc } else { codemsg },
     })
 }
@@ -100,9 +112,15 @@ mod tests {
     #[test]
     fn success_needs_ret_200_and_status_0() {
         let ok = br#"{"ret":200,"data":{"status":0,"desc":"Call command sent successfully","reqtime":1,"rsptime":1},"msg":""}"#;
-        assert_eq!(parse_envelope(200, ok).expect("ok").desc, "Call command sent successfully");
+        assert_eq!(
+            parse_envelope(200, ok).expect("ok").desc,
+            "Call command sent successfully"
+        );
         let status_str = br#"{"ret":"200","data":{"status":"0","desc":"x"},"msg":""}"#;
-        assert!(parse_envelope(200, status_str).is_ok(), "numbers as strings");
+        assert!(
+            parse_envelope(200, status_str).is_ok(),
+            "numbers as strings"
+        );
     }
 
     #[test]
@@ -114,15 +132,26 @@ mod tests {
         let i = br#"{"ret":200,"data":{"status":1,"desc":"fail","errors":{"code":1003,"codemsg":""}},"msg":""}"#;
         assert_eq!(
             parse_envelope(200, i).expect_err("refused"),
-            InfinityError::Refused { code: "1003".into(), message: "fail".into() }
+            InfinityError::Refused {
+                code: "1003".into(),
+                message: "fail".into()
+            }
         );
     }
 
     #[test]
     fn interface_errors_with_empty_data_array() {
-        let e = parse_envelope(200, br#"{"ret":600,"data":[],"msg":"token invalid"}"#).expect_err("auth");
-        assert_eq!(e, InfinityError::Auth { ret: 600, message: "token invalid".into() });
-        let e = parse_envelope(200, br#"{"ret":400,"data":[],"msg":"Illegal request"}"#).expect_err("400");
+        let e = parse_envelope(200, br#"{"ret":600,"data":[],"msg":"token invalid"}"#)
+            .expect_err("auth");
+        assert_eq!(
+            e,
+            InfinityError::Auth {
+                ret: 600,
+                message: "token invalid".into()
+            }
+        );
+        let e = parse_envelope(200, br#"{"ret":400,"data":[],"msg":"Illegal request"}"#)
+            .expect_err("400");
         assert_eq!(e.code(), Some("400"));
         let e = parse_envelope(200, br#"{"ret":500,"data":[],"msg":"boom"}"#).expect_err("500");
         assert!(matches!(e, InfinityError::Upstream(_)));
@@ -132,8 +161,20 @@ mod tests {
 
     #[test]
     fn garbage_and_http_errors_are_upstream() {
-        for (status, body) in [(200, &b"<html>oops</html>"[..]), (502, b"bad gateway"), (200, b""), (200, b"[1,2]"), (404, b"{}")] {
-            assert!(matches!(parse_envelope(status, body), Err(InfinityError::Upstream(_))), "{status} {body:?}");
+        for (status, body) in [
+            (200, &b"<html>oops</html>"[..]),
+            (502, b"bad gateway"),
+            (200, b""),
+            (200, b"[1,2]"),
+            (404, b"{}"),
+        ] {
+            assert!(
+                matches!(
+                    parse_envelope(status, body),
+                    Err(InfinityError::Upstream(_))
+                ),
+                "{status} {body:?}"
+            );
         }
     }
 }

@@ -223,7 +223,12 @@ impl InfinityClient {
     }
 
     /// Sends one request (no token handling) and parses the envelope.
-    async fn send(&self, ep: &Endpoint, service: &str, params: &[(&str, String)]) -> Result<Data, InfinityError> {
+    async fn send(
+        &self,
+        ep: &Endpoint,
+        service: &str,
+        params: &[(&str, String)],
+    ) -> Result<Data, InfinityError> {
         let mut fields: Vec<(&str, String)> = Vec::with_capacity(params.len() + 1);
         fields.push(("service", service.to_owned()));
         fields.extend(params.iter().filter(|(_, v)| !v.is_empty()).cloned());
@@ -243,7 +248,13 @@ impl InfinityClient {
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| classify(&e))?;
         let result = parse_envelope(status.as_u16(), &body);
-        tracing::debug!(service, http = status.as_u16(), ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "infinity request");
+        tracing::debug!(
+            service,
+            http = status.as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "infinity request"
+        );
         result
     }
 
@@ -282,13 +293,18 @@ impl InfinityClient {
             .send(
                 ep,
                 "App.Sip_Auth.Login",
-                &[("appid", app_id.clone()), ("accesskey", access_key.expose_secret().to_owned())],
+                &[
+                    ("appid", app_id.clone()),
+                    ("accesskey", access_key.expose_secret().to_owned()),
+                ],
             )
             .await?;
         let result = data.result.unwrap_or_default();
         let token = envelope::text(&result, "token");
         if token.is_empty() {
-            return Err(InfinityError::Upstream("Login succeeded without a token".into()));
+            return Err(InfinityError::Upstream(
+                "Login succeeded without a token".into(),
+            ));
         }
         let info = LoginInfo {
             token: SecretString::from(token),
@@ -316,7 +332,12 @@ impl InfinityClient {
 
     /// Sends an authenticated request; with app credentials, a `ret 600` (or business code 1010)
     /// triggers one new Login and one retry.
-    async fn call(&self, ep: &Endpoint, service: &str, params: &[(&str, String)]) -> Result<Data, InfinityError> {
+    async fn call(
+        &self,
+        ep: &Endpoint,
+        service: &str,
+        params: &[(&str, String)],
+    ) -> Result<Data, InfinityError> {
         let token = self.token(ep).await?;
         let mut with_token: Vec<(&str, String)> = vec![("token", token.expose_secret().to_owned())];
         with_token.extend_from_slice(params);
@@ -329,7 +350,10 @@ impl InfinityClient {
         let Some(key) = Self::token_key(ep).filter(|_| expired) else {
             return first;
         };
-        tracing::info!(service, "Infinity token rejected; logging in again and retrying once");
+        tracing::info!(
+            service,
+            "Infinity token rejected; logging in again and retrying once"
+        );
         self.forget_token(&key);
         let fresh = self.login(ep).await?;
         with_token[0].1 = fresh.token.expose_secret().to_owned();
@@ -345,9 +369,13 @@ impl InfinityClient {
         if let Some(key) = Self::token_key(ep) {
             self.forget_token(&key);
         }
-        self.send(ep, "App.Sip_Auth.Logout", &[("token", token.expose_secret().to_owned())])
-            .await
-            .map(|_| ())
+        self.send(
+            ep,
+            "App.Sip_Auth.Logout",
+            &[("token", token.expose_secret().to_owned())],
+        )
+        .await
+        .map(|_| ())
     }
 
     fn dial_fields(p: &DialParams) -> Vec<(&'static str, String)> {
@@ -375,7 +403,11 @@ impl InfinityClient {
     ///
     /// # Errors
     /// Typed as described on [`InfinityError`].
-    pub async fn double_call(&self, ep: &Endpoint, p: &DialParams) -> Result<String, InfinityError> {
+    pub async fn double_call(
+        &self,
+        ep: &Endpoint,
+        p: &DialParams,
+    ) -> Result<String, InfinityError> {
         let mut f = Self::dial_fields(p);
         f.push(("anumber", p.anumber.clone()));
         f.push(("bnumber", p.bnumber.clone()));
@@ -388,7 +420,11 @@ impl InfinityClient {
     /// As Infinity answered.
     pub async fn sip_numbers(&self, ep: &Endpoint) -> Result<Vec<SipNumber>, InfinityError> {
         let data = self
-            .call(ep, "App.Sip_Sipnum.GetSipnumberInfo", &[("status", "3".into())])
+            .call(
+                ep,
+                "App.Sip_Sipnum.GetSipnumberInfo",
+                &[("status", "3".into())],
+            )
             .await?;
         Ok(envelope::list(data.result.as_ref())
             .iter()
@@ -404,9 +440,17 @@ impl InfinityClient {
     ///
     /// # Errors
     /// As Infinity answered.
-    pub async fn call_status(&self, ep: &Endpoint, extensions: &[String]) -> Result<Vec<ExtCallStatus>, InfinityError> {
+    pub async fn call_status(
+        &self,
+        ep: &Endpoint,
+        extensions: &[String],
+    ) -> Result<Vec<ExtCallStatus>, InfinityError> {
         let data = self
-            .call(ep, "App.Sip_Status.GetSipCallStatus", &[("extnumber", extensions.join(","))])
+            .call(
+                ep,
+                "App.Sip_Status.GetSipCallStatus",
+                &[("extnumber", extensions.join(","))],
+            )
             .await?;
         Ok(envelope::list(data.result.as_ref())
             .iter()
@@ -439,7 +483,9 @@ impl InfinityClient {
             .await?;
         let result = data.result.unwrap_or_default();
         Ok(BillPage {
-            total: envelope::int(&result, "totalitems").and_then(|t| u64::try_from(t).ok()).unwrap_or(0),
+            total: envelope::int(&result, "totalitems")
+                .and_then(|t| u64::try_from(t).ok())
+                .unwrap_or(0),
             bills: envelope::list(result.get("bills"))
                 .into_iter()
                 .filter_map(|b| match b {
@@ -454,14 +500,24 @@ impl InfinityClient {
     ///
     /// # Errors
     /// As Infinity answered (1029: no such file).
-    pub async fn recording_link(&self, ep: &Endpoint, filename: &str) -> Result<RecordingLink, InfinityError> {
+    pub async fn recording_link(
+        &self,
+        ep: &Endpoint,
+        filename: &str,
+    ) -> Result<RecordingLink, InfinityError> {
         let data = self
-            .call(ep, "App.Sip_Cdr.GetRecodeFile", &[("filename", filename.to_owned())])
+            .call(
+                ep,
+                "App.Sip_Cdr.GetRecodeFile",
+                &[("filename", filename.to_owned())],
+            )
             .await?;
         let r = data.result.unwrap_or_default();
         let url = envelope::text(&r, "downurl");
         if url.is_empty() {
-            return Err(InfinityError::Upstream("GetRecodeFile succeeded without downurl".into()));
+            return Err(InfinityError::Upstream(
+                "GetRecodeFile succeeded without downurl".into(),
+            ));
         }
         Ok(RecordingLink {
             url,
@@ -475,7 +531,11 @@ impl InfinityClient {
     /// As Infinity answered.
     pub async fn hangup(&self, ep: &Endpoint, extnumber: &str) -> Result<String, InfinityError> {
         Ok(self
-            .call(ep, "App.Sip_Call.HangupCall", &[("extnumber", extnumber.to_owned())])
+            .call(
+                ep,
+                "App.Sip_Call.HangupCall",
+                &[("extnumber", extnumber.to_owned())],
+            )
             .await?
             .desc)
     }

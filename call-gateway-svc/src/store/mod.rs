@@ -83,7 +83,11 @@ pub trait GatewayStore: Send + Sync + 'static {
     /// Creates or replaces a collector; returns it as stored.
     async fn upsert_collector(&self, row: &CollectorRow) -> Result<CollectorRow, GwError>;
     /// One collector.
-    async fn collector(&self, tenant_id: &str, collector_id: &str) -> Result<Option<CollectorRow>, GwError>;
+    async fn collector(
+        &self,
+        tenant_id: &str,
+        collector_id: &str,
+    ) -> Result<Option<CollectorRow>, GwError>;
     /// Collectors by id after `after`, at most `limit`.
     async fn list_collectors(
         &self,
@@ -99,10 +103,14 @@ pub trait GatewayStore: Send + Sync + 'static {
 /// Classifies a database error: connection trouble is `UNAVAILABLE`, the rest internal.
 pub(crate) fn db_err(e: sqlx::Error) -> GwError {
     match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-            GwError::Unavailable(format!("database unavailable: {e}"))
-        }
-        sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") => {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => GwError::Unavailable(format!("database unavailable: {e}")),
+        sqlx::Error::Database(d)
+            if d.code()
+                .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
+        {
             GwError::Unavailable(format!("database unavailable: {e}"))
         }
         _ => GwError::Internal(e.into()),

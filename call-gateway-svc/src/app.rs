@@ -1,0 +1,187 @@
+//! Start-up: `Application::build` connects, migrates and binds (port 0 works); then
+//! `run_until_stopped` serves gRPC and HTTP until the token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cco_contracts::gateway::v1::collectors_server::CollectorsServer;
+use cco_contracts::gateway::v1::tenant_configs_server::TenantConfigsServer;
+use cco_contracts::gateway::v1::tenant_policies_server::TenantPoliciesServer;
+use cco_platform::auth::AuthLayer;
+use cco_platform::db::{DbPool, Migrations};
+use prometheus_client::registry::Registry;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::allocator::AllocatorClient;
+use crate::grpc::GatewayGrpc;
+use crate::infinity::InfinityClient;
+use crate::service::Gateway;
+use crate::settings::Settings;
+use crate::store::{GatewayStore, PgGatewayStore, SqliteGatewayStore};
+
+static PG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/gateway/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/gateway/sqlite");
+
+/// The gateway's migrations for each backend.
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: &PG_MIGRATIONS,
+    sqlite: &SQLITE_MIGRATIONS,
+};
+
+/// Builds the store for a connected pool.
+pub fn store_for(db: &DbPool) -> Arc<dyn GatewayStore> {
+    match db {
+        DbPool::Postgres(p) => Arc::new(PgGatewayStore::new(p.clone())),
+        DbPool::Sqlite(p) => Arc::new(SqliteGatewayStore::new(p.clone())),
+    }
+}
+
+/// A built, bound, not yet serving gateway.
+pub struct Application {
+    settings: Settings,
+    db: DbPool,
+    svc: Gateway,
+    grpc_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    http_listener: TcpListener,
+    http_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("grpc_addr", &self.grpc_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Connects, migrates if configured, and binds the listeners.
+    ///
+    /// # Errors
+    /// Names the setting, database or address that failed.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, None).await
+    }
+
+    /// Like [`Application::build`] on listeners bound beforehand (gRPC, HTTP), so that two
+    /// services can learn each other's address before either starts.
+    ///
+    /// # Errors
+    /// Names the setting or database that failed.
+    pub async fn build_with(
+        settings: Settings,
+        listeners: Option<(TcpListener, TcpListener)>,
+    ) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let db = DbPool::connect(&settings.database).await?;
+        if settings.database.migrate_on_start {
+            db.migrate(MIGRATIONS).await?;
+        }
+        let svc = Gateway::new(
+            store_for(&db),
+            settings.cipher()?,
+            Arc::new(InfinityClient::new()?),
+            AllocatorClient::new(&settings.allocator)?,
+        );
+        let (grpc_listener, http_listener) = match listeners {
+            Some(l) => l,
+            None => (
+                cco_platform::grpc::bind(&settings.grpc.host, settings.grpc.port).await?,
+                cco_platform::grpc::bind(&settings.http.host, settings.http.port).await?,
+            ),
+        };
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        Ok(Self {
+            settings,
+            db,
+            svc,
+            grpc_listener,
+            grpc_addr,
+            http_listener,
+            http_addr,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains (up to `shutdown_grace_seconds`).
+    ///
+    /// # Errors
+    /// Returns a serving failure.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let registry = Registry::default();
+        let keys = self.settings.keys()?;
+        let (reporter, health) = cco_platform::grpc::health();
+        reporter
+            .set_serving::<TenantConfigsServer<GatewayGrpc>>()
+            .await;
+        reporter
+            .set_serving::<TenantPoliciesServer<GatewayGrpc>>()
+            .await;
+        reporter
+            .set_serving::<CollectorsServer<GatewayGrpc>>()
+            .await;
+        let background = shutdown.child_token();
+        let http_task = tokio::spawn(cco_platform::metrics::serve(
+            self.http_listener,
+            Arc::new(registry),
+            background.clone(),
+        ));
+        let grpc = GatewayGrpc::new(self.svc.clone());
+        tracing::info!(addr = %self.grpc_addr, http = %self.http_addr, backend = self.db.backend(), "gateway serving");
+        let stop = shutdown.clone();
+        let reporter2 = reporter.clone();
+        let server = tonic::transport::Server::builder()
+            .layer(cco_platform::grpc::trace_layer())
+            .layer(AuthLayer::new(keys, crate::grpc::roles))
+            .add_service(health)
+            .add_service(cco_platform::grpc::reflection()?)
+            .add_service(TenantConfigsServer::new(grpc.clone()))
+            .add_service(TenantPoliciesServer::new(grpc.clone()))
+            .add_service(CollectorsServer::new(grpc))
+            .serve_with_incoming_shutdown(
+                cco_platform::grpc::incoming(self.grpc_listener),
+                async move {
+                    stop.cancelled().await;
+                    reporter2
+                        .set_service_status("", cco_platform::grpc::ServingStatus::NotServing)
+                        .await;
+                    reporter2
+                        .set_not_serving::<TenantConfigsServer<GatewayGrpc>>()
+                        .await;
+                    reporter2
+                        .set_not_serving::<TenantPoliciesServer<GatewayGrpc>>()
+                        .await;
+                    reporter2
+                        .set_not_serving::<CollectorsServer<GatewayGrpc>>()
+                        .await;
+                },
+            );
+        let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
+        let result = tokio::select! {
+            r = server => r.map_err(anyhow::Error::from),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("in-flight calls did not finish within the grace period");
+                Ok(())
+            }
+        };
+        background.cancel();
+        let _ = http_task.await;
+        self.db.close().await;
+        tracing::info!("gateway stopped");
+        result
+    }
+}

@@ -1,0 +1,56 @@
+//! The gateway binary: `call-gateway-svc [serve]` or `call-gateway-svc migrate`.
+
+use std::process::ExitCode;
+
+use call_gateway_svc::app::{Application, MIGRATIONS};
+use call_gateway_svc::settings::Settings;
+use cco_platform::db::DbPool;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// The Infinity call gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve gRPC and HTTP (the default).
+    Serve,
+    /// Run database migrations and exit.
+    Migrate,
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    cco_platform::telemetry::init(&settings.log);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let db = DbPool::connect(&settings.database).await?;
+            db.migrate(MIGRATIONS).await?;
+            db.close().await;
+            tracing::info!(backend = db.backend(), "migrations applied");
+            Ok(())
+        }
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            let token = CancellationToken::new();
+            tokio::spawn(cco_platform::grpc::shutdown_signal(token.clone()));
+            app.run_until_stopped(token).await
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("call-gateway-svc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Typed settings of the gateway: defaults, then the TOML file named by
+//! `GATEWAY_CONFIG_FILE`, then `GATEWAY__SECTION__KEY` environment variables.
+
+use cco_platform::auth::KeyStore;
+use cco_platform::db::DatabaseSettings;
+use cco_platform::telemetry::LogSettings;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::crypto::{Cipher, DEV_KEYS};
+
+/// All settings of the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The gRPC listener.
+    pub grpc: GrpcSettings,
+    /// The HTTP listener: `/metrics`, `/healthz` (and the Infinity callback, next).
+    pub http: HttpSettings,
+    /// The database.
+    pub database: DatabaseSettings,
+    /// API keys.
+    pub auth: AuthSettings,
+    /// Encryption of secrets at rest.
+    pub crypto: CryptoSettings,
+    /// The allocator.
+    pub allocator: AllocatorSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcSettings::default(),
+            http: HttpSettings::default(),
+            database: DatabaseSettings::sqlite_default("gateway.db"),
+            auth: AuthSettings::default(),
+            crypto: CryptoSettings::default(),
+            allocator: AllocatorSettings::default(),
+            log: LogSettings::default(),
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+/// The gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSettings {
+    /// Interface.
+    pub host: String,
+    /// Port; 0 picks one.
+    pub port: u16,
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 50052,
+        }
+    }
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Interface.
+    pub host: String,
+    /// Port; 0 picks one.
+    pub port: u16,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+        }
+    }
+}
+
+/// API keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `role:key[:tenant,tenant]` entries separated by `;` (roles: admin, caller, peer).
+    pub api_keys: SecretString,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            api_keys: SecretString::from(
+                "admin:dev-admin-key;caller:dev-caller-key;peer:dev-peer-key",
+            ),
+        }
+    }
+}
+
+/// Encryption of secrets at rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CryptoSettings {
+    /// `key_id:base64(32 bytes)` entries separated by `;`. Keep old keys listed while values
+    /// sealed with them remain.
+    pub keys: SecretString,
+    /// The key id new values are sealed with; empty means the first listed.
+    pub active_key_id: String,
+}
+
+impl Default for CryptoSettings {
+    fn default() -> Self {
+        Self {
+            keys: SecretString::from(DEV_KEYS),
+            active_key_id: String::new(),
+        }
+    }
+}
+
+/// How the gateway reaches the allocator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllocatorSettings {
+    /// The allocator's gRPC endpoint.
+    pub url: String,
+    /// The key presented to the allocator (role peer).
+    pub api_key: SecretString,
+    /// Deadline of one allocator call.
+    pub timeout_ms: u64,
+}
+
+impl Default for AllocatorSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:50051".into(),
+            api_key: SecretString::from("dev-peer-key"),
+            timeout_ms: 3_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, the optional file and the environment, then validates.
+    ///
+    /// # Errors
+    /// Names the setting that is wrong.
+    pub fn load() -> anyhow::Result<Self> {
+        let s: Self = cco_platform::config::load("GATEWAY")?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks values that types cannot.
+    ///
+    /// # Errors
+    /// Names the setting that is wrong.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.keys()?;
+        self.cipher()?;
+        if !(self.allocator.url.starts_with("http://")
+            || self.allocator.url.starts_with("https://"))
+        {
+            anyhow::bail!("allocator.url: must be an http:// or https:// URL");
+        }
+        Ok(())
+    }
+
+    /// The parsed API keys.
+    ///
+    /// # Errors
+    /// Names the malformed entry.
+    pub fn keys(&self) -> anyhow::Result<KeyStore> {
+        KeyStore::parse(self.auth.api_keys.expose_secret()).map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// The key ring.
+    ///
+    /// # Errors
+    /// Names the malformed entry.
+    pub fn cipher(&self) -> anyhow::Result<Cipher> {
+        Cipher::from_settings(self.crypto.keys.expose_secret(), &self.crypto.active_key_id)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+}

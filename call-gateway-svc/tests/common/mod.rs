@@ -1,0 +1,305 @@
+//! Harness for the gateway's integration tests: a real gateway (and, where needed, a real
+//! allocator wired to it both ways) on port 0 over fresh databases, the Infinity simulator,
+//! and real gRPC clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use allocator_svc::settings::PolicySourceKind;
+use call_gateway_svc::app::Application;
+use call_gateway_svc::settings::Settings;
+use cco_contracts::allocator::v1 as apb;
+use cco_contracts::gateway::v1 as pb;
+use cco_platform::auth::BearerInterceptor;
+pub use cco_platform::testing::{Backend, TestDb};
+use infinity_sim::{SimConfig, Simulator};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const ADMIN: &str = "dev-admin-key";
+pub const CALLER: &str = "dev-caller-key";
+pub const PEER: &str = "dev-peer-key";
+/// Admin limited to tenant `t-a`.
+pub const SCOPED_ADMIN: &str = "scoped-admin-key";
+/// Caller limited to tenant `t-a`.
+pub const SCOPED_CALLER: &str = "scoped-caller-key";
+pub const KEYS: &str = "admin:dev-admin-key;caller:dev-caller-key;peer:dev-peer-key;\
+     admin:scoped-admin-key:t-a;caller:scoped-caller-key:t-a";
+pub const SIM_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+type Ch = InterceptedService<Channel, BearerInterceptor>;
+pub type Configs = pb::tenant_configs_client::TenantConfigsClient<Ch>;
+pub type Policies = pb::tenant_policies_client::TenantPoliciesClient<Ch>;
+pub type Collectors = pb::collectors_client::CollectorsClient<Ch>;
+pub type Alloc = apb::extension_allocator_client::ExtensionAllocatorClient<Ch>;
+pub type Pool = apb::extension_pool_client::ExtensionPoolClient<Ch>;
+
+async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+pub fn gateway_settings(db_url: &str, allocator_url: &str) -> Settings {
+    let mut s = Settings::default();
+    s.grpc.host = "127.0.0.1".into();
+    s.http.host = "127.0.0.1".into();
+    s.database.url = db_url.to_owned();
+    s.auth.api_keys = SecretString::from(KEYS);
+    s.allocator.url = allocator_url.to_owned();
+    s.allocator.timeout_ms = 1_000;
+    s.shutdown_grace_seconds = 5;
+    s
+}
+
+/// A running service (either kind).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// The gateway, and the allocator wired to it (policies from the gateway, leases for it).
+pub struct Stack {
+    pub gateway: Running,
+    pub gateway_http: SocketAddr,
+    pub allocator: Option<Running>,
+    pub gateway_db: TestDb,
+    pub allocator_db: Option<TestDb>,
+}
+
+impl Stack {
+    /// A gateway alone; its allocator URL points at a closed port.
+    pub async fn gateway_only(backend: Backend) -> Self {
+        Self::start(backend, false, |_| {}).await
+    }
+
+    /// A gateway and an allocator pointing at each other, each on its own database.
+    pub async fn pair(backend: Backend) -> Self {
+        Self::start(backend, true, |_| {}).await
+    }
+
+    pub async fn start(
+        backend: Backend,
+        with_allocator: bool,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
+        cco_platform::telemetry::init_for_tests();
+        let gw_grpc = listener().await;
+        let gw_http = listener().await;
+        let gw_addr = gw_grpc.local_addr().unwrap();
+        let al_grpc = listener().await;
+        let al_addr = al_grpc.local_addr().unwrap();
+        let (allocator, allocator_db, allocator_url) = if with_allocator {
+            let db = TestDb::new(backend).await;
+            let mut s = allocator_svc::settings::Settings::default();
+            s.database.url = db.url.clone();
+            s.auth.api_keys = SecretString::from(KEYS);
+            s.policy.source = PolicySourceKind::Grpc;
+            s.policy.gateway_url = format!("http://{gw_addr}");
+            s.policy.cache_ttl_ms = 0;
+            s.reaper.interval_ms = 200;
+            s.shutdown_grace_seconds = 5;
+            let app = allocator_svc::app::Application::build_with(s, Some((al_grpc, None)))
+                .await
+                .unwrap();
+            let stop = CancellationToken::new();
+            let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+            (
+                Some(Running {
+                    addr: al_addr,
+                    stop,
+                    handle,
+                }),
+                Some(db),
+                format!("http://{al_addr}"),
+            )
+        } else {
+            drop(al_grpc);
+            (None, None, format!("http://{al_addr}"))
+        };
+        let db = TestDb::new(backend).await;
+        let mut s = gateway_settings(&db.url, &allocator_url);
+        tweak(&mut s);
+        let app = Application::build_with(s, Some((gw_grpc, gw_http)))
+            .await
+            .unwrap();
+        let gateway_http = app.http_addr();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Self {
+            gateway: Running {
+                addr: gw_addr,
+                stop,
+                handle,
+            },
+            gateway_http,
+            allocator,
+            gateway_db: db,
+            allocator_db,
+        }
+    }
+
+    pub async fn configs(&self, key: &str) -> Configs {
+        pb::tenant_configs_client::TenantConfigsClient::with_interceptor(
+            self.gateway.channel().await,
+            BearerInterceptor::new(key),
+        )
+    }
+
+    pub async fn policies(&self, key: &str) -> Policies {
+        pb::tenant_policies_client::TenantPoliciesClient::with_interceptor(
+            self.gateway.channel().await,
+            BearerInterceptor::new(key),
+        )
+    }
+
+    pub async fn collectors(&self, key: &str) -> Collectors {
+        pb::collectors_client::CollectorsClient::with_interceptor(
+            self.gateway.channel().await,
+            BearerInterceptor::new(key),
+        )
+    }
+
+    pub async fn alloc(&self, key: &str) -> Alloc {
+        let ch = self.allocator.as_ref().expect("allocator").channel().await;
+        apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
+            ch,
+            BearerInterceptor::new(key),
+        )
+    }
+
+    pub async fn pool(&self, key: &str) -> Pool {
+        let ch = self.allocator.as_ref().expect("allocator").channel().await;
+        apb::extension_pool_client::ExtensionPoolClient::with_interceptor(
+            ch,
+            BearerInterceptor::new(key),
+        )
+    }
+
+    pub async fn shutdown(self) {
+        self.gateway.shutdown().await;
+        if let Some(a) = self.allocator {
+            a.shutdown().await;
+        }
+    }
+}
+
+/// A simulator with extensions 8001-8003 registered.
+pub async fn sim() -> Simulator {
+    Simulator::start(SimConfig {
+        extensions: vec![
+            ("8001".into(), true),
+            ("8002".into(), true),
+            ("8003".into(), true),
+        ],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A complete, valid config input with a static token.
+pub fn valid_input(tenant: &str, api_url: &str) -> pb::ConfigInput {
+    pb::ConfigInput {
+        tenant_id: tenant.into(),
+        supplier_id: "sup-1".into(),
+        api_url: api_url.into(),
+        credentials: Some(pb::Credentials {
+            kind: Some(pb::credentials::Kind::AccessToken(SIM_TOKEN.into())),
+        }),
+        caller_number_pool: vec![
+            "02566823420".into(),
+            "+86 138 0013 8000".into(),
+            "025-66823420".into(),
+        ],
+        default_caller_number: String::new(),
+        caller_number_selection: 0,
+        call_mode: 0,
+        destination_prefix: String::new(),
+        max_concurrent_calls: Some(5),
+        call_timeout_seconds: None,
+        api_timeout_ms: Some(2_000),
+        allocation_strategy: 0,
+        lease_ttl_seconds: None,
+        cooldown_seconds: None,
+        callback_secret: String::new(),
+        callback_ip_allowlist: vec![],
+        callback_time_zone: String::new(),
+        is_active: None,
+        phone_region: String::new(),
+        api_encoding: 0,
+    }
+}
+
+/// App credentials accepted by the simulator.
+pub fn app_credentials() -> pb::Credentials {
+    pb::Credentials {
+        kind: Some(pb::credentials::Kind::App(pb::AppCredentials {
+            app_id: "sim-app".into(),
+            access_key: "sim-access-key".into(),
+        })),
+    }
+}
+
+pub async fn create(c: &mut Configs, input: pb::ConfigInput) -> pb::TenantConfig {
+    c.create_config(pb::CreateConfigRequest {
+        config: Some(input),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// Raw rows of a table as text, for checking what is stored (never used to drive the service).
+pub async fn raw_rows(db_url: &str, table: &str) -> Vec<String> {
+    let mut s = cco_platform::db::DatabaseSettings::sqlite_default("x");
+    s.url = db_url.to_owned();
+    let pool = cco_platform::db::DbPool::connect(&s).await.unwrap();
+    let out = match &pool {
+        cco_platform::db::DbPool::Postgres(p) => sqlx::query_scalar::<_, String>(
+            sqlx::AssertSqlSafe(format!("select t::text from {table} t")),
+        )
+        .fetch_all(p)
+        .await
+        .unwrap(),
+        cco_platform::db::DbPool::Sqlite(p) => {
+            let cols: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "select name from pragma_table_info('{table}')"
+            )))
+            .fetch_all(p)
+            .await
+            .unwrap();
+            let expr = cols
+                .iter()
+                .map(|c| format!("coalesce(cast({c} as text), '')"))
+                .collect::<Vec<_>>()
+                .join(" || '|' || ");
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                "select {expr} from {table}"
+            )))
+            .fetch_all(p)
+            .await
+            .unwrap()
+        }
+    };
+    pool.close().await;
+    out
+}
