@@ -99,7 +99,7 @@ impl Gateway {
         self.cipher.open(sealed, tenant, field).map_err(corrupt)
     }
 
-    fn to_row(&self, c: &TenantConfig) -> Result<ConfigRow, GwError> {
+    fn seal_row(&self, c: &TenantConfig) -> Result<ConfigRow, GwError> {
         let t = c.tenant_id.as_str();
         let (mode, app_id, token, key) = match &c.credentials {
             Credentials::AccessToken(tok) => (
@@ -160,7 +160,7 @@ impl Gateway {
         })
     }
 
-    fn from_row(&self, r: ConfigRow) -> Result<TenantConfig, GwError> {
+    fn open_row(&self, r: ConfigRow) -> Result<TenantConfig, GwError> {
         let t = r.tenant_id.as_str();
         let credentials = match (
             r.credential_mode.as_str(),
@@ -230,7 +230,7 @@ impl Gateway {
         fields: ConfigFields,
     ) -> Result<(TenantConfig, Option<SecretString>), GwError> {
         let (cfg, generated) = TenantConfig::create(tenant, fields, Utc::now())?;
-        self.store.insert_config(&self.to_row(&cfg)?).await?;
+        self.store.insert_config(&self.seal_row(&cfg)?).await?;
         tracing::info!(config_id = %cfg.config_id, "config created");
         Ok((cfg, generated))
     }
@@ -246,7 +246,7 @@ impl Gateway {
                     "tenant_id: tenant {tenant} has no Infinity call config"
                 ))
             })?;
-        self.from_row(row)
+        self.open_row(row)
     }
 
     /// A config by id.
@@ -256,7 +256,7 @@ impl Gateway {
             .config_by_id(&id.to_string())
             .await?
             .ok_or_else(|| GwError::NotFound(format!("config_id: no config {id}")))?;
-        self.from_row(row)
+        self.open_row(row)
     }
 
     /// Applies a partial update if `version` is current; returns the new config and a
@@ -294,7 +294,7 @@ impl Gateway {
         cfg.updated_at = Utc::now();
         match self
             .store
-            .update_config(&self.to_row(&cfg)?, version)
+            .update_config(&self.seal_row(&cfg)?, version)
             .await?
         {
             Versioned::Updated => Ok((cfg, generated)),

@@ -144,6 +144,23 @@ pub(crate) async fn handle(State(state): State<Arc<SimState>>, req: Request) -> 
             at_ms,
         });
     }
+    const KNOWN: &[&str] = &[
+        "App.Sip_Auth.Login",
+        "App.Sip_Auth.Logout",
+        "App.Sip_Call.MakeCall",
+        "App.Sip_Call.DoubleCall",
+        "App.Sip_Sipnum.GetSipnumberInfo",
+        "App.Sip_Status.GetSipCallStatus",
+        "App.Sip_Cdr.GetBill",
+        "App.Sip_Cdr.GetRecodeFile",
+        "App.Sip_Call.HangupCall",
+    ];
+    if !KNOWN.contains(&service.as_str()) {
+        return json_response(&interface_error(
+            400,
+            &format!("Illegal request: unknown service {service:?}"),
+        ));
+    }
     if service == "App.Sip_Auth.Login" {
         return json_response(&login(&state, &params));
     }
