@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cco_contracts::gateway::v1::calls_server::CallsServer;
 use cco_contracts::gateway::v1::collectors_server::CollectorsServer;
 use cco_contracts::gateway::v1::tenant_configs_server::TenantConfigsServer;
 use cco_contracts::gateway::v1::tenant_policies_server::TenantPoliciesServer;
@@ -20,6 +21,7 @@ use crate::grpc::GatewayGrpc;
 use crate::infinity::InfinityClient;
 use crate::service::Gateway;
 use crate::settings::Settings;
+use crate::store::calls::CallStore;
 use crate::store::{GatewayStore, PgGatewayStore, SqliteGatewayStore};
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/gateway/postgres");
@@ -31,11 +33,17 @@ pub const MIGRATIONS: Migrations = Migrations {
     sqlite: &SQLITE_MIGRATIONS,
 };
 
-/// Builds the store for a connected pool.
-pub fn store_for(db: &DbPool) -> Arc<dyn GatewayStore> {
+/// Builds the stores for a connected pool.
+pub fn stores_for(db: &DbPool) -> (Arc<dyn GatewayStore>, Arc<dyn CallStore>) {
     match db {
-        DbPool::Postgres(p) => Arc::new(PgGatewayStore::new(p.clone())),
-        DbPool::Sqlite(p) => Arc::new(SqliteGatewayStore::new(p.clone())),
+        DbPool::Postgres(p) => {
+            let s = Arc::new(PgGatewayStore::new(p.clone()));
+            (s.clone(), s)
+        }
+        DbPool::Sqlite(p) => {
+            let s = Arc::new(SqliteGatewayStore::new(p.clone()));
+            (s.clone(), s)
+        }
     }
 }
 
@@ -81,11 +89,14 @@ impl Application {
         if settings.database.migrate_on_start {
             db.migrate(MIGRATIONS).await?;
         }
+        let (store, calls) = stores_for(&db);
         let svc = Gateway::new(
-            store_for(&db),
+            store,
+            calls,
             settings.cipher()?,
             Arc::new(InfinityClient::new()?),
             AllocatorClient::new(&settings.allocator)?,
+            settings.calls.tuning(),
         );
         let (grpc_listener, http_listener) = match listeners {
             Some(l) => l,
@@ -122,7 +133,13 @@ impl Application {
     /// # Errors
     /// Returns a serving failure.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let registry = Registry::default();
+        let mut registry = Registry::default();
+        let callback_metrics = crate::callback::CallbackMetrics::default();
+        registry.register(
+            "gateway_callbacks",
+            "Infinity callbacks by outcome",
+            callback_metrics.outcomes.clone(),
+        );
         let keys = self.settings.keys()?;
         let (reporter, health) = cco_platform::grpc::health();
         reporter
@@ -134,10 +151,18 @@ impl Application {
         reporter
             .set_serving::<CollectorsServer<GatewayGrpc>>()
             .await;
+        reporter.set_serving::<CallsServer<GatewayGrpc>>().await;
         let background = shutdown.child_token();
-        let http_task = tokio::spawn(cco_platform::metrics::serve(
+        let http_task = tokio::spawn(cco_platform::metrics::serve_with(
             self.http_listener,
             Arc::new(registry),
+            crate::callback::routes(self.svc.clone(), callback_metrics),
+            background.clone(),
+        ));
+        let workers = tokio::spawn(crate::background::run(
+            self.svc.clone(),
+            Duration::from_millis(self.settings.calls.outbox_interval_ms),
+            Duration::from_millis(self.settings.calls.reconcile_interval_ms),
             background.clone(),
         ));
         let grpc = GatewayGrpc::new(self.svc.clone());
@@ -151,7 +176,8 @@ impl Application {
             .add_service(cco_platform::grpc::reflection()?)
             .add_service(TenantConfigsServer::new(grpc.clone()))
             .add_service(TenantPoliciesServer::new(grpc.clone()))
-            .add_service(CollectorsServer::new(grpc))
+            .add_service(CollectorsServer::new(grpc.clone()))
+            .add_service(CallsServer::new(grpc))
             .serve_with_incoming_shutdown(
                 cco_platform::grpc::incoming(self.grpc_listener),
                 async move {
@@ -179,6 +205,7 @@ impl Application {
             }
         };
         background.cancel();
+        let _ = workers.await;
         let _ = http_task.await;
         self.db.close().await;
         tracing::info!("gateway stopped");

@@ -8,12 +8,14 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use tonic::{Request, Response, Status};
 
+use crate::calls::MakeCallInput;
 use crate::domain::collector::Collector;
 use crate::domain::config::{
     ApiEncoding, CallMode, CallerSelection, ConfigFields, Credentials, Strategy, TenantConfig,
 };
-use crate::domain::{CollectorId, GwError, TenantId, parse_uuid};
+use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey, TenantId, parse_uuid};
 use crate::service::Gateway;
+use crate::store::calls::{RecordFilter, RecordRow};
 
 impl From<GwError> for Status {
     fn from(e: GwError) -> Self {
@@ -26,6 +28,17 @@ impl From<GwError> for Status {
             GwError::PermissionDenied(m) => Status::permission_denied(m),
             GwError::Unavailable(m) => Status::unavailable(m),
             GwError::Unimplemented(m) => Status::unimplemented(m),
+            GwError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            GwError::WithCall { call_id, inner } => {
+                let mut status = Status::from(*inner);
+                let message = format!("{} (call_id {call_id})", status.message());
+                let mut md = status.metadata().clone();
+                if let Ok(v) = call_id.parse() {
+                    md.insert("x-call-id", v);
+                }
+                status = Status::with_metadata(status.code(), message, md);
+                status
+            }
             GwError::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
                 Status::internal("internal error")
@@ -43,6 +56,8 @@ pub fn roles(path: &str) -> Option<&'static [Role]> {
         Some(ADMIN)
     } else if path.starts_with("/cco.infinity.gateway.v1.TenantPolicies/") {
         Some(ADMIN_OR_PEER)
+    } else if path.starts_with("/cco.infinity.gateway.v1.Calls/") {
+        Some(ADMIN_OR_CALLER)
     } else if let Some(m) = path.strip_prefix("/cco.infinity.gateway.v1.Collectors/") {
         match m {
             "GetCollector" | "ListCollectors" => Some(ADMIN_OR_CALLER),
@@ -572,6 +587,301 @@ impl pb::collectors_server::Collectors for GatewayGrpc {
                 let collector = CollectorId::parse("collector_id", &r.collector_id)?;
                 self.svc.delete_collector(&tenant, &collector).await?;
                 Ok(pb::DeleteCollectorResponse { deleted: true })
+            }
+            .await,
+        )
+    }
+}
+
+fn call_status_to_pb(s: &str) -> pb::CallStatus {
+    match s {
+        "dialing" => pb::CallStatus::Dialing,
+        "ringing" => pb::CallStatus::Ringing,
+        "unknown" => pb::CallStatus::Unknown,
+        "completed" => pb::CallStatus::Completed,
+        "failed" => pb::CallStatus::Failed,
+        "expired" => pb::CallStatus::Expired,
+        _ => pb::CallStatus::Unspecified,
+    }
+}
+
+fn call_status_from_pb(v: i32) -> Result<Option<&'static str>, GwError> {
+    Ok(match pb::CallStatus::try_from(v) {
+        Ok(pb::CallStatus::Unspecified) => None,
+        Ok(pb::CallStatus::Dialing) => Some("dialing"),
+        Ok(pb::CallStatus::Ringing) => Some("ringing"),
+        Ok(pb::CallStatus::Unknown) => Some("unknown"),
+        Ok(pb::CallStatus::Completed) => Some("completed"),
+        Ok(pb::CallStatus::Failed) => Some("failed"),
+        Ok(pb::CallStatus::Expired) => Some("expired"),
+        Err(_) => {
+            return Err(GwError::invalid(
+                "status",
+                format!("unknown call status {v}"),
+            ));
+        }
+    })
+}
+
+fn call_result_to_pb(s: Option<&str>) -> pb::CallResult {
+    match s {
+        Some("connected") => pb::CallResult::Connected,
+        Some("no_answer") => pb::CallResult::NoAnswer,
+        Some("busy") => pb::CallResult::Busy,
+        Some("rejected") => pb::CallResult::Rejected,
+        Some("cancelled") => pb::CallResult::Cancelled,
+        Some("failed") => pb::CallResult::Failed,
+        Some("not_connected") => pb::CallResult::NotConnected,
+        _ => pb::CallResult::Unspecified,
+    }
+}
+
+fn record_to_pb(r: &RecordRow) -> pb::CommunicationRecord {
+    let u32_of = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+    pb::CommunicationRecord {
+        call_id: r.call_id.clone(),
+        tenant_id: r.tenant_id.clone(),
+        supplier_id: r.supplier_id.clone(),
+        case_id: r.case_id.clone(),
+        collector_id: r.collector_id.clone(),
+        destination_number: r.destination_number.clone(),
+        dialled_number: r.dialled_number.clone(),
+        caller_number: r.caller_number.clone(),
+        extension_number: r.extension_number.clone().unwrap_or_default(),
+        lease_id: r.lease_id.clone().unwrap_or_default(),
+        fencing_token: r
+            .fencing_token
+            .and_then(|t| u64::try_from(t).ok())
+            .unwrap_or(0),
+        call_mode: r.call_mode.clone(),
+        status: call_status_to_pb(&r.status).into(),
+        result: call_result_to_pb(r.result.as_deref()).into(),
+        start_time: r.start_time.map(ts),
+        answer_time: r.answer_time.map(ts),
+        end_time: r.end_time.map(ts),
+        talk_seconds: u32_of(r.talk_seconds),
+        total_seconds: u32_of(r.total_seconds),
+        hangup_cause: u32_of(r.hangup_cause),
+        hangup_side: r.hangup_side.clone().unwrap_or_default(),
+        record_url: r.record_url.clone().unwrap_or_default(),
+        record_filename: r.record_filename.clone().unwrap_or_default(),
+        custom_params: serde_json::from_str(&r.custom_params).unwrap_or_default(),
+        infinity_uuid: r.infinity_uuid.clone().unwrap_or_default(),
+        infinity_cdr_id: r
+            .infinity_cdr_id
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0),
+        error_code: r.error_code.clone().unwrap_or_default(),
+        error_message: r.error_message.clone().unwrap_or_default(),
+        idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
+        attempts: u32_of(Some(r.attempts)),
+        raw_callback: r.raw_callback.clone().unwrap_or_default(),
+        created_at: Some(ts(r.created_at)),
+        updated_at: Some(ts(r.updated_at)),
+        lease_released: r.lease_released,
+    }
+}
+
+fn from_ts(
+    field: &'static str,
+    t: Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, GwError> {
+    t.map(|t| {
+        u32::try_from(t.nanos)
+            .ok()
+            .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+            .ok_or_else(|| GwError::invalid(field, "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+fn call_page_decode(token: &str) -> Result<Option<(DateTime<Utc>, String)>, GwError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || GwError::invalid("page_token", "is not a token returned by ListCalls");
+    let s = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (micros, id) = s.split_once('|').ok_or_else(bad)?;
+    let t = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok(Some((t, id.to_owned())))
+}
+
+fn call_page_encode(r: &RecordRow) -> String {
+    hex::encode(format!("{}|{}", r.created_at.timestamp_micros(), r.call_id))
+}
+
+fn call_id_of(raw: &str) -> Result<String, GwError> {
+    if raw.len() == 32
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(raw.to_owned())
+    } else {
+        Err(GwError::invalid(
+            "call_id",
+            format!("must be 32 lowercase hex characters, got {raw:?}"),
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::calls_server::Calls for GatewayGrpc {
+    async fn make_call(
+        &self,
+        req: Request<pb::MakeCallRequest>,
+    ) -> Result<Response<pb::MakeCallResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let input = MakeCallInput {
+                    tenant: tenant_of(&p, &r.tenant_id)?,
+                    collector: CollectorId::parse("collector_id", &r.collector_id)?,
+                    case_id: CaseId::parse("case_id", &r.case_id)?,
+                    destination: if r.destination_number.trim().is_empty() {
+                        return Err(GwError::invalid("destination_number", "is required"));
+                    } else {
+                        r.destination_number
+                    },
+                    caller_number: opt_text(r.caller_number),
+                    idempotency_key: if r.idempotency_key.is_empty() {
+                        None
+                    } else {
+                        Some(IdempotencyKey::parse(
+                            "idempotency_key",
+                            &r.idempotency_key,
+                        )?)
+                    },
+                    custom_params: r.custom_params.into_iter().collect(),
+                    strategy: strategy_from_pb("strategy", r.strategy)?,
+                };
+                let (rec, replayed) = self.svc.make_call(input).await?;
+                Ok(pb::MakeCallResponse {
+                    call_id: rec.call_id.clone(),
+                    extension_number: rec.extension_number.clone().unwrap_or_default(),
+                    caller_number: rec.caller_number.clone(),
+                    status: call_status_to_pb(&rec.status).into(),
+                    infinity_code: if rec.status == "failed" {
+                        rec.error_code.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    infinity_message: if rec.status == "failed" {
+                        rec.error_message.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    replayed,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn get_call(
+        &self,
+        req: Request<pb::GetCallRequest>,
+    ) -> Result<Response<pb::CommunicationRecord>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let tenant = tenant_of(&p, &r.tenant_id)?;
+                Ok(record_to_pb(
+                    &self.svc.call(&tenant, &call_id_of(&r.call_id)?).await?,
+                ))
+            }
+            .await,
+        )
+    }
+
+    async fn list_calls(
+        &self,
+        req: Request<pb::ListCallsRequest>,
+    ) -> Result<Response<pb::ListCallsResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let tenant = tenant_of(&p, &r.tenant_id)?;
+                let limit = match r.page_size {
+                    0 => 50,
+                    n if n > 500 => {
+                        return Err(GwError::invalid(
+                            "page_size",
+                            format!("must be at most 500, got {n}"),
+                        ));
+                    }
+                    n => n,
+                };
+                let filter = RecordFilter {
+                    tenant_id: tenant.as_str().to_owned(),
+                    collector_id: opt_text(r.collector_id)
+                        .map(|c| {
+                            CollectorId::parse("collector_id", &c).map(|c| c.as_str().to_owned())
+                        })
+                        .transpose()?,
+                    case_id: opt_text(r.case_id)
+                        .map(|c| CaseId::parse("case_id", &c).map(|c| c.as_str().to_owned()))
+                        .transpose()?,
+                    status: call_status_from_pb(r.status)?.map(str::to_owned),
+                    since: from_ts("since", r.since)?,
+                    until: from_ts("until", r.until)?,
+                    before: call_page_decode(&r.page_token)?,
+                    limit: limit + 1,
+                };
+                let mut rows = self.svc.calls.list_records(&filter).await?;
+                let next = if rows.len() > limit as usize {
+                    rows.truncate(limit as usize);
+                    rows.last().map(call_page_encode).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(pb::ListCallsResponse {
+                    calls: rows.iter().map(record_to_pb).collect(),
+                    next_page_token: next,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn get_recording(
+        &self,
+        req: Request<pb::GetRecordingRequest>,
+    ) -> Result<Response<pb::GetRecordingResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let tenant = tenant_of(&p, &r.tenant_id)?;
+                let (url, expires, source) = self
+                    .svc
+                    .recording(&tenant, &call_id_of(&r.call_id)?)
+                    .await?;
+                Ok(pb::GetRecordingResponse {
+                    url,
+                    expires,
+                    source: source.into(),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn hang_up(
+        &self,
+        req: Request<pb::HangUpRequest>,
+    ) -> Result<Response<pb::HangUpResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let tenant = tenant_of(&p, &r.tenant_id)?;
+                Ok(pb::HangUpResponse {
+                    message: self.svc.hang_up(&tenant, &call_id_of(&r.call_id)?).await?,
+                })
             }
             .await,
         )

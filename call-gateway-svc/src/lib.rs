@@ -1,4 +1,4 @@
-//! call-gateway-svc: tenant configs, collectors, and the Infinity integration.
+//! call-gateway-svc: tenant configs, collectors, calls, and the Infinity integration.
 //!
 //! Direction of travel: [`grpc`] (protobuf <-> domain, auth scopes) -> [`service`] (rules) ->
 //! [`store`] (one trait; PostgreSQL and SQLite) and [`infinity`] (the vendor API client).
@@ -8,8 +8,13 @@
 //! - [`domain`]: validated types (configs, phone numbers, collectors) and the error.
 //! - [`crypto`]: AES-256-GCM sealing of secrets at rest with a rotating key ring.
 //! - [`allocator`]: the gRPC client of allocator-svc.
+//! - [`calls`]: the call flow (MakeCall, settling, the release outbox, the reconciler).
+//! - [`callback`]: Infinity's call-record callback over HTTP.
 pub mod allocator;
 pub mod app;
+pub mod background;
+pub mod callback;
+pub mod calls;
 pub mod crypto;
 pub mod domain;
 pub mod grpc;

@@ -18,6 +18,7 @@ use crate::domain::config::{
 use crate::domain::phone::{Phone, parse_region};
 use crate::domain::{CollectorId, GwError, TenantId};
 use crate::infinity::{Endpoint, InfinityClient, InfinityError};
+use crate::store::calls::CallStore;
 use crate::store::{CollectorRow, ConfigRow, GatewayStore, Versioned};
 
 /// Most collectors in one page.
@@ -55,10 +56,23 @@ pub struct TestReport {
 /// The gateway's services.
 #[derive(Clone)]
 pub struct Gateway {
-    store: Arc<dyn GatewayStore>,
-    cipher: Cipher,
-    infinity: Arc<InfinityClient>,
-    allocator: AllocatorClient,
+    pub(crate) store: Arc<dyn GatewayStore>,
+    pub(crate) calls: Arc<dyn CallStore>,
+    pub(crate) cipher: Cipher,
+    pub(crate) infinity: Arc<InfinityClient>,
+    pub(crate) allocator: AllocatorClient,
+    pub(crate) tuning: CallTuning,
+}
+
+/// Timings of the call flow's background work.
+#[derive(Debug, Clone)]
+pub struct CallTuning {
+    /// Open calls are first looked up with GetBill this long after they were created.
+    pub reconcile_after: chrono::Duration,
+    /// An open call with no record from Infinity after this long is expired and its lease freed.
+    pub max_call_age: chrono::Duration,
+    /// How often a claimed open call is looked at again.
+    pub reconcile_every: chrono::Duration,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -77,15 +91,19 @@ impl Gateway {
     /// Builds the service.
     pub fn new(
         store: Arc<dyn GatewayStore>,
+        calls: Arc<dyn CallStore>,
         cipher: Cipher,
         infinity: Arc<InfinityClient>,
         allocator: AllocatorClient,
+        tuning: CallTuning,
     ) -> Self {
         Self {
             store,
+            calls,
             cipher,
             infinity,
             allocator,
+            tuning,
         }
     }
 

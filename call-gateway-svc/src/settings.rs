@@ -25,6 +25,8 @@ pub struct Settings {
     pub crypto: CryptoSettings,
     /// The allocator.
     pub allocator: AllocatorSettings,
+    /// The call flow's background work.
+    pub calls: CallSettings,
     /// Logging.
     pub log: LogSettings,
     /// Seconds in-flight requests get to finish after SIGTERM.
@@ -40,6 +42,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             crypto: CryptoSettings::default(),
             allocator: AllocatorSettings::default(),
+            calls: CallSettings::default(),
             log: LogSettings::default(),
             shutdown_grace_seconds: 30,
         }
@@ -140,6 +143,48 @@ impl Default for AllocatorSettings {
             url: "http://127.0.0.1:50051".into(),
             api_key: SecretString::from("dev-peer-key"),
             timeout_ms: 3_000,
+        }
+    }
+}
+
+/// The call flow's background work: the release outbox and the reconciler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallSettings {
+    /// How often owed lease releases are retried.
+    pub outbox_interval_ms: u64,
+    /// How often the reconciler looks for open calls.
+    pub reconcile_interval_ms: u64,
+    /// An open call is first looked up with GetBill this long after it was placed (ring
+    /// timeout plus grace is a good value).
+    pub reconcile_after_seconds: u64,
+    /// How often one open call is looked up again.
+    pub reconcile_every_seconds: u64,
+    /// An open call with no record from Infinity after this long is expired and its lease
+    /// freed. Must exceed the longest call you expect (leases of open calls are renewed).
+    pub max_call_age_seconds: u64,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        Self {
+            outbox_interval_ms: 1_000,
+            reconcile_interval_ms: 5_000,
+            reconcile_after_seconds: 90,
+            reconcile_every_seconds: 30,
+            max_call_age_seconds: 7_200,
+        }
+    }
+}
+
+impl CallSettings {
+    /// The timings as the service uses them.
+    pub fn tuning(&self) -> crate::service::CallTuning {
+        let secs = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
+        crate::service::CallTuning {
+            reconcile_after: secs(self.reconcile_after_seconds),
+            max_call_age: secs(self.max_call_age_seconds),
+            reconcile_every: secs(self.reconcile_every_seconds.max(1)),
         }
     }
 }

@@ -34,13 +34,28 @@ pub async fn serve(
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, registry, Router::new(), shutdown).await
+}
+
+/// Like [`serve`], with the service's own routes merged in; handlers may read the peer address
+/// with `ConnectInfo<SocketAddr>`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    routes: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(registry);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .with_state(registry)
+        .merge(routes);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 /// The address a listener is bound to, or an error naming the problem.

@@ -29,6 +29,9 @@ pub enum GwError {
     /// The state forbids the change.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// No free extension, or the tenant's cap is reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The caller's key may not touch this tenant.
     #[error("{0}")]
     PermissionDenied(String),
@@ -41,6 +44,14 @@ pub enum GwError {
     /// A bug or an unexpected failure; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// An error about a call whose record exists: the call id travels with it.
+    #[error("{inner} (call_id {call_id})")]
+    WithCall {
+        /// The call.
+        call_id: String,
+        /// What went wrong.
+        inner: Box<GwError>,
+    },
 }
 
 impl GwError {
@@ -89,6 +100,16 @@ id_type!(
     /// A collector id: 1-64 characters of `[A-Za-z0-9_.:-]`.
     CollectorId,
     64
+);
+id_type!(
+    /// A case id: 1-64 characters of `[A-Za-z0-9_.:-]`.
+    CaseId,
+    64
+);
+id_type!(
+    /// An idempotency key: 1-128 characters of `[A-Za-z0-9_.:-]`.
+    IdempotencyKey,
+    128
 );
 
 /// Parses a UUID field.

@@ -2,6 +2,8 @@
 //! the same SQL (ids as text, times as `DateTime<Utc>`, which sqlx stores natively in each).
 //! The store never sees a secret in clear: the service seals them before they arrive here.
 
+pub mod calls;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;

@@ -1,0 +1,724 @@
+//! Storage of calls: communication records, unmatched callbacks, the lease-release outbox and
+//! the caller-number cursor. Same portable SQL for PostgreSQL and SQLite (one macro).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{PgGatewayStore, SqliteGatewayStore, db_err};
+use crate::domain::GwError;
+
+/// A communication record as stored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RecordRow {
+    pub call_id: String,
+    pub tenant_id: String,
+    pub config_id: String,
+    pub supplier_id: String,
+    pub case_id: String,
+    pub collector_id: String,
+    pub destination_number: String,
+    pub dialled_number: String,
+    pub caller_number: String,
+    pub extension_number: Option<String>,
+    pub extension_id: Option<String>,
+    pub lease_id: Option<String>,
+    pub fencing_token: Option<i64>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub lease_released: bool,
+    pub call_mode: String,
+    pub call_timeout_seconds: i32,
+    pub status: String,
+    pub result: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub answer_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub talk_seconds: Option<i32>,
+    pub total_seconds: Option<i32>,
+    pub hangup_cause: Option<i32>,
+    pub hangup_side: Option<String>,
+    pub record_url: Option<String>,
+    pub record_filename: Option<String>,
+    pub custom_params: String,
+    pub infinity_uuid: Option<String>,
+    pub infinity_cdr_id: Option<i64>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub attempts: i32,
+    pub raw_callback: Option<String>,
+    pub reconcile_after: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What Infinity reported about a finished call (from the callback or GetBill).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Completion {
+    pub result: String,
+    pub start_time: Option<DateTime<Utc>>,
+    pub answer_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub talk_seconds: i32,
+    pub total_seconds: i32,
+    pub hangup_cause: Option<i32>,
+    pub hangup_side: Option<String>,
+    pub record_url: Option<String>,
+    pub record_filename: Option<String>,
+    pub infinity_uuid: Option<String>,
+    pub infinity_cdr_id: Option<i64>,
+    pub raw: String,
+}
+
+/// A release owed to the allocator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub lease_id: String,
+    pub call_id: String,
+    pub fencing_token: i64,
+    pub reason: String,
+    pub attempts: i32,
+}
+
+/// A callback that matched no call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnmatchedRow {
+    pub id: String,
+    pub tenant_id: Option<String>,
+    pub customuuid: Option<String>,
+    pub memberid: Option<String>,
+    pub infinity_uuid: Option<String>,
+    pub source_ip: Option<String>,
+    pub payload: String,
+    pub reason: String,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Filters of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    pub tenant_id: String,
+    pub collector_id: Option<String>,
+    pub case_id: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Continue after (created_at, call_id), newest first.
+    pub before: Option<(DateTime<Utc>, String)>,
+    pub limit: u32,
+}
+
+/// What a completion did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completed {
+    /// The record was open (or expired) and is now completed; the release was queued.
+    Applied,
+    /// Already completed (a duplicate or a late second report): nothing changed.
+    AlreadyCompleted,
+}
+
+/// Storage of calls.
+#[async_trait]
+pub trait CallStore: Send + Sync + 'static {
+    /// Inserts a new record; `Ok(Some(existing))` when the call id exists already.
+    async fn insert_record(&self, r: &RecordRow) -> Result<Option<RecordRow>, GwError>;
+    /// A record of a tenant.
+    async fn record(&self, tenant_id: &str, call_id: &str) -> Result<Option<RecordRow>, GwError>;
+    /// A record by call id alone (generic callback path).
+    async fn record_by_id(&self, call_id: &str) -> Result<Option<RecordRow>, GwError>;
+    /// The newest open record of a case (correlation by memberid).
+    async fn open_record_for_case(
+        &self,
+        tenant_id: &str,
+        case_id: &str,
+    ) -> Result<Option<RecordRow>, GwError>;
+    /// dialing -> ringing (only from dialing); returns whether it changed.
+    async fn mark_ringing(&self, call_id: &str) -> Result<bool, GwError>;
+    /// Records a new dial attempt on another extension.
+    async fn set_attempt(
+        &self,
+        call_id: &str,
+        ext_number: &str,
+        ext_id: &str,
+        lease_id: &str,
+        token: i64,
+        lease_expires_at: Option<DateTime<Utc>>,
+        attempts: i32,
+    ) -> Result<(), GwError>;
+    /// dialing -> failed with the reason; queues the release unless `released` already.
+    async fn mark_failed(
+        &self,
+        call_id: &str,
+        code: &str,
+        message: &str,
+        release: Option<&OutboxRow>,
+    ) -> Result<(), GwError>;
+    /// dialing -> unknown (lease kept).
+    async fn mark_unknown(&self, call_id: &str, message: &str) -> Result<bool, GwError>;
+    /// Completes an open (or expired) record and queues the release, in one transaction.
+    async fn complete(
+        &self,
+        call_id: &str,
+        c: &Completion,
+        release: Option<&OutboxRow>,
+    ) -> Result<Completed, GwError>;
+    /// open -> expired and queues the release, in one transaction; false if it was no longer open.
+    async fn expire(&self, call_id: &str, release: Option<&OutboxRow>) -> Result<bool, GwError>;
+    /// Open records whose reconcile time has come; claims them until `claim_until`.
+    async fn claim_open(
+        &self,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<RecordRow>, GwError>;
+    /// Remembers a renewed lease expiry.
+    async fn set_lease_expiry(&self, call_id: &str, at: DateTime<Utc>) -> Result<(), GwError>;
+    /// Lists records, newest first.
+    async fn list_records(&self, f: &RecordFilter) -> Result<Vec<RecordRow>, GwError>;
+    /// Stores a callback that matched no call.
+    async fn insert_unmatched(&self, u: &UnmatchedRow) -> Result<(), GwError>;
+    /// Unmatched callbacks of a tenant (audit).
+    async fn unmatched(&self, tenant_id: Option<&str>) -> Result<Vec<UnmatchedRow>, GwError>;
+    /// Releases due now; claims them until `claim_until`.
+    async fn claim_outbox(
+        &self,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, GwError>;
+    /// The allocator confirmed: drop the row and mark the record's lease released.
+    async fn outbox_done(&self, lease_id: &str, call_id: &str) -> Result<(), GwError>;
+    /// The allocator could not be reached: try again at `next`.
+    async fn outbox_retry(
+        &self,
+        lease_id: &str,
+        error: &str,
+        next: DateTime<Utc>,
+    ) -> Result<(), GwError>;
+    /// Releases still owed.
+    async fn outbox_len(&self) -> Result<i64, GwError>;
+    /// The next caller-number index of a tenant (0, 1, 2, ...).
+    async fn next_caller_index(&self, tenant_id: &str) -> Result<i64, GwError>;
+    /// Writes the collector's last extension.
+    async fn set_last_extension(
+        &self,
+        tenant_id: &str,
+        collector_id: &str,
+        ext: &str,
+    ) -> Result<(), GwError>;
+}
+
+macro_rules! record_cols {
+    () => {
+        "call_id, tenant_id, config_id, supplier_id, case_id, collector_id, destination_number, dialled_number, \
+         caller_number, extension_number, extension_id, lease_id, fencing_token, lease_expires_at, lease_released, \
+         call_mode, call_timeout_seconds, status, result, start_time, answer_time, end_time, talk_seconds, \
+         total_seconds, hangup_cause, hangup_side, record_url, record_filename, custom_params, infinity_uuid, \
+         infinity_cdr_id, error_code, error_message, idempotency_key, attempts, raw_callback, reconcile_after, \
+         created_at, updated_at"
+    };
+}
+
+macro_rules! get {
+    ($r:expr, $($f:ident),*) => {
+        RecordRow { $($f: $r.try_get(stringify!($f))?,)* }
+    };
+}
+
+fn record_from<R: Row>(r: &R) -> Result<RecordRow, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i32>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<DateTime<Utc>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(get!(
+        r,
+        call_id,
+        tenant_id,
+        config_id,
+        supplier_id,
+        case_id,
+        collector_id,
+        destination_number,
+        dialled_number,
+        caller_number,
+        extension_number,
+        extension_id,
+        lease_id,
+        fencing_token,
+        lease_expires_at,
+        lease_released,
+        call_mode,
+        call_timeout_seconds,
+        status,
+        result,
+        start_time,
+        answer_time,
+        end_time,
+        talk_seconds,
+        total_seconds,
+        hangup_cause,
+        hangup_side,
+        record_url,
+        record_filename,
+        custom_params,
+        infinity_uuid,
+        infinity_cdr_id,
+        error_code,
+        error_message,
+        idempotency_key,
+        attempts,
+        raw_callback,
+        reconcile_after,
+        created_at,
+        updated_at
+    ))
+}
+
+fn unmatched_from<R: Row>(r: &R) -> Result<UnmatchedRow, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(UnmatchedRow {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        customuuid: r.try_get("customuuid")?,
+        memberid: r.try_get("memberid")?,
+        infinity_uuid: r.try_get("infinity_uuid")?,
+        source_ip: r.try_get("source_ip")?,
+        payload: r.try_get("payload")?,
+        reason: r.try_get("reason")?,
+        received_at: r.try_get("received_at")?,
+    })
+}
+
+macro_rules! call_store {
+    ($name:ident, $db:ty, $begin_write:literal) => {
+        impl $name {
+            async fn write_tx(&self) -> Result<sqlx::Transaction<'static, $db>, GwError> {
+                if $begin_write.is_empty() {
+                    self.pool.begin().await.map_err(db_err)
+                } else {
+                    self.pool.begin_with($begin_write).await.map_err(db_err)
+                }
+            }
+        }
+
+        async fn queue_release<'c>(tx: &mut sqlx::Transaction<'c, $db>, o: &OutboxRow, now: DateTime<Utc>) -> Result<(), GwError> {
+            // The same lease is queued once; a second completion of the same call cannot add it again.
+            let exists: Option<String> = sqlx::query_scalar("select lease_id from lease_release_outbox where lease_id = $1")
+                .bind(&o.lease_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db_err)?;
+            if exists.is_none() {
+                sqlx::query(
+                    "insert into lease_release_outbox (lease_id, call_id, fencing_token, reason, attempts, next_attempt_at, created_at, updated_at) \
+                     values ($1, $2, $3, $4, 0, $5, $5, $5)",
+                )
+                .bind(&o.lease_id)
+                .bind(&o.call_id)
+                .bind(o.fencing_token)
+                .bind(&o.reason)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+            }
+            Ok(())
+        }
+
+        #[async_trait]
+        impl CallStore for $name {
+            async fn insert_record(&self, r: &RecordRow) -> Result<Option<RecordRow>, GwError> {
+                let res = sqlx::query(concat!(
+                    "insert into communication_records (", record_cols!(), ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
+                     $30, $31, $32, $33, $34, $35, $36, $37, $38, $39)"
+                ))
+                .bind(&r.call_id).bind(&r.tenant_id).bind(&r.config_id).bind(&r.supplier_id).bind(&r.case_id)
+                .bind(&r.collector_id).bind(&r.destination_number).bind(&r.dialled_number).bind(&r.caller_number)
+                .bind(&r.extension_number).bind(&r.extension_id).bind(&r.lease_id).bind(r.fencing_token)
+                .bind(r.lease_expires_at).bind(r.lease_released).bind(&r.call_mode).bind(r.call_timeout_seconds)
+                .bind(&r.status).bind(&r.result).bind(r.start_time).bind(r.answer_time).bind(r.end_time)
+                .bind(r.talk_seconds).bind(r.total_seconds).bind(r.hangup_cause).bind(&r.hangup_side)
+                .bind(&r.record_url).bind(&r.record_filename).bind(&r.custom_params).bind(&r.infinity_uuid)
+                .bind(r.infinity_cdr_id).bind(&r.error_code).bind(&r.error_message).bind(&r.idempotency_key)
+                .bind(r.attempts).bind(&r.raw_callback).bind(r.reconcile_after).bind(r.created_at).bind(r.updated_at)
+                .execute(&self.pool)
+                .await;
+                match res {
+                    Ok(_) => Ok(None),
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                        let existing = match self.record(&r.tenant_id, &r.call_id).await? {
+                            Some(e) => Some(e),
+                            None => match &r.idempotency_key {
+                                Some(k) => {
+                                    let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where tenant_id = $1 and idempotency_key = $2"))
+                                        .bind(&r.tenant_id)
+                                        .bind(k)
+                                        .fetch_optional(&self.pool)
+                                        .await
+                                        .map_err(db_err)?;
+                                    row.as_ref().map(record_from).transpose().map_err(db_err)?
+                                }
+                                None => None,
+                            },
+                        };
+                        existing
+                            .map(Some)
+                            .ok_or_else(|| GwError::Internal(anyhow::anyhow!("call id conflict without a record")))
+                    }
+                    Err(e) => Err(db_err(e)),
+                }
+            }
+
+            async fn record(&self, tenant_id: &str, call_id: &str) -> Result<Option<RecordRow>, GwError> {
+                let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where tenant_id = $1 and call_id = $2"))
+                    .bind(tenant_id)
+                    .bind(call_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(record_from).transpose().map_err(db_err)
+            }
+
+            async fn record_by_id(&self, call_id: &str) -> Result<Option<RecordRow>, GwError> {
+                let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where call_id = $1"))
+                    .bind(call_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(record_from).transpose().map_err(db_err)
+            }
+
+            async fn open_record_for_case(&self, tenant_id: &str, case_id: &str) -> Result<Option<RecordRow>, GwError> {
+                let row = sqlx::query(concat!(
+                    "select ", record_cols!(), " from communication_records where tenant_id = $1 and case_id = $2 \
+                     and status in ('dialing', 'ringing', 'unknown', 'expired') order by created_at desc limit 1"
+                ))
+                .bind(tenant_id)
+                .bind(case_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                row.as_ref().map(record_from).transpose().map_err(db_err)
+            }
+
+            async fn mark_ringing(&self, call_id: &str) -> Result<bool, GwError> {
+                let n = sqlx::query("update communication_records set status = 'ringing', updated_at = $2 where call_id = $1 and status = 'dialing'")
+                    .bind(call_id)
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn set_attempt(&self, call_id: &str, ext_number: &str, ext_id: &str, lease_id: &str, token: i64, lease_expires_at: Option<DateTime<Utc>>, attempts: i32) -> Result<(), GwError> {
+                sqlx::query(
+                    "update communication_records set extension_number = $2, extension_id = $3, lease_id = $4, fencing_token = $5, \
+                     lease_expires_at = $6, lease_released = false, attempts = $7, error_code = null, error_message = null, updated_at = $8 \
+                     where call_id = $1 and status = 'dialing'",
+                )
+                .bind(call_id).bind(ext_number).bind(ext_id).bind(lease_id).bind(token).bind(lease_expires_at).bind(attempts).bind(Utc::now())
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn mark_failed(&self, call_id: &str, code: &str, message: &str, release: Option<&OutboxRow>) -> Result<(), GwError> {
+                let now = Utc::now();
+                let mut tx = self.write_tx().await?;
+                let n = sqlx::query(
+                    "update communication_records set status = 'failed', error_code = $2, error_message = $3, \
+                     lease_released = case when $4 then lease_released else true end, updated_at = $5 \
+                     where call_id = $1 and status = 'dialing'",
+                )
+                .bind(call_id).bind(code).bind(message).bind(release.is_some()).bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if let (1, Some(o)) = (n, release) {
+                    queue_release(&mut tx, o, now).await?;
+                }
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn mark_unknown(&self, call_id: &str, message: &str) -> Result<bool, GwError> {
+                let n = sqlx::query(
+                    "update communication_records set status = 'unknown', error_code = 'ambiguous', error_message = $2, updated_at = $3 \
+                     where call_id = $1 and status = 'dialing'",
+                )
+                .bind(call_id).bind(message).bind(Utc::now())
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn complete(&self, call_id: &str, c: &Completion, release: Option<&OutboxRow>) -> Result<Completed, GwError> {
+                let now = Utc::now();
+                let mut tx = self.write_tx().await?;
+                // Only an open or expired record takes a completion: a duplicate (same Infinity uuid,
+                // or any second report) finds it completed and changes nothing.
+                let res = sqlx::query(
+                    "update communication_records set status = 'completed', result = $2, start_time = $3, answer_time = $4, \
+                     end_time = $5, talk_seconds = $6, total_seconds = $7, hangup_cause = $8, hangup_side = $9, \
+                     record_url = $10, record_filename = $11, infinity_uuid = $12, infinity_cdr_id = $13, raw_callback = $14, \
+                     error_code = null, error_message = null, updated_at = $15 \
+                     where call_id = $1 and status in ('dialing', 'ringing', 'unknown', 'expired')",
+                )
+                .bind(call_id).bind(&c.result).bind(c.start_time).bind(c.answer_time).bind(c.end_time)
+                .bind(c.talk_seconds).bind(c.total_seconds).bind(c.hangup_cause).bind(&c.hangup_side)
+                .bind(&c.record_url).bind(&c.record_filename).bind(&c.infinity_uuid).bind(c.infinity_cdr_id)
+                .bind(&c.raw).bind(now)
+                .execute(&mut *tx)
+                .await;
+                let n = match res {
+                    Ok(r) => r.rows_affected(),
+                    // The same Infinity uuid already completed another record: a duplicate.
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(Completed::AlreadyCompleted),
+                    Err(e) => return Err(db_err(e)),
+                };
+                if n == 0 {
+                    return Ok(Completed::AlreadyCompleted);
+                }
+                if let Some(o) = release {
+                    queue_release(&mut tx, o, now).await?;
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(Completed::Applied)
+            }
+
+            async fn expire(&self, call_id: &str, release: Option<&OutboxRow>) -> Result<bool, GwError> {
+                let now = Utc::now();
+                let mut tx = self.write_tx().await?;
+                let n = sqlx::query(concat!(
+                    "update communication_records set status = 'expired', error_code = 'expired', \
+                     error_message = 'no call record from Infinity within the maximum age', updated_at = $2 \
+                     where call_id = $1 and status in ", "('dialing', 'ringing', 'unknown')"
+                ))
+                .bind(call_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if n == 1 && let Some(o) = release {
+                    queue_release(&mut tx, o, now).await?;
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(n == 1)
+            }
+
+            async fn claim_open(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<RecordRow>, GwError> {
+                let mut tx = self.write_tx().await?;
+                let rows = sqlx::query(concat!(
+                    "select ", record_cols!(), " from communication_records \
+                     where status in ('dialing', 'ringing', 'unknown') and reconcile_after <= $1 \
+                     order by reconcile_after limit $2"
+                ))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let mut claimed = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let r = record_from(row).map_err(db_err)?;
+                    // Claim by moving reconcile_after; a replica that read the same row loses here.
+                    let n = sqlx::query("update communication_records set reconcile_after = $3 where call_id = $1 and reconcile_after = $2")
+                        .bind(&r.call_id)
+                        .bind(r.reconcile_after)
+                        .bind(claim_until)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .rows_affected();
+                    if n == 1 {
+                        claimed.push(r);
+                    }
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(claimed)
+            }
+
+            async fn set_lease_expiry(&self, call_id: &str, at: DateTime<Utc>) -> Result<(), GwError> {
+                sqlx::query("update communication_records set lease_expires_at = $2, updated_at = $3 where call_id = $1")
+                    .bind(call_id)
+                    .bind(at)
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn list_records(&self, f: &RecordFilter) -> Result<Vec<RecordRow>, GwError> {
+                let (before_t, before_id) = match &f.before {
+                    Some((t, id)) => (Some(*t), Some(id.clone())),
+                    None => (None, None),
+                };
+                let rows = sqlx::query(concat!(
+                    "select ", record_cols!(), " from communication_records where tenant_id = $1 \
+                     and ($2 is null or collector_id = $2) and ($3 is null or case_id = $3) and ($4 is null or status = $4) \
+                     and ($5 is null or created_at >= $5) and ($6 is null or created_at < $6) \
+                     and ($7 is null or created_at < $7 or (created_at = $7 and call_id < $8)) \
+                     order by created_at desc, call_id desc limit $9"
+                ))
+                .bind(&f.tenant_id).bind(&f.collector_id).bind(&f.case_id).bind(&f.status)
+                .bind(f.since).bind(f.until).bind(before_t).bind(before_id).bind(i64::from(f.limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(record_from).collect::<Result<_, _>>().map_err(db_err)
+            }
+
+            async fn insert_unmatched(&self, u: &UnmatchedRow) -> Result<(), GwError> {
+                sqlx::query(
+                    "insert into unmatched_callbacks (id, tenant_id, customuuid, memberid, infinity_uuid, source_ip, payload, reason, \
+                     received_at, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
+                )
+                .bind(&u.id).bind(&u.tenant_id).bind(&u.customuuid).bind(&u.memberid).bind(&u.infinity_uuid)
+                .bind(&u.source_ip).bind(&u.payload).bind(&u.reason).bind(u.received_at)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn unmatched(&self, tenant_id: Option<&str>) -> Result<Vec<UnmatchedRow>, GwError> {
+                let rows = sqlx::query("select * from unmatched_callbacks where ($1 is null or tenant_id = $1) order by received_at")
+                    .bind(tenant_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(unmatched_from).collect::<Result<_, _>>().map_err(db_err)
+            }
+
+            async fn claim_outbox(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, GwError> {
+                let mut tx = self.write_tx().await?;
+                let rows = sqlx::query(
+                    "select lease_id, call_id, fencing_token, reason, attempts, next_attempt_at from lease_release_outbox \
+                     where next_attempt_at <= $1 order by next_attempt_at limit $2",
+                )
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let lease_id: String = row.try_get("lease_id").map_err(db_err)?;
+                    let due: DateTime<Utc> = row.try_get("next_attempt_at").map_err(db_err)?;
+                    let n = sqlx::query("update lease_release_outbox set next_attempt_at = $3, attempts = attempts + 1, updated_at = $4 where lease_id = $1 and next_attempt_at = $2")
+                        .bind(&lease_id)
+                        .bind(due)
+                        .bind(claim_until)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .rows_affected();
+                    if n == 1 {
+                        out.push(OutboxRow {
+                            lease_id,
+                            call_id: row.try_get("call_id").map_err(db_err)?,
+                            fencing_token: row.try_get("fencing_token").map_err(db_err)?,
+                            reason: row.try_get("reason").map_err(db_err)?,
+                            attempts: row.try_get::<i32, _>("attempts").map_err(db_err)? + 1,
+                        });
+                    }
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(out)
+            }
+
+            async fn outbox_done(&self, lease_id: &str, call_id: &str) -> Result<(), GwError> {
+                let mut tx = self.write_tx().await?;
+                sqlx::query("delete from lease_release_outbox where lease_id = $1")
+                    .bind(lease_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("update communication_records set lease_released = true, updated_at = $3 where call_id = $1 and lease_id = $2")
+                    .bind(call_id)
+                    .bind(lease_id)
+                    .bind(Utc::now())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn outbox_retry(&self, lease_id: &str, error: &str, next: DateTime<Utc>) -> Result<(), GwError> {
+                sqlx::query("update lease_release_outbox set last_error = $2, next_attempt_at = $3, updated_at = $4 where lease_id = $1")
+                    .bind(lease_id)
+                    .bind(error)
+                    .bind(next)
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn outbox_len(&self) -> Result<i64, GwError> {
+                sqlx::query_scalar("select count(*) from lease_release_outbox")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)
+            }
+
+            async fn next_caller_index(&self, tenant_id: &str) -> Result<i64, GwError> {
+                let now = Utc::now();
+                sqlx::query_scalar(
+                    "insert into caller_number_cursors (tenant_id, next_index, created_at, updated_at) values ($1, 1, $2, $2) \
+                     on conflict (tenant_id) do update set next_index = caller_number_cursors.next_index + 1, updated_at = $2 \
+                     returning next_index - 1",
+                )
+                .bind(tenant_id)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)
+            }
+
+            async fn set_last_extension(&self, tenant_id: &str, collector_id: &str, ext: &str) -> Result<(), GwError> {
+                sqlx::query("update collectors set last_extension_number = $3, updated_at = $4 where tenant_id = $1 and collector_id = $2")
+                    .bind(tenant_id)
+                    .bind(collector_id)
+                    .bind(ext)
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+mod pg {
+    use super::*;
+    call_store!(PgGatewayStore, sqlx::Postgres, "");
+}
+
+mod lite {
+    use super::*;
+    call_store!(SqliteGatewayStore, sqlx::Sqlite, "begin immediate");
+}
