@@ -16,8 +16,8 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$bin/infinity-sim" --port "${SIM_PORT:-8090}" --extensions 8001,8002,8003,8004,8005 \
-  --callback-url "http://127.0.0.1:${GATEWAY__HTTP__PORT:-8080}/api/v1/infinity/callback/call-record" &
+# The callback URL names a tenant and its secret: set it per demo (see README, "Placing a call").
+"$bin/infinity-sim" --port "${SIM_PORT:-8090}" --extensions 8001,8002,8003,8004,8005 &
 pids+=($!)
 "$bin/allocator-svc" &
 pids+=($!)

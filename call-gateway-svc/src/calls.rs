@@ -20,7 +20,7 @@ use crate::domain::phone::Phone;
 use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey, TenantId};
 use crate::infinity::{BillQuery, DialParams, InfinityError};
 use crate::service::Gateway;
-use crate::store::calls::{Completed, Completion, OutboxRow, RecordRow};
+use crate::store::calls::{Attempt, Completed, Completion, OutboxRow, RecordRow};
 
 /// A validated MakeCall request.
 #[derive(Debug, Clone)]
@@ -387,17 +387,15 @@ impl Gateway {
                         .await
                     {
                         Ok(l) => {
-                            self.calls
-                                .set_attempt(
-                                    &row.call_id,
-                                    &l.extension_number,
-                                    &l.extension_id,
-                                    &l.lease_id,
-                                    l.fencing_token,
-                                    l.expires_at,
-                                    2,
-                                )
-                                .await?;
+                            let attempt = Attempt {
+                                extension_number: l.extension_number.clone(),
+                                extension_id: l.extension_id.clone(),
+                                lease_id: l.lease_id.clone(),
+                                fencing_token: l.fencing_token,
+                                lease_expires_at: l.expires_at,
+                                attempts: 2,
+                            };
+                            self.calls.set_attempt(&row.call_id, &attempt).await?;
                             row.extension_number = Some(l.extension_number);
                             row.extension_id = Some(l.extension_id);
                             row.lease_id = Some(l.lease_id);

@@ -15,7 +15,12 @@ use tokio::sync::Barrier;
 use tonic::Code;
 
 const SECRET: &str = "test-callback-secret-0001";
-type CallsClient = pb::calls_client::CallsClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, cco_platform::auth::BearerInterceptor>>;
+type CallsClient = pb::calls_client::CallsClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        cco_platform::auth::BearerInterceptor,
+    >,
+>;
 
 struct Ctx {
     stack: Stack,
@@ -24,7 +29,12 @@ struct Ctx {
     callback_url: String,
 }
 
-async fn setup(b: Backend, mode: pb::CallMode, extensions: &[&str], tweak: impl FnOnce(&mut call_gateway_svc::settings::Settings)) -> Ctx {
+async fn setup(
+    b: Backend,
+    mode: pb::CallMode,
+    extensions: &[&str],
+    tweak: impl FnOnce(&mut call_gateway_svc::settings::Settings),
+) -> Ctx {
     let sim = sim().await;
     let stack = Stack::start(b, true, |s| {
         s.calls.outbox_interval_ms = 100;
@@ -44,19 +54,46 @@ async fn setup(b: Backend, mode: pb::CallMode, extensions: &[&str], tweak: impl 
     create(&mut c, input).await;
     let mut coll = stack.collectors(ADMIN).await;
     for (id, number) in [("alice", "13800138001"), ("bob", "13800138002")] {
-        coll.upsert_collector(pb::UpsertCollectorRequest { tenant_id: "t1".into(), collector_id: id.into(), callback_number: number.into(), display_name: id.into(), active: None })
-            .await
-            .unwrap();
-    }
-    coll.upsert_collector(pb::UpsertCollectorRequest { tenant_id: "t1".into(), collector_id: "nophone".into(), ..Default::default() }).await.unwrap();
-    let mut pool = stack.pool(ADMIN).await;
-    pool.batch_import(apb::BatchImportRequest { tenant_id: "t1".into(), config_id: String::new(), numbers: extensions.iter().map(|s| (*s).to_owned()).collect() })
+        coll.upsert_collector(pb::UpsertCollectorRequest {
+            tenant_id: "t1".into(),
+            collector_id: id.into(),
+            callback_number: number.into(),
+            display_name: id.into(),
+            active: None,
+        })
         .await
         .unwrap();
-    let callback_url = format!("http://{}/api/v1/infinity/callback/t1/{SECRET}", stack.gateway_http);
+    }
+    coll.upsert_collector(pb::UpsertCollectorRequest {
+        tenant_id: "t1".into(),
+        collector_id: "nophone".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut pool = stack.pool(ADMIN).await;
+    pool.batch_import(apb::BatchImportRequest {
+        tenant_id: "t1".into(),
+        config_id: String::new(),
+        numbers: extensions.iter().map(|s| (*s).to_owned()).collect(),
+    })
+    .await
+    .unwrap();
+    let callback_url = format!(
+        "http://{}/api/v1/infinity/callback/t1/{SECRET}",
+        stack.gateway_http
+    );
     sim.state().set_callback_url(Some(callback_url.clone()));
-    let calls = pb::calls_client::CallsClient::with_interceptor(stack.gateway.channel().await, cco_platform::auth::BearerInterceptor::new(CALLER));
-    Ctx { stack, sim, calls, callback_url }
+    let calls = pb::calls_client::CallsClient::with_interceptor(
+        stack.gateway.channel().await,
+        cco_platform::auth::BearerInterceptor::new(CALLER),
+    );
+    Ctx {
+        stack,
+        sim,
+        calls,
+        callback_url,
+    }
 }
 
 fn req(collector: &str, dest: &str) -> pb::MakeCallRequest {
@@ -71,7 +108,14 @@ fn req(collector: &str, dest: &str) -> pb::MakeCallRequest {
 
 impl Ctx {
     async fn get(&mut self, call_id: &str) -> pb::CommunicationRecord {
-        self.calls.get_call(pb::GetCallRequest { tenant_id: "t1".into(), call_id: call_id.into() }).await.unwrap().into_inner()
+        self.calls
+            .get_call(pb::GetCallRequest {
+                tenant_id: "t1".into(),
+                call_id: call_id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     /// Waits (bounded) until the call reaches `status` with its lease released.
@@ -82,18 +126,36 @@ impl Ctx {
             if r.status == status as i32 && r.lease_released {
                 return r;
             }
-            assert!(tokio::time::Instant::now() < deadline, "call never reached {status:?} with its lease released: {r:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "call never reached {status:?} with its lease released: {r:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     async fn stats(&self) -> apb::PoolStats {
-        self.stack.alloc(CALLER).await.stats(apb::StatsRequest { tenant_id: "t1".into(), ..Default::default() }).await.unwrap().into_inner()
+        self.stack
+            .alloc(CALLER)
+            .await
+            .stats(apb::StatsRequest {
+                tenant_id: "t1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     async fn post_callback(&self, url: &str, content_type: &str, body: String) -> (u16, String) {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let resp = reqwest::Client::new().post(url).header("content-type", content_type).body(body).send().await.unwrap();
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.text().await.unwrap())
     }
@@ -112,17 +174,39 @@ async fn happy_path_double_call(b: Backend) {
     r.custom_params.insert("campaign".into(), "spring".into());
     let resp = ctx.calls.make_call(r).await.unwrap().into_inner();
     assert_eq!(resp.call_id.len(), 32);
-    assert!(resp.call_id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(
+        resp.call_id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
     assert_eq!(resp.extension_number, "8001");
     assert_eq!(resp.caller_number, "+862566823420");
-    assert!(resp.status == pb::CallStatus::Ringing as i32 || resp.status == pb::CallStatus::Completed as i32, "{resp:?}");
+    assert!(
+        resp.status == pb::CallStatus::Ringing as i32
+            || resp.status == pb::CallStatus::Completed as i32,
+        "{resp:?}"
+    );
     let dial = &ctx.sim.state().requests(Some("App.Sip_Call.DoubleCall"))[0];
     let p = &dial.params;
-    for (k, v) in [("extnumber", "8001"), ("anumber", "13800138001"), ("bnumber", "913900139000"), ("disnumber", "02566823420"), ("userid", "alice"), ("memberid", "case-42"), ("customuuid", resp.call_id.as_str())] {
+    for (k, v) in [
+        ("extnumber", "8001"),
+        ("anumber", "13800138001"),
+        ("bnumber", "913900139000"),
+        ("disnumber", "02566823420"),
+        ("userid", "alice"),
+        ("memberid", "case-42"),
+        ("customuuid", resp.call_id.as_str()),
+    ] {
         assert_eq!(p.get(k).map(String::as_str), Some(v), "{k}");
     }
     let rec = ctx.settled(&resp.call_id, pb::CallStatus::Completed).await;
-    let bill = ctx.sim.state().bills().into_iter().find(|b| b["customuuid"] == resp.call_id.as_str()).unwrap();
+    let bill = ctx
+        .sim
+        .state()
+        .bills()
+        .into_iter()
+        .find(|b| b["customuuid"] == resp.call_id.as_str())
+        .unwrap();
     assert_eq!(rec.result, pb::CallResult::Connected as i32);
     assert_eq!((rec.talk_seconds, rec.total_seconds), (30, 33));
     assert_eq!(rec.hangup_cause, 10001);
@@ -130,22 +214,67 @@ async fn happy_path_double_call(b: Backend) {
     assert_eq!(rec.record_url, bill["recordurl"].as_str().unwrap());
     assert_eq!(rec.infinity_uuid, bill["uuid"].as_str().unwrap());
     assert_eq!(rec.infinity_cdr_id, bill["id"].as_u64().unwrap());
-    assert_eq!((rec.destination_number.as_str(), rec.dialled_number.as_str()), ("+8613900139000", "913900139000"));
-    assert_eq!((rec.collector_id.as_str(), rec.case_id.as_str(), rec.supplier_id.as_str()), ("alice", "case-42", "sup-1"));
+    assert_eq!(
+        (rec.destination_number.as_str(), rec.dialled_number.as_str()),
+        ("+8613900139000", "913900139000")
+    );
+    assert_eq!(
+        (
+            rec.collector_id.as_str(),
+            rec.case_id.as_str(),
+            rec.supplier_id.as_str()
+        ),
+        ("alice", "case-42", "sup-1")
+    );
     assert_eq!(rec.call_mode, "double_call");
-    assert_eq!(rec.custom_params.get("campaign").map(String::as_str), Some("spring"));
+    assert_eq!(
+        rec.custom_params.get("campaign").map(String::as_str),
+        Some("spring")
+    );
     let start = rec.start_time.unwrap();
     let answer = rec.answer_time.unwrap();
     let end = rec.end_time.unwrap();
-    assert_eq!((answer.seconds - start.seconds, end.seconds - answer.seconds), (3, 30));
-    let bill_start = chrono::NaiveDateTime::parse_from_str(bill["starttime"].as_str().unwrap(), "%Y-%m-%d %H:%M:%S").unwrap();
-    assert_eq!(start.seconds, bill_start.and_utc().timestamp() - 8 * 3600, "read in Asia/Shanghai");
+    assert_eq!(
+        (answer.seconds - start.seconds, end.seconds - answer.seconds),
+        (3, 30)
+    );
+    let bill_start = chrono::NaiveDateTime::parse_from_str(
+        bill["starttime"].as_str().unwrap(),
+        "%Y-%m-%d %H:%M:%S",
+    )
+    .unwrap();
+    assert_eq!(
+        start.seconds,
+        bill_start.and_utc().timestamp() - 8 * 3600,
+        "read in Asia/Shanghai"
+    );
     assert!(rec.raw_callback.contains(&resp.call_id));
     assert_eq!(ctx.stats().await.in_use, 0, "extension released");
-    let collector = ctx.stack.collectors(ADMIN).await.get_collector(pb::GetCollectorRequest { tenant_id: "t1".into(), collector_id: "alice".into() }).await.unwrap().into_inner();
+    let collector = ctx
+        .stack
+        .collectors(ADMIN)
+        .await
+        .get_collector(pb::GetCollectorRequest {
+            tenant_id: "t1".into(),
+            collector_id: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(collector.last_extension_number, "8001");
-    let link = ctx.calls.get_recording(pb::GetRecordingRequest { tenant_id: "t1".into(), call_id: resp.call_id.clone() }).await.unwrap().into_inner();
-    assert_eq!((link.url.as_str(), link.source.as_str()), (rec.record_url.as_str(), "recordurl"));
+    let link = ctx
+        .calls
+        .get_recording(pb::GetRecordingRequest {
+            tenant_id: "t1".into(),
+            call_id: resp.call_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (link.url.as_str(), link.source.as_str()),
+        (rec.record_url.as_str(), "recordurl")
+    );
     ctx.shutdown().await;
 }
 
@@ -153,21 +282,53 @@ async fn happy_path_double_call(b: Backend) {
 /// GetRecodeFile; the collector without a phone is refused for double_call only.
 async fn make_call_mode_and_recording_file(b: Backend) {
     let mut ctx = setup(b, pb::CallMode::MakeCall, &["8001"], |_| {}).await;
-    ctx.sim.state().set_script(Some("13900139000"), Script { recording: Recording::Filename, ..Script::default() });
-    let resp = ctx.calls.make_call(req("nophone", "13900139000")).await.unwrap().into_inner();
+    ctx.sim.state().set_script(
+        Some("13900139000"),
+        Script {
+            recording: Recording::Filename,
+            ..Script::default()
+        },
+    );
+    let resp = ctx
+        .calls
+        .make_call(req("nophone", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
     let dial = &ctx.sim.state().requests(Some("App.Sip_Call.MakeCall"))[0];
-    assert_eq!(dial.params.get("destnumber").map(String::as_str), Some("913900139000"));
+    assert_eq!(
+        dial.params.get("destnumber").map(String::as_str),
+        Some("913900139000")
+    );
     assert!(!dial.params.contains_key("anumber"));
     let rec = ctx.settled(&resp.call_id, pb::CallStatus::Completed).await;
     assert!(rec.record_url.is_empty() && !rec.record_filename.is_empty());
-    let link = ctx.calls.get_recording(pb::GetRecordingRequest { tenant_id: "t1".into(), call_id: resp.call_id.clone() }).await.unwrap().into_inner();
+    let link = ctx
+        .calls
+        .get_recording(pb::GetRecordingRequest {
+            tenant_id: "t1".into(),
+            call_id: resp.call_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(link.source, "get_recode_file");
-    assert!(link.url.contains(&rec.record_filename) && link.expires.starts_with("Expiration time:"));
+    assert!(
+        link.url.contains(&rec.record_filename) && link.expires.starts_with("Expiration time:")
+    );
     ctx.shutdown().await;
     let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
-    let e = ctx.calls.make_call(req("nophone", "13900139000")).await.unwrap_err();
+    let e = ctx
+        .calls
+        .make_call(req("nophone", "13900139000"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("no callback number"), "{}", e.message());
+    assert!(
+        e.message().contains("no callback number"),
+        "{}",
+        e.message()
+    );
     assert_eq!(ctx.stats().await.in_use, 0, "nothing leased");
     ctx.shutdown().await;
 }
@@ -177,36 +338,110 @@ async fn make_call_mode_and_recording_file(b: Backend) {
 async fn validation_and_preconditions(b: Backend) {
     let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
     let cases: Vec<(pb::MakeCallRequest, &str)> = vec![
-        (pb::MakeCallRequest { tenant_id: "".into(), ..req("alice", "13900139000") }, "tenant_id:"),
-        (pb::MakeCallRequest { case_id: "".into(), ..req("alice", "13900139000") }, "case_id:"),
+        (
+            pb::MakeCallRequest {
+                tenant_id: "".into(),
+                ..req("alice", "13900139000")
+            },
+            "tenant_id:",
+        ),
+        (
+            pb::MakeCallRequest {
+                case_id: "".into(),
+                ..req("alice", "13900139000")
+            },
+            "case_id:",
+        ),
         (req("al ice", "13900139000"), "collector_id:"),
         (req("alice", ""), "destination_number:"),
         (req("alice", "12ab"), "destination_number:"),
-        (pb::MakeCallRequest { caller_number: "13700000000".into(), ..req("alice", "13900139000") }, "caller_number:"),
-        (pb::MakeCallRequest { idempotency_key: "bad key".into(), ..req("alice", "13900139000") }, "idempotency_key:"),
-        (pb::MakeCallRequest { strategy: 42, ..req("alice", "13900139000") }, "strategy:"),
         (
-            pb::MakeCallRequest { custom_params: (0..21).map(|i| (format!("k{i}"), "v".into())).collect(), ..req("alice", "13900139000") },
+            pb::MakeCallRequest {
+                caller_number: "13700000000".into(),
+                ..req("alice", "13900139000")
+            },
+            "caller_number:",
+        ),
+        (
+            pb::MakeCallRequest {
+                idempotency_key: "bad key".into(),
+                ..req("alice", "13900139000")
+            },
+            "idempotency_key:",
+        ),
+        (
+            pb::MakeCallRequest {
+                strategy: 42,
+                ..req("alice", "13900139000")
+            },
+            "strategy:",
+        ),
+        (
+            pb::MakeCallRequest {
+                custom_params: (0..21).map(|i| (format!("k{i}"), "v".into())).collect(),
+                ..req("alice", "13900139000")
+            },
             "custom_params:",
         ),
     ];
     for (r, field) in cases {
         let e = ctx.calls.make_call(r).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
-        assert!(e.message().starts_with(field), "want {field}, got {}", e.message());
+        assert!(
+            e.message().starts_with(field),
+            "want {field}, got {}",
+            e.message()
+        );
     }
-    let e = ctx.calls.make_call(req("nobody", "13900139000")).await.unwrap_err();
+    let e = ctx
+        .calls
+        .make_call(req("nobody", "13900139000"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let held = ctx.calls.make_call(req("alice", "13900139000")).await.unwrap().into_inner();
-    let e = ctx.calls.make_call(req("bob", "13900139001")).await.unwrap_err();
+    let held = ctx
+        .calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = ctx
+        .calls
+        .make_call(req("bob", "13900139001"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("pool empty"), "{}", e.message());
     ctx.settled(&held.call_id, pb::CallStatus::Completed).await;
-    ctx.stack.configs(ADMIN).await.toggle_config(pb::ToggleConfigRequest { tenant_id: "t1".into(), version: 0 }).await.unwrap();
-    let e = ctx.calls.make_call(req("alice", "13900139002")).await.unwrap_err();
+    ctx.stack
+        .configs(ADMIN)
+        .await
+        .toggle_config(pb::ToggleConfigRequest {
+            tenant_id: "t1".into(),
+            version: 0,
+        })
+        .await
+        .unwrap();
+    let e = ctx
+        .calls
+        .make_call(req("alice", "13900139002"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert_eq!(ctx.sim.state().dial_requests().len(), 1, "only the valid call dialled");
-    let listed = ctx.calls.list_calls(pb::ListCallsRequest { tenant_id: "t1".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(
+        ctx.sim.state().dial_requests().len(),
+        1,
+        "only the valid call dialled"
+    );
+    let listed = ctx
+        .calls
+        .list_calls(pb::ListCallsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.calls.len(), 1, "refused requests left no record");
     ctx.shutdown().await;
 }
@@ -215,12 +450,31 @@ async fn validation_and_preconditions(b: Backend) {
 /// Not sent: failed, lease released, UNAVAILABLE carrying the call id.
 async fn refused_and_not_sent(b: Backend) {
     let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
-    ctx.sim.state().set_script(Some("13900139000"), Script { outcome: Outcome::Refused, refuse_code: "1003".into(), refuse_message: "line busy".into(), ..Script::default() });
-    let resp = ctx.calls.make_call(req("alice", "13900139000")).await.unwrap().into_inner();
+    ctx.sim.state().set_script(
+        Some("13900139000"),
+        Script {
+            outcome: Outcome::Refused,
+            refuse_code: "1003".into(),
+            refuse_message: "line busy".into(),
+            ..Script::default()
+        },
+    );
+    let resp = ctx
+        .calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.status, pb::CallStatus::Failed as i32);
-    assert_eq!((resp.infinity_code.as_str(), resp.infinity_message.as_str()), ("1003", "line busy"));
+    assert_eq!(
+        (resp.infinity_code.as_str(), resp.infinity_message.as_str()),
+        ("1003", "line busy")
+    );
     let rec = ctx.settled(&resp.call_id, pb::CallStatus::Failed).await;
-    assert_eq!((rec.error_code.as_str(), rec.error_message.as_str()), ("1003", "line busy"));
+    assert_eq!(
+        (rec.error_code.as_str(), rec.error_message.as_str()),
+        ("1003", "line busy")
+    );
     assert_eq!(ctx.stats().await.in_use, 0);
     // Infinity unreachable.
     let closed = {
@@ -228,11 +482,35 @@ async fn refused_and_not_sent(b: Backend) {
         l.local_addr().unwrap()
     };
     let mut c = ctx.stack.configs(ADMIN).await;
-    let v = c.get_config(pb::GetConfigRequest { tenant_id: "t1".into() }).await.unwrap().into_inner().version;
-    c.update_config(pb::UpdateConfigRequest { tenant_id: "t1".into(), version: v, api_url: Some(format!("http://{closed}/")), ..Default::default() }).await.unwrap();
-    let e = ctx.calls.make_call(req("alice", "13900139001")).await.unwrap_err();
+    let v = c
+        .get_config(pb::GetConfigRequest {
+            tenant_id: "t1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    c.update_config(pb::UpdateConfigRequest {
+        tenant_id: "t1".into(),
+        version: v,
+        api_url: Some(format!("http://{closed}/")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = ctx
+        .calls
+        .make_call(req("alice", "13900139001"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-    let call_id = e.metadata().get("x-call-id").unwrap().to_str().unwrap().to_owned();
+    let call_id = e
+        .metadata()
+        .get("x-call-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(e.message().contains(&call_id));
     let rec = ctx.settled(&call_id, pb::CallStatus::Failed).await;
     assert_eq!(rec.error_code, "not_sent");
@@ -245,11 +523,26 @@ async fn refused_and_not_sent(b: Backend) {
 async fn retry_on_another_extension(b: Backend) {
     let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002"], |_| {}).await;
     ctx.sim.state().set_extensions(&["8001"], false);
-    let resp = ctx.calls.make_call(req("alice", "13900139000")).await.unwrap().into_inner();
+    let resp = ctx
+        .calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.extension_number, "8002");
     let rec = ctx.settled(&resp.call_id, pb::CallStatus::Completed).await;
     assert_eq!((rec.attempts, rec.extension_number.as_str()), (2, "8002"));
-    let exts = ctx.stack.pool(ADMIN).await.list_extensions(apb::ListExtensionsRequest { tenant_id: "t1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let exts = ctx
+        .stack
+        .pool(ADMIN)
+        .await
+        .list_extensions(apb::ListExtensionsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let e8001 = exts.extensions.iter().find(|e| e.number == "8001").unwrap();
     assert_eq!(e8001.status, apb::ExtensionStatus::Offline as i32);
     assert_eq!(ctx.sim.state().dial_requests().len(), 2);
@@ -257,9 +550,25 @@ async fn retry_on_another_extension(b: Backend) {
     // Both extensions broken: failed after the second try, nothing leaked.
     ctx.sim.state().set_extensions(&["8002"], false);
     let mut pool = ctx.stack.pool(ADMIN).await;
-    pool.update_extension(apb::UpdateExtensionRequest { tenant_id: "t1".into(), extension_id: e8001.extension_id.clone(), status: Some(apb::ExtensionStatus::Available.into()), number: None, force: false }).await.unwrap();
-    let resp = ctx.calls.make_call(req("alice", "13900139001")).await.unwrap().into_inner();
-    assert_eq!((resp.status, resp.infinity_code.as_str()), (pb::CallStatus::Failed as i32, "1014"));
+    pool.update_extension(apb::UpdateExtensionRequest {
+        tenant_id: "t1".into(),
+        extension_id: e8001.extension_id.clone(),
+        status: Some(apb::ExtensionStatus::Available.into()),
+        number: None,
+        force: false,
+    })
+    .await
+    .unwrap();
+    let resp = ctx
+        .calls
+        .make_call(req("alice", "13900139001"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (resp.status, resp.infinity_code.as_str()),
+        (pb::CallStatus::Failed as i32, "1014")
+    );
     let s = ctx.stats().await;
     assert_eq!((s.in_use, s.offline), (0, 2));
     ctx.shutdown().await;
@@ -268,17 +577,64 @@ async fn retry_on_another_extension(b: Backend) {
 /// A slow Infinity: the outcome is unknown and the lease is kept; the callback then completes
 /// the call and frees the extension.
 async fn unknown_then_callback(b: Backend) {
-    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |s| s.calls.reconcile_after_seconds = 600).await;
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |s| {
+        s.calls.reconcile_after_seconds = 600
+    })
+    .await;
     let mut c = ctx.stack.configs(ADMIN).await;
-    c.update_config(pb::UpdateConfigRequest { tenant_id: "t1".into(), version: 1, api_timeout_ms: Some(500), ..Default::default() }).await.unwrap();
-    ctx.sim.state().set_script(Some("13900139000"), Script { outcome: Outcome::Slow, slow_ms: 1_500, callback: CallbackMode::Lost, ..Script::default() });
-    let resp = ctx.calls.make_call(req("alice", "13900139000")).await.unwrap().into_inner();
+    c.update_config(pb::UpdateConfigRequest {
+        tenant_id: "t1".into(),
+        version: 1,
+        api_timeout_ms: Some(500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ctx.sim.state().set_script(
+        Some("13900139000"),
+        Script {
+            outcome: Outcome::Slow,
+            slow_ms: 1_500,
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let resp = ctx
+        .calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.status, pb::CallStatus::Unknown as i32);
-    assert_eq!(ctx.stats().await.in_use, 1, "lease kept while the outcome is unknown");
-    let e = ctx.calls.make_call(req("bob", "13900139001")).await.unwrap_err();
-    assert_eq!(e.code(), Code::ResourceExhausted, "the extension is not handed out again");
-    let bill = ctx.sim.state().bills().into_iter().find(|b| b["customuuid"] == resp.call_id.as_str()).unwrap();
-    let (status, body) = ctx.post_callback(&ctx.callback_url, "application/json", serde_json::Value::Object(bill).to_string()).await;
+    assert_eq!(
+        ctx.stats().await.in_use,
+        1,
+        "lease kept while the outcome is unknown"
+    );
+    let e = ctx
+        .calls
+        .make_call(req("bob", "13900139001"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::ResourceExhausted,
+        "the extension is not handed out again"
+    );
+    let bill = ctx
+        .sim
+        .state()
+        .bills()
+        .into_iter()
+        .find(|b| b["customuuid"] == resp.call_id.as_str())
+        .unwrap();
+    let (status, body) = ctx
+        .post_callback(
+            &ctx.callback_url,
+            "application/json",
+            serde_json::Value::Object(bill).to_string(),
+        )
+        .await;
     assert_eq!((status, body.as_str()), (200, "1"));
     ctx.settled(&resp.call_id, pb::CallStatus::Completed).await;
     assert_eq!(ctx.stats().await.in_use, 0);
@@ -287,7 +643,13 @@ async fn unknown_then_callback(b: Backend) {
 
 /// 20 concurrent identical MakeCalls (one idempotency key) dial once and make one record.
 async fn idempotent_make_call(b: Backend) {
-    let ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002", "8003"], |_| {}).await;
+    let ctx = setup(
+        b,
+        pb::CallMode::DoubleCall,
+        &["8001", "8002", "8003"],
+        |_| {},
+    )
+    .await;
     let barrier = Arc::new(Barrier::new(20));
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -312,7 +674,15 @@ async fn idempotent_make_call(b: Backend) {
     let call_id = ids.into_iter().next().unwrap();
     assert_eq!(ctx.sim.state().dial_requests().len(), 1, "exactly one dial");
     let mut ctx = ctx;
-    let listed = ctx.calls.list_calls(pb::ListCallsRequest { tenant_id: "t1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let listed = ctx
+        .calls
+        .list_calls(pb::ListCallsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.calls.len(), 1);
     ctx.settled(&call_id, pb::CallStatus::Completed).await;
     let mut again = req("alice", "13900139000");
@@ -323,8 +693,16 @@ async fn idempotent_make_call(b: Backend) {
     other.idempotency_key = "click-1".into();
     let e = ctx.calls.make_call(other).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().starts_with("idempotency_key:"), "{}", e.message());
-    assert_eq!(ctx.sim.state().dial_requests().len(), 1, "never dialled again");
+    assert!(
+        e.message().starts_with("idempotency_key:"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        ctx.sim.state().dial_requests().len(),
+        1,
+        "never dialled again"
+    );
     ctx.shutdown().await;
 }
 
@@ -332,10 +710,34 @@ async fn idempotent_make_call(b: Backend) {
 /// ones (wrong secret, wrong IP) and garbage write nothing; unmatched ones are stored.
 async fn callback_variants(b: Backend) {
     let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002"], |_| {}).await;
-    ctx.sim.state().set_script(Some("13900139000"), Script { callback: CallbackMode::Duplicated, ..Script::default() });
-    ctx.sim.state().set_script(Some("13900139001"), Script { callback: CallbackMode::CamelCase, numbers_as_strings: true, outcome: Outcome::Busy, ..Script::default() });
-    let dup = ctx.calls.make_call(req("alice", "13900139000")).await.unwrap().into_inner();
-    let camel = ctx.calls.make_call(req("bob", "13900139001")).await.unwrap().into_inner();
+    ctx.sim.state().set_script(
+        Some("13900139000"),
+        Script {
+            callback: CallbackMode::Duplicated,
+            ..Script::default()
+        },
+    );
+    ctx.sim.state().set_script(
+        Some("13900139001"),
+        Script {
+            callback: CallbackMode::CamelCase,
+            numbers_as_strings: true,
+            outcome: Outcome::Busy,
+            ..Script::default()
+        },
+    );
+    let dup = ctx
+        .calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
+    let camel = ctx
+        .calls
+        .make_call(req("bob", "13900139001"))
+        .await
+        .unwrap()
+        .into_inner();
     let first = ctx.settled(&dup.call_id, pb::CallStatus::Completed).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while ctx.sim.state().callbacks_sent() < 3 {
@@ -343,73 +745,218 @@ async fn callback_variants(b: Backend) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rec = ctx.settled(&camel.call_id, pb::CallStatus::Completed).await;
-    assert_eq!((rec.result, rec.hangup_cause, rec.talk_seconds), (pb::CallResult::Busy as i32, 10006, 0));
+    assert_eq!(
+        (rec.result, rec.hangup_cause, rec.talk_seconds),
+        (pb::CallResult::Busy as i32, 10006, 0)
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = ctx.get(&dup.call_id).await;
-    assert_eq!(after.updated_at, first.updated_at, "the duplicate changed nothing");
+    assert_eq!(
+        after.updated_at, first.updated_at,
+        "the duplicate changed nothing"
+    );
 
     // Forged: wrong secret in the path, wrong secret on the generic URL, no secret at all.
-    let bill = ctx.sim.state().bills().into_iter().find(|b| b["customuuid"] == dup.call_id.as_str()).unwrap();
+    let bill = ctx
+        .sim
+        .state()
+        .bills()
+        .into_iter()
+        .find(|b| b["customuuid"] == dup.call_id.as_str())
+        .unwrap();
     let body = serde_json::Value::Object(bill.clone()).to_string();
     let base = format!("http://{}/api/v1/infinity/callback", ctx.stack.gateway_http);
-    for url in [format!("{base}/t1/wrong-secret-000000"), format!("{base}/call-record?k=wrong"), format!("{base}/call-record"), format!("{base}/t9/{SECRET}")] {
-        let (status, _) = ctx.post_callback(&url, "application/json", body.clone()).await;
+    for url in [
+        format!("{base}/t1/wrong-secret-000000"),
+        format!("{base}/call-record?k=wrong"),
+        format!("{base}/call-record"),
+        format!("{base}/t9/{SECRET}"),
+    ] {
+        let (status, _) = ctx
+            .post_callback(&url, "application/json", body.clone())
+            .await;
         assert_eq!(status, 401, "{url}");
     }
     // The generic URL with the right secret works (a duplicate here).
-    let (status, text) = ctx.post_callback(&format!("{base}/call-record?k={SECRET}"), "application/json", body.clone()).await;
+    let (status, text) = ctx
+        .post_callback(
+            &format!("{base}/call-record?k={SECRET}"),
+            "application/json",
+            body.clone(),
+        )
+        .await;
     assert_eq!((status, text.as_str()), (200, "1"));
     // Garbage and oversize bodies.
-    let (status, _) = ctx.post_callback(&ctx.callback_url, "application/json", "{not json".into()).await;
+    let (status, _) = ctx
+        .post_callback(&ctx.callback_url, "application/json", "{not json".into())
+        .await;
     assert_eq!(status, 400);
-    let (status, _) = ctx.post_callback(&ctx.callback_url, "application/json", format!("{{\"x\":\"{}\"}}", "a".repeat(70_000))).await;
+    let (status, _) = ctx
+        .post_callback(
+            &ctx.callback_url,
+            "application/json",
+            format!("{{\"x\":\"{}\"}}", "a".repeat(70_000)),
+        )
+        .await;
     assert_eq!(status, 413);
     // Unmatched: stored and acknowledged.
-    let (status, text) = ctx.post_callback(&ctx.callback_url, "application/json", r#"{"customuuid":"0123456789abcdef0123456789abcdef","uuid":"zzz","billsec":5}"#.into()).await;
+    let (status, text) = ctx
+        .post_callback(
+            &ctx.callback_url,
+            "application/json",
+            r#"{"customuuid":"0123456789abcdef0123456789abcdef","uuid":"zzz","billsec":5}"#.into(),
+        )
+        .await;
     assert_eq!((status, text.as_str()), (200, "1"));
     // Form data and the legacy CCO shape, on a call whose own callback was lost.
-    ctx.sim.state().set_script(Some("13900139002"), Script { callback: CallbackMode::Lost, ..Script::default() });
-    let lost = ctx.calls.make_call(req("alice", "13900139002")).await.unwrap().into_inner();
+    ctx.sim.state().set_script(
+        Some("13900139002"),
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let lost = ctx
+        .calls
+        .make_call(req("alice", "13900139002"))
+        .await
+        .unwrap()
+        .into_inner();
     let (status, _) = ctx.post_callback(&ctx.callback_url, "application/json", format!(r#"{{"call_uuid":"{}","call_duration":"12","is_connected":true,"call_record_url":"http://rec/x.mp3"}}"#, lost.call_id)).await;
     assert_eq!(status, 200);
     let rec = ctx.settled(&lost.call_id, pb::CallStatus::Completed).await;
-    assert_eq!((rec.result, rec.talk_seconds, rec.record_url.as_str()), (pb::CallResult::Connected as i32, 12, "http://rec/x.mp3"));
-    ctx.sim.state().set_script(Some("13900139003"), Script { callback: CallbackMode::Lost, ..Script::default() });
-    let form = ctx.calls.make_call(req("bob", "13900139003")).await.unwrap().into_inner();
+    assert_eq!(
+        (rec.result, rec.talk_seconds, rec.record_url.as_str()),
+        (pb::CallResult::Connected as i32, 12, "http://rec/x.mp3")
+    );
+    ctx.sim.state().set_script(
+        Some("13900139003"),
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let form = ctx
+        .calls
+        .make_call(req("bob", "13900139003"))
+        .await
+        .unwrap()
+        .into_inner();
     let (status, _) = ctx.post_callback(&ctx.callback_url, "application/x-www-form-urlencoded", format!("customuuid={}&billsec=0&hangupcause=10016&uuid=form-1&starttime=2026-01-01+10%3A00%3A00", form.call_id)).await;
     assert_eq!(status, 200);
     let rec = ctx.settled(&form.call_id, pb::CallStatus::Completed).await;
     assert_eq!(rec.result, pb::CallResult::NoAnswer as i32);
-    assert_eq!(rec.start_time.unwrap().seconds, 1_767_232_800, "2026-01-01 10:00 in Shanghai");
+    assert_eq!(
+        rec.start_time.unwrap().seconds,
+        1_767_232_800,
+        "2026-01-01 10:00 in Shanghai"
+    );
     // IP allow-list: only 203.0.113.0/24 may post now.
     let mut c = ctx.stack.configs(ADMIN).await;
-    let v = c.get_config(pb::GetConfigRequest { tenant_id: "t1".into() }).await.unwrap().into_inner().version;
-    c.update_config(pb::UpdateConfigRequest { tenant_id: "t1".into(), version: v, callback_ip_allowlist: Some(pb::IpAllowList { cidrs: vec!["203.0.113.0/24".into()] }), ..Default::default() }).await.unwrap();
-    let (status, _) = ctx.post_callback(&ctx.callback_url, "application/json", body).await;
+    let v = c
+        .get_config(pb::GetConfigRequest {
+            tenant_id: "t1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    c.update_config(pb::UpdateConfigRequest {
+        tenant_id: "t1".into(),
+        version: v,
+        callback_ip_allowlist: Some(pb::IpAllowList {
+            cidrs: vec!["203.0.113.0/24".into()],
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (status, _) = ctx
+        .post_callback(&ctx.callback_url, "application/json", body)
+        .await;
     assert_eq!(status, 403);
     let rows = raw_rows(&ctx.stack.gateway_db.url, "unmatched_callbacks").await;
-    assert_eq!(rows.len(), 1, "only the genuine unmatched callback was stored: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the genuine unmatched callback was stored: {rows:?}"
+    );
     ctx.shutdown().await;
 }
 
 /// A late callback for a call whose extension was re-leased changes nothing for the new lease.
 async fn late_callback_after_release(b: Backend) {
-    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |s| s.calls.reconcile_after_seconds = 600).await;
-    ctx.sim.state().set_script(Some("13900139000"), Script { callback: CallbackMode::Lost, ..Script::default() });
-    let old = ctx.calls.make_call(req("alice", "13900139000")).await.unwrap().into_inner();
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |s| {
+        s.calls.reconcile_after_seconds = 600
+    })
+    .await;
+    ctx.sim.state().set_script(
+        Some("13900139000"),
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let old = ctx
+        .calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
     // An operator frees alice's extension by hand; bob's call takes it.
-    ctx.stack.pool(ADMIN).await.force_release_collector(apb::ForceReleaseCollectorRequest { tenant_id: "t1".into(), collector_id: "alice".into() }).await.unwrap();
-    ctx.sim.state().set_script(Some("13900139001"), Script { callback: CallbackMode::Lost, ..Script::default() });
-    let new = ctx.calls.make_call(req("bob", "13900139001")).await.unwrap().into_inner();
+    ctx.stack
+        .pool(ADMIN)
+        .await
+        .force_release_collector(apb::ForceReleaseCollectorRequest {
+            tenant_id: "t1".into(),
+            collector_id: "alice".into(),
+        })
+        .await
+        .unwrap();
+    ctx.sim.state().set_script(
+        Some("13900139001"),
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let new = ctx
+        .calls
+        .make_call(req("bob", "13900139001"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(new.extension_number, "8001");
-    let bill = ctx.sim.state().bills().into_iter().find(|b| b["customuuid"] == old.call_id.as_str()).unwrap();
-    let (status, _) = ctx.post_callback(&ctx.callback_url, "application/json", serde_json::Value::Object(bill).to_string()).await;
+    let bill = ctx
+        .sim
+        .state()
+        .bills()
+        .into_iter()
+        .find(|b| b["customuuid"] == old.call_id.as_str())
+        .unwrap();
+    let (status, _) = ctx
+        .post_callback(
+            &ctx.callback_url,
+            "application/json",
+            serde_json::Value::Object(bill).to_string(),
+        )
+        .await;
     assert_eq!(status, 200);
     ctx.settled(&old.call_id, pb::CallStatus::Completed).await;
     let s = ctx.stats().await;
     assert_eq!(s.in_use, 1, "bob's lease survived the late release");
     let rec = ctx.get(&new.call_id).await;
-    let ext = ctx.stack.pool(ADMIN).await.list_extensions(apb::ListExtensionsRequest { tenant_id: "t1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let ext = ctx
+        .stack
+        .pool(ADMIN)
+        .await
+        .list_extensions(apb::ListExtensionsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ext.extensions[0].current_lease_id, rec.lease_id);
     ctx.shutdown().await;
 }
@@ -417,9 +964,26 @@ async fn late_callback_after_release(b: Backend) {
 /// The callback arriving before MakeCall has returned.
 async fn callback_before_make_call_returns(b: Backend) {
     let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
-    ctx.sim.state().set_script(Some("13900139000"), Script { outcome: Outcome::Slow, slow_ms: 700, callback_delay_ms: 0, ..Script::default() });
-    let resp = ctx.calls.make_call(req("alice", "13900139000")).await.unwrap().into_inner();
-    assert_eq!(resp.status, pb::CallStatus::Completed as i32, "the callback won the race: {resp:?}");
+    ctx.sim.state().set_script(
+        Some("13900139000"),
+        Script {
+            outcome: Outcome::Slow,
+            slow_ms: 700,
+            callback_delay_ms: 0,
+            ..Script::default()
+        },
+    );
+    let resp = ctx
+        .calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status,
+        pb::CallStatus::Completed as i32,
+        "the callback won the race: {resp:?}"
+    );
     ctx.settled(&resp.call_id, pb::CallStatus::Completed).await;
     assert_eq!(ctx.stats().await.in_use, 0);
     ctx.shutdown().await;
@@ -429,18 +993,56 @@ async fn callback_before_make_call_returns(b: Backend) {
 /// the outbox across a gateway restart, and goes through when the allocator is back.
 async fn allocator_down_during_callback(b: Backend) {
     let ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
-    let Ctx { stack, sim, mut calls, callback_url } = ctx;
-    sim.state().set_script(Some("13900139000"), Script { callback: CallbackMode::Lost, ..Script::default() });
-    let resp = calls.make_call(req("alice", "13900139000")).await.unwrap().into_inner();
-    let Stack { gateway, gateway_http, allocator, gateway_db, allocator_db } = stack;
+    let Ctx {
+        stack,
+        sim,
+        mut calls,
+        callback_url,
+    } = ctx;
+    sim.state().set_script(
+        Some("13900139000"),
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let resp = calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
+    let Stack {
+        gateway,
+        gateway_http,
+        allocator,
+        gateway_db,
+        allocator_db,
+    } = stack;
     let allocator = allocator.unwrap();
     let alloc_addr = allocator.addr;
     allocator.shutdown().await;
-    let bill = sim.state().bills().into_iter().find(|b| b["customuuid"] == resp.call_id.as_str()).unwrap();
+    let bill = sim
+        .state()
+        .bills()
+        .into_iter()
+        .find(|b| b["customuuid"] == resp.call_id.as_str())
+        .unwrap();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let r = reqwest::Client::new().post(&callback_url).json(&serde_json::Value::Object(bill)).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(&callback_url)
+        .json(&serde_json::Value::Object(bill))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let rec = calls.get_call(pb::GetCallRequest { tenant_id: "t1".into(), call_id: resp.call_id.clone() }).await.unwrap().into_inner();
+    let rec = calls
+        .get_call(pb::GetCallRequest {
+            tenant_id: "t1".into(),
+            call_id: resp.call_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(rec.status, pb::CallStatus::Completed as i32);
     assert!(!rec.lease_released, "release still owed");
     // Restart the gateway on the same database while the allocator is still down.
@@ -450,7 +1052,9 @@ async fn allocator_down_during_callback(b: Backend) {
     s.calls.outbox_interval_ms = 100;
     let gw_listener = tokio::net::TcpListener::bind(gw_port).await.unwrap();
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = call_gateway_svc::app::Application::build_with(s, Some((gw_listener, http_listener))).await.unwrap();
+    let app = call_gateway_svc::app::Application::build_with(s, Some((gw_listener, http_listener)))
+        .await
+        .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
     // The allocator comes back on its old address and database.
@@ -460,27 +1064,59 @@ async fn allocator_down_during_callback(b: Backend) {
     als.policy.gateway_url = format!("http://{gw_port}");
     als.policy.cache_ttl_ms = 0;
     let listener = tokio::net::TcpListener::bind(alloc_addr).await.unwrap();
-    let alloc_app = allocator_svc::app::Application::build_with(als, Some((listener, None))).await.unwrap();
+    let alloc_app = allocator_svc::app::Application::build_with(als, Some((listener, None)))
+        .await
+        .unwrap();
     let alloc_stop = tokio_util::sync::CancellationToken::new();
     let alloc_handle = tokio::spawn(alloc_app.run_until_stopped(alloc_stop.clone()));
     let restarted = Stack {
-        gateway: Running { addr: gw_port, stop, handle },
+        gateway: Running {
+            addr: gw_port,
+            stop,
+            handle,
+        },
         gateway_http,
-        allocator: Some(Running { addr: alloc_addr, stop: alloc_stop, handle: alloc_handle }),
+        allocator: Some(Running {
+            addr: alloc_addr,
+            stop: alloc_stop,
+            handle: alloc_handle,
+        }),
         gateway_db,
         allocator_db,
     };
-    let mut calls = pb::calls_client::CallsClient::with_interceptor(restarted.gateway.channel().await, cco_platform::auth::BearerInterceptor::new(CALLER));
+    let mut calls = pb::calls_client::CallsClient::with_interceptor(
+        restarted.gateway.channel().await,
+        cco_platform::auth::BearerInterceptor::new(CALLER),
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let rec = calls.get_call(pb::GetCallRequest { tenant_id: "t1".into(), call_id: resp.call_id.clone() }).await.unwrap().into_inner();
+        let rec = calls
+            .get_call(pb::GetCallRequest {
+                tenant_id: "t1".into(),
+                call_id: resp.call_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         if rec.lease_released {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "release never went through");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "release never went through"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let s = restarted.alloc(CALLER).await.stats(apb::StatsRequest { tenant_id: "t1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let s = restarted
+        .alloc(CALLER)
+        .await
+        .stats(apb::StatsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(s.in_use, 0);
     restarted.shutdown().await;
     sim.stop().await;
@@ -489,12 +1125,41 @@ async fn allocator_down_during_callback(b: Backend) {
 /// Lost callbacks: the reconciler finds the call with GetBill and closes it; a call Infinity
 /// never heard of expires at the maximum age; both free their extensions.
 async fn reconciler_closes_lost_calls(b: Backend) {
-    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002"], |s| s.calls.max_call_age_seconds = 3).await;
-    ctx.sim.state().set_script(Some("13900139000"), Script { callback: CallbackMode::Lost, ..Script::default() });
-    ctx.sim.state().set_script(Some("13900139001"), Script { outcome: Outcome::Http500, ..Script::default() });
-    let lost = ctx.calls.make_call(req("alice", "13900139000")).await.unwrap().into_inner();
-    let never = ctx.calls.make_call(req("bob", "13900139001")).await.unwrap().into_inner();
-    assert_eq!(never.status, pb::CallStatus::Unknown as i32, "HTTP 500 after sending: outcome unknown");
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002"], |s| {
+        s.calls.max_call_age_seconds = 3
+    })
+    .await;
+    ctx.sim.state().set_script(
+        Some("13900139000"),
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    ctx.sim.state().set_script(
+        Some("13900139001"),
+        Script {
+            outcome: Outcome::Http500,
+            ..Script::default()
+        },
+    );
+    let lost = ctx
+        .calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
+    let never = ctx
+        .calls
+        .make_call(req("bob", "13900139001"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        never.status,
+        pb::CallStatus::Unknown as i32,
+        "HTTP 500 after sending: outcome unknown"
+    );
     let rec = ctx.settled(&lost.call_id, pb::CallStatus::Completed).await;
     assert_eq!(rec.result, pb::CallResult::Connected as i32);
     let rec = ctx.settled(&never.call_id, pb::CallStatus::Expired).await;
@@ -505,7 +1170,13 @@ async fn reconciler_closes_lost_calls(b: Backend) {
 
 /// ListCalls filters and pages; HangUp maps Infinity's answers.
 async fn list_and_hang_up(b: Backend) {
-    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002", "8003"], |_| {}).await;
+    let mut ctx = setup(
+        b,
+        pb::CallMode::DoubleCall,
+        &["8001", "8002", "8003"],
+        |_| {},
+    )
+    .await;
     let mut ids = Vec::new();
     for (i, who) in ["alice", "bob", "alice", "alice", "bob"].iter().enumerate() {
         let mut r = req(who, &format!("1390013900{i}"));
@@ -517,7 +1188,17 @@ async fn list_and_hang_up(b: Backend) {
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let page = ctx.calls.list_calls(pb::ListCallsRequest { tenant_id: "t1".into(), page_size: 2, page_token: token.clone(), ..Default::default() }).await.unwrap().into_inner();
+        let page = ctx
+            .calls
+            .list_calls(pb::ListCallsRequest {
+                tenant_id: "t1".into(),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
         seen.extend(page.calls.into_iter().map(|c| c.call_id));
         if page.next_page_token.is_empty() {
             break;
@@ -526,23 +1207,96 @@ async fn list_and_hang_up(b: Backend) {
     }
     ids.reverse();
     assert_eq!(seen, ids, "newest first, nothing missed");
-    let alice = ctx.calls.list_calls(pb::ListCallsRequest { tenant_id: "t1".into(), collector_id: "alice".into(), ..Default::default() }).await.unwrap().into_inner();
+    let alice = ctx
+        .calls
+        .list_calls(pb::ListCallsRequest {
+            tenant_id: "t1".into(),
+            collector_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(alice.calls.len(), 3);
-    let case1 = ctx.calls.list_calls(pb::ListCallsRequest { tenant_id: "t1".into(), case_id: "case-1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let case1 = ctx
+        .calls
+        .list_calls(pb::ListCallsRequest {
+            tenant_id: "t1".into(),
+            case_id: "case-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(case1.calls.len(), 2);
-    let failed = ctx.calls.list_calls(pb::ListCallsRequest { tenant_id: "t1".into(), status: pb::CallStatus::Failed.into(), ..Default::default() }).await.unwrap().into_inner();
+    let failed = ctx
+        .calls
+        .list_calls(pb::ListCallsRequest {
+            tenant_id: "t1".into(),
+            status: pb::CallStatus::Failed.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(failed.calls.is_empty());
-    let e = ctx.calls.hang_up(pb::HangUpRequest { tenant_id: "t1".into(), call_id: ids[0].clone() }).await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "completed calls cannot be hung up");
-    ctx.sim.state().set_script(Some("13900139009"), Script { callback: CallbackMode::Lost, ..Script::default() });
-    let open = ctx.calls.make_call(req("alice", "13900139009")).await.unwrap().into_inner();
-    let e = ctx.calls.hang_up(pb::HangUpRequest { tenant_id: "t1".into(), call_id: open.call_id.clone() }).await.unwrap_err();
+    let e = ctx
+        .calls
+        .hang_up(pb::HangUpRequest {
+            tenant_id: "t1".into(),
+            call_id: ids[0].clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::FailedPrecondition,
+        "completed calls cannot be hung up"
+    );
+    ctx.sim.state().set_script(
+        Some("13900139009"),
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let open = ctx
+        .calls
+        .make_call(req("alice", "13900139009"))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = ctx
+        .calls
+        .hang_up(pb::HangUpRequest {
+            tenant_id: "t1".into(),
+            call_id: open.call_id.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("not in a call"), "{}", e.message());
-    let e = ctx.calls.get_call(pb::GetCallRequest { tenant_id: "t1".into(), call_id: "xyz".into() }).await.unwrap_err();
+    let e = ctx
+        .calls
+        .get_call(pb::GetCallRequest {
+            tenant_id: "t1".into(),
+            call_id: "xyz".into(),
+        })
+        .await
+        .unwrap_err();
     assert!(e.message().starts_with("call_id:"), "{}", e.message());
-    let scoped = pb::calls_client::CallsClient::with_interceptor(ctx.stack.gateway.channel().await, cco_platform::auth::BearerInterceptor::new(SCOPED_CALLER));
-    let e = scoped.clone().get_call(pb::GetCallRequest { tenant_id: "t1".into(), call_id: ids[0].clone() }).await.unwrap_err();
+    let scoped = pb::calls_client::CallsClient::with_interceptor(
+        ctx.stack.gateway.channel().await,
+        cco_platform::auth::BearerInterceptor::new(SCOPED_CALLER),
+    );
+    let e = scoped
+        .clone()
+        .get_call(pb::GetCallRequest {
+            tenant_id: "t1".into(),
+            call_id: ids[0].clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     ctx.shutdown().await;
 }

@@ -70,6 +70,17 @@ pub struct Completion {
     pub raw: String,
 }
 
+/// A dial attempt on a (new) extension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub extension_number: String,
+    pub extension_id: String,
+    pub lease_id: String,
+    pub fencing_token: i64,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+}
+
 /// A release owed to the allocator.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
@@ -135,16 +146,7 @@ pub trait CallStore: Send + Sync + 'static {
     /// dialing -> ringing (only from dialing); returns whether it changed.
     async fn mark_ringing(&self, call_id: &str) -> Result<bool, GwError>;
     /// Records a new dial attempt on another extension.
-    async fn set_attempt(
-        &self,
-        call_id: &str,
-        ext_number: &str,
-        ext_id: &str,
-        lease_id: &str,
-        token: i64,
-        lease_expires_at: Option<DateTime<Utc>>,
-        attempts: i32,
-    ) -> Result<(), GwError>;
+    async fn set_attempt(&self, call_id: &str, a: &Attempt) -> Result<(), GwError>;
     /// dialing -> failed with the reason; queues the release unless `released` already.
     async fn mark_failed(
         &self,
@@ -425,13 +427,14 @@ macro_rules! call_store {
                 Ok(n == 1)
             }
 
-            async fn set_attempt(&self, call_id: &str, ext_number: &str, ext_id: &str, lease_id: &str, token: i64, lease_expires_at: Option<DateTime<Utc>>, attempts: i32) -> Result<(), GwError> {
+            async fn set_attempt(&self, call_id: &str, a: &Attempt) -> Result<(), GwError> {
                 sqlx::query(
                     "update communication_records set extension_number = $2, extension_id = $3, lease_id = $4, fencing_token = $5, \
                      lease_expires_at = $6, lease_released = false, attempts = $7, error_code = null, error_message = null, updated_at = $8 \
                      where call_id = $1 and status = 'dialing'",
                 )
-                .bind(call_id).bind(ext_number).bind(ext_id).bind(lease_id).bind(token).bind(lease_expires_at).bind(attempts).bind(Utc::now())
+                .bind(call_id).bind(&a.extension_number).bind(&a.extension_id).bind(&a.lease_id).bind(a.fencing_token)
+                .bind(a.lease_expires_at).bind(a.attempts).bind(Utc::now())
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
