@@ -132,18 +132,38 @@ impl Gateway {
             Some(Strategy::RoundRobin) => apb::Strategy::RoundRobin,
             Some(Strategy::CollectorAffinity) => apb::Strategy::CollectorAffinity,
         };
-        let mut client = self.allocator.leases.clone();
-        let resp = client
-            .acquire(apb::AcquireRequest {
-                tenant_id: tenant.as_str().to_owned(),
-                collector_id: collector.as_str().to_owned(),
-                strategy: strategy.into(),
-                request_id: request_id.to_owned(),
-                ttl_seconds: 0,
-            })
-            .await
-            .map_err(|s| from_allocator(&s))?
-            .into_inner();
+        let req = apb::AcquireRequest {
+            tenant_id: tenant.as_str().to_owned(),
+            collector_id: collector.as_str().to_owned(),
+            strategy: strategy.into(),
+            request_id: request_id.to_owned(),
+            ttl_seconds: 0,
+        };
+        // Acquire is idempotent per request id: when an answer is lost (timeout, restart),
+        // asking again returns the lease that may already have been granted instead of leaking it.
+        let mut attempt = 0;
+        let resp = loop {
+            let mut client = self.allocator.leases.clone();
+            match client.acquire(req.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s)
+                    if attempt < 2
+                        && matches!(
+                            s.code(),
+                            Code::Unavailable
+                                | Code::Cancelled
+                                | Code::DeadlineExceeded
+                                | Code::Unknown
+                        ) =>
+                {
+                    attempt += 1;
+                    tracing::warn!(error = %status_msg(&s), attempt, "acquire failed; asking again with the same request id");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * 3u64.pow(attempt)))
+                        .await;
+                }
+                Err(s) => return Err(from_allocator(&s)),
+            }
+        };
         let l = resp.lease.ok_or_else(|| {
             GwError::Internal(anyhow::anyhow!("allocator answered without a lease"))
         })?;

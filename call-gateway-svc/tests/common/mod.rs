@@ -49,7 +49,7 @@ pub fn gateway_settings(db_url: &str, allocator_url: &str) -> Settings {
     s.database.url = db_url.to_owned();
     s.auth.api_keys = SecretString::from(KEYS);
     s.allocator.url = allocator_url.to_owned();
-    s.allocator.timeout_ms = 1_000;
+    s.allocator.timeout_ms = 5_000;
     s.shutdown_grace_seconds = 5;
     s
 }
