@@ -299,7 +299,22 @@ impl Gateway {
             ..RecordRow::default()
         };
         // Written and committed before anything is sent to Infinity.
-        if let Some(existing) = self.calls.insert_record(&row).await? {
+        let inserted = match self.calls.insert_record(&row).await {
+            Ok(i) => i,
+            Err(e) => {
+                // No record means nobody else would ever free this lease: give it back now.
+                self.flush_release(&OutboxRow {
+                    lease_id: lease.lease_id.clone(),
+                    call_id: call_id.clone(),
+                    fencing_token: lease.fencing_token,
+                    reason: "cancelled".into(),
+                    attempts: 0,
+                })
+                .await;
+                return Err(e);
+            }
+        };
+        if let Some(existing) = inserted {
             // An identical concurrent request won the race: it dials, we report its call.
             return self
                 .replay(existing, &input, &destination)

@@ -1301,6 +1301,71 @@ async fn list_and_hang_up(b: Backend) {
     ctx.shutdown().await;
 }
 
+/// Two gateway replicas on one database: every lost call is reconciled exactly once (one
+/// GetBill per call) and completed once.
+async fn two_replicas_reconcile_once(b: Backend) {
+    let mut ctx = setup(
+        b,
+        pb::CallMode::DoubleCall,
+        &["8001", "8002", "8003", "8004", "8005"],
+        |s| s.calls.reconcile_every_seconds = 600,
+    )
+    .await;
+    let mut s2 = gateway_settings(
+        &ctx.stack.gateway_db.url,
+        &format!("http://{}", ctx.stack.allocator.as_ref().unwrap().addr),
+    );
+    s2.calls.outbox_interval_ms = 100;
+    s2.calls.reconcile_interval_ms = 100;
+    s2.calls.reconcile_after_seconds = 1;
+    s2.calls.reconcile_every_seconds = 600;
+    let second = call_gateway_svc::app::Application::build_with(
+        s2,
+        Some((
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )),
+    )
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(second.run_until_stopped(stop.clone()));
+    ctx.sim.state().set_extensions(&["8004", "8005"], true);
+    ctx.sim.state().set_script(
+        None,
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            ctx.calls
+                .make_call(req("alice", &format!("1390013900{i}")))
+                .await
+                .unwrap()
+                .into_inner()
+                .call_id,
+        );
+    }
+    for id in &ids {
+        ctx.settled(id, pb::CallStatus::Completed).await;
+    }
+    let bills = ctx.sim.state().requests(Some("App.Sip_Cdr.GetBill"));
+    for id in &ids {
+        let n = bills
+            .iter()
+            .filter(|r| r.params.get("customuuid") == Some(id))
+            .count();
+        assert_eq!(n, 1, "call {id} looked up {n} times");
+    }
+    assert_eq!(ctx.stats().await.in_use, 0);
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+    ctx.shutdown().await;
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
@@ -1322,4 +1387,5 @@ both!(
     allocator_down_during_callback,
     reconciler_closes_lost_calls,
     list_and_hang_up,
+    two_replicas_reconcile_once,
 );
