@@ -29,10 +29,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, ["proto"])?;
     // compile_fds does not write the descriptor set; reflection needs it.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("cco_descriptor.bin"), fds.encode_to_vec())?;
+    let descriptors = fds.encode_to_vec();
+    std::fs::write(out_dir.join("cco_descriptor.bin"), &descriptors)?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Well-known types from pbjson-types, so that they serialise to canonical JSON too.
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(fds)?;
+    // serde impls following the proto3 JSON mapping (enum names, RFC 3339 times), for --json.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        .build(&[".cco"])?;
     Ok(())
 }

@@ -4,6 +4,11 @@
 //!   (pool administration).
 //! - [`gateway::v1`]: `TenantPolicies` (served by the gateway, read by the allocator).
 //! - [`FILE_DESCRIPTOR_SET`]: every file above, for gRPC reflection.
+//!
+//! Every message also implements serde's `Serialize`/`Deserialize` in the proto3 JSON mapping
+//! (pbjson), with proto field names; well-known types come from `pbjson_types`.
+
+pub use pbjson_types;
 
 /// The encoded `FileDescriptorSet` of every contract, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -15,6 +20,7 @@ pub mod allocator {
     pub mod v1 {
         #![allow(clippy::all, missing_docs)]
         tonic::include_proto!("cco.infinity.allocator.v1");
+        include!(concat!(env!("OUT_DIR"), "/cco.infinity.allocator.v1.serde.rs"));
     }
 }
 
@@ -24,5 +30,6 @@ pub mod gateway {
     pub mod v1 {
         #![allow(clippy::all, missing_docs)]
         tonic::include_proto!("cco.infinity.gateway.v1");
+        include!(concat!(env!("OUT_DIR"), "/cco.infinity.gateway.v1.serde.rs"));
     }
 }

@@ -53,8 +53,8 @@ pub fn roles(path: &str) -> Option<&'static [Role]> {
     }
 }
 
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+fn ts(t: DateTime<Utc>) -> cco_contracts::pbjson_types::Timestamp {
+    cco_contracts::pbjson_types::Timestamp {
         seconds: t.timestamp(),
         nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
     }
@@ -62,7 +62,7 @@ fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
 
 fn from_ts(
     field: &'static str,
-    t: Option<prost_types::Timestamp>,
+    t: Option<cco_contracts::pbjson_types::Timestamp>,
 ) -> Result<Option<DateTime<Utc>>, AllocError> {
     t.map(|t| {
         u32::try_from(t.nanos)

@@ -68,8 +68,8 @@ pub fn roles(path: &str) -> Option<&'static [Role]> {
     }
 }
 
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+fn ts(t: DateTime<Utc>) -> cco_contracts::pbjson_types::Timestamp {
+    cco_contracts::pbjson_types::Timestamp {
         seconds: t.timestamp(),
         nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
     }
@@ -684,7 +684,7 @@ fn record_to_pb(r: &RecordRow) -> pb::CommunicationRecord {
 
 fn from_ts(
     field: &'static str,
-    t: Option<prost_types::Timestamp>,
+    t: Option<cco_contracts::pbjson_types::Timestamp>,
 ) -> Result<Option<DateTime<Utc>>, GwError> {
     t.map(|t| {
         u32::try_from(t.nanos)
