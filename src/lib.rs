@@ -20,7 +20,10 @@ pub mod allocator {
     pub mod v1 {
         #![allow(clippy::all, missing_docs)]
         tonic::include_proto!("cco.infinity.allocator.v1");
-        include!(concat!(env!("OUT_DIR"), "/cco.infinity.allocator.v1.serde.rs"));
+        include!(concat!(
+            env!("OUT_DIR"),
+            "/cco.infinity.allocator.v1.serde.rs"
+        ));
     }
 }
 
@@ -30,6 +33,9 @@ pub mod gateway {
     pub mod v1 {
         #![allow(clippy::all, missing_docs)]
         tonic::include_proto!("cco.infinity.gateway.v1");
-        include!(concat!(env!("OUT_DIR"), "/cco.infinity.gateway.v1.serde.rs"));
+        include!(concat!(
+            env!("OUT_DIR"),
+            "/cco.infinity.gateway.v1.serde.rs"
+        ));
     }
 }

@@ -37,6 +37,11 @@ pub type MakeRpcSpan = fn(&http::Request<tonic::body::Body>) -> tracing::Span;
 pub type RpcTraceLayer = tower_http::trace::TraceLayer<
     tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
     MakeRpcSpan,
+    tower_http::trace::DefaultOnRequest,
+    tower_http::trace::DefaultOnResponse,
+    tower_http::trace::DefaultOnBodyChunk,
+    tower_http::trace::DefaultOnEos,
+    tower_http::trace::DefaultOnFailure,
 >;
 
 /// A trace layer that opens one span per RPC, named after the gRPC path.
@@ -44,7 +49,11 @@ pub fn trace_layer() -> RpcTraceLayer {
     fn make_span(req: &http::Request<tonic::body::Body>) -> tracing::Span {
         tracing::info_span!("rpc", path = %req.uri().path())
     }
-    tower_http::trace::TraceLayer::new_for_grpc().make_span_with(make_span as MakeRpcSpan)
+    // Non-OK gRPC codes are mostly the client's business (INVALID_ARGUMENT, NOT_FOUND, ...):
+    // the services log their own internal errors, so the layer reports failures at debug.
+    tower_http::trace::TraceLayer::new_for_grpc()
+        .make_span_with(make_span as MakeRpcSpan)
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
 }
 
 /// Binds a TCP listener; port 0 picks a free port (see `local_addr`).

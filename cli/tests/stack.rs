@@ -1,0 +1,188 @@
+//! Smoke test of the README's first command: `cco stack` starts, a demo call placed with the CLI
+//! completes, the pool is back to full, Ctrl-C stops everything, and a second run reuses the data.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const CCO: &str = env!("CARGO_BIN_EXE_cco");
+
+struct Stack {
+    child: Child,
+    gateway: String,
+    allocator: String,
+}
+
+fn port_of(line: &str, label: &str) -> Option<u16> {
+    let rest = line.trim().strip_prefix(label)?.trim();
+    rest.split_whitespace()
+        .next()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn start(dir: &std::path::Path) -> Stack {
+    let mut child = Command::new(CCO)
+        .arg("stack")
+        .current_dir(dir)
+        .env("ALLOCATOR__GRPC__HOST", "127.0.0.1")
+        .env("ALLOCATOR__GRPC__PORT", "0")
+        .env("ALLOCATOR__METRICS__PORT", "0")
+        .env("GATEWAY__GRPC__HOST", "127.0.0.1")
+        .env("GATEWAY__GRPC__PORT", "0")
+        .env("GATEWAY__HTTP__PORT", "0")
+        .env("CCO_SIM_PORT", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut gw, mut al) = (None, None);
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("stack printed its endpoints");
+        al = al.or_else(|| port_of(&line, "allocator gRPC"));
+        gw = gw.or_else(|| port_of(&line, "gateway gRPC"));
+        if line.contains("Ctrl-C stops everything") {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    Stack {
+        child,
+        gateway: format!("http://127.0.0.1:{}", gw.expect("gateway port")),
+        allocator: format!("http://127.0.0.1:{}", al.expect("allocator port")),
+    }
+}
+
+impl Stack {
+    fn cco(&self, args: &[&str]) -> Output {
+        Command::new(CCO)
+            .args(["--gateway", &self.gateway, "--allocator", &self.allocator])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cco(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(code) = self.child.try_wait().unwrap() {
+                assert!(code.success(), "stack exited with {code:?}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stack did not stop on Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn readme_stack_places_a_demo_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path());
+    assert!(
+        dir.path().join("data/allocator.db").exists()
+            && dir.path().join("data/gateway.db").exists()
+    );
+    let made = stack.json(&[
+        "call",
+        "make",
+        "--tenant",
+        "demo",
+        "--collector",
+        "alice",
+        "--case",
+        "case-1",
+        "--to",
+        "13900139000",
+    ]);
+    let call_id = made["call_id"].as_str().unwrap().to_owned();
+    let watched = stack.cco(&[
+        "call",
+        "watch",
+        "--tenant",
+        "demo",
+        "--id",
+        &call_id,
+        "--max-wait",
+        "60",
+    ]);
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let record = stack.json(&["call", "get", "--tenant", "demo", "--id", &call_id]);
+    assert_eq!(record["status"], "CALL_STATUS_COMPLETED");
+    assert_eq!(record["result"], "CALL_RESULT_CONNECTED");
+    assert_eq!(record["lease_released"], true);
+    let stats = stack.json(&["ext", "stats", "--tenant", "demo"]);
+    assert_eq!(
+        (
+            stats["total"].as_u64(),
+            stats["available"].as_u64(),
+            stats["in_use"].as_u64()
+        ),
+        (Some(5), Some(5), Some(0))
+    );
+    // A failure exits non-zero with the server's code.
+    let missing = stack.cco(&[
+        "call",
+        "get",
+        "--tenant",
+        "demo",
+        "--id",
+        "0123456789abcdef0123456789abcdef",
+    ]);
+    assert_eq!(missing.status.code(), Some(5), "NOT_FOUND");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
+    stack.stop();
+
+    // Again, on the same data: the demo tenant is reused, nothing is duplicated.
+    let stack = start(dir.path());
+    let stats = stack.json(&["ext", "stats", "--tenant", "demo"]);
+    assert_eq!(stats["total"].as_u64(), Some(5));
+    let calls = stack.json(&["call", "list", "--tenant", "demo"]);
+    assert_eq!(
+        calls.as_array().unwrap().len(),
+        1,
+        "the first run's record is still there"
+    );
+    stack.stop();
+}
