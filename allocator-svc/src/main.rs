@@ -22,12 +22,18 @@ enum Command {
     Serve,
     /// Run database migrations and exit.
     Migrate,
+    /// Load and validate the settings (file and environment), print "configuration ok", exit.
+    CheckConfig,
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load()?;
     cco_platform::telemetry::init(&settings.log);
     match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            println!("configuration ok");
+            Ok(())
+        }
         Command::Migrate => {
             let db = DbPool::connect(&settings.database).await?;
             db.migrate(MIGRATIONS).await?;

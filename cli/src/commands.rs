@@ -940,3 +940,26 @@ pub async fn call(cmd: CallCmd, t: &Target, out: Out) -> anyhow::Result<()> {
         ),
     }
 }
+
+/// `cco health`: one grpc.health.v1 check of the whole server.
+pub async fn health(endpoint: &str, timeout: Duration) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {endpoint}: {e}"))?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status;
+    if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+        line("SERVING")
+    } else {
+        anyhow::bail!("{endpoint} is not serving (status {status})")
+    }
+}

@@ -73,6 +73,12 @@ enum Command {
     /// Calls.
     #[command(subcommand)]
     Call(commands::CallCmd),
+    /// Checks a service's gRPC health (exit 0 when SERVING): for container health checks.
+    Health {
+        /// The endpoint, e.g. http://127.0.0.1:50051.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        endpoint: String,
+    },
 }
 
 #[tokio::main]
@@ -91,6 +97,7 @@ async fn main() -> ExitCode {
         Command::Ext(c) => commands::ext(c, &target, out).await,
         Command::Collector(c) => commands::collector(c, &target, out).await,
         Command::Call(c) => commands::call(c, &target, out).await,
+        Command::Health { endpoint } => commands::health(&endpoint, target.timeout).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
