@@ -197,13 +197,7 @@ impl Application {
                 },
             );
         let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
-        let result = tokio::select! {
-            r = server => r.map_err(anyhow::Error::from),
-            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("in-flight calls did not finish within the grace period");
-                Ok(())
-            }
-        };
+        let result = cco_platform::grpc::serve_with_grace(server, shutdown.clone(), grace).await;
         background.cancel();
         let _ = workers.await;
         let _ = http_task.await;

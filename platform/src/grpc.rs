@@ -101,3 +101,26 @@ pub async fn shutdown_signal(token: CancellationToken) {
 pub fn endpoint(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
+
+/// Runs `server` until it ends by itself after `shutdown` (in-flight calls done), or until
+/// `grace` has passed since `shutdown` was cancelled, whichever is first.
+///
+/// # Errors
+/// The server's own failure.
+pub async fn serve_with_grace<F, E>(
+    server: F,
+    shutdown: CancellationToken,
+    grace: std::time::Duration,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: Into<anyhow::Error>,
+{
+    tokio::select! {
+        r = server => r.map_err(Into::into),
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("in-flight calls did not finish within the grace period");
+            Ok(())
+        }
+    }
+}

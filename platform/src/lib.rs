@@ -7,6 +7,7 @@
 //! - [`db`]: connecting to `postgres://` or `sqlite://` URLs and running migrations.
 //! - [`metrics`]: the Prometheus registry and its `/metrics` HTTP endpoint.
 //! - [`mask`]: masking phone numbers and secrets for logs.
+//! - [`service`]: the shared command line of the service binaries (serve, migrate, check-config).
 //! - [`testing`]: a fresh PostgreSQL or SQLite database per test.
 //! - [`validate`]: field rules shared by both services.
 
@@ -16,6 +17,7 @@ pub mod db;
 pub mod grpc;
 pub mod mask;
 pub mod metrics;
+pub mod service;
 pub mod telemetry;
 pub mod testing;
 pub mod validate;
