@@ -167,7 +167,10 @@ impl Application {
         let reporter2 = reporter.clone();
         let server = tonic::transport::Server::builder()
             .layer(cco_platform::grpc::trace_layer())
-            .layer(AuthLayer::new(keys, crate::grpc::roles))
+            .layer(AuthLayer::new(keys, crate::grpc::roles).with_rate_limit(
+                self.settings.auth.rate_limit_per_second,
+                self.settings.auth.rate_limit_burst,
+            ))
             .add_service(health)
             .add_service(cco_platform::grpc::reflection()?)
             .add_service(ExtensionAllocatorServer::new(grpc.clone()))

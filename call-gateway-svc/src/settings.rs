@@ -91,8 +91,13 @@ impl Default for HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
-    /// `role:key[:tenant,tenant]` entries separated by `;` (roles: admin, caller, peer).
+    /// `role:key[:tenant,tenant]` entries separated by `;` (roles: admin, caller, peer); a key
+    /// may be written `sha256:<hex digest>`.
     pub api_keys: SecretString,
+    /// Requests per second one key may make on average; 0 turns the limit off.
+    pub rate_limit_per_second: u32,
+    /// Requests one key may make in a burst.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for AuthSettings {
@@ -101,6 +106,8 @@ impl Default for AuthSettings {
             api_keys: SecretString::from(
                 "admin:dev-admin-key;caller:dev-caller-key;peer:dev-peer-key",
             ),
+            rate_limit_per_second: 2_000,
+            rate_limit_burst: 4_000,
         }
     }
 }

@@ -73,6 +73,12 @@ enum Command {
     /// Calls.
     #[command(subcommand)]
     Call(commands::CallCmd),
+    /// Prints the `sha256:<digest>` form of an API key, for `*__AUTH__API_KEYS` (the
+    /// configuration then never holds the key itself).
+    HashKey {
+        /// The key.
+        key: String,
+    },
     /// Checks a service's gRPC health (exit 0 when SERVING): for container health checks.
     Health {
         /// The endpoint, e.g. http://127.0.0.1:50051.
@@ -97,6 +103,10 @@ async fn main() -> ExitCode {
         Command::Ext(c) => commands::ext(c, &target, out).await,
         Command::Collector(c) => commands::collector(c, &target, out).await,
         Command::Call(c) => commands::call(c, &target, out).await,
+        Command::HashKey { key } => output::line(&format!(
+            "sha256:{}",
+            cco_platform::auth::key_digest_hex(&key)
+        )),
         Command::Health { endpoint } => commands::health(&endpoint, target.timeout).await,
     };
     match result {

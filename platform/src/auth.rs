@@ -1,8 +1,10 @@
 //! API-key authentication and role authorisation for every gRPC call.
 //!
 //! Keys come from configuration as `role:key[:tenant,tenant...]` entries separated by `;`
-//! (for example `admin:k1;caller:k2:tenant-a,tenant-b`). Only SHA-256 digests of the keys are
-//! kept in memory, and a presented key is compared against every digest in constant time.
+//! (for example `admin:k1;caller:k2:tenant-a,tenant-b`); a key may be given as
+//! `sha256:<64 hex digits>` so that the configuration holds only its digest (`cco hash-key`
+//! prints it). Only SHA-256 digests are kept in memory, and a presented key is compared
+//! against every digest in constant time.
 //!
 //! [`AuthLayer`] runs before any handler: it rejects a call without a valid
 //! `authorization: Bearer <key>` (`UNAUTHENTICATED`) or whose key's role may not call the
@@ -115,6 +117,11 @@ impl fmt::Debug for KeyStore {
     }
 }
 
+/// The SHA-256 digest of a key, as stored with `sha256:` (hex).
+pub fn key_digest_hex(key: &str) -> String {
+    hex::encode(digest(key))
+}
+
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
@@ -131,22 +138,47 @@ impl KeyStore {
             if entry.is_empty() {
                 continue;
             }
-            let mut parts = entry.splitn(3, ':');
-            let role_s = parts.next().unwrap_or_default().trim();
+            let (role_s, rest) = entry.split_once(':').unwrap_or((entry, ""));
+            let role_s = role_s.trim();
+            // A digest entry carries one more ':' (sha256:<hex>); split the tenants off after it.
+            let (key, tenant_list) = match rest.strip_prefix("sha256:") {
+                Some(r) => {
+                    let (hexd, t) = r.split_once(':').map_or((r, None), |(h, t)| (h, Some(t)));
+                    (format!("sha256:{hexd}"), t)
+                }
+                None => {
+                    let (k, t) = rest
+                        .split_once(':')
+                        .map_or((rest, None), |(k, t)| (k, Some(t)));
+                    (k.to_owned(), t)
+                }
+            };
             let role = Role::parse(role_s).ok_or_else(|| {
                 format!(
                     "auth.api_keys: entry {}: role must be admin, caller or peer, got {role_s:?}",
                     i + 1
                 )
             })?;
-            let key = parts.next().unwrap_or_default().trim();
-            if key.len() < 8 {
-                return Err(format!(
-                    "auth.api_keys: entry {}: the key must be at least 8 characters",
-                    i + 1
-                ));
-            }
-            let tenants = match parts.next().map(str::trim) {
+            let key = key.trim();
+            // `sha256:<64 hex>` stores only the digest of the key in the configuration.
+            let d = match key.strip_prefix("sha256:") {
+                Some(hexd) => {
+                    let bytes = hex::decode(hexd).ok().filter(|b| b.len() == 32).ok_or_else(|| {
+                        format!("auth.api_keys: entry {}: sha256: must be followed by 64 hex digits", i + 1)
+                    })?;
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&bytes);
+                    d
+                }
+                None if key.len() < 8 => {
+                    return Err(format!(
+                        "auth.api_keys: entry {}: the key must be at least 8 characters",
+                        i + 1
+                    ));
+                }
+                None => digest(key),
+            };
+            let tenants = match tenant_list.map(str::trim) {
                 None | Some("") | Some("*") => None,
                 Some(list) => Some(Arc::new(
                     list.split(',')
@@ -155,7 +187,6 @@ impl KeyStore {
                         .collect::<BTreeSet<_>>(),
                 )),
             };
-            let d = digest(key);
             keys.push(KeyEntry {
                 digest: d,
                 principal: Principal {
@@ -196,17 +227,68 @@ pub fn is_open_path(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-/// Tower layer enforcing API keys and roles.
+/// A token bucket per API key: `per_second` requests on average, bursts up to `burst`.
+#[derive(Clone, Debug)]
+pub struct RateLimit {
+    per_second: f64,
+    burst: f64,
+    buckets: Arc<std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>>,
+}
+
+impl RateLimit {
+    /// A limit; `per_second == 0` disables it.
+    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
+        (per_second > 0).then(|| Self {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            buckets: Arc::default(),
+        })
+    }
+
+    /// Takes one token for `key_id`; false when its bucket is empty.
+    pub fn allow(&self, key_id: &str) -> bool {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        let (tokens, last) = buckets
+            .entry(key_id.to_owned())
+            .or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Tower layer enforcing API keys, roles and the per-key rate limit.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     keys: KeyStore,
     roles: RoleTable,
+    limit: Option<RateLimit>,
 }
 
 impl AuthLayer {
     /// Builds the layer from the key store and the service's role table.
     pub fn new(keys: KeyStore, roles: RoleTable) -> Self {
-        Self { keys, roles }
+        Self {
+            keys,
+            roles,
+            limit: None,
+        }
+    }
+
+    /// Limits every key to `per_second` requests (bursts up to `burst`); 0 means no limit. A
+    /// client over its limit gets `RESOURCE_EXHAUSTED` before any handler or database work.
+    pub fn with_rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.limit = RateLimit::new(per_second, burst);
+        self
     }
 }
 
@@ -218,6 +300,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             inner,
             keys: self.keys.clone(),
             roles: self.roles,
+            limit: self.limit.clone(),
         }
     }
 }
@@ -228,6 +311,7 @@ pub struct AuthService<S> {
     inner: S,
     keys: KeyStore,
     roles: RoleTable,
+    limit: Option<RateLimit>,
 }
 
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {
@@ -259,6 +343,13 @@ impl<S> AuthService<S> {
                 "role {} may not call {path}",
                 principal.role.as_str()
             )));
+        }
+        if let Some(limit) = &self.limit
+            && !limit.allow(&principal.key_id)
+        {
+            return Err(tonic::Status::resource_exhausted(
+                "rate limit: this API key is sending requests faster than allowed; slow down and retry",
+            ));
         }
         req.extensions_mut().insert(principal);
         Ok(())
@@ -338,6 +429,29 @@ mod tests {
         assert!(c.may_access("t2"));
         assert!(!c.may_access("t3"));
         assert!(ks.authenticate("nope-nope").is_none());
+    }
+
+    #[test]
+    fn rate_limit_is_per_key() {
+        let l = RateLimit::new(1, 3).expect("enabled");
+        assert_eq!((0..5).filter(|_| l.allow("a")).count(), 3, "burst of 3");
+        assert!(l.allow("b"), "another key has its own bucket");
+        assert!(RateLimit::new(0, 10).is_none(), "0 disables");
+    }
+
+    #[test]
+    fn accepts_stored_digests() {
+        let d = hex::encode(digest("caller-secret-key"));
+        let ks = KeyStore::parse(&format!("caller:sha256:{d}:t1")).expect("digest entry");
+        let p = ks
+            .authenticate("caller-secret-key")
+            .expect("the key behind the digest");
+        assert_eq!(p.role, Role::Caller);
+        assert!(
+            ks.authenticate(&format!("sha256:{d}")).is_none(),
+            "the digest is not the key"
+        );
+        assert!(KeyStore::parse("caller:sha256:abcd").is_err());
     }
 
     #[test]

@@ -27,8 +27,10 @@ pub const PEER: &str = "dev-peer-key";
 pub const SCOPED_ADMIN: &str = "scoped-admin-key";
 /// Caller limited to tenant `t-a`.
 pub const SCOPED_CALLER: &str = "scoped-caller-key";
+/// Peer limited to tenant `t-a`.
+pub const SCOPED_PEER: &str = "scoped-peer-key";
 pub const KEYS: &str = "admin:dev-admin-key;caller:dev-caller-key;peer:dev-peer-key;\
-     admin:scoped-admin-key:t-a;caller:scoped-caller-key:t-a";
+     admin:scoped-admin-key:t-a;caller:scoped-caller-key:t-a;peer:scoped-peer-key:t-a";
 pub const SIM_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 type Ch = InterceptedService<Channel, BearerInterceptor>;
