@@ -156,7 +156,11 @@ impl Application {
         let http_task = tokio::spawn(cco_platform::metrics::serve_with(
             self.http_listener,
             Arc::new(registry),
-            crate::callback::routes(self.svc.clone(), callback_metrics),
+            crate::callback::routes(
+                self.svc.clone(),
+                callback_metrics,
+                self.settings.calls.signature_tolerance_seconds,
+            ),
             background.clone(),
         ));
         let workers = tokio::spawn(crate::background::run(

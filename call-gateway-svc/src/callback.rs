@@ -3,8 +3,11 @@
 //! Two URLs: `POST /api/v1/infinity/callback/{tenant_id}/{secret}` (recommended: the tenant's
 //! secret in the path, for Infinity accounts that cannot sign) and
 //! `POST /api/v1/infinity/callback/call-record` with the secret as `?k=` or the
-//! `x-callback-secret` header. Secrets compare in constant time; the tenant's IP allow-list
-//! applies to both. A request that fails either gets 401/403 and writes nothing.
+//! `x-callback-secret` header, or signed by a proxy (`x-cco-timestamp` and
+//! `x-cco-signature: sha256=HMAC(secret, "<timestamp>.<body>")`, within a tolerance window).
+//! Secrets and signatures compare in constant time; the tenant's IP allow-list applies to all.
+//! A request that fails gets 401/403 and writes nothing; a replayed signed callback is a
+//! duplicate and changes nothing.
 //!
 //! Bodies up to 64 KiB, JSON or form data; keys lower-cased; numbers as numbers or strings;
 //! `""` and `1970-01-01 08:00:00` read as absent; times in the tenant's zone. The legacy CCO
@@ -209,14 +212,16 @@ pub struct CallbackMetrics {
 struct Shim {
     gw: Gateway,
     metrics: CallbackMetrics,
+    signature_tolerance_secs: i64,
 }
 
 fn reply(status: StatusCode, body: &'static str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
 }
 
-/// The callback routes.
-pub fn routes(gw: Gateway, metrics: CallbackMetrics) -> Router {
+/// The callback routes; signed callbacks are accepted within `signature_tolerance_secs` of
+/// their timestamp.
+pub fn routes(gw: Gateway, metrics: CallbackMetrics, signature_tolerance_secs: u64) -> Router {
     Router::new()
         .route("/api/v1/infinity/callback/call-record", post(generic))
         .route(
@@ -224,7 +229,11 @@ pub fn routes(gw: Gateway, metrics: CallbackMetrics) -> Router {
             post(per_tenant),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Shim { gw, metrics })
+        .with_state(Shim {
+            gw,
+            metrics,
+            signature_tolerance_secs: i64::try_from(signature_tolerance_secs).unwrap_or(i64::MAX),
+        })
 }
 
 enum Refusal {
@@ -232,10 +241,55 @@ enum Refusal {
     Forbidden,
 }
 
-fn check(cfg: &TenantConfig, secret: Option<&str>, peer: SocketAddr) -> Result<(), Refusal> {
-    let expected = cfg.callback_secret.expose_secret().as_bytes();
-    let given = secret.unwrap_or_default().as_bytes();
-    if !bool::from(expected.ct_eq(given)) {
+/// How a callback proves it comes from the tenant's Infinity.
+enum Proof<'a> {
+    /// The callback secret itself (path, `?k=` or `x-callback-secret`).
+    Secret(Option<&'a str>),
+    /// A signing proxy's HMAC: `x-cco-timestamp` (unix seconds) and `x-cco-signature:
+    /// sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+    Signed {
+        timestamp: &'a str,
+        signature: &'a str,
+        body: &'a [u8],
+        tolerance_secs: i64,
+    },
+}
+
+/// The signature a signing proxy sends for `body` at `timestamp` (also used by tests).
+pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    // HMAC accepts keys of any length; the error arm cannot happen but must not panic.
+    let Ok(mut mac) = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn check(cfg: &TenantConfig, proof: &Proof<'_>, peer: SocketAddr) -> Result<(), Refusal> {
+    let secret = cfg.callback_secret.expose_secret();
+    let ok = match proof {
+        Proof::Secret(given) => bool::from(
+            secret
+                .as_bytes()
+                .ct_eq(given.unwrap_or_default().as_bytes()),
+        ),
+        Proof::Signed {
+            timestamp,
+            signature,
+            body,
+            tolerance_secs,
+        } => {
+            let fresh = timestamp
+                .parse::<i64>()
+                .is_ok_and(|t| (Utc::now().timestamp() - t).abs() <= *tolerance_secs);
+            let expected = sign(secret, timestamp, body);
+            fresh && bool::from(expected.as_bytes().ct_eq(signature.as_bytes()))
+        }
+    };
+    if !ok {
         return Err(Refusal::Unauthorized);
     }
     if !cfg.callback_ip_allowed(peer.ip()) {
@@ -350,7 +404,7 @@ async fn per_tenant(
         Ok(None) => return shim.refuse(Refusal::Unauthorized),
         Err(e) => return shim.internal(&e),
     };
-    if let Err(r) = check(&cfg, Some(&secret), peer) {
+    if let Err(r) = check(&cfg, &Proof::Secret(Some(&secret)), peer) {
         return shim.refuse(r);
     }
     let (fields, raw) = match parse_body(content_type(&headers), &body) {
@@ -389,11 +443,20 @@ async fn generic(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let secret = q.get("k").map(String::as_str).or_else(|| {
-        headers
-            .get("x-callback-secret")
-            .and_then(|v| v.to_str().ok())
-    });
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let proof = match (header("x-cco-timestamp"), header("x-cco-signature")) {
+        (Some(timestamp), Some(signature)) => Proof::Signed {
+            timestamp,
+            signature,
+            body: &body,
+            tolerance_secs: shim.signature_tolerance_secs,
+        },
+        _ => Proof::Secret(
+            q.get("k")
+                .map(String::as_str)
+                .or_else(|| header("x-callback-secret")),
+        ),
+    };
     let (fields, raw) = match parse_body(content_type(&headers), &body) {
         Ok(p) => p,
         Err(why) => {
@@ -420,7 +483,7 @@ async fn generic(
         Ok(None) => return shim.refuse(Refusal::Unauthorized),
         Err(e) => return shim.internal(&e),
     };
-    if let Err(r) = check(&cfg, secret, peer) {
+    if let Err(r) = check(&cfg, &proof, peer) {
         return shim.refuse(r);
     }
     match record {
@@ -437,6 +500,8 @@ async fn generic(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::Strategy;
+
     use super::*;
 
     fn map(json: &str) -> HashMap<String, String> {
@@ -502,6 +567,45 @@ mod tests {
         assert_eq!((c.result.as_str(), c.talk_seconds), ("connected", 42));
         assert_eq!(c.record_url.as_deref(), Some("http://r/x.mp3"));
         assert_eq!(customuuid(&m).as_deref(), Some("abc"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Arbitrary bytes under any content type: parsing never panics, and whatever parses
+        /// derives a completion without panicking, with a result from the known set.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+                                       ct in proptest::sample::select(vec!["application/json", "application/x-www-form-urlencoded", "", "text/plain", "multipart/form-data"])) {
+            if let Ok((m, raw)) = parse_body(Some(ct), &body) {
+                let c = completion(&m, chrono_tz::Asia::Shanghai, raw);
+                proptest::prop_assert!(["connected", "no_answer", "busy", "rejected", "cancelled", "failed", "not_connected"].contains(&c.result.as_str()));
+                proptest::prop_assert!(c.talk_seconds >= 0 && c.total_seconds >= 0);
+            }
+        }
+
+        /// Arbitrary JSON objects with the vendor's keys and hostile values (huge numbers,
+        /// negative durations, malformed times, non-ASCII): no panic, no negative seconds.
+        #[test]
+        fn arbitrary_vendor_objects_never_panic(entries in proptest::collection::vec((
+            proptest::sample::select(vec!["billsec", "duration", "answertime", "starttime", "endtime", "hangupcause",
+                "hangupdirection", "customuuid", "memberid", "uuid", "id", "recordurl", "call_uuid", "call_duration",
+                "is_connected", "BillSec", "AnswerTime"]),
+            proptest::prop_oneof![
+                proptest::prelude::any::<i64>().prop_map(|n| serde_json::json!(n)),
+                proptest::prelude::any::<f64>().prop_map(|f| serde_json::json!(f)),
+                ".{0,40}".prop_map(|s| serde_json::json!(s)),
+                proptest::prelude::Just(serde_json::json!("2025-02-30 25:61:61")),
+                proptest::prelude::Just(serde_json::json!("1970-01-01 08:00:00")),
+                proptest::prelude::Just(serde_json::json!(null)),
+                proptest::prelude::Just(serde_json::json!([1, {"a": 2}])),
+            ]), 0..12)) {
+            let obj: serde_json::Map<String, Value> = entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            let body = Value::Object(obj).to_string();
+            let (m, raw) = parse_body(Some("application/json"), body.as_bytes()).expect("an object always parses");
+            let c = completion(&m, chrono_tz::America::Mexico_City, raw);
+            proptest::prop_assert!(c.talk_seconds >= 0 && c.total_seconds >= 0);
+        }
     }
 
     #[test]

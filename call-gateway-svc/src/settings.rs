@@ -170,6 +170,9 @@ pub struct CallSettings {
     /// An open call with no record from Infinity after this long is expired and its lease
     /// freed. Must exceed the longest call you expect (leases of open calls are renewed).
     pub max_call_age_seconds: u64,
+    /// A signed callback (`x-cco-timestamp` / `x-cco-signature`) is accepted this many seconds
+    /// either side of its timestamp.
+    pub signature_tolerance_seconds: u64,
 }
 
 impl Default for CallSettings {
@@ -180,6 +183,7 @@ impl Default for CallSettings {
             reconcile_after_seconds: 90,
             reconcile_every_seconds: 30,
             max_call_age_seconds: 7_200,
+            signature_tolerance_seconds: 300,
         }
     }
 }

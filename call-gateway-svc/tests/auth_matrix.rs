@@ -199,15 +199,15 @@ async fn every_rpc_refuses_missing_wrong_and_foreign_keys() {
     let descriptors = DescriptorPool::decode(cco_contracts::FILE_DESCRIPTOR_SET).unwrap();
     let mut checked = 0;
     for service in descriptors.services() {
-        let (addr, roles): (_, RoleTable) =
-            if service.package_name() == "cco.infinity.allocator.v1" {
-                (
-                    stack.allocator.as_ref().unwrap(),
-                    allocator_svc::grpc::roles,
-                )
-            } else {
-                (&stack.gateway, call_gateway_svc::grpc::roles)
-            };
+        let (addr, roles): (_, RoleTable) = if service.package_name() == "cco.infinity.allocator.v1"
+        {
+            (
+                stack.allocator.as_ref().unwrap(),
+                allocator_svc::grpc::roles,
+            )
+        } else {
+            (&stack.gateway, call_gateway_svc::grpc::roles)
+        };
         for method in service.methods() {
             let path = format!("/{}/{}", service.full_name(), method.name());
             let allowed = roles(&path).unwrap_or_else(|| panic!("{path} has no role entry"));

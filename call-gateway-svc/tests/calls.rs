@@ -1366,6 +1366,90 @@ async fn two_replicas_reconcile_once(b: Backend) {
     ctx.shutdown().await;
 }
 
+/// A signing proxy's callbacks: a valid HMAC is accepted; a tampered body, a wrong key or a
+/// stale timestamp gets 401 and writes nothing; a replay within the window changes nothing.
+async fn signed_callbacks(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
+    ctx.sim.state().set_script(
+        None,
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let call = ctx
+        .calls
+        .make_call(req("alice", "13900139000"))
+        .await
+        .unwrap()
+        .into_inner();
+    let bill = ctx
+        .sim
+        .state()
+        .bills()
+        .into_iter()
+        .find(|b| b["customuuid"] == call.call_id.as_str())
+        .unwrap();
+    let body = serde_json::Value::Object(bill).to_string();
+    let url = format!(
+        "http://{}/api/v1/infinity/callback/call-record",
+        ctx.stack.gateway_http
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let post = |ts: String, sig: String, body: String| {
+        http.post(&url)
+            .header("content-type", "application/json")
+            .header("x-cco-timestamp", ts)
+            .header("x-cco-signature", sig)
+            .body(body)
+            .send()
+    };
+    let now = chrono::Utc::now().timestamp().to_string();
+    let stale = (chrono::Utc::now().timestamp() - 3_600).to_string();
+    let tampered = body.replace("\"billsec\":30", "\"billsec\":31");
+    for (ts, sig, b) in [
+        (
+            now.clone(),
+            call_gateway_svc::callback::sign(SECRET, &now, body.as_bytes()),
+            tampered.clone(),
+        ),
+        (
+            now.clone(),
+            call_gateway_svc::callback::sign("another-secret-0000000", &now, body.as_bytes()),
+            body.clone(),
+        ),
+        (
+            stale.clone(),
+            call_gateway_svc::callback::sign(SECRET, &stale, body.as_bytes()),
+            body.clone(),
+        ),
+    ] {
+        assert_eq!(post(ts, sig, b).await.unwrap().status().as_u16(), 401);
+    }
+    assert_eq!(
+        ctx.get(&call.call_id).await.status,
+        pb::CallStatus::Ringing as i32,
+        "nothing written"
+    );
+    let sig = call_gateway_svc::callback::sign(SECRET, &now, body.as_bytes());
+    let r = post(now.clone(), sig.clone(), body.clone()).await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap().as_str()),
+        (200, "1")
+    );
+    let done = ctx.settled(&call.call_id, pb::CallStatus::Completed).await;
+    assert_eq!(done.talk_seconds, 30);
+    let replay = post(now, sig, body).await.unwrap();
+    assert_eq!(replay.status().as_u16(), 200);
+    assert_eq!(
+        ctx.get(&call.call_id).await.updated_at,
+        done.updated_at,
+        "the replay changed nothing"
+    );
+    ctx.shutdown().await;
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
@@ -1388,4 +1472,5 @@ both!(
     reconciler_closes_lost_calls,
     list_and_hang_up,
     two_replicas_reconcile_once,
+    signed_callbacks,
 );
