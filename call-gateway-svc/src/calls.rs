@@ -119,6 +119,9 @@ struct Leased {
 }
 
 impl Gateway {
+    /// Leases an extension for `request_id`. The allocator replays the lease of a request id it
+    /// has seen; if that lease has ended meanwhile (an earlier attempt gave it back), a live one
+    /// is asked for under a derived request id, so a retry never dials on a freed extension.
     async fn lease(
         &self,
         tenant: &TenantId,
@@ -126,6 +129,36 @@ impl Gateway {
         strategy: Option<Strategy>,
         request_id: &str,
     ) -> Result<Leased, GwError> {
+        for n in 0..4 {
+            let rid = if n == 0 {
+                request_id.to_owned()
+            } else {
+                format!("{request_id}.r{n}")
+            };
+            let l = self.lease_once(tenant, collector, strategy, &rid).await?;
+            if l.released_at.is_none() {
+                return Ok(Leased {
+                    lease_id: l.lease_id,
+                    extension_id: l.extension_id,
+                    extension_number: l.extension_number,
+                    fencing_token: i64::try_from(l.fencing_token).unwrap_or(0),
+                    expires_at: ts(l.expires_at),
+                });
+            }
+            tracing::info!(request_id = %rid, "replayed lease has ended; asking for a live one");
+        }
+        Err(GwError::Unavailable(format!(
+            "no live lease for request {request_id} after 4 attempts"
+        )))
+    }
+
+    async fn lease_once(
+        &self,
+        tenant: &TenantId,
+        collector: &CollectorId,
+        strategy: Option<Strategy>,
+        request_id: &str,
+    ) -> Result<apb::Lease, GwError> {
         let strategy = match strategy {
             None => apb::Strategy::Unspecified,
             Some(Strategy::Lru) => apb::Strategy::Lru,
@@ -164,16 +197,8 @@ impl Gateway {
                 Err(s) => return Err(from_allocator(&s)),
             }
         };
-        let l = resp.lease.ok_or_else(|| {
-            GwError::Internal(anyhow::anyhow!("allocator answered without a lease"))
-        })?;
-        Ok(Leased {
-            lease_id: l.lease_id,
-            extension_id: l.extension_id,
-            extension_number: l.extension_number,
-            fencing_token: i64::try_from(l.fencing_token).unwrap_or(0),
-            expires_at: ts(l.expires_at),
-        })
+        resp.lease
+            .ok_or_else(|| GwError::Internal(anyhow::anyhow!("allocator answered without a lease")))
     }
 
     async fn pick_caller(

@@ -1450,6 +1450,70 @@ async fn signed_callbacks(b: Backend) {
     ctx.shutdown().await;
 }
 
+/// An earlier attempt of the same idempotency key leased an extension and gave it back (its
+/// record could not be written): the retry gets a live lease, never the freed one.
+async fn retry_after_released_lease(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002"], |_| {}).await;
+    ctx.sim.state().set_script(
+        None,
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    let tenant = call_gateway_svc::domain::TenantId::parse("t", "t1").unwrap();
+    let key = call_gateway_svc::domain::IdempotencyKey::parse("k", "click-9").unwrap();
+    let call_id = call_gateway_svc::calls::call_id_for_key(&tenant, &key);
+    let mut alloc = ctx.stack.alloc(PEER).await;
+    let earlier = alloc
+        .acquire(apb::AcquireRequest {
+            tenant_id: "t1".into(),
+            collector_id: "alice".into(),
+            strategy: 0,
+            request_id: call_id.clone(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    alloc
+        .release(apb::ReleaseRequest {
+            lease_id: earlier.lease_id.clone(),
+            fencing_token: earlier.fencing_token,
+            reason: apb::ReleaseReason::Cancelled.into(),
+            tenant_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut r = req("alice", "13900139000");
+    r.idempotency_key = "click-9".into();
+    let resp = ctx.calls.make_call(r).await.unwrap().into_inner();
+    assert_eq!(resp.call_id, call_id);
+    let rec = ctx.get(&call_id).await;
+    assert_ne!(
+        rec.lease_id, earlier.lease_id,
+        "the freed lease is not reused"
+    );
+    let s = ctx.stats().await;
+    assert_eq!(s.in_use, 1, "the call holds a live lease");
+    let ext = ctx
+        .stack
+        .pool(ADMIN)
+        .await
+        .list_extensions(apb::ListExtensionsRequest {
+            tenant_id: "t1".into(),
+            status: apb::ExtensionStatus::InUse.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ext.extensions[0].current_lease_id, rec.lease_id);
+    ctx.shutdown().await;
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
@@ -1473,4 +1537,5 @@ both!(
     list_and_hang_up,
     two_replicas_reconcile_once,
     signed_callbacks,
+    retry_after_released_lease,
 );
