@@ -61,6 +61,11 @@ struct Cli {
 enum Command {
     /// Runs the whole stack in this process: simulator, allocator, gateway and a demo tenant.
     Stack(stack::StackArgs),
+    /// Runs one service from its ALLOCATOR__* / GATEWAY__* settings (as its own binary would).
+    Serve {
+        #[arg(value_enum)]
+        service: stack::ServiceName,
+    },
     /// Tenant Infinity configs.
     #[command(subcommand)]
     Config(commands::ConfigCmd),
@@ -99,6 +104,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Stack(a) => stack::run(a).await,
+        Command::Serve { service } => stack::serve(service).await,
         Command::Config(c) => commands::config(c, &target, out).await,
         Command::Ext(c) => commands::ext(c, &target, out).await,
         Command::Collector(c) => commands::collector(c, &target, out).await,

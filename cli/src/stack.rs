@@ -33,6 +33,40 @@ async fn bind(host: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> 
     cco_platform::grpc::bind(host, port).await
 }
 
+/// A service `cco serve` can run.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ServiceName {
+    /// allocator-svc.
+    Allocator,
+    /// call-gateway-svc.
+    Gateway,
+}
+
+/// Runs one service until Ctrl-C or SIGTERM (used by the fault-injection tests, which need a
+/// process per replica to kill).
+pub async fn serve(service: ServiceName) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    tokio::spawn(cco_platform::grpc::shutdown_signal(stop.clone()));
+    match service {
+        ServiceName::Allocator => {
+            let s = allocator_svc::settings::Settings::load()?;
+            cco_platform::telemetry::init(&s.log);
+            allocator_svc::app::Application::build(s)
+                .await?
+                .run_until_stopped(stop)
+                .await
+        }
+        ServiceName::Gateway => {
+            let s = call_gateway_svc::settings::Settings::load()?;
+            cco_platform::telemetry::init(&s.log);
+            call_gateway_svc::app::Application::build(s)
+                .await?
+                .run_until_stopped(stop)
+                .await
+        }
+    }
+}
+
 /// Runs the stack until Ctrl-C or SIGTERM.
 pub async fn run(args: StackArgs) -> anyhow::Result<()> {
     let mut alloc = allocator_svc::settings::Settings::load()?;

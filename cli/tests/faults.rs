@@ -1,0 +1,527 @@
+//! Fault injection, scenario 1: two allocator and two gateway processes on one PostgreSQL, 1,000
+//! calls with mixed outcomes from the simulator (10% Infinity timeouts, 5% lost callbacks, 10%
+//! duplicated, 5% late), while one allocator is killed with SIGKILL and restarted and every
+//! connection to the test's own databases is terminated twice. Clients retry failed MakeCalls
+//! with the same idempotency key, as the CCO workbench does.
+//!
+//! Afterwards: every MakeCall that returned a call id has a terminal record with its lease
+//! released; no idempotency key was dialled twice; the allocator's lease history shows no
+//! extension leased twice at once; the pool is fully available; nothing was lost. The figures
+//! are printed (`figures:` line) and recorded in docs/reliability.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cco_contracts::allocator::v1 as apb;
+use cco_contracts::gateway::v1 as pb;
+use cco_platform::auth::BearerInterceptor;
+use cco_platform::testing::{Backend, TestDb, pg_admin_url};
+use infinity_sim::{CallbackMode, Outcome, Script, SimConfig, Simulator};
+use sqlx::{Connection, Row};
+use tonic::Code;
+
+const CCO: &str = env!("CARGO_BIN_EXE_cco");
+const CALLS: usize = 1_000;
+const WORKERS: usize = 20;
+const EXTENSIONS: usize = 30;
+const SECRET: &str = "fault-run-callback-secret";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Svc {
+    env: Vec<(String, String)>,
+    service: &'static str,
+    port: u16,
+    child: Child,
+}
+
+impl Svc {
+    fn spawn(service: &'static str, port: u16, env: Vec<(String, String)>) -> Self {
+        let child = Self::start(service, &env);
+        Self {
+            env,
+            service,
+            port,
+            child,
+        }
+    }
+
+    fn start(service: &str, env: &[(String, String)]) -> Child {
+        Command::new(CCO)
+            .args(["serve", service])
+            .envs(env.iter().cloned())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    }
+
+    fn restart(&mut self) {
+        self.child = Self::start(self.service, &self.env);
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = Command::new(CCO)
+            .args([
+                "health",
+                "--timeout",
+                "2",
+                "--endpoint",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service on {port} never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn allocator_env(db: &str, port: u16, gateway_port: u16) -> Vec<(String, String)> {
+    [
+        ("ALLOCATOR__DATABASE__URL", db.to_owned()),
+        ("ALLOCATOR__GRPC__HOST", "127.0.0.1".into()),
+        ("ALLOCATOR__GRPC__PORT", port.to_string()),
+        ("ALLOCATOR__METRICS__ENABLED", "false".into()),
+        (
+            "ALLOCATOR__POLICY__GATEWAY_URL",
+            format!("http://127.0.0.1:{gateway_port}"),
+        ),
+        ("ALLOCATOR__POLICY__CACHE_TTL_MS", "1000".into()),
+        ("ALLOCATOR__DATABASE__ACQUIRE_TIMEOUT_MS", "2000".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn gateway_env(db: &str, port: u16, http: u16, allocator_port: u16) -> Vec<(String, String)> {
+    [
+        ("GATEWAY__DATABASE__URL", db.to_owned()),
+        ("GATEWAY__GRPC__HOST", "127.0.0.1".into()),
+        ("GATEWAY__GRPC__PORT", port.to_string()),
+        ("GATEWAY__HTTP__HOST", "127.0.0.1".into()),
+        ("GATEWAY__HTTP__PORT", http.to_string()),
+        (
+            "GATEWAY__ALLOCATOR__URL",
+            format!("http://127.0.0.1:{allocator_port}"),
+        ),
+        ("GATEWAY__ALLOCATOR__TIMEOUT_MS", "2000".into()),
+        ("GATEWAY__DATABASE__ACQUIRE_TIMEOUT_MS", "2000".into()),
+        ("GATEWAY__CALLS__OUTBOX_INTERVAL_MS", "200".into()),
+        ("GATEWAY__CALLS__RECONCILE_INTERVAL_MS", "500".into()),
+        ("GATEWAY__CALLS__RECONCILE_AFTER_SECONDS", "3".into()),
+        ("GATEWAY__CALLS__RECONCILE_EVERY_SECONDS", "2".into()),
+        ("GATEWAY__CALLS__MAX_CALL_AGE_SECONDS", "30".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn script(i: usize) -> Script {
+    let s = Script::default();
+    match i % 20 {
+        0..=13 => s,
+        14 | 15 => Script {
+            outcome: Outcome::Slow,
+            slow_ms: 2_500,
+            ..s
+        },
+        16 => Script {
+            callback: CallbackMode::Lost,
+            ..s
+        },
+        17 | 18 => Script {
+            callback: CallbackMode::Duplicated,
+            ..s
+        },
+        _ => Script {
+            callback: CallbackMode::Delayed,
+            late_ms: 4_000,
+            ..s
+        },
+    }
+}
+
+async fn terminate_backends(dbs: &[String]) -> u64 {
+    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    let n: i64 = sqlx::query(
+        "select count(pg_terminate_backend(pid)) as n from pg_stat_activity where datname = any($1) and pid <> pg_backend_pid()",
+    )
+    .bind(dbs)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+    .get("n");
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn db_name(url: &str) -> String {
+    url.rsplit('/').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_calls_through_kills_and_disconnects() {
+    let started = Instant::now();
+    let alloc_db = TestDb::new(Backend::Postgres).await;
+    let gw_db = TestDb::new(Backend::Postgres).await;
+    let (a1, a2, g1, g2, h1, h2) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    // Start the gateways first: the allocators ask them for policies.
+    let gw1 = Svc::spawn("gateway", g1, gateway_env(&gw_db.url, g1, h1, a1));
+    wait_ready(g1).await; // first start migrates
+    let gw2 = Svc::spawn("gateway", g2, gateway_env(&gw_db.url, g2, h2, a2));
+    let al1 = Arc::new(Mutex::new(Svc::spawn(
+        "allocator",
+        a1,
+        allocator_env(&alloc_db.url, a1, g1),
+    )));
+    wait_ready(a1).await;
+    let al2 = Svc::spawn("allocator", a2, allocator_env(&alloc_db.url, a2, g2));
+    for p in [g2, a2] {
+        wait_ready(p).await;
+    }
+
+    let numbers: Vec<String> = (1..=EXTENSIONS).map(|i| format!("80{i:02}")).collect();
+    let sim = Simulator::start(SimConfig {
+        extensions: numbers.iter().map(|n| (n.clone(), true)).collect(),
+        callback_url: Some(format!(
+            "http://127.0.0.1:{h1}/api/v1/infinity/callback/t1/{SECRET}"
+        )),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..20 {
+        sim.state()
+            .set_script(Some(&format!("139001390{i:02}")), script(i));
+    }
+    let ch = |port: u16| {
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .timeout(Duration::from_secs(10))
+            .connect_lazy()
+    };
+    let admin = BearerInterceptor::new("dev-admin-key");
+    let mut configs =
+        pb::tenant_configs_client::TenantConfigsClient::with_interceptor(ch(g1), admin.clone());
+    configs
+        .create_config(pb::CreateConfigRequest {
+            config: Some(pb::ConfigInput {
+                tenant_id: "t1".into(),
+                api_url: sim.api_url(),
+                credentials: Some(pb::Credentials {
+                    kind: Some(pb::credentials::Kind::AccessToken(
+                        "0123456789abcdef0123456789abcdef".into(),
+                    )),
+                }),
+                caller_number_pool: vec!["02566823420".into()],
+                callback_secret: SECRET.into(),
+                max_concurrent_calls: Some(100),
+                api_timeout_ms: Some(1_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut collectors =
+        pb::collectors_client::CollectorsClient::with_interceptor(ch(g1), admin.clone());
+    for w in 0..WORKERS {
+        collectors
+            .upsert_collector(pb::UpsertCollectorRequest {
+                tenant_id: "t1".into(),
+                collector_id: format!("c{w}"),
+                callback_number: format!("138001380{w:02}"),
+                display_name: String::new(),
+                active: None,
+            })
+            .await
+            .unwrap();
+    }
+    let mut pool =
+        apb::extension_pool_client::ExtensionPoolClient::with_interceptor(ch(a1), admin.clone());
+    pool.batch_import(apb::BatchImportRequest {
+        tenant_id: "t1".into(),
+        config_id: String::new(),
+        numbers: numbers.clone(),
+    })
+    .await
+    .unwrap();
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let errors: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let gateways = [ch(g1), ch(g2)];
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let gateways = gateways.clone();
+        let (done, retries, errors) = (done.clone(), retries.clone(), errors.clone());
+        workers.push(tokio::spawn(async move {
+            let mut placed = Vec::new();
+            for n in (w..CALLS).step_by(WORKERS) {
+                let mut attempt = 0;
+                loop {
+                    let mut c = pb::calls_client::CallsClient::with_interceptor(
+                        gateways[(n + attempt) % 2].clone(),
+                        BearerInterceptor::new("dev-caller-key"),
+                    );
+                    let r = c
+                        .make_call(pb::MakeCallRequest {
+                            tenant_id: "t1".into(),
+                            collector_id: format!("c{w}"),
+                            case_id: format!("case-{n}"),
+                            destination_number: format!("139001390{:02}", n % 20),
+                            idempotency_key: format!("key-{n}"),
+                            ..Default::default()
+                        })
+                        .await;
+                    match r {
+                        Ok(resp) => {
+                            placed.push((n, resp.into_inner().call_id));
+                            break;
+                        }
+                        Err(s) => {
+                            assert!(
+                                matches!(
+                                    s.code(),
+                                    Code::Unavailable
+                                        | Code::ResourceExhausted
+                                        | Code::Internal
+                                        | Code::Unknown
+                                        | Code::Cancelled
+                                        | Code::DeadlineExceeded
+                                ),
+                                "call {n}: unexpected {s:?}"
+                            );
+                            *errors
+                                .lock()
+                                .unwrap()
+                                .entry(format!("{:?}", s.code()))
+                                .or_default() += 1;
+                            attempt += 1;
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            assert!(attempt < 600, "call {n} never placed: {s:?}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            placed
+        }));
+    }
+
+    // The faults, injected as the run passes 25%, 50% and 75%.
+    let dbs = vec![db_name(&alloc_db.url), db_name(&gw_db.url)];
+    let mut terminated = Vec::new();
+    let mut kills = 0;
+    for (step, at) in [CALLS / 4, CALLS / 2, CALLS * 3 / 4]
+        .into_iter()
+        .enumerate()
+    {
+        while done.load(Ordering::Relaxed) < at {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if step == 0 {
+            let mut a = al1.lock().unwrap();
+            a.child.kill().unwrap(); // SIGKILL
+            a.child.wait().unwrap();
+            kills += 1;
+            a.restart();
+        } else {
+            terminated.push(terminate_backends(&dbs).await);
+        }
+    }
+    let port = al1.lock().unwrap().port;
+    wait_ready(port).await;
+    let mut placed = Vec::new();
+    for w in workers {
+        placed.extend(w.await.unwrap());
+    }
+    assert_eq!(placed.len(), CALLS);
+
+    // Settle: every record terminal with its lease released (bounded wait).
+    let mut calls = pb::calls_client::CallsClient::with_interceptor(
+        ch(g2),
+        BearerInterceptor::new("dev-caller-key"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let records = loop {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = calls
+                .list_calls(pb::ListCallsRequest {
+                    tenant_id: "t1".into(),
+                    page_size: 500,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            all.extend(page.calls);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let open = all
+            .iter()
+            .filter(|r| {
+                !(r.lease_released
+                    && [
+                        pb::CallStatus::Completed as i32,
+                        pb::CallStatus::Failed as i32,
+                        pb::CallStatus::Expired as i32,
+                    ]
+                    .contains(&r.status))
+            })
+            .count();
+        if open == 0 {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} calls still open or holding a lease"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    // Every call id a client got back has exactly one record; nothing lost.
+    let by_id: HashMap<&str, &pb::CommunicationRecord> =
+        records.iter().map(|r| (r.call_id.as_str(), r)).collect();
+    let returned: HashSet<&str> = placed.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(returned.len(), CALLS, "one call id per idempotency key");
+    for id in &returned {
+        assert!(
+            by_id.contains_key(id),
+            "call {id} returned to a client has no record"
+        );
+    }
+    assert_eq!(records.len(), CALLS, "no record without a returned call id");
+    let mut double_dials = 0;
+    for id in &returned {
+        if sim.state().dials_for(id) > 1 {
+            double_dials += 1;
+        }
+    }
+    let never_dialled = returned
+        .iter()
+        .filter(|id| sim.state().dials_for(id) == 0)
+        .count();
+
+    // The allocator's history: no extension leased twice at once.
+    let mut conn = sqlx::PgConnection::connect(&alloc_db.url).await.unwrap();
+    let rows = sqlx::query(
+        "select extension_id::text as e, fencing_token as t, acquired_at as a, released_at as r from leases order by extension_id, fencing_token",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let mut overlaps = 0;
+    let mut leaks = 0;
+    for w in rows.windows(2) {
+        let (e0, e1): (String, String) = (w[0].get("e"), w[1].get("e"));
+        if e0 == e1 {
+            let end: Option<chrono::DateTime<chrono::Utc>> = w[0].get("r");
+            let next: chrono::DateTime<chrono::Utc> = w[1].get("a");
+            if end.is_none_or(|e| e > next) {
+                overlaps += 1;
+            }
+        }
+    }
+    for r in &rows {
+        let released: Option<chrono::DateTime<chrono::Utc>> = r.get("r");
+        leaks += usize::from(released.is_none());
+    }
+    let mut stats_client =
+        apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
+            ch(a2),
+            admin.clone(),
+        );
+    let stats = stats_client
+        .stats(apb::StatsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let count = |s: pb::CallStatus| records.iter().filter(|r| r.status == s as i32).count();
+    println!(
+        "figures: calls={CALLS} completed={} failed={} expired={} retried_makecalls={} errors={:?} allocator_kill9={kills} \
+         backends_terminated={terminated:?} records_lost={} double_leases={overlaps} leaked_leases={leaks} double_dials={double_dials} \
+         never_dialled={never_dialled} pool_in_use={} pool_available={} leases_granted={} seconds={:.1}",
+        count(pb::CallStatus::Completed),
+        count(pb::CallStatus::Failed),
+        count(pb::CallStatus::Expired),
+        retries.load(Ordering::Relaxed),
+        errors.lock().unwrap(),
+        CALLS - returned.iter().filter(|id| by_id.contains_key(*id)).count(),
+        stats.in_use,
+        stats.available,
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+    );
+    assert_eq!(double_dials, 0, "an idempotency key was dialled twice");
+    assert_eq!(overlaps, 0, "an extension was leased twice at once");
+    assert_eq!(leaks, 0, "a lease was never released");
+    assert_eq!(
+        (stats.in_use, stats.available),
+        (0, EXTENSIONS as u32),
+        "pool fully available"
+    );
+    assert_eq!(kills, 1);
+    assert!(
+        terminated.iter().all(|n| *n > 0),
+        "each termination round hit live connections: {terminated:?}"
+    );
+
+    sim.stop().await;
+    for s in [gw1, gw2, al2] {
+        s.stop();
+    }
+    Arc::try_unwrap(al1)
+        .ok()
+        .unwrap()
+        .into_inner()
+        .unwrap()
+        .stop();
+}
