@@ -247,7 +247,7 @@ async fn validation_names_every_field(b: Backend) {
             i.call_timeout_seconds = Some(5)
         }),
         ("api_timeout_ms:", |i| i.api_timeout_ms = Some(100)),
-        ("lease_ttl_seconds:", |i| i.lease_ttl_seconds = Some(10)),
+        ("lease_ttl_seconds:", |i| i.lease_ttl_seconds = Some(9)),
         ("cooldown_seconds:", |i| i.cooldown_seconds = Some(99_999)),
         ("callback_secret:", |i| i.callback_secret = "short".into()),
         ("callback_ip_allowlist:", |i| {

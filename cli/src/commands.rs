@@ -101,7 +101,7 @@ pub struct ConfigFlags {
     /// Default allocation strategy.
     #[arg(long, value_enum)]
     strategy: Option<StrategyArg>,
-    /// Lease TTL in seconds (60-86400).
+    /// Lease TTL in seconds (10-86400).
     #[arg(long)]
     lease_ttl: Option<u32>,
     /// Rest after a release, in seconds (0-3600).

@@ -525,3 +525,385 @@ async fn thousand_calls_through_kills_and_disconnects() {
         .unwrap()
         .stop();
 }
+
+/// Places one call through `gateway`, returning its call id.
+async fn place(gateway: u16, collector: &str, dest: &str) -> String {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gateway}"))
+        .unwrap()
+        .connect_lazy();
+    let mut c = pb::calls_client::CallsClient::with_interceptor(
+        ch,
+        BearerInterceptor::new("dev-caller-key"),
+    );
+    c.make_call(pb::MakeCallRequest {
+        tenant_id: "t1".into(),
+        collector_id: collector.into(),
+        case_id: "case".into(),
+        destination_number: dest.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .call_id
+}
+
+/// A tenant with `extensions` numbers on `sim`, configured through the gateway on `g`.
+async fn tenant(
+    g: u16,
+    a: u16,
+    sim: &Simulator,
+    extensions: &[String],
+    lease_ttl: u32,
+    collectors: usize,
+) {
+    let ch = |port: u16| {
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy()
+    };
+    let admin = BearerInterceptor::new("dev-admin-key");
+    pb::tenant_configs_client::TenantConfigsClient::with_interceptor(ch(g), admin.clone())
+        .create_config(pb::CreateConfigRequest {
+            config: Some(pb::ConfigInput {
+                tenant_id: "t1".into(),
+                api_url: sim.api_url(),
+                credentials: Some(pb::Credentials {
+                    kind: Some(pb::credentials::Kind::AccessToken(
+                        "0123456789abcdef0123456789abcdef".into(),
+                    )),
+                }),
+                caller_number_pool: vec!["02566823420".into()],
+                callback_secret: SECRET.into(),
+                max_concurrent_calls: Some(200),
+                api_timeout_ms: Some(5_000),
+                lease_ttl_seconds: Some(lease_ttl),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut coll = pb::collectors_client::CollectorsClient::with_interceptor(ch(g), admin.clone());
+    for w in 0..collectors {
+        coll.upsert_collector(pb::UpsertCollectorRequest {
+            tenant_id: "t1".into(),
+            collector_id: format!("c{w}"),
+            callback_number: format!("13800138{w:03}"),
+            display_name: String::new(),
+            active: None,
+        })
+        .await
+        .unwrap();
+    }
+    apb::extension_pool_client::ExtensionPoolClient::with_interceptor(ch(a), admin)
+        .batch_import(apb::BatchImportRequest {
+            tenant_id: "t1".into(),
+            config_id: String::new(),
+            numbers: extensions.to_vec(),
+        })
+        .await
+        .unwrap();
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Scenario 2, fencing under a pause: a gateway is frozen (SIGSTOP) past its call's lease TTL;
+/// the reaper frees the extension and another gateway leases it again; when the frozen gateway
+/// resumes (SIGCONT), its late callback handling and late release change nothing for the new
+/// lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_gateway_cannot_free_a_re_leased_extension() {
+    let alloc_db = TestDb::new(Backend::Postgres).await;
+    let gw_db = TestDb::new(Backend::Postgres).await;
+    let (a, g1, g2, h1, h2) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    // No reconciliation during this test: only the reaper and the late callback act.
+    let slow = |mut env: Vec<(String, String)>| {
+        env.push((
+            "GATEWAY__CALLS__RECONCILE_AFTER_SECONDS".into(),
+            "600".into(),
+        ));
+        env.push(("GATEWAY__CALLS__MAX_CALL_AGE_SECONDS".into(), "600".into()));
+        env
+    };
+    let gw1 = Svc::spawn("gateway", g1, slow(gateway_env(&gw_db.url, g1, h1, a)));
+    wait_ready(g1).await;
+    let gw2 = Svc::spawn("gateway", g2, slow(gateway_env(&gw_db.url, g2, h2, a)));
+    let mut aenv = allocator_env(&alloc_db.url, a, g2);
+    aenv.push(("ALLOCATOR__REAPER__INTERVAL_MS".into(), "200".into()));
+    let al = Svc::spawn("allocator", a, aenv);
+    for p in [g2, a] {
+        wait_ready(p).await;
+    }
+    let sim = Simulator::start(SimConfig {
+        extensions: vec![("8001".into(), true)],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    sim.state().set_script(
+        None,
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    tenant(g2, a, &sim, &["8001".into()], 10, 2).await;
+
+    let first = place(g1, "c0", "13900139000").await;
+    let paused_at = Instant::now();
+    signal(&gw1.child, "-STOP");
+    // The lease expires (10 s) and the reaper frees it: wait for the outcome, bounded.
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{a}"))
+        .unwrap()
+        .connect_lazy();
+    let mut alloc = apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
+        ch.clone(),
+        BearerInterceptor::new("dev-admin-key"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alloc
+        .stats(apb::StatsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .in_use
+        != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the paused call's lease was never reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        paused_at.elapsed() >= Duration::from_secs(9),
+        "freed after {:?}, before the 10 s TTL",
+        paused_at.elapsed()
+    );
+    let second = place(g2, "c1", "13900139001").await;
+    let mut calls = pb::calls_client::CallsClient::with_interceptor(
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{g2}"))
+            .unwrap()
+            .connect_lazy(),
+        BearerInterceptor::new("dev-caller-key"),
+    );
+    let rec2 = calls
+        .get_call(pb::GetCallRequest {
+            tenant_id: "t1".into(),
+            call_id: second.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Infinity's record of the first call reaches the frozen gateway, which handles it on resume.
+    let bill = sim
+        .state()
+        .bills()
+        .into_iter()
+        .find(|b| b["customuuid"] == first.as_str())
+        .unwrap();
+    let url = format!("http://127.0.0.1:{h1}/api/v1/infinity/callback/t1/{SECRET}");
+    let late = tokio::spawn(async move {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::Value::Object(bill))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&gw1.child, "-CONT");
+    assert_eq!(late.await.unwrap().unwrap(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r1 = calls
+            .get_call(pb::GetCallRequest {
+                tenant_id: "t1".into(),
+                call_id: first.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r1.status == pb::CallStatus::Completed as i32 && r1.lease_released {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late callback was never handled: {r1:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut pool = apb::extension_pool_client::ExtensionPoolClient::with_interceptor(
+        ch,
+        BearerInterceptor::new("dev-admin-key"),
+    );
+    let ext = pool
+        .list_extensions(apb::ListExtensionsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ext.extensions[0].current_lease_id, rec2.lease_id,
+        "the new lease survived the late release"
+    );
+    assert_eq!(ext.extensions[0].status, apb::ExtensionStatus::InUse as i32);
+    sim.stop().await;
+    for s in [gw1, gw2, al] {
+        s.stop();
+    }
+}
+
+/// Scenario 3, graceful shutdown: SIGTERM reaches a gateway while 50 MakeCalls are in flight
+/// (all 50 waiting on Infinity); each one finishes with a record, the process exits cleanly,
+/// and no lease leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_during_fifty_in_flight_calls() {
+    let alloc_db = TestDb::new(Backend::Postgres).await;
+    let gw_db = TestDb::new(Backend::Postgres).await;
+    let (a, g1, g2, h1, h2) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let mut gw1 = Svc::spawn("gateway", g1, gateway_env(&gw_db.url, g1, h1, a));
+    wait_ready(g1).await;
+    let al = Svc::spawn("allocator", a, allocator_env(&alloc_db.url, a, g1));
+    wait_ready(a).await;
+    let numbers: Vec<String> = (1..=50).map(|i| format!("80{i:02}")).collect();
+    let sim = Simulator::start(SimConfig {
+        extensions: numbers.iter().map(|n| (n.clone(), true)).collect(),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    // Every dial is answered after 1.5 s; the call record goes to the second gateway.
+    sim.state().set_script(
+        None,
+        Script {
+            outcome: Outcome::Slow,
+            slow_ms: 1_500,
+            callback_delay_ms: 2_000,
+            ..Script::default()
+        },
+    );
+    sim.state().set_callback_url(Some(format!(
+        "http://127.0.0.1:{h2}/api/v1/infinity/callback/t1/{SECRET}"
+    )));
+    tenant(g1, a, &sim, &numbers, 600, 50).await;
+    let mut in_flight = Vec::new();
+    for w in 0..50 {
+        in_flight.push(tokio::spawn(async move {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{g1}"))
+                .unwrap()
+                .connect_lazy();
+            let mut c = pb::calls_client::CallsClient::with_interceptor(
+                ch,
+                BearerInterceptor::new("dev-caller-key"),
+            );
+            c.make_call(pb::MakeCallRequest {
+                tenant_id: "t1".into(),
+                collector_id: format!("c{w}"),
+                case_id: format!("case-{w}"),
+                destination_number: format!("1390013{w:04}"),
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    // All 50 are waiting on Infinity: the simulator has received 50 dials.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.state().dial_requests().len() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} dials arrived",
+            sim.state().dial_requests().len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&gw1.child, "-TERM");
+    let mut ids = Vec::new();
+    for t in in_flight {
+        let r = t
+            .await
+            .unwrap()
+            .expect("an in-flight call finishes despite SIGTERM");
+        ids.push(r.into_inner().call_id);
+    }
+    let status = gw1.child.wait().unwrap();
+    assert!(status.success(), "the gateway exited cleanly: {status:?}");
+    // A second gateway takes the callbacks; every call completes and frees its extension.
+    let gw2 = Svc::spawn("gateway", g2, gateway_env(&gw_db.url, g2, h2, a));
+    wait_ready(g2).await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{g2}"))
+        .unwrap()
+        .connect_lazy();
+    let mut calls = pb::calls_client::CallsClient::with_interceptor(
+        ch,
+        BearerInterceptor::new("dev-caller-key"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let r = calls
+                .get_call(pb::GetCallRequest {
+                    tenant_id: "t1".into(),
+                    call_id: id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if r.status == pb::CallStatus::Completed as i32 && r.lease_released {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {id} never completed: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{a}"))
+        .unwrap()
+        .connect_lazy();
+    let stats = apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
+        ch,
+        BearerInterceptor::new("dev-admin-key"),
+    )
+    .stats(apb::StatsRequest {
+        tenant_id: "t1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!((stats.in_use, stats.available), (0, 50), "no lease leaked");
+    sim.stop().await;
+    gw1.restart();
+    wait_ready(g1).await;
+    for s in [gw1, gw2, al] {
+        s.stop();
+    }
+}

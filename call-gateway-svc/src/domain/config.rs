@@ -404,7 +404,7 @@ impl TenantConfig {
             self.allocation_strategy = v;
         }
         if let Some(v) = f.lease_ttl_seconds {
-            self.lease_ttl_seconds = range("lease_ttl_seconds", v, 60, 86_400)?;
+            self.lease_ttl_seconds = range("lease_ttl_seconds", v, 10, 86_400)?;
         }
         if let Some(v) = f.cooldown_seconds {
             self.cooldown_seconds = range("cooldown_seconds", v, 0, 3_600)?;
