@@ -165,7 +165,11 @@ impl Application {
         tracing::info!(addr = %self.grpc_addr, metrics = ?self.metrics_addr, backend = self.db.backend(), "allocator serving");
         let stop = shutdown.clone();
         let reporter2 = reporter.clone();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.settings.grpc.tls.tonic("grpc.tls")? {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .layer(cco_platform::grpc::trace_layer())
             .layer(AuthLayer::new(keys, crate::grpc::roles).with_rate_limit(
                 self.settings.auth.rate_limit_per_second,

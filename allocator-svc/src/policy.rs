@@ -82,11 +82,16 @@ impl GrpcPolicy {
     /// # Errors
     /// Fails when the URL is malformed.
     pub fn new(s: &PolicySettings) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(s.gateway_url.clone())
+        let mut endpoint = Endpoint::from_shared(s.gateway_url.clone())
             .map_err(|e| anyhow::anyhow!("policy.gateway_url: {e}"))?
             .connect_timeout(Duration::from_millis(s.timeout_ms))
-            .timeout(Duration::from_millis(s.timeout_ms))
-            .connect_lazy();
+            .timeout(Duration::from_millis(s.timeout_ms));
+        if let Some(tls) = s.gateway_tls.tonic("policy.gateway_tls")? {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("policy.gateway_tls: {e}"))?;
+        }
+        let channel = endpoint.connect_lazy();
         let client = pb::tenant_policies_client::TenantPoliciesClient::with_interceptor(
             channel,
             BearerInterceptor::new(s.gateway_api_key.expose_secret()),

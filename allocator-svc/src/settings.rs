@@ -37,6 +37,7 @@ impl Default for Settings {
             grpc: ListenSettings {
                 host: "0.0.0.0".into(),
                 port: 50051,
+                tls: cco_platform::tls::ServerTls::default(),
             },
             metrics: MetricsSettings {
                 enabled: true,
@@ -61,6 +62,8 @@ pub struct ListenSettings {
     pub host: String,
     /// Port; 0 picks a free one.
     pub port: u16,
+    /// TLS (and mutual TLS) for the port; plaintext when not set.
+    pub tls: cco_platform::tls::ServerTls,
 }
 
 /// The metrics listener.
@@ -133,6 +136,8 @@ pub struct PolicySettings {
     pub gateway_url: String,
     /// The key the allocator presents to the gateway (role peer).
     pub gateway_api_key: SecretString,
+    /// TLS to the gateway (set with an https:// gateway_url).
+    pub gateway_tls: cco_platform::tls::ClientTls,
     /// How long a fetched policy is used before it is fetched again.
     pub cache_ttl_ms: u64,
     /// How long a cached policy may still be used while the gateway is unreachable.
@@ -159,6 +164,7 @@ impl Default for PolicySettings {
             source: PolicySourceKind::Grpc,
             gateway_url: "http://127.0.0.1:50052".into(),
             gateway_api_key: SecretString::from("dev-peer-key"),
+            gateway_tls: cco_platform::tls::ClientTls::default(),
             cache_ttl_ms: 2_000,
             stale_ttl_ms: 60_000,
             timeout_ms: 2_000,
@@ -225,6 +231,12 @@ impl Settings {
                 || self.policy.gateway_url.starts_with("https://"))
         {
             anyhow::bail!("policy.gateway_url: must be an http:// or https:// URL");
+        }
+        self.grpc.tls.validate("grpc.tls")?;
+        if self.policy.source == PolicySourceKind::Grpc {
+            self.policy
+                .gateway_tls
+                .validate("policy.gateway_tls", &self.policy.gateway_url)?;
         }
         if self.reaper.interval_ms == 0 || self.reaper.batch_size == 0 {
             anyhow::bail!("reaper.interval_ms and reaper.batch_size: must be positive");

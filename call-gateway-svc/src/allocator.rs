@@ -27,12 +27,17 @@ impl AllocatorClient {
     /// # Errors
     /// When the URL is malformed.
     pub fn new(s: &AllocatorSettings) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(s.url.clone())
+        let mut endpoint = Endpoint::from_shared(s.url.clone())
             .map_err(|e| anyhow::anyhow!("allocator.url: {e}"))?
             .connect_timeout(Duration::from_millis(s.timeout_ms))
             .timeout(Duration::from_millis(s.timeout_ms))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if let Some(tls) = s.tls.tonic("allocator.tls")? {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("allocator.tls: {e}"))?;
+        }
+        let channel = endpoint.connect_lazy();
         let auth = BearerInterceptor::new(s.api_key.expose_secret());
         Ok(Self {
             leases: pb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(

@@ -161,6 +161,7 @@ impl Application {
                 callback_metrics,
                 self.settings.calls.signature_tolerance_seconds,
             ),
+            self.settings.http.tls.axum("http.tls").await?,
             background.clone(),
         ));
         let workers = tokio::spawn(crate::background::run(
@@ -173,7 +174,11 @@ impl Application {
         tracing::info!(addr = %self.grpc_addr, http = %self.http_addr, backend = self.db.backend(), "gateway serving");
         let stop = shutdown.clone();
         let reporter2 = reporter.clone();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.settings.grpc.tls.tonic("grpc.tls")? {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .layer(cco_platform::grpc::trace_layer())
             .layer(AuthLayer::new(keys, crate::grpc::roles).with_rate_limit(
                 self.settings.auth.rate_limit_per_second,

@@ -57,6 +57,8 @@ pub struct GrpcSettings {
     pub host: String,
     /// Port; 0 picks one.
     pub port: u16,
+    /// TLS (and mutual TLS) for the port; plaintext when not set.
+    pub tls: cco_platform::tls::ServerTls,
 }
 
 impl Default for GrpcSettings {
@@ -64,6 +66,7 @@ impl Default for GrpcSettings {
         Self {
             host: "0.0.0.0".into(),
             port: 50052,
+            tls: cco_platform::tls::ServerTls::default(),
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct HttpSettings {
     pub host: String,
     /// Port; 0 picks one.
     pub port: u16,
+    /// TLS (https) for the callback port; plaintext when not set.
+    pub tls: cco_platform::tls::ServerTls,
 }
 
 impl Default for HttpSettings {
@@ -83,6 +88,7 @@ impl Default for HttpSettings {
         Self {
             host: "0.0.0.0".into(),
             port: 8080,
+            tls: cco_platform::tls::ServerTls::default(),
         }
     }
 }
@@ -140,6 +146,8 @@ pub struct AllocatorSettings {
     pub url: String,
     /// The key presented to the allocator (role peer).
     pub api_key: SecretString,
+    /// TLS to the allocator (set with an https:// url).
+    pub tls: cco_platform::tls::ClientTls,
     /// Deadline of one allocator call.
     pub timeout_ms: u64,
 }
@@ -149,6 +157,7 @@ impl Default for AllocatorSettings {
         Self {
             url: "http://127.0.0.1:50051".into(),
             api_key: SecretString::from("dev-peer-key"),
+            tls: cco_platform::tls::ClientTls::default(),
             timeout_ms: 3_000,
         }
     }

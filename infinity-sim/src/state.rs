@@ -33,6 +33,8 @@ pub struct SimConfig {
     pub callback_url: Option<String>,
     /// Extensions: (number, registered).
     pub extensions: Vec<(String, bool)>,
+    /// The CA (PEM) to trust, instead of the system roots, when posting callbacks to https://.
+    pub callback_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for SimConfig {
@@ -48,6 +50,7 @@ impl Default for SimConfig {
             token_ttl: Duration::from_secs(12 * 3600),
             callback_url: None,
             extensions: Vec::new(),
+            callback_ca_pem: None,
         }
     }
 }
@@ -112,13 +115,15 @@ impl SimState {
                 },
             );
         }
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(pem) = &config.callback_ca_pem {
+            http = http.tls_certs_only([reqwest::Certificate::from_pem(pem)?]);
+        }
         Ok(Self {
             inner: Mutex::new(inner),
             config,
             started: Instant::now(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            http: http.build()?,
             base_url: format!("http://{addr}"),
         })
     }

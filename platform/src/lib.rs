@@ -10,6 +10,7 @@
 //! - [`service`]: the shared command line of the service binaries (serve, migrate, check-config).
 //! - [`testing`]: a fresh PostgreSQL or SQLite database per test.
 //! - [`validate`]: field rules shared by both services.
+//! - [`tls`]: TLS and mutual TLS settings for servers and clients.
 
 pub mod auth;
 pub mod config;
@@ -20,4 +21,5 @@ pub mod metrics;
 pub mod service;
 pub mod telemetry;
 pub mod testing;
+pub mod tls;
 pub mod validate;

@@ -34,15 +34,16 @@ pub async fn serve(
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_with(listener, registry, Router::new(), shutdown).await
+    serve_with(listener, registry, Router::new(), None, shutdown).await
 }
 
-/// Like [`serve`], with the service's own routes merged in; handlers may read the peer address
-/// with `ConnectInfo<SocketAddr>`.
+/// Like [`serve`], with the service's own routes merged in, over TLS when `tls` is given;
+/// handlers may read the peer address with `ConnectInfo<SocketAddr>`.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     routes: Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -50,12 +51,26 @@ pub async fn serve_with(
         .route("/healthz", get(|| async { "ok" }))
         .with_state(registry)
         .merge(routes);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        }
+        Some(cfg) => {
+            let handle = axum_server::Handle::new();
+            let h2 = handle.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                h2.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, cfg)?
+                .handle(handle)
+                .serve(service)
+                .await
+        }
+    }
 }
 
 /// The address a listener is bound to, or an error naming the problem.
