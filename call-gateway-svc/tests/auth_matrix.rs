@@ -303,3 +303,55 @@ async fn every_rpc_refuses_missing_wrong_and_foreign_keys() {
     stack.shutdown().await;
     sim.stop().await;
 }
+
+/// A key over its rate limit gets RESOURCE_EXHAUSTED; another key is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_rate_limit() {
+    let stack = Stack::start(Backend::Sqlite, false, |s| {
+        s.auth.rate_limit_per_second = 1;
+        s.auth.rate_limit_burst = 5;
+    })
+    .await;
+    let mut greedy = stack.configs(ADMIN).await;
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let code = match greedy
+            .get_config(pb::GetConfigRequest {
+                tenant_id: "t1".into(),
+            })
+            .await
+        {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        codes.push(code);
+    }
+    let limited = codes
+        .iter()
+        .filter(|c| **c == Code::ResourceExhausted)
+        .count();
+    assert!(
+        limited >= 14,
+        "burst 5 at 1/s: at least 14 of 20 refused, got {codes:?}"
+    );
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, Code::NotFound | Code::ResourceExhausted)),
+        "{codes:?}"
+    );
+    let e = stack
+        .policies(PEER)
+        .await
+        .get_tenant_policy(pb::GetTenantPolicyRequest {
+            tenant_id: "t1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::NotFound,
+        "another key still gets through: {e:?}"
+    );
+    stack.shutdown().await;
+}
