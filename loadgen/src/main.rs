@@ -1,0 +1,685 @@
+//! `loadgen`: drives the services' hot paths and, in the same run and on the same database, the
+//! database's own ceiling (`raw-sql`), so the two can be compared on a noisy machine.
+//!
+//! Modes: `acquire-release` (Acquire + Release over gRPC), `raw-sql` (the same statement pair
+//! straight to the database with sqlx), `calls` (MakeCall end to end: the simulator answers at
+//! once and posts the callback, which frees the extension), `stats` (Stats on a tenant with
+//! 100,000 extensions). Closed loop (`--clients N`) or open loop (`--rate R` per second, latency
+//! measured from each request's scheduled start). The services run in this process on port 0
+//! over a fresh database (PostgreSQL at TEST_DATABASE_URL, or SQLite in a temporary folder).
+//! Output: throughput, p50/p90/p99/max latency and errors by code, as a table or `--json`.
+//! `--check` exits non-zero on any error or if the pool is not back to full afterwards.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cco_contracts::allocator::v1 as apb;
+use cco_contracts::gateway::v1 as gpb;
+use cco_platform::auth::BearerInterceptor;
+use cco_platform::testing::{Backend, TestDb};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Mode {
+    AcquireRelease,
+    RawSql,
+    Calls,
+    Stats,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Db {
+    Postgres,
+    Sqlite,
+}
+
+/// Load generator for the CCO Infinity services.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// What to drive.
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// The database backend.
+    #[arg(long, value_enum, default_value = "postgres")]
+    db: Db,
+    /// Concurrent clients (closed loop), or the most requests in flight (open loop).
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Run for this many seconds...
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// ...or for this many operations in total.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Open loop: this many operations per second in total.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Tenants.
+    #[arg(long, default_value_t = 4)]
+    tenants: usize,
+    /// Extensions per tenant.
+    #[arg(long, default_value_t = 64)]
+    extensions: usize,
+    /// Extensions of the tenant in `stats` mode.
+    #[arg(long, default_value_t = 100_000)]
+    stats_extensions: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Exit non-zero on any error, or if the pool is not back to full afterwards.
+    #[arg(long)]
+    check: bool,
+}
+
+/// What one run measured.
+#[derive(Debug, Serialize)]
+struct Report {
+    mode: Mode,
+    db: Db,
+    clients: usize,
+    rate: Option<f64>,
+    operations: u64,
+    seconds: f64,
+    per_second: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    errors: BTreeMap<String, u64>,
+    pool_full_after: Option<bool>,
+}
+
+/// Collects latencies (microseconds) and errors.
+#[derive(Default)]
+struct Sink {
+    micros: Mutex<Vec<u32>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    ops: AtomicU64,
+}
+
+impl Sink {
+    fn record(&self, started: Instant, r: Result<(), String>) {
+        let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        match r {
+            Ok(()) => {
+                if let Ok(mut m) = self.micros.lock() {
+                    m.push(us);
+                }
+            }
+            Err(code) => {
+                if let Ok(mut e) = self.errors.lock() {
+                    *e.entry(code).or_default() += 1;
+                }
+            }
+        }
+        self.ops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn code(s: &tonic::Status) -> String {
+    cco_platform::metrics::code_name(s.code()).to_owned()
+}
+
+/// Runs `op(client, seq)` closed-loop on `clients` tasks, or open-loop at `rate`.
+async fn drive<F, Fut>(cli: &Cli, op: F) -> (Arc<Sink>, f64)
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let sink = Arc::new(Sink::default());
+    let deadline = Instant::now() + Duration::from_secs_f64(cli.seconds);
+    let budget = cli.count.unwrap_or(u64::MAX);
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    match cli.rate {
+        None => {
+            let mut tasks = Vec::new();
+            for c in 0..cli.clients {
+                let (op, sink, issued) = (op.clone(), sink.clone(), issued.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let n = issued.fetch_add(1, Ordering::Relaxed);
+                        if n >= budget || Instant::now() >= deadline {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let r = op(c, n).await;
+                        sink.record(t, r);
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+        Some(rate) => {
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(cli.clients.max(1) * 8));
+            let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut tasks = Vec::new();
+            let mut n = 0;
+            while n < budget && Instant::now() < deadline {
+                let scheduled = tick.tick().await.into_std();
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                let (op, sink) = (op.clone(), sink.clone());
+                let c = usize::try_from(n % cli.clients.max(1) as u64).unwrap_or(0);
+                tasks.push(tokio::spawn(async move {
+                    let r = op(c, n).await;
+                    // Latency from the scheduled start: waiting behind a slow server counts.
+                    sink.record(scheduled, r);
+                    drop(permit);
+                }));
+                n += 1;
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+    (sink, started.elapsed().as_secs_f64())
+}
+
+fn report(cli: &Cli, sink: &Sink, seconds: f64, pool_full_after: Option<bool>) -> Report {
+    let mut m = sink.micros.lock().map(|m| m.clone()).unwrap_or_default();
+    m.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if m.is_empty() {
+            return 0.0;
+        }
+        let i = ((m.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(m[i.min(m.len() - 1)]) / 1000.0
+    };
+    let ops = m.len() as u64;
+    Report {
+        mode: cli.mode,
+        db: cli.db,
+        clients: cli.clients,
+        rate: cli.rate,
+        operations: ops,
+        seconds,
+        per_second: ops as f64 / seconds.max(1e-9),
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        max_ms: m.last().map_or(0.0, |v| f64::from(*v) / 1000.0),
+        errors: sink.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+        pool_full_after,
+    }
+}
+
+fn lazy(port: u16) -> Channel {
+    Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .map(|e| {
+            e.timeout(Duration::from_secs(10))
+                .tcp_nodelay(true)
+                .connect_lazy()
+        })
+        .unwrap_or_else(|_| unreachable_channel())
+}
+
+fn unreachable_channel() -> Channel {
+    Endpoint::from_static("http://127.0.0.1:1").connect_lazy()
+}
+
+/// An allocator on port 0 over `db`, with a static policy (no cap).
+async fn allocator(db: &TestDb, stop: &CancellationToken) -> anyhow::Result<u16> {
+    let mut s = allocator_svc::settings::Settings::default();
+    s.grpc.host = "127.0.0.1".into();
+    s.grpc.port = 0;
+    s.metrics.enabled = false;
+    s.database.url = db.url.clone();
+    s.database.max_connections = 32;
+    s.policy.source = allocator_svc::settings::PolicySourceKind::Static;
+    s.auth.rate_limit_per_second = 0;
+    s.log.filter = "warn".into();
+    let app = allocator_svc::app::Application::build(s).await?;
+    let port = app.grpc_addr().port();
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+    Ok(port)
+}
+
+async fn import(port: u16, tenant: &str, numbers: Vec<String>) -> anyhow::Result<()> {
+    let mut pool = apb::extension_pool_client::ExtensionPoolClient::with_interceptor(
+        lazy(port),
+        BearerInterceptor::new("dev-admin-key"),
+    );
+    for chunk in numbers.chunks(10_000) {
+        pool.batch_import(apb::BatchImportRequest {
+            tenant_id: tenant.into(),
+            config_id: String::new(),
+            numbers: chunk.to_vec(),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn in_use(port: u16, tenants: usize) -> anyhow::Result<u32> {
+    let mut c = apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
+        lazy(port),
+        BearerInterceptor::new("dev-admin-key"),
+    );
+    let mut total = 0;
+    for t in 0..tenants {
+        total += c
+            .stats(apb::StatsRequest {
+                tenant_id: format!("t{t}"),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .in_use;
+    }
+    Ok(total)
+}
+
+async fn acquire_release(
+    cli: &Cli,
+    db: &TestDb,
+    stop: &CancellationToken,
+) -> anyhow::Result<Report> {
+    let port = allocator(db, stop).await?;
+    for t in 0..cli.tenants {
+        import(
+            port,
+            &format!("t{t}"),
+            (0..cli.extensions)
+                .map(|i| format!("{}", 10_000 + i))
+                .collect(),
+        )
+        .await?;
+    }
+    // One HTTP/2 connection per client, as separate gateway replicas would have.
+    let clients: Vec<_> = (0..cli.clients)
+        .map(|_| {
+            apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
+                lazy(port),
+                BearerInterceptor::new("dev-peer-key"),
+            )
+        })
+        .collect();
+    let clients = Arc::new(clients);
+    let tenants = cli.tenants;
+    let (sink, secs) = drive(cli, move |c, n| {
+        let mut client = clients[c % clients.len()].clone();
+        async move {
+            let l = client
+                .acquire(apb::AcquireRequest {
+                    tenant_id: format!("t{}", c % tenants),
+                    collector_id: format!("c{c}"),
+                    strategy: 0,
+                    request_id: format!("r{n}-{c}"),
+                    ttl_seconds: 0,
+                })
+                .await
+                .map_err(|s| code(&s))?
+                .into_inner()
+                .lease
+                .ok_or("no_lease")?;
+            let r = client
+                .release(apb::ReleaseRequest {
+                    lease_id: l.lease_id,
+                    fencing_token: l.fencing_token,
+                    reason: 0,
+                    tenant_id: String::new(),
+                })
+                .await
+                .map_err(|s| code(&s))?;
+            if r.into_inner().released {
+                Ok(())
+            } else {
+                Err("not_released".into())
+            }
+        }
+    })
+    .await;
+    let full = in_use(port, cli.tenants).await? == 0;
+    Ok(report(cli, &sink, secs, Some(full)))
+}
+
+async fn raw_sql(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
+    // The allocator migrates the schema and imports the same pool; then it is left alone.
+    let port = allocator(db, stop).await?;
+    for t in 0..cli.tenants {
+        import(
+            port,
+            &format!("t{t}"),
+            (0..cli.extensions)
+                .map(|i| format!("{}", 10_000 + i))
+                .collect(),
+        )
+        .await?;
+    }
+    let mut settings = cco_platform::db::DatabaseSettings::sqlite_default("x");
+    settings.url = db.url.clone();
+    settings.max_connections = u32::try_from(cli.clients).unwrap_or(32).max(1);
+    settings.migrate_on_start = false;
+    let pool = cco_platform::db::DbPool::connect(&settings).await?;
+    let tenants = cli.tenants;
+    let p2 = pool.clone();
+    let (sink, secs) = drive(cli, move |c, _| {
+        let pool = p2.clone();
+        async move {
+            let tenant = format!("t{}", c % tenants);
+            match &pool {
+                cco_platform::db::DbPool::Postgres(p) => {
+                    let row = sqlx::query(
+                        "update extensions set status = 'in_use', current_lease_id = gen_random_uuid(), \
+                         fencing_token = fencing_token + 1, last_used_at = clock_timestamp(), use_count = use_count + 1 \
+                         where id = (select id from extensions where tenant_id = $1 and status = 'available' \
+                           order by last_released_at nulls first limit 1 for update skip locked) \
+                         returning id, fencing_token",
+                    )
+                    .bind(&tenant)
+                    .fetch_optional(p)
+                    .await
+                    .map_err(|e| format!("sql: {e}"))?
+                    .ok_or("resource_exhausted")?;
+                    let id: uuid::Uuid = row.get("id");
+                    let token: i64 = row.get("fencing_token");
+                    sqlx::query(
+                        "update extensions set status = 'available', current_lease_id = null, last_released_at = clock_timestamp() \
+                         where id = $1 and fencing_token = $2",
+                    )
+                    .bind(id)
+                    .bind(token)
+                    .execute(p)
+                    .await
+                    .map_err(|e| format!("sql: {e}"))?;
+                }
+                cco_platform::db::DbPool::Sqlite(p) => {
+                    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)).unwrap_or(0);
+                    let row = sqlx::query(
+                        "update extensions set status = 'in_use', fencing_token = fencing_token + 1, last_used_at = $2, \
+                         use_count = use_count + 1 where id = (select id from extensions where tenant_id = $1 and \
+                         status = 'available' order by last_released_at is not null, last_released_at limit 1) \
+                         returning id, fencing_token",
+                    )
+                    .bind(&tenant)
+                    .bind(now)
+                    .fetch_optional(p)
+                    .await
+                    .map_err(|e| format!("sql: {e}"))?
+                    .ok_or("resource_exhausted")?;
+                    let id: String = row.get("id");
+                    let token: i64 = row.get("fencing_token");
+                    sqlx::query("update extensions set status = 'available', last_released_at = $3 where id = $1 and fencing_token = $2")
+                        .bind(id)
+                        .bind(token)
+                        .bind(now)
+                        .execute(p)
+                        .await
+                        .map_err(|e| format!("sql: {e}"))?;
+                }
+            }
+            Ok(())
+        }
+    })
+    .await;
+    pool.close().await;
+    let full = in_use(port, cli.tenants).await? == 0;
+    Ok(report(cli, &sink, secs, Some(full)))
+}
+
+async fn stats(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
+    let port = allocator(db, stop).await?;
+    import(
+        port,
+        "t0",
+        (0..cli.stats_extensions)
+            .map(|i| format!("{}", 1_000_000 + i))
+            .collect(),
+    )
+    .await?;
+    let client = apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
+        lazy(port),
+        BearerInterceptor::new("dev-peer-key"),
+    );
+    let expected = u32::try_from(cli.stats_extensions).unwrap_or(u32::MAX);
+    let (sink, secs) = drive(cli, move |_, _| {
+        let mut c = client.clone();
+        async move {
+            let s = c
+                .stats(apb::StatsRequest {
+                    tenant_id: "t0".into(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| code(&s))?
+                .into_inner();
+            if s.total == expected {
+                Ok(())
+            } else {
+                Err("wrong_total".into())
+            }
+        }
+    })
+    .await;
+    Ok(report(cli, &sink, secs, None))
+}
+
+async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow::Result<Report> {
+    let gw_db = TestDb::new(backend).await;
+    let al_db = TestDb::new(backend).await;
+    let numbers: Vec<String> = (0..cli.extensions.max(cli.clients * 2))
+        .map(|i| format!("{}", 10_000 + i))
+        .collect();
+    let sim = infinity_sim::Simulator::start(infinity_sim::SimConfig {
+        extensions: numbers.iter().map(|n| (n.clone(), true)).collect(),
+        ..Default::default()
+    })
+    .await?;
+    sim.state().set_script(
+        None,
+        infinity_sim::Script {
+            callback_delay_ms: 0,
+            ..Default::default()
+        },
+    );
+    let gl = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hl = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let al = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (g, h, a) = (
+        gl.local_addr()?.port(),
+        hl.local_addr()?.port(),
+        al.local_addr()?.port(),
+    );
+    let mut gs = call_gateway_svc::settings::Settings::default();
+    gs.database.url = gw_db.url.clone();
+    gs.database.max_connections = 32;
+    gs.allocator.url = format!("http://127.0.0.1:{a}");
+    gs.auth.rate_limit_per_second = 0;
+    gs.log.filter = "warn".into();
+    let mut als = allocator_svc::settings::Settings::default();
+    als.database.url = al_db.url.clone();
+    als.database.max_connections = 32;
+    als.policy.gateway_url = format!("http://127.0.0.1:{g}");
+    als.auth.rate_limit_per_second = 0;
+    tokio::spawn(
+        call_gateway_svc::app::Application::build_with(gs, Some((gl, hl)))
+            .await?
+            .run_until_stopped(stop.clone()),
+    );
+    tokio::spawn(
+        allocator_svc::app::Application::build_with(als, Some((al, None)))
+            .await?
+            .run_until_stopped(stop.clone()),
+    );
+    let admin = BearerInterceptor::new("dev-admin-key");
+    gpb::tenant_configs_client::TenantConfigsClient::with_interceptor(lazy(g), admin.clone())
+        .create_config(gpb::CreateConfigRequest {
+            config: Some(gpb::ConfigInput {
+                tenant_id: "t0".into(),
+                api_url: sim.api_url(),
+                credentials: Some(gpb::Credentials {
+                    kind: Some(gpb::credentials::Kind::AccessToken(
+                        "0123456789abcdef0123456789abcdef".into(),
+                    )),
+                }),
+                caller_number_pool: vec!["02566823420".into()],
+                callback_secret: "loadgen-callback-secret".into(),
+                max_concurrent_calls: Some(10_000),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    sim.state().set_callback_url(Some(format!(
+        "http://127.0.0.1:{h}/api/v1/infinity/callback/t0/loadgen-callback-secret"
+    )));
+    let mut coll =
+        gpb::collectors_client::CollectorsClient::with_interceptor(lazy(g), admin.clone());
+    for c in 0..cli.clients {
+        coll.upsert_collector(gpb::UpsertCollectorRequest {
+            tenant_id: "t0".into(),
+            collector_id: format!("c{c}"),
+            callback_number: format!("1380013{c:04}"),
+            display_name: String::new(),
+            active: None,
+        })
+        .await?;
+    }
+    import(a, "t0", numbers.clone()).await?;
+    let clients: Arc<Vec<_>> = Arc::new(
+        (0..cli.clients)
+            .map(|_| {
+                gpb::calls_client::CallsClient::with_interceptor(
+                    lazy(g),
+                    BearerInterceptor::new("dev-caller-key"),
+                )
+            })
+            .collect(),
+    );
+    let busy = Arc::new(AtomicBool::new(false));
+    let b2 = busy.clone();
+    let (sink, secs) = drive(cli, move |c, n| {
+        let mut client = clients[c % clients.len()].clone();
+        let busy = b2.clone();
+        async move {
+            let r = client
+                .make_call(gpb::MakeCallRequest {
+                    tenant_id: "t0".into(),
+                    collector_id: format!("c{c}"),
+                    case_id: format!("case-{n}"),
+                    destination_number: format!("1390{:07}", n % 10_000_000),
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(r) if r.get_ref().status == gpb::CallStatus::Failed as i32 => {
+                    Err("refused".into())
+                }
+                Ok(_) => Ok(()),
+                Err(s) => {
+                    if s.code() == tonic::Code::ResourceExhausted {
+                        busy.store(true, Ordering::Relaxed);
+                    }
+                    Err(code(&s))
+                }
+            }
+        }
+    })
+    .await;
+    // Wait (bounded) for every callback to free its extension.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut full = false;
+    while Instant::now() < deadline {
+        if in_use(a, 1).await? == 0 {
+            full = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sim.stop().await;
+    Ok(report(cli, &sink, secs, Some(full)))
+}
+
+fn print(r: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    let errors = if r.errors.is_empty() {
+        "none".to_owned()
+    } else {
+        format!("{:?}", r.errors)
+    };
+    println!(
+        "{:<16} {:<8} clients {:>3}{}  ops {:>7}  {:>9.1}/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  errors {errors}{}",
+        format!("{:?}", r.mode),
+        format!("{:?}", r.db),
+        r.clients,
+        r.rate.map(|x| format!(" rate {x}/s")).unwrap_or_default(),
+        r.operations,
+        r.per_second,
+        r.p50_ms,
+        r.p90_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.pool_full_after
+            .map(|f| format!("  pool full after: {f}"))
+            .unwrap_or_default(),
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let backend = match cli.db {
+        Db::Postgres => Backend::Postgres,
+        Db::Sqlite => Backend::Sqlite,
+    };
+    let stop = CancellationToken::new();
+    let result = async {
+        match cli.mode {
+            Mode::Calls => calls(&cli, backend, &stop).await,
+            _ => {
+                let db = TestDb::new(backend).await;
+                let r = match cli.mode {
+                    Mode::AcquireRelease => acquire_release(&cli, &db, &stop).await,
+                    Mode::RawSql => raw_sql(&cli, &db, &stop).await,
+                    _ => stats(&cli, &db, &stop).await,
+                };
+                stop.cancel();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                r
+            }
+        }
+    }
+    .await;
+    stop.cancel();
+    match result {
+        Ok(r) => {
+            if let Err(e) = print(&r, cli.json) {
+                eprintln!("loadgen: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+            let bad = !r.errors.is_empty() || r.pool_full_after == Some(false) || r.operations == 0;
+            if cli.check && bad {
+                eprintln!(
+                    "loadgen: check failed: {} operations, errors {:?}, pool full after: {:?}",
+                    r.operations, r.errors, r.pool_full_after
+                );
+                return std::process::ExitCode::FAILURE;
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
