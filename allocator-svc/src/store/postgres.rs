@@ -251,6 +251,111 @@ async fn end_extension_lease(
     ))
 }
 
+/// What the one-statement acquire found.
+enum Fast {
+    /// Settled: granted, replayed, conflicting or pool empty.
+    Done(AcquireOutcome),
+    /// An identical request holds the request-id lock right now: take the serialised path,
+    /// which waits for it and replays its lease.
+    TwinInFlight,
+}
+
+/// Uncapped LRU acquire in one statement (one round trip, one implicit transaction): try the
+/// request-id lock, look the request id up, pick and lease a free extension, insert the lease.
+/// If the try-lock fails a twin is in flight (the caller falls back to waiting on the lock). If
+/// a twin committed after this statement's snapshot, the unique index on (tenant, request id)
+/// rejects the insert and the caller replays the twin's lease. $1 tenant, $2 lease id, $3
+/// collector, $4 ttl seconds, $5 request id, $6 fingerprint, $7 strategy, $8 cooldown.
+const FAST_LRU_SQL: &str = concat!(
+    "with lk as (select pg_try_advisory_xact_lock(hashtextextended($1 || chr(31) || $5, 0)) as got), \
+     existing as (select lease_id from leases where tenant_id = $1 and request_id = $5), \
+     e as (update extensions set status = 'in_use', current_lease_id = $2, current_collector_id = $3, \
+       lease_expires_at = clock_timestamp() + make_interval(secs => $4), fencing_token = fencing_token + 1, \
+       last_collector_id = $3, last_used_at = clock_timestamp(), use_count = use_count + 1, \
+       available_at = null, updated_at = clock_timestamp() \
+       where id = (select id from extensions where ",
+    free!(),
+    " order by last_released_at asc nulls first, length(number), number limit 1 for update skip locked) \
+       and (select got from lk) and not exists (select 1 from existing) \
+       returning id, number, fencing_token, last_used_at, lease_expires_at), \
+     ins as (insert into leases (lease_id, tenant_id, extension_id, extension_number, collector_id, request_id, \
+       request_fingerprint, strategy, fencing_token, cooldown_seconds, acquired_at, expires_at) \
+       select $2, $1, id, number, $3, $5, $6, $7, fencing_token, $8, last_used_at, lease_expires_at from e \
+       returning lease_id) \
+     select (select got from lk) as got, (select count(*) from existing) as existing, \
+       (select count(*) from ins) as inserted, e.id, e.number, e.fencing_token, e.last_used_at, e.lease_expires_at \
+     from (select 1) as one left join e on true"
+);
+
+impl PgStore {
+    async fn acquire_fast(&self, cmd: &AcquireCmd) -> Result<Fast, AllocError> {
+        let tenant = cmd.tenant_id.as_str();
+        let lease_id = Uuid::now_v7();
+        let res = sqlx::query(FAST_LRU_SQL)
+            .bind(tenant)
+            .bind(lease_id)
+            .bind(cmd.collector_id.as_str())
+            .bind(f64::from(cmd.ttl_seconds))
+            .bind(cmd.request_id.as_str())
+            .bind(&cmd.fingerprint)
+            .bind(cmd.strategy.as_str())
+            .bind(i32::try_from(cmd.cooldown_seconds).unwrap_or(i32::MAX))
+            .fetch_one(&self.pool)
+            .await;
+        let row = match res {
+            Ok(r) => r,
+            Err(e) if is_unique_violation(&e) => {
+                // A twin committed after our snapshot: its lease is the answer.
+                let mut conn = self.pool.acquire().await.map_err(db_err)?;
+                return match find_by_request(&mut conn, tenant, cmd.request_id.as_str()).await? {
+                    Some((l, fp)) => Ok(Fast::Done(replay(l, &fp, cmd))),
+                    None => Err(AllocError::Internal(anyhow::anyhow!(
+                        "request id vanished after conflict"
+                    ))),
+                };
+            }
+            Err(e) => return Err(db_err(e)),
+        };
+        let got: bool = row.try_get("got").map_err(db_err)?;
+        let existing: i64 = row.try_get("existing").map_err(db_err)?;
+        let inserted: i64 = row.try_get("inserted").map_err(db_err)?;
+        if existing > 0 {
+            let mut conn = self.pool.acquire().await.map_err(db_err)?;
+            return match find_by_request(&mut conn, tenant, cmd.request_id.as_str()).await? {
+                Some((l, fp)) => Ok(Fast::Done(replay(l, &fp, cmd))),
+                None => Err(AllocError::Internal(anyhow::anyhow!("request id vanished"))),
+            };
+        }
+        if !got {
+            return Ok(Fast::TwinInFlight);
+        }
+        let extension_id: Option<Uuid> = row.try_get("id").map_err(db_err)?;
+        let Some(extension_id) = extension_id.filter(|_| inserted == 1) else {
+            let mut conn = self.pool.acquire().await.map_err(db_err)?;
+            return Ok(Fast::Done(AcquireOutcome::PoolEmpty(
+                counts_on(&mut conn, tenant).await?,
+            )));
+        };
+        Ok(Fast::Done(AcquireOutcome::Granted {
+            lease: Lease {
+                lease_id,
+                extension_id,
+                extension_number: row.try_get("number").map_err(db_err)?,
+                tenant_id: tenant.to_owned(),
+                collector_id: cmd.collector_id.as_str().to_owned(),
+                request_id: cmd.request_id.as_str().to_owned(),
+                strategy: cmd.strategy,
+                fencing_token: row.try_get("fencing_token").map_err(db_err)?,
+                acquired_at: row.try_get("last_used_at").map_err(db_err)?,
+                expires_at: row.try_get("lease_expires_at").map_err(db_err)?,
+                released_at: None,
+                release_reason: None,
+            },
+            replayed: false,
+        }))
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -258,6 +363,13 @@ impl Store for PgStore {
     }
 
     async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
+        // Uncapped LRU (the default) takes one statement in the common case.
+        if cmd.cap.is_none()
+            && cmd.strategy == Strategy::Lru
+            && let Fast::Done(outcome) = self.acquire_fast(cmd).await?
+        {
+            return Ok(outcome);
+        }
         let tenant = cmd.tenant_id.as_str();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         // Identical requests (same tenant and request id) run one at a time: the second waits

@@ -558,7 +558,8 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_str())
         .bind(since.timestamp_millis())
-        .bind(until.timestamp_millis())
+        // Round the end up: a lease stamped in the same millisecond as `until` began before it.
+        .bind(until.timestamp_micros().div_euclid(1000) + i64::from(until.timestamp_micros().rem_euclid(1000) > 0))
         .bind(now_ms())
         .fetch_all(&self.pool)
         .await
