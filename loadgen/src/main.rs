@@ -26,6 +26,9 @@ use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+/// The external allocator's port, when `--allocator-port` is given.
+static EXTERNAL: std::sync::OnceLock<Option<u16>> = std::sync::OnceLock::new();
+
 #[derive(Debug, Clone, Copy, ValueEnum, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 enum Mode {
@@ -79,6 +82,10 @@ struct Cli {
     /// Exit non-zero on any error, or if the pool is not back to full afterwards.
     #[arg(long)]
     check: bool,
+    /// acquire-release/stats: drive an allocator already running at this port on 127.0.0.1
+    /// (e.g. `cco serve allocator`, to measure its memory) instead of one in this process.
+    #[arg(long)]
+    allocator_port: Option<u16>,
 }
 
 /// What one run measured.
@@ -97,6 +104,9 @@ struct Report {
     max_ms: f64,
     errors: BTreeMap<String, u64>,
     pool_full_after: Option<bool>,
+    /// Percentiles of one phase of the operation (e.g. Acquire alone), in milliseconds.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    phases: BTreeMap<String, f64>,
 }
 
 /// Collects latencies (microseconds) and errors.
@@ -192,16 +202,19 @@ where
     (sink, started.elapsed().as_secs_f64())
 }
 
+/// The `p` percentile of sorted microseconds, in milliseconds.
+fn percentile(m: &[u32], p: f64) -> f64 {
+    if m.is_empty() {
+        return 0.0;
+    }
+    let i = ((m.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(m[i.min(m.len() - 1)]) / 1000.0
+}
+
 fn report(cli: &Cli, sink: &Sink, seconds: f64, pool_full_after: Option<bool>) -> Report {
     let mut m = sink.micros.lock().map(|m| m.clone()).unwrap_or_default();
     m.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if m.is_empty() {
-            return 0.0;
-        }
-        let i = ((m.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(m[i.min(m.len() - 1)]) / 1000.0
-    };
+    let pct = |p: f64| percentile(&m, p);
     let ops = m.len() as u64;
     Report {
         mode: cli.mode,
@@ -217,6 +230,7 @@ fn report(cli: &Cli, sink: &Sink, seconds: f64, pool_full_after: Option<bool>) -
         max_ms: m.last().map_or(0.0, |v| f64::from(*v) / 1000.0),
         errors: sink.errors.lock().map(|e| e.clone()).unwrap_or_default(),
         pool_full_after,
+        phases: BTreeMap::new(),
     }
 }
 
@@ -234,8 +248,11 @@ fn unreachable_channel() -> Channel {
     Endpoint::from_static("http://127.0.0.1:1").connect_lazy()
 }
 
-/// An allocator on port 0 over `db`, with a static policy (no cap).
+/// An allocator on port 0 over `db`, with a static policy (no cap), or the external one.
 async fn allocator(db: &TestDb, stop: &CancellationToken) -> anyhow::Result<u16> {
+    if let Some(port) = EXTERNAL.get().copied().flatten() {
+        return Ok(port);
+    }
     let mut s = allocator_svc::settings::Settings::default();
     s.grpc.host = "127.0.0.1".into();
     s.grpc.port = 0;
@@ -313,9 +330,13 @@ async fn acquire_release(
         .collect();
     let clients = Arc::new(clients);
     let tenants = cli.tenants;
+    let acquire_us: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let acq = acquire_us.clone();
     let (sink, secs) = drive(cli, move |c, n| {
         let mut client = clients[c % clients.len()].clone();
+        let acq = acq.clone();
         async move {
+            let t = Instant::now();
             let l = client
                 .acquire(apb::AcquireRequest {
                     tenant_id: format!("t{}", c % tenants),
@@ -329,6 +350,9 @@ async fn acquire_release(
                 .into_inner()
                 .lease
                 .ok_or("no_lease")?;
+            if let Ok(mut a) = acq.lock() {
+                a.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+            }
             let r = client
                 .release(apb::ReleaseRequest {
                     lease_id: l.lease_id,
@@ -347,7 +371,14 @@ async fn acquire_release(
     })
     .await;
     let full = in_use(port, cli.tenants).await? == 0;
-    Ok(report(cli, &sink, secs, Some(full)))
+    let mut r = report(cli, &sink, secs, Some(full));
+    let mut a = acquire_us.lock().map(|a| a.clone()).unwrap_or_default();
+    a.sort_unstable();
+    r.phases
+        .insert("acquire_p50_ms".into(), percentile(&a, 0.50));
+    r.phases
+        .insert("acquire_p99_ms".into(), percentile(&a, 0.99));
+    Ok(r)
 }
 
 async fn raw_sql(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
@@ -632,12 +663,16 @@ fn print(r: &Report, json: bool) -> anyhow::Result<()> {
             .map(|f| format!("  pool full after: {f}"))
             .unwrap_or_default(),
     );
+    for (k, v) in &r.phases {
+        println!("    {k}: {v:.3}");
+    }
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let _ = EXTERNAL.set(cli.allocator_port);
     let backend = match cli.db {
         Db::Postgres => Backend::Postgres,
         Db::Sqlite => Backend::Sqlite,
