@@ -490,9 +490,9 @@ async fn reaper_frees_expired_leases_once_on_time(b: Backend) {
         "reaped {}ms before expiry",
         expires_ms - released_ms
     );
-    // Interval 200 ms; allow generous slack for a loaded 2-core machine.
+    // Interval 200 ms; allow generous slack for a loaded 2-core machine (3 s).
     assert!(
-        released_ms - expires_ms <= 200 + 1500,
+        released_ms - expires_ms <= 200 + 3000,
         "reaped {}ms after expiry",
         released_ms - expires_ms
     );
