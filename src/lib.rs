@@ -39,3 +39,24 @@ pub mod gateway {
         ));
     }
 }
+
+/// Conversions between protobuf timestamps and `chrono`, used by every service and client.
+pub mod time {
+    use chrono::{DateTime, Utc};
+    use pbjson_types::Timestamp;
+
+    /// A protobuf timestamp for `t`.
+    pub fn to_timestamp(t: DateTime<Utc>) -> Timestamp {
+        Timestamp {
+            seconds: t.timestamp(),
+            nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+        }
+    }
+
+    /// The time a protobuf timestamp names; `None` when it is out of range or malformed.
+    pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
+        u32::try_from(t.nanos)
+            .ok()
+            .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+    }
+}

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use cco_contracts::allocator::v1 as pb;
+use cco_contracts::time::to_timestamp as ts;
 use cco_platform::auth::{Principal, Role};
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
@@ -53,21 +54,12 @@ pub fn roles(path: &str) -> Option<&'static [Role]> {
     }
 }
 
-fn ts(t: DateTime<Utc>) -> cco_contracts::pbjson_types::Timestamp {
-    cco_contracts::pbjson_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
 fn from_ts(
     field: &'static str,
     t: Option<cco_contracts::pbjson_types::Timestamp>,
 ) -> Result<Option<DateTime<Utc>>, AllocError> {
     t.map(|t| {
-        u32::try_from(t.nanos)
-            .ok()
-            .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+        cco_contracts::time::from_timestamp(&t)
             .ok_or_else(|| AllocError::invalid(field, "is not a valid timestamp"))
     })
     .transpose()

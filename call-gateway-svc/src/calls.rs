@@ -107,7 +107,7 @@ fn from_allocator(s: &tonic::Status) -> GwError {
 }
 
 fn ts(t: Option<cco_contracts::pbjson_types::Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+    t.as_ref().and_then(cco_contracts::time::from_timestamp)
 }
 
 struct Leased {

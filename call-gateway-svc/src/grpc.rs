@@ -2,6 +2,7 @@
 //! [`GwError`] to `tonic::Status`.
 
 use cco_contracts::gateway::v1 as pb;
+use cco_contracts::time::to_timestamp as ts;
 use cco_platform::auth::{Principal, Role};
 use cco_platform::mask::secret_tail;
 use chrono::{DateTime, Utc};
@@ -65,13 +66,6 @@ pub fn roles(path: &str) -> Option<&'static [Role]> {
         }
     } else {
         None
-    }
-}
-
-fn ts(t: DateTime<Utc>) -> cco_contracts::pbjson_types::Timestamp {
-    cco_contracts::pbjson_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }
 
@@ -687,9 +681,7 @@ fn from_ts(
     t: Option<cco_contracts::pbjson_types::Timestamp>,
 ) -> Result<Option<DateTime<Utc>>, GwError> {
     t.map(|t| {
-        u32::try_from(t.nanos)
-            .ok()
-            .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+        cco_contracts::time::from_timestamp(&t)
             .ok_or_else(|| GwError::invalid(field, "is not a valid timestamp"))
     })
     .transpose()
