@@ -1276,6 +1276,23 @@ async fn list_and_hang_up(b: Backend) {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("not in a call"), "{}", e.message());
+    // An Infinity without HangupCall: UNIMPLEMENTED, said plainly.
+    ctx.sim.state().set_hangup_supported(false);
+    let e = ctx
+        .calls
+        .hang_up(pb::HangUpRequest {
+            tenant_id: "t1".into(),
+            call_id: open.call_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert!(
+        e.message()
+            .contains("does not support App.Sip_Call.HangupCall"),
+        "{}",
+        e.message()
+    );
     let e = ctx
         .calls
         .get_call(pb::GetCallRequest {

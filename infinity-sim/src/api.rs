@@ -181,7 +181,12 @@ pub(crate) async fn handle(State(state): State<Arc<SimState>>, req: Request) -> 
         "App.Sip_Cdr.GetRecodeFile" => json_response(&recode_file(&state, &params)),
         "App.Sip_Call.HangupCall" => {
             let ext = params.get("extnumber").cloned().unwrap_or_default();
-            if ext.is_empty() {
+            if state.lock().hangup_unsupported {
+                json_response(&interface_error(
+                    400,
+                    "Illegal request: unknown service \"App.Sip_Call.HangupCall\"",
+                ))
+            } else if ext.is_empty() {
                 json_response(&interface_error(
                     400,
                     "Illegal request: extnumber is required",

@@ -82,6 +82,8 @@ pub(crate) struct Inner {
     pub requests: Vec<LoggedRequest>,
     pub bills: Vec<Map<String, Value>>,
     pub callbacks_sent: u64,
+    /// When true, HangupCall answers like a server without it (`ret 400`, unknown service).
+    pub hangup_unsupported: bool,
     pub next_id: i64,
 }
 
@@ -159,6 +161,11 @@ impl SimState {
                 },
             );
         }
+    }
+
+    /// Makes HangupCall unknown to this "server" (as on Infinity versions without it).
+    pub fn set_hangup_supported(&self, supported: bool) {
+        self.lock().hangup_unsupported = !supported;
     }
 
     /// Invalidates every token (Login and static): the next request gets `ret 600`.
