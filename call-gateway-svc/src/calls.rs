@@ -411,13 +411,7 @@ impl Gateway {
                 CallMode::DoubleCall => self.infinity.double_call(&ep, &params).await,
                 CallMode::MakeCall => self.infinity.make_call(&ep, &params).await,
             };
-            let release = OutboxRow {
-                lease_id: row.lease_id.clone().unwrap_or_default(),
-                call_id: row.call_id.clone(),
-                fencing_token: row.fencing_token.unwrap_or(0),
-                reason: "dial_failed".into(),
-                attempts: 0,
-            };
+            let release = || OutboxRow::owed_by(&row, "dial_failed");
             match sent {
                 Ok(_) => {
                     self.calls.mark_ringing(&row.call_id).await?;
@@ -435,7 +429,7 @@ impl Gateway {
                     // Force-offline ends our own lease in the same step (reason extension_offline).
                     let offline = self.take_offline(&row).await;
                     if !offline {
-                        self.fail(&row, &e, Some(&release)).await?;
+                        self.fail(&row, &e, release().as_ref()).await?;
                         return self.current(row).await;
                     }
                     if row.attempts >= 2 {
@@ -476,12 +470,12 @@ impl Gateway {
                     }
                 }
                 Err(e @ (InfinityError::Refused { .. } | InfinityError::Auth { .. })) => {
-                    self.fail(&row, &e, Some(&release)).await?;
+                    self.fail(&row, &e, release().as_ref()).await?;
                     return self.current(row).await;
                 }
                 Err(InfinityError::NotSent(m)) => {
                     let e = InfinityError::NotSent(m.clone());
-                    self.fail(&row, &e, Some(&release)).await?;
+                    self.fail(&row, &e, release().as_ref()).await?;
                     return Err(GwError::WithCall {
                         call_id: row.call_id.clone(),
                         inner: Box::new(GwError::Unavailable(format!(
@@ -591,16 +585,7 @@ impl Gateway {
     /// Applies Infinity's record of a finished call (callback or GetBill) and frees the lease.
     #[tracing::instrument(skip_all, fields(call_id = %row.call_id, tenant_id = %row.tenant_id))]
     pub async fn settle(&self, row: &RecordRow, c: &Completion) -> Result<Completed, GwError> {
-        let release = match (&row.lease_id, row.lease_released) {
-            (Some(l), false) => Some(OutboxRow {
-                lease_id: l.clone(),
-                call_id: row.call_id.clone(),
-                fencing_token: row.fencing_token.unwrap_or(0),
-                reason: "call_ended".into(),
-                attempts: 0,
-            }),
-            _ => None,
-        };
+        let release = OutboxRow::owed_by(row, "call_ended");
         let outcome = self
             .calls
             .complete(&row.call_id, c, release.as_ref())
@@ -675,16 +660,7 @@ impl Gateway {
             }
         }
         if now - row.created_at > self.tuning.max_call_age {
-            let release = match (&row.lease_id, row.lease_released) {
-                (Some(l), false) => Some(OutboxRow {
-                    lease_id: l.clone(),
-                    call_id: row.call_id.clone(),
-                    fencing_token: row.fencing_token.unwrap_or(0),
-                    reason: "reconciled".into(),
-                    attempts: 0,
-                }),
-                _ => None,
-            };
+            let release = OutboxRow::owed_by(row, "reconciled");
             if self.calls.expire(&row.call_id, release.as_ref()).await? {
                 tracing::info!(call_id = %row.call_id, "no record from Infinity within the maximum age: expired, lease freed");
                 if let Some(o) = &release {

@@ -605,6 +605,35 @@ async fn tenant(
         .unwrap();
 }
 
+/// Waits (bounded by `deadline`) until `call_id` is completed with its lease released.
+async fn await_completed(gateway: u16, call_id: &str, deadline: Instant) {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gateway}"))
+        .unwrap()
+        .connect_lazy();
+    let mut calls = pb::calls_client::CallsClient::with_interceptor(
+        ch,
+        BearerInterceptor::new("dev-caller-key"),
+    );
+    loop {
+        let r = calls
+            .get_call(pb::GetCallRequest {
+                tenant_id: "t1".into(),
+                call_id: call_id.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.status == pb::CallStatus::Completed as i32 && r.lease_released {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "call {call_id} never completed with its lease released: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     assert!(
         Command::new("kill")
@@ -732,25 +761,7 @@ async fn paused_gateway_cannot_free_a_re_leased_extension() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(&gw1.child, "-CONT");
     assert_eq!(late.await.unwrap().unwrap(), 200);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r1 = calls
-            .get_call(pb::GetCallRequest {
-                tenant_id: "t1".into(),
-                call_id: first.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if r1.status == pb::CallStatus::Completed as i32 && r1.lease_released {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the late callback was never handled: {r1:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_completed(g2, &first, Instant::now() + Duration::from_secs(30)).await;
     let mut pool = apb::extension_pool_client::ExtensionPoolClient::with_interceptor(
         ch,
         BearerInterceptor::new("dev-admin-key"),
@@ -857,33 +868,9 @@ async fn sigterm_during_fifty_in_flight_calls() {
     // A second gateway takes the callbacks; every call completes and frees its extension.
     let gw2 = Svc::spawn("gateway", g2, gateway_env(&gw_db.url, g2, h2, a));
     wait_ready(g2).await;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{g2}"))
-        .unwrap()
-        .connect_lazy();
-    let mut calls = pb::calls_client::CallsClient::with_interceptor(
-        ch,
-        BearerInterceptor::new("dev-caller-key"),
-    );
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {
-        loop {
-            let r = calls
-                .get_call(pb::GetCallRequest {
-                    tenant_id: "t1".into(),
-                    call_id: id.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if r.status == pb::CallStatus::Completed as i32 && r.lease_released {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "call {id} never completed: {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        await_completed(g2, id, deadline).await;
     }
     let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{a}"))
         .unwrap()

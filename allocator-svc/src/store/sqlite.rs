@@ -268,6 +268,8 @@ impl Store for SqliteStore {
 
     async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
         let tenant = cmd.tenant_id.as_str();
+        // A replay needs no write lock: answer it from a read. The check is repeated under the
+        // lock below for a twin that commits in between.
         {
             let mut conn = self.pool.acquire().await.map_err(db_err)?;
             if let Some((l, fp)) =

@@ -91,6 +91,22 @@ pub struct OutboxRow {
     pub attempts: i32,
 }
 
+impl OutboxRow {
+    /// The release `row` still owes for its lease (none when it has none or it is released).
+    pub fn owed_by(row: &RecordRow, reason: &str) -> Option<Self> {
+        match (&row.lease_id, row.lease_released) {
+            (Some(lease_id), false) => Some(Self {
+                lease_id: lease_id.clone(),
+                call_id: row.call_id.clone(),
+                fencing_token: row.fencing_token.unwrap_or(0),
+                reason: reason.to_owned(),
+                attempts: 0,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A callback that matched no call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnmatchedRow {
