@@ -10,6 +10,8 @@
 //! are printed (`figures:` line) and recorded in docs/reliability.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -233,56 +235,23 @@ async fn thousand_calls_through_kills_and_disconnects() {
             .set_script(Some(&format!("139001390{i:02}")), script(i));
     }
     let ch = |port: u16| {
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
+        common::endpoint(port)
             .timeout(Duration::from_secs(10))
             .connect_lazy()
     };
     let admin = BearerInterceptor::new("dev-admin-key");
-    let mut configs =
-        pb::tenant_configs_client::TenantConfigsClient::with_interceptor(ch(g1), admin.clone());
-    configs
-        .create_config(pb::CreateConfigRequest {
-            config: Some(pb::ConfigInput {
-                tenant_id: "t1".into(),
-                api_url: sim.api_url(),
-                credentials: Some(pb::Credentials {
-                    kind: Some(pb::credentials::Kind::AccessToken(
-                        "0123456789abcdef0123456789abcdef".into(),
-                    )),
-                }),
-                caller_number_pool: vec!["02566823420".into()],
-                callback_secret: SECRET.into(),
-                max_concurrent_calls: Some(100),
-                api_timeout_ms: Some(1_000),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    let mut collectors =
-        pb::collectors_client::CollectorsClient::with_interceptor(ch(g1), admin.clone());
-    for w in 0..WORKERS {
-        collectors
-            .upsert_collector(pb::UpsertCollectorRequest {
-                tenant_id: "t1".into(),
-                collector_id: format!("c{w}"),
-                callback_number: format!("138001380{w:02}"),
-                display_name: String::new(),
-                active: None,
-            })
-            .await
-            .unwrap();
-    }
-    let mut pool =
-        apb::extension_pool_client::ExtensionPoolClient::with_interceptor(ch(a1), admin.clone());
-    pool.batch_import(apb::BatchImportRequest {
-        tenant_id: "t1".into(),
-        config_id: String::new(),
-        numbers: numbers.clone(),
-    })
-    .await
-    .unwrap();
+    common::tenant(
+        ch(g1),
+        ch(a1),
+        pb::ConfigInput {
+            max_concurrent_calls: Some(100),
+            api_timeout_ms: Some(1_000),
+            ..common::config(&sim, SECRET)
+        },
+        WORKERS,
+        &numbers,
+    )
+    .await;
 
     let done = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
@@ -528,9 +497,7 @@ async fn thousand_calls_through_kills_and_disconnects() {
 
 /// Places one call through `gateway`, returning its call id.
 async fn place(gateway: u16, collector: &str, dest: &str) -> String {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gateway}"))
-        .unwrap()
-        .connect_lazy();
+    let ch = lazy(gateway);
     let mut c = pb::calls_client::CallsClient::with_interceptor(
         ch,
         BearerInterceptor::new("dev-caller-key"),
@@ -548,68 +515,24 @@ async fn place(gateway: u16, collector: &str, dest: &str) -> String {
     .call_id
 }
 
-/// A tenant with `extensions` numbers on `sim`, configured through the gateway on `g`.
-async fn tenant(
-    g: u16,
-    a: u16,
-    sim: &Simulator,
-    extensions: &[String],
-    lease_ttl: u32,
-    collectors: usize,
-) {
-    let ch = |port: u16| {
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect_lazy()
-    };
-    let admin = BearerInterceptor::new("dev-admin-key");
-    pb::tenant_configs_client::TenantConfigsClient::with_interceptor(ch(g), admin.clone())
-        .create_config(pb::CreateConfigRequest {
-            config: Some(pb::ConfigInput {
-                tenant_id: "t1".into(),
-                api_url: sim.api_url(),
-                credentials: Some(pb::Credentials {
-                    kind: Some(pb::credentials::Kind::AccessToken(
-                        "0123456789abcdef0123456789abcdef".into(),
-                    )),
-                }),
-                caller_number_pool: vec!["02566823420".into()],
-                callback_secret: SECRET.into(),
-                max_concurrent_calls: Some(200),
-                api_timeout_ms: Some(5_000),
-                lease_ttl_seconds: Some(lease_ttl),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    let mut coll = pb::collectors_client::CollectorsClient::with_interceptor(ch(g), admin.clone());
-    for w in 0..collectors {
-        coll.upsert_collector(pb::UpsertCollectorRequest {
-            tenant_id: "t1".into(),
-            collector_id: format!("c{w}"),
-            callback_number: format!("13800138{w:03}"),
-            display_name: String::new(),
-            active: None,
-        })
-        .await
-        .unwrap();
+/// A lazily connected channel to 127.0.0.1:`port`, without a request timeout.
+fn lazy(port: u16) -> tonic::transport::Channel {
+    common::endpoint(port).connect_lazy()
+}
+
+/// The paused-gateway and SIGTERM scenarios' config: leases of `lease_ttl` seconds.
+fn tenant_config(sim: &Simulator, lease_ttl: u32) -> pb::ConfigInput {
+    pb::ConfigInput {
+        max_concurrent_calls: Some(200),
+        api_timeout_ms: Some(5_000),
+        lease_ttl_seconds: Some(lease_ttl),
+        ..common::config(sim, SECRET)
     }
-    apb::extension_pool_client::ExtensionPoolClient::with_interceptor(ch(a), admin)
-        .batch_import(apb::BatchImportRequest {
-            tenant_id: "t1".into(),
-            config_id: String::new(),
-            numbers: extensions.to_vec(),
-        })
-        .await
-        .unwrap();
 }
 
 /// Waits (bounded by `deadline`) until `call_id` is completed with its lease released.
 async fn await_completed(gateway: u16, call_id: &str, deadline: Instant) {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gateway}"))
-        .unwrap()
-        .connect_lazy();
+    let ch = lazy(gateway);
     let mut calls = pb::calls_client::CallsClient::with_interceptor(
         ch,
         BearerInterceptor::new("dev-caller-key"),
@@ -690,15 +613,20 @@ async fn paused_gateway_cannot_free_a_re_leased_extension() {
             ..Script::default()
         },
     );
-    tenant(g2, a, &sim, &["8001".into()], 10, 2).await;
+    common::tenant(
+        lazy(g2),
+        lazy(a),
+        tenant_config(&sim, 10),
+        2,
+        &["8001".into()],
+    )
+    .await;
 
     let first = place(g1, "c0", "13900139000").await;
     let paused_at = Instant::now();
     signal(&gw1.child, "-STOP");
     // The lease expires (10 s) and the reaper frees it: wait for the outcome, bounded.
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{a}"))
-        .unwrap()
-        .connect_lazy();
+    let ch = lazy(a);
     let mut alloc = apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
         ch.clone(),
         BearerInterceptor::new("dev-admin-key"),
@@ -728,9 +656,7 @@ async fn paused_gateway_cannot_free_a_re_leased_extension() {
     );
     let second = place(g2, "c1", "13900139001").await;
     let mut calls = pb::calls_client::CallsClient::with_interceptor(
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{g2}"))
-            .unwrap()
-            .connect_lazy(),
+        lazy(g2),
         BearerInterceptor::new("dev-caller-key"),
     );
     let rec2 = calls
@@ -823,13 +749,11 @@ async fn sigterm_during_fifty_in_flight_calls() {
     sim.state().set_callback_url(Some(format!(
         "http://127.0.0.1:{h2}/api/v1/infinity/callback/t1/{SECRET}"
     )));
-    tenant(g1, a, &sim, &numbers, 600, 50).await;
+    common::tenant(lazy(g1), lazy(a), tenant_config(&sim, 600), 50, &numbers).await;
     let mut in_flight = Vec::new();
     for w in 0..50 {
         in_flight.push(tokio::spawn(async move {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{g1}"))
-                .unwrap()
-                .connect_lazy();
+            let ch = lazy(g1);
             let mut c = pb::calls_client::CallsClient::with_interceptor(
                 ch,
                 BearerInterceptor::new("dev-caller-key"),
@@ -872,9 +796,7 @@ async fn sigterm_during_fifty_in_flight_calls() {
     for id in &ids {
         await_completed(g2, id, deadline).await;
     }
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{a}"))
-        .unwrap()
-        .connect_lazy();
+    let ch = lazy(a);
     let stats = apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
         ch,
         BearerInterceptor::new("dev-admin-key"),

@@ -5,6 +5,8 @@
 //! services recover without a restart of their own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -115,8 +117,7 @@ fn new_cluster() -> Cluster {
 }
 
 fn chan(port: u16) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
+    common::endpoint(port)
         .timeout(Duration::from_secs(10))
         .connect_lazy()
 }
@@ -185,53 +186,25 @@ async fn services_ride_out_a_postgres_restart() {
     })
     .await
     .unwrap();
-    let key = BearerInterceptor::new("dev-admin-key");
-    pb::tenant_configs_client::TenantConfigsClient::with_interceptor(chan(g), key.clone())
-        .create_config(pb::CreateConfigRequest {
-            config: Some(pb::ConfigInput {
-                tenant_id: "t1".into(),
-                api_url: sim.api_url(),
-                credentials: Some(pb::Credentials {
-                    kind: Some(pb::credentials::Kind::AccessToken(
-                        "0123456789abcdef0123456789abcdef".into(),
-                    )),
-                }),
-                caller_number_pool: vec!["02566823420".into()],
-                callback_secret: "pg-restart-secret-0001".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    pb::collectors_client::CollectorsClient::with_interceptor(chan(g), key.clone())
-        .upsert_collector(pb::UpsertCollectorRequest {
-            tenant_id: "t1".into(),
-            collector_id: "c".into(),
-            callback_number: "13800138000".into(),
-            display_name: String::new(),
-            active: None,
-        })
-        .await
-        .unwrap();
-    apb::extension_pool_client::ExtensionPoolClient::with_interceptor(chan(a), key.clone())
-        .batch_import(apb::BatchImportRequest {
-            tenant_id: "t1".into(),
-            config_id: String::new(),
-            numbers: vec!["8001".into(), "8002".into()],
-        })
-        .await
-        .unwrap();
+    common::tenant(
+        chan(g),
+        chan(a),
+        common::config(&sim, "pg-restart-secret-0001"),
+        1,
+        &["8001".into(), "8002".into()],
+    )
+    .await;
     let mut calls = pb::calls_client::CallsClient::with_interceptor(
         chan(g),
         BearerInterceptor::new("dev-caller-key"),
     );
     let mut leases = apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
         chan(a),
-        key.clone(),
+        BearerInterceptor::new("dev-admin-key"),
     );
     let call = |n: usize| pb::MakeCallRequest {
         tenant_id: "t1".into(),
-        collector_id: "c".into(),
+        collector_id: "c0".into(),
         case_id: format!("case-{n}"),
         destination_number: "13900139000".into(),
         idempotency_key: format!("restart-{n}"),
