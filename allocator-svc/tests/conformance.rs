@@ -28,6 +28,29 @@ async fn start(
     (db, app)
 }
 
+/// Sends `n` Acquires at once (held back by a barrier until all are ready), alternating between
+/// the two instances' `clients`; `req(i)` builds the i-th. Results come back in request order.
+async fn burst(
+    clients: &[AllocClient; 2],
+    n: usize,
+    req: impl Fn(usize) -> pb::AcquireRequest,
+) -> Vec<Result<pb::AcquireResponse, tonic::Status>> {
+    let barrier = Arc::new(Barrier::new(n));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (mut c, barrier, r) = (clients[i % 2].clone(), barrier.clone(), req(i));
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            c.acquire(r).await.map(tonic::Response::into_inner)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 /// LRU leases never-used extensions first (in number order), then the least recently released.
 async fn lru_prefers_never_used_then_least_recently_released(b: Backend) {
     let (_db, app) = start(b, |_| {}).await;
@@ -166,22 +189,15 @@ async fn cap_holds_across_two_instances(b: Backend) {
     )
     .await;
     let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
-    let barrier = Arc::new(Barrier::new(200));
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let mut c = clients[i % 2].clone();
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            c.acquire(acquire_req("t1", &format!("c{i}"), &format!("req-{i}")))
-                .await
-        }));
-    }
+    let results = burst(&clients, 200, |i| {
+        acquire_req("t1", &format!("c{i}"), &format!("req-{i}"))
+    })
+    .await;
     let mut granted = Vec::new();
     let mut refused = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(r) => granted.push(r.into_inner().lease.unwrap()),
+    for r in results {
+        match r {
+            Ok(r) => granted.push(r.lease.unwrap()),
             Err(s) => {
                 assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
                 assert!(
@@ -236,23 +252,16 @@ async fn pool_empty_across_two_instances(b: Backend) {
     )
     .await;
     let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
-    let barrier = Arc::new(Barrier::new(200));
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let mut c = clients[i % 2].clone();
-        let barrier = barrier.clone();
-        let strategy = [LRU, RR, AFF][i % 3];
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            let mut req = acquire_req("t1", &format!("c{}", i % 7), &format!("req-{i}"));
-            req.strategy = strategy.into();
-            c.acquire(req).await
-        }));
-    }
+    let results = burst(&clients, 200, |i| {
+        let mut req = acquire_req("t1", &format!("c{}", i % 7), &format!("req-{i}"));
+        req.strategy = [LRU, RR, AFF][i % 3].into();
+        req
+    })
+    .await;
     let mut granted = Vec::new();
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(r) => granted.push(r.into_inner().lease.unwrap()),
+    for r in results {
+        match r {
+            Ok(r) => granted.push(r.lease.unwrap()),
             Err(s) => {
                 assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
                 assert!(s.message().contains("pool empty"), "{}", s.message());
@@ -278,22 +287,10 @@ async fn idempotent_acquire_under_race(b: Backend) {
     let mut pool = a1.pool(ADMIN).await;
     import(&mut pool, "t1", &["1", "2", "3", "4"]).await;
     let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
-    let barrier = Arc::new(Barrier::new(50));
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let mut c = clients[i % 2].clone();
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            c.acquire(acquire_req("t1", "c1", "same-call"))
-                .await
-                .map(|r| r.into_inner())
-        }));
-    }
     let mut ids = HashSet::new();
     let mut fresh = 0;
-    for t in tasks {
-        let r = t.await.unwrap().expect("every identical request succeeds");
+    for r in burst(&clients, 50, |_| acquire_req("t1", "c1", "same-call")).await {
+        let r = r.expect("every identical request succeeds");
         ids.insert(r.lease.unwrap().lease_id);
         fresh += usize::from(!r.replayed);
     }
