@@ -274,6 +274,28 @@ pub(crate) trait RowRead {
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, AllocError>;
 }
 
+/// Reads the row of a counts query (columns total, in_use, offline, cooling); `available` is
+/// what is neither in use nor offline. A count that does not fit or contradicts the others
+/// (a total below in use + offline) is reported, not wrapped.
+pub(crate) fn counts_from(r: &impl RowRead) -> Result<PoolCounts, AllocError> {
+    let get = |c: &str| -> Result<u32, AllocError> {
+        let v = r.int(c)?;
+        u32::try_from(v).map_err(|_| corrupt(c, &v.to_string()))
+    };
+    let (total, in_use, offline) = (get("total")?, get("in_use")?, get("offline")?);
+    let available = total
+        .checked_sub(in_use)
+        .and_then(|a| a.checked_sub(offline))
+        .ok_or_else(|| corrupt("pool_counts.total", &total.to_string()))?;
+    Ok(PoolCounts {
+        total,
+        available,
+        in_use,
+        offline,
+        cooling_down: get("cooling")?,
+    })
+}
+
 fn corrupt(col: &str, what: &str) -> AllocError {
     AllocError::Internal(anyhow::anyhow!(
         "column {col}: unexpected stored value {what:?}"

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{
     AcquireCmd, AcquireOutcome, DeleteOutcome, ExtUpdate, LeaseChange, ListFilter, RowRead, Store,
-    UpdateOutcome, db_err, ext_cols, extension_from, is_unique_violation, lease_cols, lease_from,
-    replay, unchanged_reason,
+    UpdateOutcome, counts_from, db_err, ext_cols, extension_from, is_unique_violation, lease_cols,
+    lease_from, replay, unchanged_reason,
 };
 use crate::domain::{
     AllocError, CollectorId, ExtStatus, Extension, ExtensionNumber, ExtensionUsage, Lease,
@@ -174,30 +174,22 @@ async fn find_by_request(
     row.map(|r| lease_from(&r)).transpose()
 }
 
+/// Counts a tenant's pool in one statement (one snapshot): the total from `pool_counts`, kept by
+/// triggers on insert and delete, and the rows in use, offline and cooling down through their
+/// partial indexes, so the cost follows those rows rather than the size of the pool.
 async fn counts_on(conn: &mut PgConnection, tenant: &str) -> Result<PoolCounts, AllocError> {
     let r = sqlx::query(
-        "select count(*) as total, \
-           count(*) filter (where status = 'available') as available, \
-           count(*) filter (where status = 'in_use') as in_use, \
-           count(*) filter (where status = 'offline') as offline, \
-           count(*) filter (where status = 'available' and available_at > clock_timestamp()) as cooling \
-         from extensions where tenant_id = $1",
+        "select coalesce((select total from pool_counts where tenant_id = $1), 0) as total, \
+           (select count(*) from extensions where tenant_id = $1 and status = 'in_use') as in_use, \
+           (select count(*) from extensions where tenant_id = $1 and status = 'offline') as offline, \
+           (select count(*) from extensions where tenant_id = $1 and status = 'available' \
+              and available_at is not null and available_at > clock_timestamp()) as cooling",
     )
     .bind(tenant)
     .fetch_one(&mut *conn)
     .await
     .map_err(db_err)?;
-    let get = |c: &str| -> Result<u32, AllocError> {
-        let v: i64 = r.try_get(c).map_err(db_err)?;
-        Ok(u32::try_from(v).unwrap_or(u32::MAX))
-    };
-    Ok(PoolCounts {
-        total: get("total")?,
-        available: get("available")?,
-        in_use: get("in_use")?,
-        offline: get("offline")?,
-        cooling_down: get("cooling")?,
-    })
+    counts_from(&r)
 }
 
 /// Ends the live lease of extension `id` (if any) inside `tx`, leaving the extension row locked.

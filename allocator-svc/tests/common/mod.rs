@@ -272,6 +272,26 @@ impl Inspect {
         }
     }
 
+    /// A tenant's pool counted row by row: total, available, in use, offline, and available
+    /// rows with a cooldown set (all still cooling when the test's cooldown is long).
+    pub async fn status_counts(&self, tenant: &str) -> [i64; 5] {
+        let sql = "select count(*), \
+             coalesce(sum(case when status = 'available' then 1 else 0 end), 0), \
+             coalesce(sum(case when status = 'in_use' then 1 else 0 end), 0), \
+             coalesce(sum(case when status = 'offline' then 1 else 0 end), 0), \
+             coalesce(sum(case when status = 'available' and available_at is not null then 1 else 0 end), 0) \
+             from extensions where tenant_id = $1";
+        let row: (i64, i64, i64, i64, i64) = match &self.pool {
+            cco_platform::db::DbPool::Postgres(p) => {
+                sqlx::query_as(sql).bind(tenant).fetch_one(p).await.unwrap()
+            }
+            cco_platform::db::DbPool::Sqlite(p) => {
+                sqlx::query_as(sql).bind(tenant).fetch_one(p).await.unwrap()
+            }
+        };
+        [row.0, row.1, row.2, row.3, row.4]
+    }
+
     pub async fn close(self) {
         self.pool.close().await;
     }
