@@ -18,7 +18,7 @@ use crate::grpc::AllocatorGrpc;
 use crate::metrics::Metrics;
 use crate::policy::{GrpcPolicy, PolicySource, StaticPolicy};
 use crate::service::Allocator;
-use crate::settings::{PolicySourceKind, Settings};
+use crate::settings::{CoalesceSettings, PolicySourceKind, Settings};
 use crate::store::Store;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
@@ -33,9 +33,9 @@ pub const MIGRATIONS: Migrations = Migrations {
 };
 
 /// Builds the store for a connected pool.
-pub fn store_for(db: &DbPool) -> Arc<dyn Store> {
+pub fn store_for(db: &DbPool, coalesce: &CoalesceSettings) -> Arc<dyn Store> {
     match db {
-        DbPool::Postgres(p) => Arc::new(PgStore::new(p.clone())),
+        DbPool::Postgres(p) => Arc::new(PgStore::new(p.clone(), coalesce.limits())),
         DbPool::Sqlite(p) => Arc::new(SqliteStore::new(p.clone())),
     }
 }
@@ -86,7 +86,7 @@ impl Application {
             PolicySourceKind::Static => Arc::new(StaticPolicy::new(&settings.policy)),
             PolicySourceKind::Grpc => Arc::new(GrpcPolicy::new(&settings.policy)?),
         };
-        let svc = Allocator::new(store_for(&db), policy);
+        let svc = Allocator::new(store_for(&db, &settings.coalesce), policy);
         let (grpc_listener, metrics_listener) = match listeners {
             Some(l) => l,
             None => {
@@ -118,6 +118,11 @@ impl Application {
         })
     }
 
+    /// The service (for in-process tools such as the load generator).
+    pub fn allocator(&self) -> &Allocator {
+        &self.svc
+    }
+
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
@@ -136,6 +141,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        self.svc.store().register_metrics(&mut registry);
         let keys = self.settings.keys()?;
         let (reporter, health) = cco_platform::grpc::health();
         reporter

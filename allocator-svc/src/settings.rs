@@ -25,6 +25,8 @@ pub struct Settings {
     pub policy: PolicySettings,
     /// The expired-lease reaper.
     pub reaper: ReaperSettings,
+    /// Coalescing of concurrent acquires and releases (PostgreSQL).
+    pub coalesce: CoalesceSettings,
     /// Logging.
     pub log: LogSettings,
     /// Seconds in-flight requests get to finish after SIGTERM.
@@ -48,6 +50,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             policy: PolicySettings::default(),
             reaper: ReaperSettings::default(),
+            coalesce: CoalesceSettings::default(),
             log: LogSettings::default(),
             shutdown_grace_seconds: 30,
         }
@@ -197,6 +200,36 @@ impl Default for ReaperSettings {
     }
 }
 
+/// Coalescing: on PostgreSQL, concurrent uncapped LRU acquires of one tenant run as one
+/// statement, and so do concurrent releases. A lone request is never held back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoalesceSettings {
+    /// Most requests in one statement; 1 turns coalescing off.
+    pub max_batch: u32,
+    /// Statements of one tenant's acquires (or of releases) running at once.
+    pub in_flight: u32,
+}
+
+impl Default for CoalesceSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            in_flight: 2,
+        }
+    }
+}
+
+impl CoalesceSettings {
+    /// The limits the store applies.
+    pub fn limits(&self) -> crate::store::coalesce::Limits {
+        crate::store::coalesce::Limits {
+            max_batch: self.max_batch as usize,
+            in_flight: self.in_flight as usize,
+        }
+    }
+}
+
 impl Settings {
     /// Loads defaults, the optional file and the environment, then validates.
     ///
@@ -237,6 +270,12 @@ impl Settings {
             self.policy
                 .gateway_tls
                 .validate("policy.gateway_tls", &self.policy.gateway_url)?;
+        }
+        if !(1..=1_000).contains(&self.coalesce.max_batch) {
+            anyhow::bail!("coalesce.max_batch: must be 1-1000 (1 turns coalescing off)");
+        }
+        if !(1..=64).contains(&self.coalesce.in_flight) {
+            anyhow::bail!("coalesce.in_flight: must be 1-64");
         }
         if self.reaper.interval_ms == 0 || self.reaper.batch_size == 0 {
             anyhow::bail!("reaper.interval_ms and reaper.batch_size: must be positive");

@@ -28,6 +28,10 @@ use tonic::transport::{Channel, Endpoint};
 
 /// The external allocator's port, when `--allocator-port` is given.
 static EXTERNAL: std::sync::OnceLock<Option<u16>> = std::sync::OnceLock::new();
+/// The in-process allocator, to read its coalescing counters after a run.
+static LOCAL: std::sync::OnceLock<allocator_svc::service::Allocator> = std::sync::OnceLock::new();
+/// `--coalesce-max-batch` and `--coalesce-in-flight`.
+static COALESCE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
 
 #[derive(Debug, Clone, Copy, ValueEnum, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -82,6 +86,12 @@ struct Cli {
     /// Exit non-zero on any error, or if the pool is not back to full afterwards.
     #[arg(long)]
     check: bool,
+    /// The in-process allocator's ALLOCATOR__COALESCE__MAX_BATCH (1 turns coalescing off).
+    #[arg(long, default_value_t = 32)]
+    coalesce_max_batch: u32,
+    /// The in-process allocator's ALLOCATOR__COALESCE__IN_FLIGHT.
+    #[arg(long, default_value_t = 2)]
+    coalesce_in_flight: u32,
     /// acquire-release/stats: drive an allocator already running at this port on 127.0.0.1
     /// (e.g. `cco serve allocator`, to measure its memory) instead of one in this process.
     #[arg(long)]
@@ -137,6 +147,14 @@ impl Sink {
 }
 
 fn code(s: &tonic::Status) -> String {
+    // The first message of each code goes to stderr, so an error count can be explained.
+    static SEEN: Mutex<Vec<tonic::Code>> = Mutex::new(Vec::new());
+    if let Ok(mut seen) = SEEN.lock()
+        && !seen.contains(&s.code())
+    {
+        seen.push(s.code());
+        eprintln!("loadgen: first {:?}: {}", s.code(), s.message());
+    }
     cco_platform::metrics::code_name(s.code()).to_owned()
 }
 
@@ -262,7 +280,12 @@ async fn allocator(db: &TestDb, stop: &CancellationToken) -> anyhow::Result<u16>
     s.policy.source = allocator_svc::settings::PolicySourceKind::Static;
     s.auth.rate_limit_per_second = 0;
     s.log.filter = "warn".into();
+    if let Some(&(max_batch, in_flight)) = COALESCE.get() {
+        s.coalesce.max_batch = max_batch;
+        s.coalesce.in_flight = in_flight;
+    }
     let app = allocator_svc::app::Application::build(s).await?;
+    let _ = LOCAL.set(app.allocator().clone());
     let port = app.grpc_addr().port();
     tokio::spawn(app.run_until_stopped(stop.clone()));
     Ok(port)
@@ -378,6 +401,20 @@ async fn acquire_release(
         .insert("acquire_p50_ms".into(), percentile(&a, 0.50));
     r.phases
         .insert("acquire_p99_ms".into(), percentile(&a, 0.99));
+    // requests per statement: how much coalescing the run saw.
+    for (op, statements, requests) in LOCAL
+        .get()
+        .map(|a| a.store().coalescing())
+        .unwrap_or_default()
+    {
+        if statements > 0 {
+            #[allow(clippy::cast_precision_loss)]
+            r.phases.insert(
+                format!("{op}_requests_per_statement"),
+                requests as f64 / statements as f64,
+            );
+        }
+    }
     Ok(r)
 }
 
@@ -673,6 +710,7 @@ fn print(r: &Report, json: bool) -> anyhow::Result<()> {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let _ = EXTERNAL.set(cli.allocator_port);
+    let _ = COALESCE.set((cli.coalesce_max_batch, cli.coalesce_in_flight));
     let backend = match cli.db {
         Db::Postgres => Backend::Postgres,
         Db::Sqlite => Backend::Sqlite,

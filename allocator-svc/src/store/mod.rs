@@ -15,6 +15,7 @@
 //!
 //! SQLite serialises all writers with `begin immediate`, which gives the same guarantees.
 
+pub mod coalesce;
 pub mod postgres;
 pub mod sqlite;
 
@@ -147,6 +148,12 @@ pub enum DeleteOutcome {
 pub trait Store: Send + Sync + 'static {
     /// The backend's name.
     fn backend(&self) -> &'static str;
+    /// Registers the store's own metrics (coalescing counters on PostgreSQL).
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+    /// Coalescing so far: `(operation, statements, requests)`; empty where it does not apply.
+    fn coalescing(&self) -> Vec<(&'static str, u64, u64)> {
+        Vec::new()
+    }
     /// Leases an extension (idempotent per tenant and request id).
     async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError>;
     /// Ends a lease if the token matches and it is live.

@@ -2,12 +2,15 @@
 //! (`clock_timestamp()`, so every instance shares one clock and a lease granted after a release
 //! is always stamped later than that release).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::{Row, Transaction};
 use uuid::Uuid;
 
+use super::coalesce::{Batcher, Limits};
 use super::{
     AcquireCmd, AcquireOutcome, DeleteOutcome, ExtUpdate, LeaseChange, ListFilter, RowRead, Store,
     UpdateOutcome, counts_from, db_err, ext_cols, extension_from, is_unique_violation, lease_cols,
@@ -18,16 +21,62 @@ use crate::domain::{
     PoolCounts, ReleaseReason, Strategy, TenantId,
 };
 
+/// An uncapped LRU acquire waiting to be coalesced, with the lease id it will get.
+struct AcquireJob {
+    cmd: AcquireCmd,
+    lease_id: Uuid,
+}
+
+/// A release waiting to be coalesced.
+struct ReleaseJob {
+    lease_id: Uuid,
+    lease_text: String,
+    token: i64,
+    reason: ReleaseReason,
+}
+
+type AcquireBatcher = Batcher<String, AcquireJob, Result<Fast, AllocError>>;
+type ReleaseBatcher = Batcher<(), ReleaseJob, Result<LeaseChange, AllocError>>;
+
 /// The PostgreSQL implementation of [`Store`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    limits: Limits,
+    acquires: Arc<AcquireBatcher>,
+    releases: Arc<ReleaseBatcher>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgStore {
-    /// Wraps a migrated pool.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// Wraps a migrated pool; uncapped LRU acquires of one tenant, and releases, are coalesced
+    /// within `limits` (see [`super::coalesce`]).
+    pub fn new(pool: PgPool, limits: Limits) -> Self {
+        Self {
+            pool,
+            limits,
+            acquires: Arc::new(Batcher::new(limits, |j: &AcquireJob| {
+                j.cmd.request_id.as_str()
+            })),
+            releases: Arc::new(Batcher::new(limits, |j: &ReleaseJob| &j.lease_text)),
+        }
+    }
+
+    /// Acquires of `tenant` waiting for the next coalesced statement.
+    pub fn queued_acquires(&self, tenant: &str) -> usize {
+        self.acquires.queued(&tenant.to_owned())
+    }
+
+    /// Releases waiting for the next coalesced statement.
+    pub fn queued_releases(&self) -> usize {
+        self.releases.queued(&())
     }
 }
 
@@ -279,10 +328,131 @@ const FAST_LRU_SQL: &str = concat!(
      from (select 1) as one left join e on true"
 );
 
+/// [`FAST_LRU_SQL`] for many requests of one tenant at once: every request tries its request-id
+/// lock and looks its id up; as many free extensions as there are requests left are picked (LRU
+/// order, skipping locked rows) and paired with them one to one; their leases are inserted. One
+/// row per request, in request order. $1 tenant; arrays $2 lease ids, $3 collectors, $4 ttl
+/// seconds, $5 request ids, $6 fingerprints, $7 strategies, $8 cooldowns.
+const BATCH_LRU_SQL: &str = concat!(
+    "with req as materialized ( \
+       select * from unnest($2::uuid[], $3::text[], $4::float8[], $5::text[], $6::text[], $7::text[], $8::int[]) \
+         with ordinality as r(lease_id, collector, ttl, request_id, fp, strategy, cooldown, ord)), \
+     lk as materialized ( \
+       select r.*, pg_try_advisory_xact_lock(hashtextextended($1 || chr(31) || r.request_id, 0)) as got, \
+         exists (select 1 from leases l where l.tenant_id = $1 and l.request_id = r.request_id) as existing \
+       from req r), \
+     ok as materialized (select *, row_number() over (order by ord) as rn from lk where got and not existing), \
+     pick as materialized (select id, row_number() over () as rn from ( \
+       select id from extensions where ",
+    free!(),
+    " order by last_released_at asc nulls first, length(number), number \
+       limit (select count(*) from ok) for update skip locked) p), \
+     e as (update extensions x set status = 'in_use', current_lease_id = ok.lease_id, \
+       current_collector_id = ok.collector, lease_expires_at = clock_timestamp() + make_interval(secs => ok.ttl), \
+       fencing_token = x.fencing_token + 1, last_collector_id = ok.collector, last_used_at = clock_timestamp(), \
+       use_count = x.use_count + 1, available_at = null, updated_at = clock_timestamp() \
+       from pick join ok using (rn) where x.id = pick.id \
+       returning x.id, x.number, x.fencing_token, x.last_used_at, x.lease_expires_at, ok.ord, ok.lease_id, \
+         ok.collector, ok.request_id, ok.fp, ok.strategy, ok.cooldown), \
+     ins as (insert into leases (lease_id, tenant_id, extension_id, extension_number, collector_id, request_id, \
+       request_fingerprint, strategy, fencing_token, cooldown_seconds, acquired_at, expires_at) \
+       select lease_id, $1, id, number, collector, request_id, fp, strategy, fencing_token, cooldown, \
+         last_used_at, lease_expires_at from e returning lease_id) \
+     select lk.ord, lk.got, lk.existing, (select count(*) from ins) as inserted, e.id, e.number, \
+       e.fencing_token, e.last_used_at, e.lease_expires_at \
+     from lk left join e on e.ord = lk.ord order by lk.ord"
+);
+
+/// [`end_lease`] for many leases at once. Arrays $1 lease ids, $2 tokens, $3 reasons. One row per
+/// lease ended.
+const BATCH_RELEASE_SQL: &str = concat!(
+    "with r as (select * from unnest($1::uuid[], $2::bigint[], $3::text[]) as r(lease_id, token, reason)), \
+     l as ( \
+       update leases x set released_at = clock_timestamp(), release_reason = r.reason, updated_at = clock_timestamp() \
+       from r where x.lease_id = r.lease_id and x.fencing_token = r.token and x.released_at is null \
+       returning x.lease_id, x.tenant_id, x.extension_id, x.extension_number, x.collector_id, x.request_id, \
+         x.request_fingerprint, x.strategy, x.fencing_token, x.acquired_at, x.expires_at, x.released_at, \
+         x.release_reason, x.cooldown_seconds \
+     ), e as ( \
+       update extensions x set \
+         status = case when x.status = 'in_use' then 'available' else x.status end, \
+         current_lease_id = null, current_collector_id = null, lease_expires_at = null, \
+         last_released_at = l.released_at, \
+         available_at = case when l.cooldown_seconds > 0 \
+           then l.released_at + make_interval(secs => l.cooldown_seconds) else null end, \
+         updated_at = l.released_at \
+       from l where x.id = l.extension_id and x.current_lease_id = l.lease_id \
+       returning x.id \
+     ) select ",
+    lease_cols!(),
+    " from l"
+);
+
+/// The lease a granted acquire row describes (columns id, number, fencing_token, last_used_at,
+/// lease_expires_at).
+fn granted(row: &PgRow, cmd: &AcquireCmd, lease_id: Uuid) -> Result<AcquireOutcome, AllocError> {
+    Ok(AcquireOutcome::Granted {
+        lease: Lease {
+            lease_id,
+            extension_id: row.try_get("id").map_err(db_err)?,
+            extension_number: row.try_get("number").map_err(db_err)?,
+            tenant_id: cmd.tenant_id.as_str().to_owned(),
+            collector_id: cmd.collector_id.as_str().to_owned(),
+            request_id: cmd.request_id.as_str().to_owned(),
+            strategy: cmd.strategy,
+            fencing_token: row.try_get("fencing_token").map_err(db_err)?,
+            acquired_at: row.try_get("last_used_at").map_err(db_err)?,
+            expires_at: row.try_get("lease_expires_at").map_err(db_err)?,
+            released_at: None,
+            release_reason: None,
+        },
+        replayed: false,
+    })
+}
+
 impl PgStore {
-    async fn acquire_fast(&self, cmd: &AcquireCmd) -> Result<Fast, AllocError> {
-        let tenant = cmd.tenant_id.as_str();
+    /// The lease an earlier request with this id got, replayed to `cmd`.
+    async fn replay_request(&self, cmd: &AcquireCmd) -> Result<Fast, AllocError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        match find_by_request(&mut conn, cmd.tenant_id.as_str(), cmd.request_id.as_str()).await? {
+            Some((l, fp)) => Ok(Fast::Done(replay(l, &fp, cmd))),
+            None => Err(AllocError::Internal(anyhow::anyhow!(
+                "request id {} vanished after it was seen",
+                cmd.request_id
+            ))),
+        }
+    }
+
+    async fn pool_empty(&self, tenant: &str) -> Result<Fast, AllocError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        Ok(Fast::Done(AcquireOutcome::PoolEmpty(
+            counts_on(&mut conn, tenant).await?,
+        )))
+    }
+
+    /// An uncapped LRU acquire: alone, or coalesced with others of its tenant.
+    async fn acquire_lru(&self, cmd: &AcquireCmd) -> Result<Fast, AllocError> {
         let lease_id = Uuid::now_v7();
+        if self.limits.max_batch <= 1 {
+            return self.acquire_fast(cmd, lease_id).await;
+        }
+        let store = self.clone();
+        let job = AcquireJob {
+            cmd: cmd.clone(),
+            lease_id,
+        };
+        let run = move |tenant: String, jobs: Vec<AcquireJob>| {
+            let store = store.clone();
+            async move { store.acquire_batch(&tenant, jobs).await }
+        };
+        self.acquires
+            .submit(cmd.tenant_id.as_str().to_owned(), job, run)
+            .await
+            .unwrap_or_else(|| Err(AllocError::Internal(anyhow::anyhow!("acquire batch lost"))))
+    }
+
+    async fn acquire_fast(&self, cmd: &AcquireCmd, lease_id: Uuid) -> Result<Fast, AllocError> {
+        let tenant = cmd.tenant_id.as_str();
         let res = sqlx::query(FAST_LRU_SQL)
             .bind(tenant)
             .bind(lease_id)
@@ -296,56 +466,177 @@ impl PgStore {
             .await;
         let row = match res {
             Ok(r) => r,
-            Err(e) if is_unique_violation(&e) => {
-                // A twin committed after our snapshot: its lease is the answer.
-                let mut conn = self.pool.acquire().await.map_err(db_err)?;
-                return match find_by_request(&mut conn, tenant, cmd.request_id.as_str()).await? {
-                    Some((l, fp)) => Ok(Fast::Done(replay(l, &fp, cmd))),
-                    None => Err(AllocError::Internal(anyhow::anyhow!(
-                        "request id vanished after conflict"
-                    ))),
-                };
-            }
+            // A twin committed after our snapshot: its lease is the answer.
+            Err(e) if is_unique_violation(&e) => return self.replay_request(cmd).await,
             Err(e) => return Err(db_err(e)),
         };
         let got: bool = row.try_get("got").map_err(db_err)?;
         let existing: i64 = row.try_get("existing").map_err(db_err)?;
         let inserted: i64 = row.try_get("inserted").map_err(db_err)?;
         if existing > 0 {
-            let mut conn = self.pool.acquire().await.map_err(db_err)?;
-            return match find_by_request(&mut conn, tenant, cmd.request_id.as_str()).await? {
-                Some((l, fp)) => Ok(Fast::Done(replay(l, &fp, cmd))),
-                None => Err(AllocError::Internal(anyhow::anyhow!("request id vanished"))),
-            };
+            return self.replay_request(cmd).await;
         }
         if !got {
             return Ok(Fast::TwinInFlight);
         }
         let extension_id: Option<Uuid> = row.try_get("id").map_err(db_err)?;
-        let Some(extension_id) = extension_id.filter(|_| inserted == 1) else {
-            let mut conn = self.pool.acquire().await.map_err(db_err)?;
-            return Ok(Fast::Done(AcquireOutcome::PoolEmpty(
-                counts_on(&mut conn, tenant).await?,
-            )));
-        };
-        Ok(Fast::Done(AcquireOutcome::Granted {
-            lease: Lease {
-                lease_id,
-                extension_id,
-                extension_number: row.try_get("number").map_err(db_err)?,
-                tenant_id: tenant.to_owned(),
-                collector_id: cmd.collector_id.as_str().to_owned(),
-                request_id: cmd.request_id.as_str().to_owned(),
-                strategy: cmd.strategy,
-                fencing_token: row.try_get("fencing_token").map_err(db_err)?,
-                acquired_at: row.try_get("last_used_at").map_err(db_err)?,
-                expires_at: row.try_get("lease_expires_at").map_err(db_err)?,
-                released_at: None,
-                release_reason: None,
-            },
-            replayed: false,
-        }))
+        if extension_id.is_none() || inserted != 1 {
+            return self.pool_empty(tenant).await;
+        }
+        Ok(Fast::Done(granted(&row, cmd, lease_id)?))
     }
+
+    /// Runs one tenant's coalesced acquires; one result per job, in order. A lone job, or a
+    /// batch the database refuses as a whole (a twin committed after the snapshot, a lost
+    /// connection), runs job by job through [`Self::acquire_fast`].
+    async fn acquire_batch(
+        &self,
+        tenant: &str,
+        jobs: Vec<AcquireJob>,
+    ) -> Vec<Result<Fast, AllocError>> {
+        if jobs.len() > 1 {
+            match self.try_acquire_batch(tenant, &jobs).await {
+                Ok(out) => return out,
+                Err(e) => {
+                    tracing::debug!(error = %e, jobs = jobs.len(), "acquire batch refused, running its jobs one by one")
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            out.push(self.acquire_fast(&j.cmd, j.lease_id).await);
+        }
+        out
+    }
+
+    async fn try_acquire_batch(
+        &self,
+        tenant: &str,
+        jobs: &[AcquireJob],
+    ) -> Result<Vec<Result<Fast, AllocError>>, AllocError> {
+        let lease_ids: Vec<Uuid> = jobs.iter().map(|j| j.lease_id).collect();
+        let collectors: Vec<&str> = jobs.iter().map(|j| j.cmd.collector_id.as_str()).collect();
+        let ttls: Vec<f64> = jobs.iter().map(|j| f64::from(j.cmd.ttl_seconds)).collect();
+        let request_ids: Vec<&str> = jobs.iter().map(|j| j.cmd.request_id.as_str()).collect();
+        let fps: Vec<&str> = jobs.iter().map(|j| j.cmd.fingerprint.as_str()).collect();
+        let strategies: Vec<&str> = jobs.iter().map(|j| j.cmd.strategy.as_str()).collect();
+        let cooldowns: Vec<i32> = jobs
+            .iter()
+            .map(|j| i32::try_from(j.cmd.cooldown_seconds).unwrap_or(i32::MAX))
+            .collect();
+        let rows = sqlx::query(BATCH_LRU_SQL)
+            .bind(tenant)
+            .bind(&lease_ids)
+            .bind(&collectors)
+            .bind(&ttls)
+            .bind(&request_ids)
+            .bind(&fps)
+            .bind(&strategies)
+            .bind(&cooldowns)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if rows.len() != jobs.len() {
+            return Err(AllocError::Internal(anyhow::anyhow!(
+                "acquire batch of {} answered {} rows",
+                jobs.len(),
+                rows.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        for (row, job) in rows.iter().zip(jobs) {
+            let got: bool = row.try_get("got").map_err(db_err)?;
+            let existing: bool = row.try_get("existing").map_err(db_err)?;
+            let extension_id: Option<Uuid> = row.try_get("id").map_err(db_err)?;
+            out.push(if existing {
+                self.replay_request(&job.cmd).await
+            } else if !got {
+                Ok(Fast::TwinInFlight)
+            } else if extension_id.is_some() {
+                granted(row, &job.cmd, job.lease_id).map(Fast::Done)
+            } else {
+                self.pool_empty(tenant).await
+            });
+        }
+        Ok(out)
+    }
+
+    /// Ends a lease, or says why it could not: alone, or coalesced with other releases.
+    async fn release_one(
+        &self,
+        lease_id: Uuid,
+        token: i64,
+        reason: ReleaseReason,
+    ) -> Result<LeaseChange, AllocError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        if let Some(l) = end_lease(&mut conn, lease_id, token, reason).await? {
+            return Ok(LeaseChange::Changed(l));
+        }
+        unchanged(&mut conn, lease_id, token).await
+    }
+
+    /// Runs coalesced releases; one result per job, in order. Leases the statement did not end
+    /// are looked up to say why; a refused batch runs job by job.
+    async fn release_batch(&self, jobs: Vec<ReleaseJob>) -> Vec<Result<LeaseChange, AllocError>> {
+        if jobs.len() > 1 {
+            match self.try_release_batch(&jobs).await {
+                Ok(out) => return out,
+                Err(e) => {
+                    tracing::debug!(error = %e, jobs = jobs.len(), "release batch refused, running its jobs one by one")
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            out.push(self.release_one(j.lease_id, j.token, j.reason).await);
+        }
+        out
+    }
+
+    async fn try_release_batch(
+        &self,
+        jobs: &[ReleaseJob],
+    ) -> Result<Vec<Result<LeaseChange, AllocError>>, AllocError> {
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.lease_id).collect();
+        let tokens: Vec<i64> = jobs.iter().map(|j| j.token).collect();
+        let reasons: Vec<&str> = jobs.iter().map(|j| j.reason.as_str()).collect();
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let rows = sqlx::query(BATCH_RELEASE_SQL)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&reasons)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        let mut ended: std::collections::HashMap<Uuid, Lease> = std::collections::HashMap::new();
+        for r in &rows {
+            let (l, _) = lease_from(r)?;
+            ended.insert(l.lease_id, l);
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            out.push(match ended.remove(&j.lease_id) {
+                Some(l) => Ok(LeaseChange::Changed(l)),
+                None => unchanged(&mut conn, j.lease_id, j.token).await,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Why a release or renew changed nothing: no such lease, or its state and token.
+async fn unchanged(
+    conn: &mut PgConnection,
+    lease_id: Uuid,
+    token: i64,
+) -> Result<LeaseChange, AllocError> {
+    Ok(match find_lease(conn, lease_id).await? {
+        None => LeaseChange::NotFound,
+        Some((lease, _)) => {
+            let reason = unchanged_reason(&lease, token);
+            LeaseChange::Unchanged { lease, reason }
+        }
+    })
 }
 
 #[async_trait]
@@ -354,11 +645,44 @@ impl Store for PgStore {
         "postgres"
     }
 
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        for (op, statements, jobs) in [
+            ("acquire", &self.acquires.statements, &self.acquires.jobs),
+            ("release", &self.releases.statements, &self.releases.jobs),
+        ] {
+            registry.register(
+                format!("allocator_coalesced_{op}_statements"),
+                format!("Statements that served coalesced {op} requests"),
+                statements.clone(),
+            );
+            registry.register(
+                format!("allocator_coalesced_{op}_requests"),
+                format!("{op} requests served by coalesced statements"),
+                jobs.clone(),
+            );
+        }
+    }
+
+    fn coalescing(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            (
+                "acquire",
+                self.acquires.statements.get(),
+                self.acquires.jobs.get(),
+            ),
+            (
+                "release",
+                self.releases.statements.get(),
+                self.releases.jobs.get(),
+            ),
+        ]
+    }
+
     async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
         // Uncapped LRU (the default) takes one statement in the common case.
         if cmd.cap.is_none()
             && cmd.strategy == Strategy::Lru
-            && let Fast::Done(outcome) = self.acquire_fast(cmd).await?
+            && let Fast::Done(outcome) = self.acquire_lru(cmd).await?
         {
             return Ok(outcome);
         }
@@ -542,17 +866,24 @@ impl Store for PgStore {
         token: i64,
         reason: ReleaseReason,
     ) -> Result<LeaseChange, AllocError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        if let Some(l) = end_lease(&mut conn, lease_id, token, reason).await? {
-            return Ok(LeaseChange::Changed(l));
+        if self.limits.max_batch <= 1 {
+            return self.release_one(lease_id, token, reason).await;
         }
-        Ok(match find_lease(&mut conn, lease_id).await? {
-            None => LeaseChange::NotFound,
-            Some((lease, _)) => {
-                let reason = unchanged_reason(&lease, token);
-                LeaseChange::Unchanged { lease, reason }
-            }
-        })
+        let store = self.clone();
+        let job = ReleaseJob {
+            lease_id,
+            lease_text: lease_id.to_string(),
+            token,
+            reason,
+        };
+        let run = move |(): (), jobs: Vec<ReleaseJob>| {
+            let store = store.clone();
+            async move { store.release_batch(jobs).await }
+        };
+        self.releases
+            .submit((), job, run)
+            .await
+            .unwrap_or_else(|| Err(AllocError::Internal(anyhow::anyhow!("release batch lost"))))
     }
 
     async fn renew(
@@ -586,13 +917,7 @@ impl Store for PgStore {
         if let Some(r) = row {
             return Ok(LeaseChange::Changed(lease_from(&r)?.0));
         }
-        Ok(match find_lease(&mut conn, lease_id).await? {
-            None => LeaseChange::NotFound,
-            Some((lease, _)) => {
-                let reason = unchanged_reason(&lease, token);
-                LeaseChange::Unchanged { lease, reason }
-            }
-        })
+        unchanged(&mut conn, lease_id, token).await
     }
 
     async fn get_lease(&self, lease_id: Uuid) -> Result<Option<Lease>, AllocError> {
@@ -602,11 +927,18 @@ impl Store for PgStore {
 
     async fn reap_expired(&self, limit: u32) -> Result<Vec<Lease>, AllocError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        // skip locked: several instances reap side by side without waiting on each other.
+        // Due leases are found through the extensions holding them (partial index on in-use
+        // expiry; no index of `leases` covers released_at, so releases stay HOT), then their
+        // lease rows are locked first, as every path that ends a lease does. skip locked:
+        // several instances reap side by side without waiting on each other.
         let due = sqlx::query(
             "select lease_id, fencing_token from leases \
-             where released_at is null and expires_at <= clock_timestamp() \
-             order by expires_at limit $1 for update skip locked",
+             where lease_id = any(array( \
+               select current_lease_id from extensions \
+               where status = 'in_use' and lease_expires_at <= clock_timestamp() \
+               order by lease_expires_at limit $1)) \
+             and released_at is null and expires_at <= clock_timestamp() \
+             for update skip locked",
         )
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
@@ -914,7 +1246,9 @@ impl Store for PgStore {
     }
 
     async fn live_leases(&self) -> Result<i64, AllocError> {
-        sqlx::query_scalar("select count(*) from leases where released_at is null")
+        // An extension is in use exactly while its lease is live (one transaction changes
+        // both); the partial index makes this a count of the live ones, not of the history.
+        sqlx::query_scalar("select count(*) from extensions where status = 'in_use'")
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)

@@ -105,7 +105,7 @@ macro_rules! free {
 const LRU_SQL: &str = lease_extension!(concat!(
     "select id from extensions where ",
     free!(),
-    " order by last_released_at is not null, last_released_at, length(number), number limit 1"
+    " order by last_released_at, length(number), number limit 1"
 ));
 const AFFINITY_SQL: &str = lease_extension!(concat!(
     "select id from extensions where id = $6 and ",

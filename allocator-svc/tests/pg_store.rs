@@ -1,0 +1,354 @@
+//! PostgreSQL store specifics, driven through the store itself: coalesced statements, and
+//! the schema property that keeps lease updates HOT.
+//!
+//! A batch is formed on purpose: the test holds a row lock that the running statement waits on, queues requests
+//! behind it (counting them in the queue, not sleeping), then lets go and checks every
+//! request's own answer from the one statement that served them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use allocator_svc::domain::{
+    CollectorId, ExtensionNumber, ReleaseReason, RequestId, Strategy, TenantId,
+};
+use allocator_svc::store::coalesce::Limits;
+use allocator_svc::store::postgres::PgStore;
+use allocator_svc::store::{AcquireCmd, AcquireOutcome, LeaseChange, Store};
+use cco_platform::db::{DatabaseSettings, DbPool};
+use cco_platform::testing::{Backend, TestDb};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn setup() -> (TestDb, PgPool, Arc<PgStore>) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut s = DatabaseSettings::sqlite_default("x");
+    s.url = db.url.clone();
+    s.max_connections = 8;
+    let pool = DbPool::connect(&s).await.unwrap();
+    pool.migrate(allocator_svc::app::MIGRATIONS).await.unwrap();
+    let DbPool::Postgres(pg) = pool else {
+        panic!("not postgres")
+    };
+    // One running batch at a time, so everything queued behind it lands in the next one.
+    let limits = Limits {
+        max_batch: 32,
+        in_flight: 1,
+    };
+    let store = Arc::new(PgStore::new(pg.clone(), limits));
+    let numbers: Vec<ExtensionNumber> = (1..=5)
+        .map(|i| ExtensionNumber::parse("n", &format!("800{i}")).unwrap())
+        .collect();
+    store
+        .import(&TenantId::parse("t", "t1").unwrap(), "", &numbers)
+        .await
+        .unwrap();
+    (db, pg, store)
+}
+
+fn cmd(request_id: &str) -> AcquireCmd {
+    AcquireCmd {
+        tenant_id: TenantId::parse("t", "t1").unwrap(),
+        collector_id: CollectorId::parse("c", &format!("c-{request_id}")).unwrap(),
+        request_id: RequestId::parse("r", request_id).unwrap(),
+        strategy: Strategy::Lru,
+        ttl_seconds: 600,
+        cooldown_seconds: 0,
+        cap: None,
+        fingerprint: format!("c-{request_id}|default|0"),
+    }
+}
+
+/// Waits (yielding, no timer) until `cond` holds; gives up after many rounds with a message.
+async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    for _ in 0..200_000 {
+        if cond().await {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// Counts backends of this database waiting on a lock (the statement the test holds up).
+async fn lock_waiters(pg: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity \
+         where datname = current_database() and wait_event_type = 'Lock'",
+    )
+    .fetch_one(pg)
+    .await
+    .unwrap()
+}
+
+/// One statement serves many acquires, each getting its own outcome: new leases paired one to
+/// one with free extensions in LRU order, pool empty once they run out, a replay for a request
+/// id that already has a lease, and a twin kept out of the batch that then replays its twin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_statement_answers_each_acquire() {
+    let (_db, pg, store) = setup().await;
+    let old = match store.acquire(&cmd("old")).await.unwrap() {
+        AcquireOutcome::Granted { lease, .. } => lease,
+        other => panic!("{other:?}"),
+    };
+    // Hold up the next statement: an uncommitted lease row with request id "blocker" makes
+    // its insert wait on the unique index.
+    let mut hold = pg.begin().await.unwrap();
+    sqlx::query(
+        "insert into leases (lease_id, tenant_id, extension_id, extension_number, collector_id, \
+         request_id, request_fingerprint, strategy, fencing_token, acquired_at, expires_at) \
+         values ($1, 't1', $1, 'x', 'x', 'blocker', 'x', 'lru', 0, now(), now())",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&mut *hold)
+    .await
+    .unwrap();
+    let s = store.clone();
+    let blocker = tokio::spawn(async move { s.acquire(&cmd("blocker")).await });
+    until("the first statement waits on the held row", async || {
+        lock_waiters(&pg).await == 1
+    })
+    .await;
+    let ids = ["r1", "r2", "r3", "r4", "r5", "r6", "old", "r1"];
+    // queued one after another, so the queue holds them in this order.
+    let mut queued = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        let s = store.clone();
+        queued.push(tokio::spawn(async move { s.acquire(&cmd(id)).await }));
+        until("the acquire is queued", async || {
+            store.queued_acquires("t1") == i + 1
+        })
+        .await;
+    }
+    hold.rollback().await.unwrap();
+
+    let AcquireOutcome::Granted { lease: b, replayed } = blocker.await.unwrap().unwrap() else {
+        panic!("blocker not granted")
+    };
+    assert!(!replayed);
+    let mut out = Vec::new();
+    for t in queued {
+        out.push(t.await.unwrap().unwrap());
+    }
+    let mut granted = Vec::new();
+    for (i, o) in out[..3].iter().enumerate() {
+        match o {
+            AcquireOutcome::Granted {
+                lease,
+                replayed: false,
+            } => {
+                assert_eq!(lease.request_id, ids[i]);
+                granted.push(lease.clone());
+            }
+            other => panic!("{}: {other:?}", ids[i]),
+        }
+    }
+    for (i, o) in out[3..6].iter().enumerate() {
+        match o {
+            AcquireOutcome::PoolEmpty(c) => assert_eq!((c.total, c.in_use), (5, 5)),
+            other => panic!("{}: {other:?}", ids[3 + i]),
+        }
+    }
+    match &out[6] {
+        AcquireOutcome::Granted {
+            lease,
+            replayed: true,
+        } => assert_eq!(lease.lease_id, old.lease_id),
+        other => panic!("old: {other:?}"),
+    }
+    match &out[7] {
+        AcquireOutcome::Granted {
+            lease,
+            replayed: true,
+        } => assert_eq!(lease.lease_id, granted[0].lease_id),
+        other => panic!("r1 twin: {other:?}"),
+    }
+    // five leases on five different extensions, with fencing token 1 each.
+    let mut exts: Vec<Uuid> = granted.iter().map(|l| l.extension_id).collect();
+    exts.push(old.extension_id);
+    exts.push(b.extension_id);
+    exts.sort();
+    exts.dedup();
+    assert_eq!(exts.len(), 5);
+    // r1..r3 were written by one transaction.
+    let writers: i64 = sqlx::query_scalar(
+        "select count(distinct xmin::text) from leases where request_id in ('r1', 'r2', 'r3')",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(writers, 1, "r1..r3 came from one statement");
+    let live: i64 = sqlx::query_scalar(
+        "select count(*) from extensions e join leases l on l.lease_id = e.current_lease_id \
+         where e.status = 'in_use' and l.released_at is null",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(live, 5);
+}
+
+/// One statement serves many releases: each lease ended once with its own reason, a wrong
+/// token and an unknown lease told apart, and a second release of the same lease (kept out of
+/// the batch) answered "already ended".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_statement_answers_each_release() {
+    let (_db, pg, store) = setup().await;
+    let mut leases = Vec::new();
+    for i in 0..4 {
+        match store.acquire(&cmd(&format!("a{i}"))).await.unwrap() {
+            AcquireOutcome::Granted { lease, .. } => leases.push(lease),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Hold up the first release by locking its lease row.
+    let mut hold = pg.begin().await.unwrap();
+    sqlx::query("select 1 from leases where lease_id = $1 for update")
+        .bind(leases[0].lease_id)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let (s, l0) = (store.clone(), leases[0].clone());
+    let first = tokio::spawn(async move {
+        s.release(l0.lease_id, l0.fencing_token, ReleaseReason::CallEnded)
+            .await
+    });
+    until("the first release waits on the held row", async || {
+        lock_waiters(&pg).await == 1
+    })
+    .await;
+    let jobs: Vec<(Uuid, i64, ReleaseReason)> = vec![
+        (
+            leases[1].lease_id,
+            leases[1].fencing_token,
+            ReleaseReason::CallEnded,
+        ),
+        (
+            leases[2].lease_id,
+            leases[2].fencing_token,
+            ReleaseReason::DialFailed,
+        ),
+        (
+            leases[3].lease_id,
+            leases[3].fencing_token + 7,
+            ReleaseReason::CallEnded,
+        ),
+        (Uuid::now_v7(), 1, ReleaseReason::CallEnded),
+        (
+            leases[1].lease_id,
+            leases[1].fencing_token,
+            ReleaseReason::CallEnded,
+        ),
+    ];
+    // queued one after another, so the second release of leases[1] comes last.
+    let mut queued = Vec::new();
+    for (i, (id, token, reason)) in jobs.into_iter().enumerate() {
+        let s = store.clone();
+        queued.push(tokio::spawn(
+            async move { s.release(id, token, reason).await },
+        ));
+        until("the release is queued", async || {
+            store.queued_releases() == i + 1
+        })
+        .await;
+    }
+    hold.commit().await.unwrap();
+
+    assert!(matches!(
+        first.await.unwrap().unwrap(),
+        LeaseChange::Changed(_)
+    ));
+    let mut out = Vec::new();
+    for t in queued {
+        out.push(t.await.unwrap().unwrap());
+    }
+    match &out[0] {
+        LeaseChange::Changed(l) => assert_eq!(l.release_reason, Some(ReleaseReason::CallEnded)),
+        other => panic!("{other:?}"),
+    }
+    match &out[1] {
+        LeaseChange::Changed(l) => assert_eq!(l.release_reason, Some(ReleaseReason::DialFailed)),
+        other => panic!("{other:?}"),
+    }
+    match &out[2] {
+        LeaseChange::Unchanged { lease, .. } => assert!(lease.released_at.is_none()),
+        other => panic!("wrong token: {other:?}"),
+    }
+    assert!(matches!(out[3], LeaseChange::NotFound), "{:?}", out[3]);
+    match &out[4] {
+        LeaseChange::Unchanged { lease, .. } => assert!(lease.released_at.is_some()),
+        other => panic!("second release: {other:?}"),
+    }
+    // the two leases ended in the batch were written by one transaction.
+    let writers: i64 = sqlx::query_scalar(
+        "select count(distinct xmin::text) from leases where lease_id = any($1)",
+    )
+    .bind([leases[1].lease_id, leases[2].lease_id])
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(writers, 1, "the batch's releases came from one statement");
+    let counts = store
+        .counts(&TenantId::parse("t", "t1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((counts.available, counts.in_use), (4, 1), "{counts:?}");
+}
+
+/// Release and renew rewrite `released_at`, `release_reason`, `expires_at` and `updated_at` of a
+/// lease; for those updates to be HOT, no index of `leases` may cover them (as a key, an
+/// expression or a partial-index predicate). And the updates are in fact HOT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_updates_touch_no_indexed_column() {
+    let (_db, pg, store) = setup().await;
+    let defs: Vec<String> = sqlx::query_scalar(
+        "select pg_get_indexdef(indexrelid) from pg_index where indrelid = 'leases'::regclass",
+    )
+    .fetch_all(&pg)
+    .await
+    .unwrap();
+    assert!(defs.len() >= 4, "{defs:?}");
+    for d in &defs {
+        for col in ["released_at", "release_reason", "expires_at", "updated_at"] {
+            assert!(!d.contains(col), "{d} covers {col}");
+        }
+    }
+    for i in 0..5 {
+        let lease = match store.acquire(&cmd(&format!("h{i}"))).await.unwrap() {
+            AcquireOutcome::Granted { lease, .. } => lease,
+            other => panic!("{other:?}"),
+        };
+        let r = store
+            .release(
+                lease.lease_id,
+                lease.fencing_token,
+                ReleaseReason::CallEnded,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(r, LeaseChange::Changed(_)));
+    }
+    // this backend's own counters, before they are flushed to the shared statistics.
+    let mut conn = pg.acquire().await.unwrap();
+    let ids: Vec<Uuid> = sqlx::query_scalar("select lease_id from leases")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    sqlx::query(
+        "update leases set release_reason = 'manual', updated_at = now() where lease_id = any($1)",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let (upd, hot): (i64, i64) = sqlx::query_as(
+        "select n_tup_upd, n_tup_hot_upd from pg_stat_get_xact_tuples_updated('leases'::regclass) n_tup_upd, \
+         pg_stat_get_xact_tuples_hot_updated('leases'::regclass) n_tup_hot_upd",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(upd, 5);
+    assert_eq!(hot, 5, "lease updates were not HOT");
+    tx.rollback().await.unwrap();
+}
