@@ -294,6 +294,78 @@ async fn one_statement_answers_each_release() {
     assert_eq!((counts.available, counts.in_use), (4, 1), "{counts:?}");
 }
 
+/// Capped LRU acquires are coalesced too: the batch locks the tenant row, counts live leases
+/// after the lock, grants only the room under the cap in request order and answers the rest
+/// "cap reached" with the count it saw; a replay does not count against the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_statement_respects_the_cap() {
+    let (_db, pg, store) = setup().await;
+    let capped = |id: &str| AcquireCmd {
+        cap: Some(3),
+        ..cmd(id)
+    };
+    let old = match store.acquire(&capped("old")).await.unwrap() {
+        AcquireOutcome::Granted { lease, .. } => lease,
+        other => panic!("{other:?}"),
+    };
+    // Hold the tenant row: the next capped statement waits for it.
+    let mut hold = pg.begin().await.unwrap();
+    sqlx::query("select 1 from tenant_state where tenant_id = 't1' for update")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let s = store.clone();
+    let blocker = tokio::spawn(async move { s.acquire(&capped("blocker")).await });
+    until(
+        "the first capped batch waits on the tenant row",
+        async || lock_waiters(&pg).await == 1,
+    )
+    .await;
+    let ids = ["r1", "r2", "r3", "r4", "old"];
+    let mut queued = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        let s = store.clone();
+        queued.push(tokio::spawn(async move { s.acquire(&capped(id)).await }));
+        until("the acquire is queued", async || {
+            store.queued_acquires("t1") == i + 1
+        })
+        .await;
+    }
+    hold.rollback().await.unwrap();
+    assert!(matches!(
+        blocker.await.unwrap().unwrap(),
+        AcquireOutcome::Granted {
+            replayed: false,
+            ..
+        }
+    ));
+    let mut out = Vec::new();
+    for t in queued {
+        out.push(t.await.unwrap().unwrap());
+    }
+    assert!(
+        matches!(&out[0], AcquireOutcome::Granted { lease, replayed: false } if lease.request_id == "r1"),
+        "{:?}",
+        out[0]
+    );
+    for o in &out[1..4] {
+        assert!(
+            matches!(o, AcquireOutcome::CapReached { cap: 3, live: 2 }),
+            "{o:?}"
+        );
+    }
+    assert!(
+        matches!(&out[4], AcquireOutcome::Granted { lease, replayed: true } if lease.lease_id == old.lease_id),
+        "{:?}",
+        out[4]
+    );
+    let live: i64 = sqlx::query_scalar("select count(*) from extensions where status = 'in_use'")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(live, 3, "the cap holds");
+}
+
 /// Release and renew rewrite `released_at`, `release_reason`, `expires_at` and `updated_at` of a
 /// lease; for those updates to be HOT, no index of `leases` may cover them (as a key, an
 /// expression or a partial-index predicate). And the updates are in fact HOT.
@@ -327,7 +399,7 @@ async fn lease_updates_touch_no_indexed_column() {
             .unwrap();
         assert!(matches!(r, LeaseChange::Changed(_)));
     }
-    // this backend's own counters, before they are flushed to the shared statistics.
+    // this backend's own counters for the update below, before they reach the shared statistics.
     let mut conn = pg.acquire().await.unwrap();
     let ids: Vec<Uuid> = sqlx::query_scalar("select lease_id from leases")
         .fetch_all(&mut *conn)
@@ -348,7 +420,9 @@ async fn lease_updates_touch_no_indexed_column() {
     .fetch_one(&mut *tx)
     .await
     .unwrap();
-    assert_eq!(upd, 5);
-    assert_eq!(hot, 5, "lease updates were not HOT");
+    // (the counters also hold this backend's earlier transactions not yet flushed to the
+    // shared statistics: releases run on the same connection, which must be HOT as well)
+    assert!(upd >= 5, "{upd}");
+    assert_eq!(hot, upd, "lease updates were not HOT");
     tx.rollback().await.unwrap();
 }

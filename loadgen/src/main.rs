@@ -65,6 +65,10 @@ struct Cli {
     /// Run for this many seconds...
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// ...after a warm-up of this many seconds that is not measured, followed by ANALYZE of the
+    /// run's databases (steady state rather than empty tables; skipped with --count).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_seconds: f64,
     /// ...or for this many operations in total.
     #[arg(long)]
     count: Option<u64>,
@@ -158,16 +162,77 @@ fn code(s: &tonic::Status) -> String {
     cco_platform::metrics::code_name(s.code()).to_owned()
 }
 
-/// Runs `op(client, seq)` closed-loop on `clients` tasks, or open-loop at `rate`.
+/// False during the warm-up: per-phase timings recorded by an operation are kept only when set.
+static MEASURING: AtomicBool = AtomicBool::new(true);
+
+/// Databases of this run, analysed after the warm-up.
+static DATABASES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Creates a fresh test database and remembers it for [`analyze_all`].
+async fn test_db(backend: Backend) -> TestDb {
+    let db = TestDb::new(backend).await;
+    if let Ok(mut d) = DATABASES.lock() {
+        d.push(db.url.clone());
+    }
+    db
+}
+
+/// ANALYZE every database of the run, as autovacuum would on a production server: the tables
+/// start empty, and without statistics the planner may pick a tenant-prefix index over a
+/// unique one. (The machine's shared server runs with autovacuum off.)
+async fn analyze_all() -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let urls = DATABASES.lock().map(|d| d.clone()).unwrap_or_default();
+    for url in urls {
+        if url.starts_with("postgres") {
+            let mut c = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query("analyze").execute(&mut c).await?;
+            c.close().await?;
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(&url).await?;
+            sqlx::query("analyze").execute(&mut c).await?;
+            c.close().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `op(client, seq)` closed-loop on `clients` tasks, or open-loop at `rate`: first for
+/// `--warmup-seconds` (not measured; the databases are analysed afterwards), then measured.
 async fn drive<F, Fut>(cli: &Cli, op: F) -> (Arc<Sink>, f64)
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
+    let mut first = 0;
+    if cli.warmup_seconds > 0.0 && cli.count.is_none() {
+        MEASURING.store(false, Ordering::Relaxed);
+        let (warm, _, next) = drive_for(cli, op.clone(), cli.warmup_seconds, 0).await;
+        MEASURING.store(true, Ordering::Relaxed);
+        first = next;
+        if let Err(e) = analyze_all().await {
+            eprintln!("loadgen: analyze after warm-up: {e}");
+        }
+        let errors = warm.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        if !errors.is_empty() {
+            eprintln!("loadgen: errors during warm-up: {errors:?}");
+        }
+    }
+    let (sink, secs, _) = drive_for(cli, op, cli.seconds, first).await;
+    (sink, secs)
+}
+
+/// One closed- or open-loop phase of `seconds`; sequence numbers start at `first`. Returns the
+/// results, the elapsed time and the next unused sequence number.
+async fn drive_for<F, Fut>(cli: &Cli, op: F, seconds: f64, first: u64) -> (Arc<Sink>, f64, u64)
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
     let sink = Arc::new(Sink::default());
-    let deadline = Instant::now() + Duration::from_secs_f64(cli.seconds);
-    let budget = cli.count.unwrap_or(u64::MAX);
-    let issued = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let budget = cli.count.map_or(u64::MAX, |c| first + c);
+    let issued = Arc::new(AtomicU64::new(first));
     let started = Instant::now();
     match cli.rate {
         None => {
@@ -196,14 +261,14 @@ where
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut tasks = Vec::new();
-            let mut n = 0;
+            let mut n = first;
             while n < budget && Instant::now() < deadline {
                 let scheduled = tick.tick().await.into_std();
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break;
                 };
                 let (op, sink) = (op.clone(), sink.clone());
-                let c = usize::try_from(n % cli.clients.max(1) as u64).unwrap_or(0);
+                let c = usize::try_from((n - first) % cli.clients.max(1) as u64).unwrap_or(0);
                 tasks.push(tokio::spawn(async move {
                     let r = op(c, n).await;
                     // Latency from the scheduled start: waiting behind a slow server counts.
@@ -215,9 +280,11 @@ where
             for t in tasks {
                 let _ = t.await;
             }
+            issued.store(n, Ordering::Relaxed);
         }
     }
-    (sink, started.elapsed().as_secs_f64())
+    let next = issued.load(Ordering::Relaxed);
+    (sink, started.elapsed().as_secs_f64(), next)
 }
 
 /// The `p` percentile of sorted microseconds, in milliseconds.
@@ -373,7 +440,9 @@ async fn acquire_release(
                 .into_inner()
                 .lease
                 .ok_or("no_lease")?;
-            if let Ok(mut a) = acq.lock() {
+            if MEASURING.load(Ordering::Relaxed)
+                && let Ok(mut a) = acq.lock()
+            {
                 a.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
             }
             let r = client
@@ -540,8 +609,8 @@ async fn stats(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Resu
 }
 
 async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow::Result<Report> {
-    let gw_db = TestDb::new(backend).await;
-    let al_db = TestDb::new(backend).await;
+    let gw_db = test_db(backend).await;
+    let al_db = test_db(backend).await;
     let numbers: Vec<String> = (0..cli.extensions.max(cli.clients * 2))
         .map(|i| format!("{}", 10_000 + i))
         .collect();
@@ -720,7 +789,7 @@ async fn main() -> std::process::ExitCode {
         match cli.mode {
             Mode::Calls => calls(&cli, backend, &stop).await,
             _ => {
-                let db = TestDb::new(backend).await;
+                let db = test_db(backend).await;
                 let r = match cli.mode {
                     Mode::AcquireRelease => acquire_release(&cli, &db, &stop).await,
                     Mode::RawSql => raw_sql(&cli, &db, &stop).await,

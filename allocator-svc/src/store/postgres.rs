@@ -296,9 +296,9 @@ async fn end_extension_lease(
 enum Fast {
     /// Settled: granted, replayed, conflicting or pool empty.
     Done(AcquireOutcome),
-    /// An identical request holds the request-id lock right now: take the serialised path,
-    /// which waits for it and replays its lease.
-    TwinInFlight,
+    /// Take the serialised path: an identical request holds the request-id lock right now
+    /// (the serialised path waits for it and replays its lease), or this path does not apply.
+    Serialised,
 }
 
 /// Uncapped LRU acquire in one statement (one round trip, one implicit transaction): try the
@@ -329,10 +329,13 @@ const FAST_LRU_SQL: &str = concat!(
 );
 
 /// [`FAST_LRU_SQL`] for many requests of one tenant at once: every request tries its request-id
-/// lock and looks its id up; as many free extensions as there are requests left are picked (LRU
-/// order, skipping locked rows) and paired with them one to one; their leases are inserted. One
-/// row per request, in request order. $1 tenant; arrays $2 lease ids, $3 collectors, $4 ttl
-/// seconds, $5 request ids, $6 fingerprints, $7 strategies, $8 cooldowns.
+/// lock and looks its id up; with a cap ($9, else null), only as many as the cap leaves room for
+/// go on; as many free extensions as there are requests left are picked (LRU order, skipping
+/// locked rows) and paired with them one to one; their leases are inserted. One row per request,
+/// in request order. $1 tenant; arrays $2 lease ids, $3 collectors, $4 ttl seconds, $5 request
+/// ids, $6 fingerprints, $7 strategies, $8 cooldowns. With a cap, the caller has locked the
+/// tenant's `tenant_state` row in an earlier statement of the same transaction, so this
+/// statement's snapshot (and its count of live leases) cannot be outrun.
 const BATCH_LRU_SQL: &str = concat!(
     "with req as materialized ( \
        select * from unnest($2::uuid[], $3::text[], $4::float8[], $5::text[], $6::text[], $7::text[], $8::int[]) \
@@ -341,7 +344,11 @@ const BATCH_LRU_SQL: &str = concat!(
        select r.*, pg_try_advisory_xact_lock(hashtextextended($1 || chr(31) || r.request_id, 0)) as got, \
          exists (select 1 from leases l where l.tenant_id = $1 and l.request_id = r.request_id) as existing \
        from req r), \
-     ok as materialized (select *, row_number() over (order by ord) as rn from lk where got and not existing), \
+     live as materialized (select count(*) as n from extensions \
+       where $9::int is not null and tenant_id = $1 and status = 'in_use'), \
+     ok as materialized (select * from ( \
+       select *, row_number() over (order by ord) as rn from lk where got and not existing) o \
+       where $9::int is null or rn <= $9::int - (select n from live)), \
      pick as materialized (select id, row_number() over () as rn from ( \
        select id from extensions where ",
     free!(),
@@ -359,7 +366,8 @@ const BATCH_LRU_SQL: &str = concat!(
        select lease_id, $1, id, number, collector, request_id, fp, strategy, fencing_token, cooldown, \
          last_used_at, lease_expires_at from e returning lease_id) \
      select lk.ord, lk.got, lk.existing, (select count(*) from ins) as inserted, e.id, e.number, \
-       e.fencing_token, e.last_used_at, e.lease_expires_at \
+       e.fencing_token, e.last_used_at, e.lease_expires_at, (select n from live) as live, \
+       lk.ord in (select ord from ok) as within_cap \
      from lk left join e on e.ord = lk.ord order by lk.ord"
 );
 
@@ -430,10 +438,13 @@ impl PgStore {
         )))
     }
 
-    /// An uncapped LRU acquire: alone, or coalesced with others of its tenant.
+    /// An LRU acquire: alone, or coalesced with others of its tenant.
     async fn acquire_lru(&self, cmd: &AcquireCmd) -> Result<Fast, AllocError> {
         let lease_id = Uuid::now_v7();
         if self.limits.max_batch <= 1 {
+            if cmd.cap.is_some() {
+                return Ok(Fast::Serialised);
+            }
             return self.acquire_fast(cmd, lease_id).await;
         }
         let store = self.clone();
@@ -477,7 +488,7 @@ impl PgStore {
             return self.replay_request(cmd).await;
         }
         if !got {
-            return Ok(Fast::TwinInFlight);
+            return Ok(Fast::Serialised);
         }
         let extension_id: Option<Uuid> = row.try_get("id").map_err(db_err)?;
         if extension_id.is_none() || inserted != 1 {
@@ -486,16 +497,20 @@ impl PgStore {
         Ok(Fast::Done(granted(&row, cmd, lease_id)?))
     }
 
-    /// Runs one tenant's coalesced acquires; one result per job, in order. A lone job, or a
+    /// Runs one tenant's coalesced acquires; one result per job, in order. With a cap (the
+    /// smallest of the jobs' caps, should the policy have changed between them), the tenant row
+    /// is locked first and only the room under the cap is granted. A lone uncapped job, or a
     /// batch the database refuses as a whole (a twin committed after the snapshot, a lost
-    /// connection), runs job by job through [`Self::acquire_fast`].
+    /// connection), runs job by job: uncapped through [`Self::acquire_fast`], capped through
+    /// the serialised path.
     async fn acquire_batch(
         &self,
         tenant: &str,
         jobs: Vec<AcquireJob>,
     ) -> Vec<Result<Fast, AllocError>> {
-        if jobs.len() > 1 {
-            match self.try_acquire_batch(tenant, &jobs).await {
+        let cap = jobs.iter().filter_map(|j| j.cmd.cap).min();
+        if jobs.len() > 1 || cap.is_some() {
+            match self.try_acquire_batch(tenant, &jobs, cap).await {
                 Ok(out) => return out,
                 Err(e) => {
                     tracing::debug!(error = %e, jobs = jobs.len(), "acquire batch refused, running its jobs one by one")
@@ -504,7 +519,11 @@ impl PgStore {
         }
         let mut out = Vec::with_capacity(jobs.len());
         for j in &jobs {
-            out.push(self.acquire_fast(&j.cmd, j.lease_id).await);
+            out.push(if j.cmd.cap.is_some() {
+                Ok(Fast::Serialised)
+            } else {
+                self.acquire_fast(&j.cmd, j.lease_id).await
+            });
         }
         out
     }
@@ -513,6 +532,7 @@ impl PgStore {
         &self,
         tenant: &str,
         jobs: &[AcquireJob],
+        cap: Option<u32>,
     ) -> Result<Vec<Result<Fast, AllocError>>, AllocError> {
         let lease_ids: Vec<Uuid> = jobs.iter().map(|j| j.lease_id).collect();
         let collectors: Vec<&str> = jobs.iter().map(|j| j.cmd.collector_id.as_str()).collect();
@@ -524,6 +544,20 @@ impl PgStore {
             .iter()
             .map(|j| i32::try_from(j.cmd.cooldown_seconds).unwrap_or(i32::MAX))
             .collect();
+        let cap_param = cap.map(|c| i32::try_from(c).unwrap_or(i32::MAX));
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if cap.is_some() {
+            // The tenant row lock serialises this tenant's capped acquires (and round-robin
+            // ones) across instances until commit; the batch below counts after taking it.
+            sqlx::query(
+                "insert into tenant_state (tenant_id) values ($1) \
+                 on conflict (tenant_id) do update set updated_at = now()",
+            )
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
         let rows = sqlx::query(BATCH_LRU_SQL)
             .bind(tenant)
             .bind(&lease_ids)
@@ -533,9 +567,11 @@ impl PgStore {
             .bind(&fps)
             .bind(&strategies)
             .bind(&cooldowns)
-            .fetch_all(&self.pool)
+            .bind(cap_param)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         if rows.len() != jobs.len() {
             return Err(AllocError::Internal(anyhow::anyhow!(
                 "acquire batch of {} answered {} rows",
@@ -548,12 +584,19 @@ impl PgStore {
             let got: bool = row.try_get("got").map_err(db_err)?;
             let existing: bool = row.try_get("existing").map_err(db_err)?;
             let extension_id: Option<Uuid> = row.try_get("id").map_err(db_err)?;
+            let within_cap: bool = row.try_get("within_cap").map_err(db_err)?;
             out.push(if existing {
                 self.replay_request(&job.cmd).await
             } else if !got {
-                Ok(Fast::TwinInFlight)
+                Ok(Fast::Serialised)
             } else if extension_id.is_some() {
                 granted(row, &job.cmd, job.lease_id).map(Fast::Done)
+            } else if let Some(cap) = cap.filter(|_| !within_cap) {
+                let live: Option<i64> = row.try_get("live").map_err(db_err)?;
+                Ok(Fast::Done(AcquireOutcome::CapReached {
+                    cap,
+                    live: u32::try_from(live.unwrap_or(0)).unwrap_or(u32::MAX),
+                }))
             } else {
                 self.pool_empty(tenant).await
             });
@@ -679,9 +722,9 @@ impl Store for PgStore {
     }
 
     async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
-        // Uncapped LRU (the default) takes one statement in the common case.
-        if cmd.cap.is_none()
-            && cmd.strategy == Strategy::Lru
+        // LRU (the default) is coalesced: one statement for a tenant's concurrent requests
+        // (after the tenant lock when capped). The rest, and twins, take the serialised path.
+        if cmd.strategy == Strategy::Lru
             && let Fast::Done(outcome) = self.acquire_lru(cmd).await?
         {
             return Ok(outcome);

@@ -401,13 +401,9 @@ macro_rules! call_store {
             }
 
             async fn record(&self, tenant_id: &str, call_id: &str) -> Result<Option<RecordRow>, GwError> {
-                let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where tenant_id = $1 and call_id = $2"))
-                    .bind(tenant_id)
-                    .bind(call_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                row.as_ref().map(record_from).transpose().map_err(db_err)
+                // By primary key alone: with the tenant in the WHERE, a planner without
+                // statistics may walk a tenant-prefix index instead (all of the tenant's calls).
+                Ok(self.record_by_id(call_id).await?.filter(|r| r.tenant_id == tenant_id))
             }
 
             async fn record_by_id(&self, call_id: &str) -> Result<Option<RecordRow>, GwError> {
@@ -432,8 +428,12 @@ macro_rules! call_store {
                 row.as_ref().map(record_from).transpose().map_err(db_err)
             }
 
+            // The status conditions of these single-row updates are wrapped in coalesce(..) so
+            // the planner cannot prove them to imply the partial index of open calls and walk
+            // that index (every open call, and every dead entry since the last vacuum) instead
+            // of the primary key. Same meaning: status is never null.
             async fn mark_ringing(&self, call_id: &str) -> Result<bool, GwError> {
-                let n = sqlx::query("update communication_records set status = 'ringing', updated_at = $2 where call_id = $1 and status = 'dialing'")
+                let n = sqlx::query("update communication_records set status = 'ringing', updated_at = $2 where call_id = $1 and coalesce(status = 'dialing', false)")
                     .bind(call_id)
                     .bind(Utc::now())
                     .execute(&self.pool)
@@ -447,7 +447,7 @@ macro_rules! call_store {
                 sqlx::query(
                     "update communication_records set extension_number = $2, extension_id = $3, lease_id = $4, fencing_token = $5, \
                      lease_expires_at = $6, lease_released = false, attempts = $7, error_code = null, error_message = null, updated_at = $8 \
-                     where call_id = $1 and status = 'dialing'",
+                     where call_id = $1 and coalesce(status = 'dialing', false)",
                 )
                 .bind(call_id).bind(&a.extension_number).bind(&a.extension_id).bind(&a.lease_id).bind(a.fencing_token)
                 .bind(a.lease_expires_at).bind(a.attempts).bind(Utc::now())
@@ -463,7 +463,7 @@ macro_rules! call_store {
                 let n = sqlx::query(
                     "update communication_records set status = 'failed', error_code = $2, error_message = $3, \
                      lease_released = case when $4 then lease_released else true end, updated_at = $5 \
-                     where call_id = $1 and status = 'dialing'",
+                     where call_id = $1 and coalesce(status = 'dialing', false)",
                 )
                 .bind(call_id).bind(code).bind(message).bind(release.is_some()).bind(now)
                 .execute(&mut *tx)
@@ -479,7 +479,7 @@ macro_rules! call_store {
             async fn mark_unknown(&self, call_id: &str, message: &str) -> Result<bool, GwError> {
                 let n = sqlx::query(
                     "update communication_records set status = 'unknown', error_code = 'ambiguous', error_message = $2, updated_at = $3 \
-                     where call_id = $1 and status = 'dialing'",
+                     where call_id = $1 and coalesce(status = 'dialing', false)",
                 )
                 .bind(call_id).bind(message).bind(Utc::now())
                 .execute(&self.pool)
@@ -499,7 +499,7 @@ macro_rules! call_store {
                      end_time = $5, talk_seconds = $6, total_seconds = $7, hangup_cause = $8, hangup_side = $9, \
                      record_url = $10, record_filename = $11, infinity_uuid = $12, infinity_cdr_id = $13, raw_callback = $14, \
                      error_code = null, error_message = null, updated_at = $15 \
-                     where call_id = $1 and status in ('dialing', 'ringing', 'unknown', 'expired')",
+                     where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown', 'expired'), false)",
                 )
                 .bind(call_id).bind(&c.result).bind(c.start_time).bind(c.answer_time).bind(c.end_time)
                 .bind(c.talk_seconds).bind(c.total_seconds).bind(c.hangup_cause).bind(&c.hangup_side)
@@ -529,7 +529,7 @@ macro_rules! call_store {
                 let n = sqlx::query(concat!(
                     "update communication_records set status = 'expired', error_code = 'expired', \
                      error_message = 'no call record from Infinity within the maximum age', updated_at = $2 \
-                     where call_id = $1 and status in ", "('dialing', 'ringing', 'unknown')"
+                     where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown'), false)"
                 ))
                 .bind(call_id)
                 .bind(now)
