@@ -26,16 +26,16 @@ run() {
   local last=0
   while kill -0 "$pid" 2>/dev/null; do
     sleep "$every"; t=$((t + every))
-    db="$(psql "$url" -Atc "select datname from pg_database where datname not in ('postgres','template0','template1') order by oid desc limit 1")"
+    db="$(psql "$url" -Atc "select datname from pg_database where datname not in ('postgres','template0','template1') order by oid desc limit 1" 2>/dev/null || true)"
     [ -n "$db" ] || continue
-    psql "postgres://postgres@127.0.0.1:$port/$db" -At -F ' ' -c "
+    (psql "postgres://postgres@127.0.0.1:$port/$db" -At -F ' ' -c "
       select (select n_dead_tup from pg_stat_user_tables where relname = 'extensions'),
              (select n_tup_hot_upd from pg_stat_user_tables where relname = 'extensions'),
              (select autovacuum_count from pg_stat_user_tables where relname = 'extensions'),
              pg_total_relation_size('extensions') / 1024,
              (select n_dead_tup from pg_stat_user_tables where relname = 'leases'),
              (select n_tup_hot_upd from pg_stat_user_tables where relname = 'leases'),
-             (select count(*) from leases)" 2>/dev/null |
+             (select count(*) from leases)" 2>/dev/null || true) |
       while read -r dead hot vac kb ldead lhot leases; do
         printf '%6s %10s %10s %12s %12s %10s %12s %12s\n' "${t}s" "$(( (leases - last) / every ))" "$dead" "$hot" "$vac" "$kb" "$ldead" "$lhot"
         echo "$leases" > "$dir/last"
@@ -47,5 +47,7 @@ run() {
   pg_stop
 }
 
-run off
-run on
+# RUNS="on" bash bench/dead-rows.sh runs one setting only.
+for av in ${RUNS:-off on}; do
+  run "$av"
+done

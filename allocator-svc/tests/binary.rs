@@ -32,7 +32,12 @@ fn starts_on_sqlite_defaults_and_stops_on_sigterm() {
         );
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             panic!("allocator exited early ({status}): {err}");
         }
         std::thread::sleep(Duration::from_millis(50));
