@@ -205,6 +205,7 @@ where
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     let mut first = 0;
+    let mut warm_errors = BTreeMap::new();
     if cli.warmup_seconds > 0.0 && cli.count.is_none() {
         MEASURING.store(false, Ordering::Relaxed);
         let (warm, _, next) = drive_for(cli, op.clone(), cli.warmup_seconds, 0).await;
@@ -212,13 +213,17 @@ where
         first = next;
         if let Err(e) = analyze_all().await {
             eprintln!("loadgen: analyze after warm-up: {e}");
+            warm_errors.insert("warmup_analyze".to_owned(), 1);
         }
-        let errors = warm.errors.lock().map(|e| e.clone()).unwrap_or_default();
-        if !errors.is_empty() {
-            eprintln!("loadgen: errors during warm-up: {errors:?}");
+        for (code, n) in warm.errors.lock().map(|e| e.clone()).unwrap_or_default() {
+            warm_errors.insert(format!("warmup_{code}"), n);
         }
     }
     let (sink, secs, _) = drive_for(cli, op, cli.seconds, first).await;
+    // Errors of the warm-up are reported (and fail --check) under their own names.
+    if let Ok(mut e) = sink.errors.lock() {
+        e.extend(warm_errors);
+    }
     (sink, secs)
 }
 
