@@ -526,11 +526,11 @@ macro_rules! call_store {
             async fn expire(&self, call_id: &str, release: Option<&OutboxRow>) -> Result<bool, GwError> {
                 let now = Utc::now();
                 let mut tx = self.write_tx().await?;
-                let n = sqlx::query(concat!(
+                let n = sqlx::query(
                     "update communication_records set status = 'expired', error_code = 'expired', \
                      error_message = 'no call record from Infinity within the maximum age', updated_at = $2 \
-                     where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown'), false)"
-                ))
+                     where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown'), false)",
+                )
                 .bind(call_id)
                 .bind(now)
                 .execute(&mut *tx)
