@@ -150,39 +150,18 @@ const RR_FIRST_SQL: &str = lease_extension!(concat!(
     " order by length(number), number limit 1 for update skip locked"
 ));
 
-/// Ends a live lease whose token matches, and frees its extension, in one statement: the lease
-/// row is locked before the extension row. Returns the ended lease, or `None` if nothing matched.
+/// Ends a live lease whose token matches, and frees its extension ([`END_LEASES_SQL`]). Returns
+/// the ended lease, or `None` if nothing matched.
 async fn end_lease(
     conn: &mut PgConnection,
     lease_id: Uuid,
     token: i64,
     reason: ReleaseReason,
 ) -> Result<Option<Lease>, AllocError> {
-    let sql = concat!(
-        "with l as ( \
-           update leases set released_at = clock_timestamp(), release_reason = $3, updated_at = clock_timestamp() \
-           where lease_id = $1 and fencing_token = $2 and released_at is null \
-           returning ",
-        lease_cols!(),
-        ", cooldown_seconds \
-         ), e as ( \
-           update extensions x set \
-             status = case when x.status = 'in_use' then 'available' else x.status end, \
-             current_lease_id = null, current_collector_id = null, lease_expires_at = null, \
-             last_released_at = l.released_at, \
-             available_at = case when l.cooldown_seconds > 0 \
-               then l.released_at + make_interval(secs => l.cooldown_seconds) else null end, \
-             updated_at = l.released_at \
-           from l where x.id = l.extension_id and x.current_lease_id = l.lease_id \
-           returning x.id \
-         ) select ",
-        lease_cols!(),
-        " from l"
-    );
-    let row = sqlx::query(sql)
-        .bind(lease_id)
-        .bind(token)
-        .bind(reason.as_str())
+    let row = sqlx::query(END_LEASES_SQL)
+        .bind([lease_id])
+        .bind([token])
+        .bind([reason.as_str()])
         .fetch_optional(&mut *conn)
         .await
         .map_err(db_err)?;
@@ -371,9 +350,10 @@ const BATCH_LRU_SQL: &str = concat!(
      from lk left join e on e.ord = lk.ord order by lk.ord"
 );
 
-/// [`end_lease`] for many leases at once. Arrays $1 lease ids, $2 tokens, $3 reasons. One row per
-/// lease ended.
-const BATCH_RELEASE_SQL: &str = concat!(
+/// Ends the live leases whose tokens match and frees their extensions, in one statement (lease
+/// rows are locked before extension rows). Arrays $1 lease ids, $2 tokens, $3 reasons; one row
+/// per lease ended. [`end_lease`] runs it for one lease, coalesced releases for many.
+const END_LEASES_SQL: &str = concat!(
     "with r as (select * from unnest($1::uuid[], $2::bigint[], $3::text[]) as r(lease_id, token, reason)), \
      l as ( \
        update leases x set released_at = clock_timestamp(), release_reason = r.reason, updated_at = clock_timestamp() \
@@ -644,7 +624,7 @@ impl PgStore {
         let tokens: Vec<i64> = jobs.iter().map(|j| j.token).collect();
         let reasons: Vec<&str> = jobs.iter().map(|j| j.reason.as_str()).collect();
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        let rows = sqlx::query(BATCH_RELEASE_SQL)
+        let rows = sqlx::query(END_LEASES_SQL)
             .bind(&ids)
             .bind(&tokens)
             .bind(&reasons)
