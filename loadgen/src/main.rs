@@ -32,6 +32,12 @@ static EXTERNAL: std::sync::OnceLock<Option<u16>> = std::sync::OnceLock::new();
 static LOCAL: std::sync::OnceLock<allocator_svc::service::Allocator> = std::sync::OnceLock::new();
 /// `--coalesce-max-batch` and `--coalesce-in-flight`.
 static COALESCE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+/// `--db-connections`: the in-process services' database pool size.
+static DB_CONNECTIONS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+fn db_connections() -> u32 {
+    DB_CONNECTIONS.get().copied().unwrap_or(32)
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -96,6 +102,9 @@ struct Cli {
     /// The in-process allocator's ALLOCATOR__COALESCE__IN_FLIGHT.
     #[arg(long, default_value_t = 2)]
     coalesce_in_flight: u32,
+    /// The in-process services' database pool size (*__DATABASE__MAX_CONNECTIONS).
+    #[arg(long, default_value_t = 32)]
+    db_connections: u32,
     /// acquire-release/stats: drive an allocator already running at this port on 127.0.0.1
     /// (e.g. `cco serve allocator`, to measure its memory) instead of one in this process.
     #[arg(long)]
@@ -348,7 +357,7 @@ async fn allocator(db: &TestDb, stop: &CancellationToken) -> anyhow::Result<u16>
     s.grpc.port = 0;
     s.metrics.enabled = false;
     s.database.url = db.url.clone();
-    s.database.max_connections = 32;
+    s.database.max_connections = db_connections();
     s.policy.source = allocator_svc::settings::PolicySourceKind::Static;
     s.auth.rate_limit_per_second = 0;
     s.log.filter = "warn".into();
@@ -641,13 +650,13 @@ async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow:
     );
     let mut gs = call_gateway_svc::settings::Settings::default();
     gs.database.url = gw_db.url.clone();
-    gs.database.max_connections = 32;
+    gs.database.max_connections = db_connections();
     gs.allocator.url = format!("http://127.0.0.1:{a}");
     gs.auth.rate_limit_per_second = 0;
     gs.log.filter = "warn".into();
     let mut als = allocator_svc::settings::Settings::default();
     als.database.url = al_db.url.clone();
-    als.database.max_connections = 32;
+    als.database.max_connections = db_connections();
     als.policy.gateway_url = format!("http://127.0.0.1:{g}");
     als.auth.rate_limit_per_second = 0;
     tokio::spawn(
@@ -785,6 +794,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let _ = EXTERNAL.set(cli.allocator_port);
     let _ = COALESCE.set((cli.coalesce_max_batch, cli.coalesce_in_flight));
+    let _ = DB_CONNECTIONS.set(cli.db_connections.max(1));
     let backend = match cli.db {
         Db::Postgres => Backend::Postgres,
         Db::Sqlite => Backend::Sqlite,
