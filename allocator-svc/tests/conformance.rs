@@ -1166,6 +1166,89 @@ async fn stats_match_the_rows_after_concurrent_changes(b: Backend) {
     }
 }
 
+/// Two forced batch deletes over the same extensions, in opposite orders, from two instances
+/// at once, while those extensions hold leases and Releases of them race in: nothing
+/// deadlocks or fails, each extension is deleted exactly once, and the pool ends empty.
+async fn opposite_batch_deletes_and_releases_do_not_deadlock(b: Backend) {
+    let db = TestDb::new(b).await;
+    let apps = [
+        TestApp::spawn(settings(&db.url)).await,
+        TestApp::spawn(settings(&db.url)).await,
+    ];
+    let mut pool0 = apps[0].pool(ADMIN).await;
+    let numbers: Vec<String> = (0..40).map(|i| format!("80{i:02}")).collect();
+    let ids = import(
+        &mut pool0,
+        "t1",
+        &numbers.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let mut c = apps[0].alloc(CALLER).await;
+    let mut leases = Vec::new();
+    for i in 0..20 {
+        leases.push(lease(&mut c, "t1", &format!("c{i}"), LRU).await);
+    }
+    let barrier = Arc::new(Barrier::new(2 + leases.len()));
+    let mut deletes = Vec::new();
+    for (k, app) in apps.iter().enumerate() {
+        let mut p = app.pool(ADMIN).await;
+        let mut order = ids.clone();
+        if k == 1 {
+            order.reverse();
+        }
+        let bar = barrier.clone();
+        deletes.push(tokio::spawn(async move {
+            bar.wait().await;
+            p.batch_delete_extensions(pb::BatchDeleteExtensionsRequest {
+                tenant_id: "t1".into(),
+                extension_ids: order,
+                force: true,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+        }));
+    }
+    let mut releases = Vec::new();
+    for (i, l) in leases.into_iter().enumerate() {
+        let mut c = apps[i % 2].alloc(CALLER).await;
+        let bar = barrier.clone();
+        releases.push(tokio::spawn(async move {
+            bar.wait().await;
+            c.release(pb::ReleaseRequest {
+                lease_id: l.lease_id,
+                fencing_token: l.fencing_token,
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    let mut deleted = 0;
+    for d in deletes {
+        let r = d.await.unwrap().expect("batch delete failed");
+        deleted += r.deleted;
+    }
+    assert_eq!(deleted, 40, "each extension deleted exactly once");
+    for r in releases {
+        // released first, or its extension was deleted (the lease ended with it): both fine.
+        r.await.unwrap().expect("release failed");
+    }
+    let s = c
+        .stats(pb::StatsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.total, s.in_use), (0, 0));
+    let inspect = Inspect::new(&db.url).await;
+    assert_eq!(inspect.live("t1").await, (0, 0));
+    inspect.close().await;
+    for a in apps {
+        a.shutdown().await;
+    }
+}
+
 /// Malformed input is refused with INVALID_ARGUMENT naming the field, and writes nothing.
 async fn invalid_input_names_the_field(b: Backend) {
     let (db, app) = start(b, |_| {}).await;
@@ -1482,6 +1565,7 @@ conformance!(
     admin_release_delete_and_force,
     stats_counts_and_usage,
     stats_match_the_rows_after_concurrent_changes,
+    opposite_batch_deletes_and_releases_do_not_deadlock,
     invalid_input_names_the_field,
     auth_keys_roles_and_scopes,
     metrics_endpoint_reports_outcomes,

@@ -105,12 +105,15 @@ where
         F: Fn(K, Vec<J>) -> Fut,
         Fut: Future<Output = Vec<R>>,
     {
-        // Gives the running slot back however this task ends.
-        let _slot = Slot {
+        // Gives the running slot back if this task ends without finding the queue empty (a
+        // panic in `run`): the normal end gives it back inside `take`, under the same lock that
+        // saw the queue empty, so a request queued a moment later always starts a new task.
+        let mut slot = Slot {
             batcher: &self,
             key: key.clone(),
+            held: true,
         };
-        while let Some(batch) = self.take(&key) {
+        while let Some(batch) = self.take(&key, &mut slot.held) {
             let (jobs, replies): (Vec<J>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
             self.statements.inc();
             self.jobs.inc_by(jobs.len() as u64);
@@ -123,10 +126,22 @@ where
     }
 
     /// The next batch of `key`: queued jobs in arrival order, at most `max_batch`, no two with
-    /// the same twin key. `None` when nothing is queued.
-    fn take(&self, key: &K) -> Option<Vec<(J, oneshot::Sender<R>)>> {
+    /// the same twin key. `None` when nothing is queued; the caller's running slot is then given
+    /// back (and `held` cleared) before the lock is released.
+    fn take(&self, key: &K, held: &mut bool) -> Option<Vec<(J, oneshot::Sender<R>)>> {
         let mut queues = self.lock();
-        let q = queues.get_mut(key)?;
+        let Some(q) = queues.get_mut(key) else {
+            *held = false;
+            return None;
+        };
+        if q.pending.is_empty() {
+            q.running = q.running.saturating_sub(1);
+            *held = false;
+            if q.running == 0 {
+                queues.remove(key);
+            }
+            return None;
+        }
         let mut batch: Vec<(J, oneshot::Sender<R>)> = Vec::new();
         let mut later = VecDeque::new();
         while let Some(item) = q.pending.pop_front() {
@@ -148,14 +163,21 @@ where
     }
 }
 
-/// A running batch task's slot in its key's queue.
+/// A running batch task's slot in its key's queue, while `held`.
 struct Slot<'a, K: Eq + Hash, J, R> {
     batcher: &'a Batcher<K, J, R>,
     key: K,
+    held: bool,
 }
 
 impl<K: Eq + Hash, J, R> Drop for Slot<'_, K, J, R> {
+    /// Only reached with `held` when the task is unwinding: the slot is given back, and if no
+    /// other task is running for the key, what is queued is dropped, so its callers get `None`
+    /// (an error) instead of waiting for a task that will not come.
     fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
         let mut queues = self
             .batcher
             .queues
@@ -163,7 +185,7 @@ impl<K: Eq + Hash, J, R> Drop for Slot<'_, K, J, R> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(q) = queues.get_mut(&self.key) {
             q.running = q.running.saturating_sub(1);
-            if q.running == 0 && q.pending.is_empty() {
+            if q.running == 0 {
                 queues.remove(&self.key);
             }
         }

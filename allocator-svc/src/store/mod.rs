@@ -9,7 +9,13 @@
 //!   `tenant_state` row, so those acquires are serialised per tenant; uncapped LRU and affinity
 //!   acquires never take it (PostgreSQL picks with `for update skip locked`);
 //! - anything that ends a lease locks the lease row before the extension row, so release, renew,
-//!   the reaper and the admin paths cannot deadlock with each other;
+//!   the reaper and the admin paths cannot deadlock with each other; a path that ends several
+//!   leases in one transaction (coalesced releases, force-release of a collector, forced batch
+//!   deletes) locks them in lease id order first (the reaper skips locked rows instead);
+//! - deleting extensions locks the tenant's `pool_counts` row (which the delete trigger updates)
+//!   before any extension row, so overlapping batch deletes queue instead of deadlocking;
+//! - PostgreSQL coalesces concurrent LRU acquires of a tenant (and releases) into one statement
+//!   (`coalesce`); capped batches lock the tenant row first, like the serialised path;
 //! - only acquire turns an extension `in_use`, so the cap check under the tenant lock cannot be
 //!   outrun by another path.
 //!

@@ -572,10 +572,12 @@ impl PgStore {
             } else if extension_id.is_some() {
                 granted(row, &job.cmd, job.lease_id).map(Fast::Done)
             } else if let Some(cap) = cap.filter(|_| !within_cap) {
+                // Live leases as this batch leaves them: those before it and its own grants.
                 let live: Option<i64> = row.try_get("live").map_err(db_err)?;
+                let inserted: i64 = row.try_get("inserted").map_err(db_err)?;
                 Ok(Fast::Done(AcquireOutcome::CapReached {
                     cap,
-                    live: u32::try_from(live.unwrap_or(0)).unwrap_or(u32::MAX),
+                    live: u32::try_from(live.unwrap_or(0) + inserted).unwrap_or(u32::MAX),
                 }))
             } else {
                 self.pool_empty(tenant).await
@@ -623,14 +625,26 @@ impl PgStore {
         let ids: Vec<Uuid> = jobs.iter().map(|j| j.lease_id).collect();
         let tokens: Vec<i64> = jobs.iter().map(|j| j.token).collect();
         let reasons: Vec<&str> = jobs.iter().map(|j| j.reason.as_str()).collect();
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        // Several lease rows in one transaction: lock them in lease id order first, the order
+        // every other path that ends several leases uses, so two of them cannot deadlock.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query(
+            "select lease_id from leases where lease_id = any($1) and released_at is null \
+             order by lease_id for update",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         let rows = sqlx::query(END_LEASES_SQL)
             .bind(&ids)
             .bind(&tokens)
             .bind(&reasons)
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
         let mut ended: std::collections::HashMap<Uuid, Lease> = std::collections::HashMap::new();
         for r in &rows {
             let (l, _) = lease_from(r)?;
@@ -953,15 +967,17 @@ impl Store for PgStore {
         // Due leases are found through the extensions holding them (partial index on in-use
         // expiry; no index of `leases` covers released_at, so releases stay HOT), then their
         // lease rows are locked first, as every path that ends a lease does. skip locked:
-        // several instances reap side by side without waiting on each other.
+        // several instances reap side by side without waiting on each other; four times the
+        // limit in candidates, so leases another reaper (or a release) holds leave room for
+        // the rest.
         let due = sqlx::query(
             "select lease_id, fencing_token from leases \
              where lease_id = any(array( \
                select current_lease_id from extensions \
                where status = 'in_use' and lease_expires_at <= clock_timestamp() \
-               order by lease_expires_at limit $1)) \
+               order by lease_expires_at limit $1 * 4)) \
              and released_at is null and expires_at <= clock_timestamp() \
-             for update skip locked",
+             limit $1 for update skip locked",
         )
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
@@ -1192,6 +1208,28 @@ impl Store for PgStore {
         force: bool,
     ) -> Result<Vec<DeleteOutcome>, AllocError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // The delete trigger updates the tenant's pool_counts row: take that lock before any
+        // extension row, so two overlapping batch deletes queue here instead of deadlocking
+        // (each holding the counter and waiting for an extension the other has). Then the live
+        // leases of those extensions, in lease id order, as every multi-lease path does.
+        sqlx::query("select 1 from pool_counts where tenant_id = $1 for update")
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if force {
+            sqlx::query(
+                "select lease_id from leases where lease_id in ( \
+                   select current_lease_id from extensions \
+                   where tenant_id = $1 and id = any($2) and status = 'in_use') \
+                 and released_at is null order by lease_id for update",
+            )
+            .bind(tenant.as_str())
+            .bind(ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
             let status: Option<String> = sqlx::query_scalar(

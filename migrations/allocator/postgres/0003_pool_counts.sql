@@ -28,12 +28,23 @@ begin
 end
 $$;
 
+-- truncate (a restore, a test) empties the counters with the table.
+create or replace function pool_counts_truncated() returns trigger language plpgsql as $$
+begin
+    delete from pool_counts;
+    return null;
+end
+$$;
+
 create or replace trigger extensions_count_added
     after insert on extensions referencing new table as added
     for each statement execute function pool_counts_added();
 create or replace trigger extensions_count_removed
     after delete on extensions referencing old table as removed
     for each statement execute function pool_counts_removed();
+create or replace trigger extensions_count_truncated
+    after truncate on extensions
+    for each statement execute function pool_counts_truncated();
 
 -- the pools that existed before this migration.
 insert into pool_counts (tenant_id, total)
