@@ -200,7 +200,7 @@ impl Default for ReaperSettings {
     }
 }
 
-/// Coalescing: on PostgreSQL, concurrent uncapped LRU acquires of one tenant run as one
+/// Coalescing: on PostgreSQL, concurrent LRU acquires of one tenant (capped or not) run as one
 /// statement, and so do concurrent releases. A lone request is never held back.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -21,7 +21,7 @@ use crate::domain::{
     PoolCounts, ReleaseReason, Strategy, TenantId,
 };
 
-/// An uncapped LRU acquire waiting to be coalesced, with the lease id it will get.
+/// An LRU acquire waiting to be coalesced, with the lease id it will get.
 struct AcquireJob {
     cmd: AcquireCmd,
     lease_id: Uuid,
@@ -56,7 +56,7 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// Wraps a migrated pool; uncapped LRU acquires of one tenant, and releases, are coalesced
+    /// Wraps a migrated pool; LRU acquires of one tenant, and releases, are coalesced
     /// within `limits` (see [`super::coalesce`]).
     pub fn new(pool: PgPool, limits: Limits) -> Self {
         Self {
