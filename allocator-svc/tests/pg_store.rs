@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use allocator_svc::domain::{
-    CollectorId, ExtensionNumber, ReleaseReason, RequestId, Strategy, TenantId,
+    CollectorId, ExtStatus, ExtensionNumber, ReleaseReason, RequestId, Strategy, TenantId,
 };
 use allocator_svc::store::coalesce::Limits;
 use allocator_svc::store::postgres::PgStore;
-use allocator_svc::store::{AcquireCmd, AcquireOutcome, LeaseChange, Store};
+use allocator_svc::store::{AcquireCmd, AcquireOutcome, ExtUpdate, LeaseChange, Store};
 use cco_platform::db::{DatabaseSettings, DbPool};
 use cco_platform::testing::{Backend, TestDb};
 use sqlx::PgPool;
@@ -364,6 +364,84 @@ async fn one_statement_respects_the_cap() {
         .await
         .unwrap();
     assert_eq!(live, 3, "the cap holds");
+}
+
+/// In a capped batch, a request beyond the cap's room is answered "cap reached" only when the
+/// batch's grants did reach the cap; when free extensions ran out first it is "pool empty", as
+/// the serialised path would say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn capped_batch_says_pool_empty_when_the_pool_ran_out_first() {
+    let (_db, pg, store) = setup().await;
+    let t1 = TenantId::parse("t", "t1").unwrap();
+    let capped = |id: &str| AcquireCmd {
+        cap: Some(5),
+        ..cmd(id)
+    };
+    // 5 extensions: 2 offline, 2 leased, 1 free.
+    let ids: Vec<Uuid> = sqlx::query_scalar("select id from extensions order by number")
+        .fetch_all(&pg)
+        .await
+        .unwrap();
+    for id in &ids[..2] {
+        store
+            .update_extension(
+                &t1,
+                *id,
+                &ExtUpdate {
+                    status: Some(ExtStatus::Offline),
+                    number: None,
+                    force: false,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    for id in ["a", "b"] {
+        assert!(matches!(
+            store.acquire(&capped(id)).await.unwrap(),
+            AcquireOutcome::Granted { .. }
+        ));
+    }
+    let mut hold = pg.begin().await.unwrap();
+    sqlx::query("select 1 from tenant_state where tenant_id = 't1' for update")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let s = store.clone();
+    let blocker = tokio::spawn(async move { s.acquire(&capped("blocker")).await });
+    until(
+        "the first capped batch waits on the tenant row",
+        async || lock_waiters(&pg).await == 1,
+    )
+    .await;
+    let names = ["r1", "r2", "r3"];
+    let mut queued = Vec::new();
+    for (i, id) in names.into_iter().enumerate() {
+        let s = store.clone();
+        queued.push(tokio::spawn(async move { s.acquire(&capped(id)).await }));
+        until("the acquire is queued", async || {
+            store.queued_acquires("t1") == i + 1
+        })
+        .await;
+    }
+    hold.rollback().await.unwrap();
+    // the blocker takes the last free extension: 3 live, room for 2 more under the cap.
+    assert!(matches!(
+        blocker.await.unwrap().unwrap(),
+        AcquireOutcome::Granted { .. }
+    ));
+    let mut out = Vec::new();
+    for t in queued {
+        out.push(t.await.unwrap().unwrap());
+    }
+    // r1, r2 fit under the cap but find no extension; r3 is beyond the room, but the cap was
+    // never reached (3 live of 5): pool empty for all three.
+    for (o, name) in out.iter().zip(names) {
+        assert!(
+            matches!(o, AcquireOutcome::PoolEmpty(c) if c.in_use == 3 && c.offline == 2),
+            "{name}: {o:?}"
+        );
+    }
 }
 
 /// Release and renew rewrite `released_at`, `release_reason`, `expires_at` and `updated_at` of a

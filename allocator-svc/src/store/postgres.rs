@@ -229,8 +229,15 @@ async fn end_extension_lease(
     reason: ReleaseReason,
 ) -> Result<Option<(Extension, Option<Lease>)>, AllocError> {
     // Lease before extension: read the live lease without a lock, end it through the lease
-    // row, then lock the extension and confirm nothing was re-leased in between.
+    // row, then lock the extension and confirm nothing was re-leased in between. Each pass runs
+    // under a savepoint: a pass that finds the extension re-leased rolls back to it, which
+    // drops the extension row lock before the next pass locks the new lease (holding the
+    // extension while waiting for a lease would invert the lock order of release).
     for _ in 0..5 {
+        sqlx::query("savepoint end_extension_lease")
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
         let peek = sqlx::query("select current_lease_id, fencing_token from extensions where id = $1 and tenant_id = $2")
             .bind(id)
             .bind(tenant.as_str())
@@ -257,6 +264,10 @@ async fn end_extension_lease(
         let Some(row) = row else { return Ok(None) };
         let ext = extension_from(&row)?;
         if ext.current_lease_id.is_none() {
+            sqlx::query("release savepoint end_extension_lease")
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
             return Ok(Some((ext, ended)));
         }
         if ended.is_some() {
@@ -265,6 +276,10 @@ async fn end_extension_lease(
                 "extension re-leased under lock"
             )));
         }
+        sqlx::query("rollback to savepoint end_extension_lease")
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
     }
     Err(AllocError::Unavailable(
         "extension keeps being re-leased; try again".into(),
@@ -571,14 +586,21 @@ impl PgStore {
                 Ok(Fast::Serialised)
             } else if extension_id.is_some() {
                 granted(row, &job.cmd, job.lease_id).map(Fast::Done)
-            } else if let Some(cap) = cap.filter(|_| !within_cap) {
-                // Live leases as this batch leaves them: those before it and its own grants.
-                let live: Option<i64> = row.try_get("live").map_err(db_err)?;
-                let inserted: i64 = row.try_get("inserted").map_err(db_err)?;
-                Ok(Fast::Done(AcquireOutcome::CapReached {
-                    cap,
-                    live: u32::try_from(live.unwrap_or(0) + inserted).unwrap_or(u32::MAX),
-                }))
+            } else if let Some((cap, live)) = cap
+                .filter(|_| !within_cap)
+                .map(|cap| -> Result<(u32, u32), AllocError> {
+                    // Live leases as this batch leaves them: those before it and its grants.
+                    let live: Option<i64> = row.try_get("live").map_err(db_err)?;
+                    let inserted: i64 = row.try_get("inserted").map_err(db_err)?;
+                    Ok((
+                        cap,
+                        u32::try_from(live.unwrap_or(0) + inserted).unwrap_or(u32::MAX),
+                    ))
+                })
+                .transpose()?
+                .filter(|(cap, live)| live >= cap)
+            {
+                Ok(Fast::Done(AcquireOutcome::CapReached { cap, live }))
             } else {
                 self.pool_empty(tenant).await
             });
@@ -1212,13 +1234,20 @@ impl Store for PgStore {
         // extension row, so two overlapping batch deletes queue here instead of deadlocking
         // (each holding the counter and waiting for an extension the other has). Then the live
         // leases of those extensions, in lease id order, as every multi-lease path does.
+        sqlx::query(
+            "insert into pool_counts (tenant_id) values ($1) on conflict (tenant_id) do nothing",
+        )
+        .bind(tenant.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         sqlx::query("select 1 from pool_counts where tenant_id = $1 for update")
             .bind(tenant.as_str())
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        if force {
-            sqlx::query(
+        let locked: std::collections::HashSet<Uuid> = if force {
+            sqlx::query_scalar(
                 "select lease_id from leases where lease_id in ( \
                    select current_lease_id from extensions \
                    where tenant_id = $1 and id = any($2) and status = 'in_use') \
@@ -1226,27 +1255,36 @@ impl Store for PgStore {
             )
             .bind(tenant.as_str())
             .bind(ids)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(db_err)?;
-        }
+            .map_err(db_err)?
+            .into_iter()
+            .collect()
+        } else {
+            std::collections::HashSet::new()
+        };
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
-            let status: Option<String> = sqlx::query_scalar(
-                "select status from extensions where id = $1 and tenant_id = $2",
+            let row = sqlx::query(
+                "select status, current_lease_id from extensions where id = $1 and tenant_id = $2",
             )
             .bind(id)
             .bind(tenant.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_err)?;
-            let Some(status) = status else {
+            let Some(row) = row else {
                 out.push(DeleteOutcome::NotFound);
                 continue;
             };
+            let status: String = row.try_get("status").map_err(db_err)?;
+            let lease: Option<Uuid> = row.try_get("current_lease_id").map_err(db_err)?;
             let mut ended = None;
             if status == "in_use" {
-                if !force {
+                // Only leases locked above, in order, are ended here: one leased since then
+                // would be waited for out of order (a deadlock with a batch of releases), so
+                // that extension is reported in use, as a race with a new lease always was.
+                if !force || !lease.is_some_and(|l| locked.contains(&l)) {
                     out.push(DeleteOutcome::InUse);
                     continue;
                 }
