@@ -75,22 +75,40 @@ fn starts_on_sqlite_defaults_and_stops_on_sigterm() {
 
 #[test]
 fn bad_settings_fail_with_the_key_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_allocator-svc"))
-        .current_dir(dir.path())
-        .env("ALLOCATOR__POLICY__STATIC_STRATEGY", "fastest")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("policy.static_strategy"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_allocator-svc"))
-        .current_dir(dir.path())
-        .env("ALLOCATOR__DATABASE__URL", "mysql://x")
-        .env("ALLOCATOR__POLICY__SOURCE", "static")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("database.url"), "{err}");
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[("ALLOCATOR__POLICY__STATIC_STRATEGY", "fastest")],
+            "policy.static_strategy",
+        ),
+        (
+            &[
+                ("ALLOCATOR__DATABASE__URL", "mysql://x"),
+                ("ALLOCATOR__POLICY__SOURCE", "static"),
+            ],
+            "database.url",
+        ),
+        (
+            &[("ALLOCATOR__COALESCE__MAX_BATCH", "0")],
+            "coalesce.max_batch",
+        ),
+        (
+            &[("ALLOCATOR__COALESCE__IN_FLIGHT", "65")],
+            "coalesce.in_flight",
+        ),
+        (&[("ALLOCATOR__COALESCE__MAX_BATCH", "many")], "max_batch"),
+    ];
+    for (env, key) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_allocator-svc"))
+            .current_dir(dir.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{env:?} was accepted");
+        // (the config loader spells a key it cannot parse in capitals)
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(err.contains(key), "{env:?}: want {key} named, got {err}");
+        // refused before anything was opened or written
+        assert!(!dir.path().join("data").exists(), "{env:?} created ./data");
+    }
 }

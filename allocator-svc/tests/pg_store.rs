@@ -6,6 +6,7 @@
 //! request's own answer from the one statement that served them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::sync::Arc;
 
 use allocator_svc::domain::{
@@ -17,6 +18,7 @@ use allocator_svc::store::{AcquireCmd, AcquireOutcome, ExtUpdate, LeaseChange, S
 use cco_platform::db::{DatabaseSettings, DbPool};
 use cco_platform::testing::{Backend, TestDb};
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 async fn setup() -> (TestDb, PgPool, Arc<PgStore>) {
@@ -80,6 +82,47 @@ async fn lock_waiters(pg: &PgPool) -> i64 {
     .unwrap()
 }
 
+type Acquired = Result<AcquireOutcome, allocator_svc::domain::AllocError>;
+
+/// With a row lock held by the test: starts `first`, waits until its statement waits on that
+/// lock, then starts `rest` one after another, each only once the one before is queued
+/// (`queued()` counts the queue), so the queue holds them in this order.
+async fn queue_behind<T, Fut>(
+    pg: &PgPool,
+    first: Fut,
+    rest: Vec<Fut>,
+    queued: impl Fn() -> usize,
+) -> (JoinHandle<T>, Vec<JoinHandle<T>>)
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let first = tokio::spawn(first);
+    until("the first statement waits on the held row", async || {
+        lock_waiters(pg).await == 1
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for (i, f) in rest.into_iter().enumerate() {
+        tasks.push(tokio::spawn(f));
+        until("the request is queued", async || queued() == i + 1).await;
+    }
+    (first, tasks)
+}
+
+/// Acquires `cmds` on `store`, as futures for [`queue_behind`].
+fn acquires(
+    store: &Arc<PgStore>,
+    cmds: Vec<AcquireCmd>,
+) -> Vec<impl Future<Output = Acquired> + Send + 'static + use<>> {
+    cmds.into_iter()
+        .map(|c| {
+            let s = store.clone();
+            async move { s.acquire(&c).await }
+        })
+        .collect()
+}
+
 /// One statement serves many acquires, each getting its own outcome: new leases paired one to
 /// one with free extensions in LRU order, pool empty once they run out, a replay for a request
 /// id that already has a lease, and a twin kept out of the batch that then replays its twin.
@@ -102,23 +145,15 @@ async fn one_statement_answers_each_acquire() {
     .execute(&mut *hold)
     .await
     .unwrap();
-    let s = store.clone();
-    let blocker = tokio::spawn(async move { s.acquire(&cmd("blocker")).await });
-    until("the first statement waits on the held row", async || {
-        lock_waiters(&pg).await == 1
-    })
-    .await;
     let ids = ["r1", "r2", "r3", "r4", "r5", "r6", "old", "r1"];
-    // queued one after another, so the queue holds them in this order.
-    let mut queued = Vec::new();
-    for (i, id) in ids.into_iter().enumerate() {
-        let s = store.clone();
-        queued.push(tokio::spawn(async move { s.acquire(&cmd(id)).await }));
-        until("the acquire is queued", async || {
-            store.queued_acquires("t1") == i + 1
-        })
-        .await;
-    }
+    let mut first = acquires(&store, vec![cmd("blocker")]);
+    let (blocker, queued) = queue_behind(
+        &pg,
+        first.remove(0),
+        acquires(&store, ids.iter().map(|id| cmd(id)).collect()),
+        || store.queued_acquires("t1"),
+    )
+    .await;
     hold.rollback().await.unwrap();
 
     let AcquireOutcome::Granted { lease: b, replayed } = blocker.await.unwrap().unwrap() else {
@@ -207,15 +242,6 @@ async fn one_statement_answers_each_release() {
         .execute(&mut *hold)
         .await
         .unwrap();
-    let (s, l0) = (store.clone(), leases[0].clone());
-    let first = tokio::spawn(async move {
-        s.release(l0.lease_id, l0.fencing_token, ReleaseReason::CallEnded)
-            .await
-    });
-    until("the first release waits on the held row", async || {
-        lock_waiters(&pg).await == 1
-    })
-    .await;
     let jobs: Vec<(Uuid, i64, ReleaseReason)> = vec![
         (
             leases[1].lease_id,
@@ -239,18 +265,19 @@ async fn one_statement_answers_each_release() {
             ReleaseReason::CallEnded,
         ),
     ];
-    // queued one after another, so the second release of leases[1] comes last.
-    let mut queued = Vec::new();
-    for (i, (id, token, reason)) in jobs.into_iter().enumerate() {
+    // the second release of leases[1] comes last.
+    let release = |(id, token, reason): (Uuid, i64, ReleaseReason)| {
         let s = store.clone();
-        queued.push(tokio::spawn(
-            async move { s.release(id, token, reason).await },
-        ));
-        until("the release is queued", async || {
-            store.queued_releases() == i + 1
-        })
-        .await;
-    }
+        async move { s.release(id, token, reason).await }
+    };
+    let l0 = &leases[0];
+    let (first, queued) = queue_behind(
+        &pg,
+        release((l0.lease_id, l0.fencing_token, ReleaseReason::CallEnded)),
+        jobs.into_iter().map(release).collect(),
+        || store.queued_releases(),
+    )
+    .await;
     hold.commit().await.unwrap();
 
     assert!(matches!(
@@ -314,23 +341,15 @@ async fn one_statement_respects_the_cap() {
         .execute(&mut *hold)
         .await
         .unwrap();
-    let s = store.clone();
-    let blocker = tokio::spawn(async move { s.acquire(&capped("blocker")).await });
-    until(
-        "the first capped batch waits on the tenant row",
-        async || lock_waiters(&pg).await == 1,
+    let ids = ["r1", "r2", "r3", "r4", "old"];
+    let mut first = acquires(&store, vec![capped("blocker")]);
+    let (blocker, queued) = queue_behind(
+        &pg,
+        first.remove(0),
+        acquires(&store, ids.iter().map(|id| capped(id)).collect()),
+        || store.queued_acquires("t1"),
     )
     .await;
-    let ids = ["r1", "r2", "r3", "r4", "old"];
-    let mut queued = Vec::new();
-    for (i, id) in ids.into_iter().enumerate() {
-        let s = store.clone();
-        queued.push(tokio::spawn(async move { s.acquire(&capped(id)).await }));
-        until("the acquire is queued", async || {
-            store.queued_acquires("t1") == i + 1
-        })
-        .await;
-    }
     hold.rollback().await.unwrap();
     assert!(matches!(
         blocker.await.unwrap().unwrap(),
@@ -407,23 +426,15 @@ async fn capped_batch_says_pool_empty_when_the_pool_ran_out_first() {
         .execute(&mut *hold)
         .await
         .unwrap();
-    let s = store.clone();
-    let blocker = tokio::spawn(async move { s.acquire(&capped("blocker")).await });
-    until(
-        "the first capped batch waits on the tenant row",
-        async || lock_waiters(&pg).await == 1,
+    let names = ["r1", "r2", "r3"];
+    let mut first = acquires(&store, vec![capped("blocker")]);
+    let (blocker, queued) = queue_behind(
+        &pg,
+        first.remove(0),
+        acquires(&store, names.iter().map(|id| capped(id)).collect()),
+        || store.queued_acquires("t1"),
     )
     .await;
-    let names = ["r1", "r2", "r3"];
-    let mut queued = Vec::new();
-    for (i, id) in names.into_iter().enumerate() {
-        let s = store.clone();
-        queued.push(tokio::spawn(async move { s.acquire(&capped(id)).await }));
-        until("the acquire is queued", async || {
-            store.queued_acquires("t1") == i + 1
-        })
-        .await;
-    }
     hold.rollback().await.unwrap();
     // the blocker takes the last free extension: 3 live, room for 2 more under the cap.
     assert!(matches!(
@@ -503,4 +514,18 @@ async fn lease_updates_touch_no_indexed_column() {
     assert!(upd >= 5, "{upd}");
     assert_eq!(hot, upd, "lease updates were not HOT");
     tx.rollback().await.unwrap();
+}
+
+/// A truncate of the pool (a restore, a test) empties the trigger-kept totals with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_empties_the_counters() {
+    let (_db, pg, store) = setup().await;
+    let t1 = TenantId::parse("t", "t1").unwrap();
+    assert_eq!(store.counts(&t1).await.unwrap().total, 5);
+    sqlx::query("truncate extensions")
+        .execute(&pg)
+        .await
+        .unwrap();
+    let c = store.counts(&t1).await.unwrap();
+    assert_eq!((c.total, c.available), (0, 0));
 }
