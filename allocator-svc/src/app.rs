@@ -9,6 +9,7 @@ use cco_contracts::allocator::v1::extension_allocator_server::ExtensionAllocator
 use cco_contracts::allocator::v1::extension_pool_server::ExtensionPoolServer;
 use cco_platform::auth::AuthLayer;
 use cco_platform::db::{DbPool, Migrations};
+use cco_platform::grpc::GrpcServer;
 use prometheus_client::registry::Registry;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -142,15 +143,10 @@ impl Application {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         self.svc.store().register_metrics(&mut registry);
-        let keys = self.settings.keys()?;
-        let (reporter, health) = cco_platform::grpc::health();
-        reporter
-            .set_serving::<ExtensionAllocatorServer<AllocatorGrpc>>()
-            .await;
-        reporter
-            .set_serving::<ExtensionPoolServer<AllocatorGrpc>>()
-            .await;
-
+        let auth = AuthLayer::new(self.settings.keys()?, crate::grpc::roles).with_rate_limit(
+            self.settings.auth.rate_limit_per_second,
+            self.settings.auth.rate_limit_burst,
+        );
         let background = shutdown.child_token();
         let reaper = tokio::spawn(crate::reaper::run(
             self.svc.clone(),
@@ -159,49 +155,34 @@ impl Application {
             self.settings.reaper.batch_size,
             background.clone(),
         ));
-        let metrics_task = self.metrics_listener.map(|l| {
-            tokio::spawn(cco_platform::metrics::serve(
-                l,
-                Arc::new(registry),
-                background.clone(),
-            ))
-        });
+        let metrics_task = match self.metrics_listener {
+            Some(l) => {
+                let tls = self.settings.metrics.tls.http("metrics.tls").await?;
+                Some(tokio::spawn(cco_platform::http::serve(
+                    l,
+                    cco_platform::metrics::routes(Arc::new(registry)),
+                    self.settings.metrics.clone(),
+                    tls,
+                    background.clone(),
+                )))
+            }
+            None => None,
+        };
 
         let grpc = AllocatorGrpc::new(self.svc.clone(), metrics);
         tracing::info!(addr = %self.grpc_addr, metrics = ?self.metrics_addr, backend = self.db.backend(), "allocator serving");
-        let stop = shutdown.clone();
-        let reporter2 = reporter.clone();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = self.settings.grpc.tls.tonic("grpc.tls")? {
-            builder = builder.tls_config(tls)?;
-        }
-        let server = builder
-            .layer(cco_platform::grpc::trace_layer())
-            .layer(AuthLayer::new(keys, crate::grpc::roles).with_rate_limit(
-                self.settings.auth.rate_limit_per_second,
-                self.settings.auth.rate_limit_burst,
-            ))
-            .add_service(health)
-            .add_service(cco_platform::grpc::reflection()?)
+        let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
+        let result = GrpcServer::new()
             .add_service(ExtensionAllocatorServer::new(grpc.clone()))
             .add_service(ExtensionPoolServer::new(grpc))
-            .serve_with_incoming_shutdown(
-                cco_platform::grpc::incoming(self.grpc_listener),
-                async move {
-                    stop.cancelled().await;
-                    reporter2
-                        .set_not_serving::<ExtensionAllocatorServer<AllocatorGrpc>>()
-                        .await;
-                    reporter2
-                        .set_not_serving::<ExtensionPoolServer<AllocatorGrpc>>()
-                        .await;
-                    reporter2
-                        .set_service_status("", cco_platform::grpc::ServingStatus::NotServing)
-                        .await;
-                },
-            );
-        let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
-        let result = cco_platform::grpc::serve_with_grace(server, shutdown.clone(), grace).await;
+            .serve(
+                self.grpc_listener,
+                &self.settings.grpc,
+                auth,
+                shutdown.clone(),
+                grace,
+            )
+            .await;
         background.cancel();
         let _ = reaper.await;
         if let Some(t) = metrics_task {

@@ -109,7 +109,8 @@ impl ConfigId {
     }
 }
 
-/// An extension number as Infinity knows it: 1-32 digits, surrounding whitespace trimmed.
+/// An extension number as Infinity knows it: 1-32 digits without leading zeros ("0" alone is
+/// fine), surrounding whitespace trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExtensionNumber(String);
 
@@ -121,10 +122,24 @@ impl ExtensionNumber {
             return Err("is empty".into());
         }
         if !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("must contain only digits, got {v:?}"));
+            return Err(format!(
+                "must contain only digits, got {}",
+                cco_platform::validate::quote(v)
+            ));
         }
         if v.len() > 32 {
             return Err(format!("must be at most 32 digits, got {}", v.len()));
+        }
+        if v.len() > 1 && v.starts_with('0') {
+            // Pools are ordered numerically (round robin), and 0009001 would sit beside 9001 as
+            // another extension with the same value.
+            let value = match v.trim_start_matches('0') {
+                "" => "0",
+                rest => rest,
+            };
+            return Err(format!(
+                "must not start with 0 (extension numbers are ordered by value: write {value})"
+            ));
         }
         Ok(Self(v.to_owned()))
     }
@@ -145,8 +160,15 @@ pub fn parse_uuid(field: &'static str, value: &str) -> Result<Uuid, AllocError> 
     if value.is_empty() {
         return Err(AllocError::invalid(field, "is required"));
     }
-    Uuid::parse_str(value)
-        .map_err(|_| AllocError::invalid(field, format!("must be a UUID, got {value:?}")))
+    Uuid::parse_str(value).map_err(|_| {
+        AllocError::invalid(
+            field,
+            format!(
+                "must be a UUID, got {}",
+                cco_platform::validate::quote(value)
+            ),
+        )
+    })
 }
 
 /// How a free extension is chosen.

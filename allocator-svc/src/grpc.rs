@@ -6,8 +6,10 @@ use std::time::Instant;
 use cco_contracts::allocator::v1 as pb;
 use cco_contracts::time::to_timestamp as ts;
 use cco_platform::auth::{Principal, Role};
+use cco_platform::grpc::{INTERNAL_MESSAGE, status};
+use cco_platform::validate::quote;
 use chrono::{DateTime, Utc};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::{
@@ -21,15 +23,15 @@ use crate::store::{DeleteOutcome, ExtUpdate, LeaseChange, ListFilter};
 impl From<AllocError> for Status {
     fn from(e: AllocError) -> Self {
         match e {
-            AllocError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            AllocError::NotFound(m) => Status::not_found(m),
-            AllocError::FailedPrecondition(m) => Status::failed_precondition(m),
-            AllocError::ResourceExhausted(m) => Status::resource_exhausted(m),
-            AllocError::Unavailable(m) => Status::unavailable(m),
-            AllocError::PermissionDenied(m) => Status::permission_denied(m),
+            AllocError::InvalidArgument { .. } => status(Code::InvalidArgument, &e.to_string()),
+            AllocError::NotFound(m) => status(Code::NotFound, &m),
+            AllocError::FailedPrecondition(m) => status(Code::FailedPrecondition, &m),
+            AllocError::ResourceExhausted(m) => status(Code::ResourceExhausted, &m),
+            AllocError::Unavailable(m) => status(Code::Unavailable, &m),
+            AllocError::PermissionDenied(m) => status(Code::PermissionDenied, &m),
             AllocError::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
-                Status::internal("internal error")
+                Status::internal(INTERNAL_MESSAGE)
             }
         }
     }
@@ -46,7 +48,10 @@ pub fn roles(path: &str) -> Option<&'static [Role]> {
         Some(ANY)
     } else if let Some(method) = path.strip_prefix("/cco.infinity.allocator.v1.ExtensionPool/") {
         match method {
-            "ListExtensions" | "GetExtension" | "UpdateExtension" => Some(ADMIN_OR_PEER),
+            // DeleteConfigPool: the gateway removes a deleted config's pool.
+            "ListExtensions" | "GetExtension" | "UpdateExtension" | "DeleteConfigPool" => {
+                Some(ADMIN_OR_PEER)
+            }
             _ => Some(ADMIN),
         }
     } else {
@@ -246,7 +251,8 @@ fn tenant_of(p: &Principal, raw: &str) -> Result<TenantId, AllocError> {
         Ok(t)
     } else {
         Err(AllocError::PermissionDenied(format!(
-            "tenant_id: this API key is not allowed to access tenant {raw:?}"
+            "tenant_id: this API key is not allowed to access tenant {}",
+            quote(raw)
         )))
     }
 }
@@ -287,7 +293,8 @@ impl AllocatorGrpc {
         let lease = self.svc.lease(lease_id).await?;
         if !tenant.is_empty() && lease.tenant_id != tenant {
             return Err(AllocError::NotFound(format!(
-                "lease_id: no lease {lease_id} in tenant {tenant:?}"
+                "lease_id: no lease {lease_id} in tenant {}",
+                quote(tenant)
             )));
         }
         tenant_of(p, &lease.tenant_id)?;
@@ -625,5 +632,24 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
         }
         .await;
         self.done("force_release_collector", result)
+    }
+
+    async fn delete_config_pool(
+        &self,
+        req: Request<pb::DeleteConfigPoolRequest>,
+    ) -> Result<Response<pb::DeleteConfigPoolResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let tenant = tenant_of(&p, &r.tenant_id)?;
+            let config = ConfigId::parse("config_id", &r.config_id)?;
+            let (deleted, leases_ended) = self.svc.delete_config_pool(&tenant, &config).await?;
+            Ok(pb::DeleteConfigPoolResponse {
+                deleted,
+                leases_ended,
+            })
+        }
+        .await;
+        self.done("delete_config_pool", result)
     }
 }

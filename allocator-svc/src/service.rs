@@ -224,7 +224,10 @@ impl Allocator {
         until: Option<DateTime<Utc>>,
     ) -> (DateTime<Utc>, DateTime<Utc>) {
         let until = until.unwrap_or_else(Utc::now);
-        (since.unwrap_or(until - Duration::hours(24)), until)
+        let day_before = until
+            .checked_sub_signed(Duration::hours(24))
+            .unwrap_or(until);
+        (since.unwrap_or(day_before), until)
     }
 
     /// Imports numbers, reporting each non-blank line; valid new lines go in one transaction.
@@ -363,6 +366,9 @@ impl Allocator {
             UpdateOutcome::InUse => Err(AllocError::FailedPrecondition(format!(
                 "extension {id} is in use: set force to end its lease and take it offline"
             ))),
+            UpdateOutcome::NumberInUse => Err(AllocError::FailedPrecondition(format!(
+                "number: extension {id} is in a live call; its number can change once the call has ended"
+            ))),
             UpdateOutcome::NumberTaken => Err(AllocError::FailedPrecondition(format!(
                 "number: another extension of tenant {tenant} already has number {:?}",
                 update.number.as_ref().map_or("", ExtensionNumber::as_str)
@@ -408,6 +414,57 @@ impl Allocator {
             ));
         }
         self.store.delete_extensions(tenant, ids, force).await
+    }
+
+    /// Deletes every extension of `tenant` imported under `config` (the gateway deleted that
+    /// config), ending their leases; returns how many were deleted and how many leases ended.
+    /// Runs in batches of [`MAX_BATCH`], each one transaction, until none is left: safe to
+    /// repeat, and a config's extensions never come back (imports name the current config id).
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, config_id = %config))]
+    pub async fn delete_config_pool(
+        &self,
+        tenant: &TenantId,
+        config: &ConfigId,
+    ) -> Result<(u32, u32), AllocError> {
+        let (mut deleted, mut ended) = (0u32, 0u32);
+        let mut idle_rounds = 0;
+        loop {
+            let page = self
+                .store
+                .list(&ListFilter {
+                    tenant_id: tenant.clone(),
+                    config_id: Some(config.clone()),
+                    status: None,
+                    collector_id: None,
+                    after_number: None,
+                    limit: u32::try_from(MAX_BATCH).unwrap_or(u32::MAX),
+                })
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            let ids: Vec<Uuid> = page.iter().map(|e| e.id).collect();
+            let mut progress = false;
+            for outcome in self.store.delete_extensions(tenant, &ids, true).await? {
+                if let DeleteOutcome::Deleted(lease) = outcome {
+                    progress = true;
+                    deleted = deleted.saturating_add(1);
+                    if lease.is_some() {
+                        ended = ended.saturating_add(1);
+                    }
+                }
+            }
+            // A forced batch delete skips an extension leased after it was listed (lock
+            // order); the next round takes it. Give up after a few rounds without progress.
+            idle_rounds = if progress { 0 } else { idle_rounds + 1 };
+            if idle_rounds >= 3 {
+                return Err(AllocError::Unavailable(format!(
+                    "config {config} of tenant {tenant}: extensions keep being leased; try again"
+                )));
+            }
+        }
+        tracing::info!(deleted, leases_ended = ended, "config pool deleted");
+        Ok((deleted, ended))
     }
 
     /// Frees all of a collector's live leases.

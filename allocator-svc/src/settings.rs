@@ -3,6 +3,7 @@
 
 use cco_platform::auth::KeyStore;
 use cco_platform::db::DatabaseSettings;
+use cco_platform::listen::{GrpcListener, HttpListener};
 use cco_platform::telemetry::LogSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -14,9 +15,9 @@ use crate::domain::Strategy;
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The gRPC listener.
-    pub grpc: ListenSettings,
+    pub grpc: GrpcListener,
     /// The Prometheus `/metrics` listener.
-    pub metrics: MetricsSettings,
+    pub metrics: HttpListener,
     /// The database.
     pub database: DatabaseSettings,
     /// API keys.
@@ -36,16 +37,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            grpc: ListenSettings {
-                host: "0.0.0.0".into(),
-                port: 50051,
-                tls: cco_platform::tls::ServerTls::default(),
-            },
-            metrics: MetricsSettings {
-                enabled: true,
-                host: "0.0.0.0".into(),
-                port: 9464,
-            },
+            grpc: GrpcListener::on_port(50051),
+            metrics: HttpListener::on_port(9464),
             database: DatabaseSettings::sqlite_default("allocator.db"),
             auth: AuthSettings::default(),
             policy: PolicySettings::default(),
@@ -54,42 +47,6 @@ impl Default for Settings {
             log: LogSettings::default(),
             shutdown_grace_seconds: 30,
         }
-    }
-}
-
-/// The gRPC listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListenSettings {
-    /// Interface to bind.
-    pub host: String,
-    /// Port; 0 picks a free one.
-    pub port: u16,
-    /// TLS (and mutual TLS) for the port; plaintext when not set.
-    pub tls: cco_platform::tls::ServerTls,
-}
-
-/// The metrics listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsSettings {
-    /// Serve `/metrics` at all.
-    pub enabled: bool,
-    /// Interface to bind.
-    pub host: String,
-    /// Port; 0 picks a free one.
-    pub port: u16,
-}
-
-impl Default for ListenSettings {
-    fn default() -> Self {
-        Settings::default().grpc
-    }
-}
-
-impl Default for MetricsSettings {
-    fn default() -> Self {
-        Settings::default().metrics
     }
 }
 
@@ -265,7 +222,8 @@ impl Settings {
         {
             anyhow::bail!("policy.gateway_url: must be an http:// or https:// URL");
         }
-        self.grpc.tls.validate("grpc.tls")?;
+        self.grpc.validate("grpc")?;
+        self.metrics.validate("metrics")?;
         if self.policy.source == PolicySourceKind::Grpc {
             self.policy
                 .gateway_tls
@@ -277,8 +235,32 @@ impl Settings {
         if !(1..=64).contains(&self.coalesce.in_flight) {
             anyhow::bail!("coalesce.in_flight: must be 1-64");
         }
-        if self.reaper.interval_ms == 0 || self.reaper.batch_size == 0 {
-            anyhow::bail!("reaper.interval_ms and reaper.batch_size: must be positive");
+        if self.reaper.batch_size == 0 {
+            anyhow::bail!("reaper.batch_size: must be positive");
+        }
+        for (name, v, lo, hi) in [
+            ("reaper.interval_ms", self.reaper.interval_ms, 1, 3_600_000),
+            (
+                "policy.cache_ttl_ms",
+                self.policy.cache_ttl_ms,
+                0,
+                86_400_000,
+            ),
+            (
+                "policy.stale_ttl_ms",
+                self.policy.stale_ttl_ms,
+                0,
+                86_400_000,
+            ),
+            ("policy.timeout_ms", self.policy.timeout_ms, 1, 600_000),
+            (
+                "shutdown_grace_seconds",
+                self.shutdown_grace_seconds,
+                0,
+                3_600,
+            ),
+        ] {
+            cco_platform::config::check_range(name, v, lo, hi)?;
         }
         Ok(())
     }

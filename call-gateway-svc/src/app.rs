@@ -11,6 +11,7 @@ use cco_contracts::gateway::v1::tenant_configs_server::TenantConfigsServer;
 use cco_contracts::gateway::v1::tenant_policies_server::TenantPoliciesServer;
 use cco_platform::auth::AuthLayer;
 use cco_platform::db::{DbPool, Migrations};
+use cco_platform::grpc::GrpcServer;
 use prometheus_client::registry::Registry;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -94,7 +95,7 @@ impl Application {
             store,
             calls,
             settings.cipher()?,
-            Arc::new(InfinityClient::new()?),
+            Arc::new(InfinityClient::new()?.with_allowed_hosts(settings.allowed_hosts()?)),
             AllocatorClient::new(&settings.allocator)?,
             settings.calls.tuning(),
         );
@@ -140,28 +141,22 @@ impl Application {
             "Infinity callbacks by outcome",
             callback_metrics.outcomes.clone(),
         );
-        let keys = self.settings.keys()?;
-        let (reporter, health) = cco_platform::grpc::health();
-        reporter
-            .set_serving::<TenantConfigsServer<GatewayGrpc>>()
-            .await;
-        reporter
-            .set_serving::<TenantPoliciesServer<GatewayGrpc>>()
-            .await;
-        reporter
-            .set_serving::<CollectorsServer<GatewayGrpc>>()
-            .await;
-        reporter.set_serving::<CallsServer<GatewayGrpc>>().await;
+        let auth = AuthLayer::new(self.settings.keys()?, crate::grpc::roles).with_rate_limit(
+            self.settings.auth.rate_limit_per_second,
+            self.settings.auth.rate_limit_burst,
+        );
         let background = shutdown.child_token();
-        let http_task = tokio::spawn(cco_platform::metrics::serve_with(
-            self.http_listener,
-            Arc::new(registry),
-            crate::callback::routes(
+        let routes =
+            cco_platform::metrics::routes(Arc::new(registry)).merge(crate::callback::routes(
                 self.svc.clone(),
                 callback_metrics,
                 self.settings.calls.signature_tolerance_seconds,
-            ),
-            self.settings.http.tls.axum("http.tls").await?,
+            ));
+        let http_task = tokio::spawn(cco_platform::http::serve(
+            self.http_listener,
+            routes,
+            self.settings.http.clone(),
+            self.settings.http.tls.http("http.tls").await?,
             background.clone(),
         ));
         let workers = tokio::spawn(crate::background::run(
@@ -172,44 +167,20 @@ impl Application {
         ));
         let grpc = GatewayGrpc::new(self.svc.clone());
         tracing::info!(addr = %self.grpc_addr, http = %self.http_addr, backend = self.db.backend(), "gateway serving");
-        let stop = shutdown.clone();
-        let reporter2 = reporter.clone();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = self.settings.grpc.tls.tonic("grpc.tls")? {
-            builder = builder.tls_config(tls)?;
-        }
-        let server = builder
-            .layer(cco_platform::grpc::trace_layer())
-            .layer(AuthLayer::new(keys, crate::grpc::roles).with_rate_limit(
-                self.settings.auth.rate_limit_per_second,
-                self.settings.auth.rate_limit_burst,
-            ))
-            .add_service(health)
-            .add_service(cco_platform::grpc::reflection()?)
+        let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
+        let result = GrpcServer::new()
             .add_service(TenantConfigsServer::new(grpc.clone()))
             .add_service(TenantPoliciesServer::new(grpc.clone()))
             .add_service(CollectorsServer::new(grpc.clone()))
             .add_service(CallsServer::new(grpc))
-            .serve_with_incoming_shutdown(
-                cco_platform::grpc::incoming(self.grpc_listener),
-                async move {
-                    stop.cancelled().await;
-                    reporter2
-                        .set_service_status("", cco_platform::grpc::ServingStatus::NotServing)
-                        .await;
-                    reporter2
-                        .set_not_serving::<TenantConfigsServer<GatewayGrpc>>()
-                        .await;
-                    reporter2
-                        .set_not_serving::<TenantPoliciesServer<GatewayGrpc>>()
-                        .await;
-                    reporter2
-                        .set_not_serving::<CollectorsServer<GatewayGrpc>>()
-                        .await;
-                },
-            );
-        let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
-        let result = cco_platform::grpc::serve_with_grace(server, shutdown.clone(), grace).await;
+            .serve(
+                self.grpc_listener,
+                &self.settings.grpc,
+                auth,
+                shutdown.clone(),
+                grace,
+            )
+            .await;
         background.cancel();
         let _ = workers.await;
         let _ = http_task.await;

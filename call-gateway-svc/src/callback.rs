@@ -25,8 +25,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
-use chrono_tz::Tz;
+use chrono::Utc;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use secrecy::ExposeSecret;
@@ -34,28 +33,13 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::domain::config::TenantConfig;
-use crate::domain::{GwError, TenantId};
+use crate::domain::{CaseId, GwError, TenantId};
+use crate::infinity::record::{TimeWindow, completion, customuuid, field, flatten, vendor_text};
 use crate::service::Gateway;
-use crate::store::calls::{Completed, Completion, RecordRow, UnmatchedRow};
+use crate::store::calls::{Completed, RecordRow, UnmatchedRow};
 
 /// The most a callback body may weigh.
 pub const MAX_BODY: usize = 64 * 1024;
-
-/// Flattens a JSON object into lower-cased keys and text values (numbers rendered).
-pub fn flatten(obj: &serde_json::Map<String, Value>) -> HashMap<String, String> {
-    obj.iter()
-        .filter_map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                Value::Null => return None,
-                other => other.to_string(),
-            };
-            Some((k.to_ascii_lowercase(), text))
-        })
-        .collect()
-}
 
 /// Parses a callback body: JSON (an object) or form data. Returns the fields and the payload
 /// kept for audit (JSON text).
@@ -90,7 +74,8 @@ pub fn parse_body(
         return Ok((flatten(&map), raw));
     }
     Err(format!(
-        "unsupported content type {ct:?}: send JSON or form data"
+        "unsupported content type {}: send JSON or form data",
+        cco_platform::validate::quote(&ct)
     ))
 }
 
@@ -114,91 +99,10 @@ fn urldecode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn field<'a>(m: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
-    m.get(key).map(|s| s.trim()).filter(|s| !s.is_empty())
-}
-
-fn number(m: &HashMap<String, String>, key: &str) -> Option<i64> {
-    field(m, key).and_then(|s| {
-        s.parse::<i64>()
-            .ok()
-            .or_else(|| s.parse::<f64>().ok().map(|f| f as i64))
-    })
-}
-
-fn time(m: &HashMap<String, String>, key: &str, tz: Tz) -> Option<DateTime<Utc>> {
-    let s = field(m, key)?;
-    if s == "1970-01-01 08:00:00" || s.starts_with("0000-00-00") {
-        return None;
-    }
-    let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok()?;
-    tz.from_local_datetime(&naive)
-        .earliest()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// Our call id as echoed by Infinity (`customuuid`, or the legacy `call_uuid`).
-pub fn customuuid(m: &HashMap<String, String>) -> Option<String> {
-    field(m, "customuuid")
-        .or_else(|| field(m, "call_uuid"))
-        .map(str::to_owned)
-}
-
 fn is_call_id(s: &str) -> bool {
     s.len() == 32
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Derives the record's completion from Infinity's fields (notes C2).
-pub fn completion(m: &HashMap<String, String>, tz: Tz, raw: String) -> Completion {
-    let legacy =
-        m.contains_key("call_uuid") && !m.contains_key("uuid") && !m.contains_key("customuuid");
-    let billsec = number(m, "billsec")
-        .or_else(|| legacy.then(|| number(m, "call_duration")).flatten())
-        .unwrap_or(0);
-    let answer_time = time(m, "answertime", tz);
-    let legacy_connected = legacy
-        && field(m, "is_connected")
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
-    let connected = billsec > 0 || answer_time.is_some() || legacy_connected;
-    let cause = number(m, "hangupcause");
-    let result = if connected {
-        "connected"
-    } else {
-        match cause {
-            Some(10006) => "busy",
-            Some(10016 | 10005 | 10015) => "no_answer",
-            Some(10003) => "rejected",
-            Some(10002) => "cancelled",
-            Some(10004 | 10009 | 10014 | 10019 | 10025 | 10028) => "failed",
-            _ => "not_connected",
-        }
-    };
-    let side = match number(m, "hangupdirection") {
-        Some(10040) => Some("caller".to_owned()),
-        Some(10041) => Some("callee".to_owned()),
-        _ => None,
-    };
-    let duration = number(m, "duration").unwrap_or(billsec);
-    let clamp = |v: i64| i32::try_from(v.max(0)).unwrap_or(i32::MAX);
-    Completion {
-        result: result.to_owned(),
-        start_time: time(m, "starttime", tz),
-        answer_time,
-        end_time: time(m, "endtime", tz),
-        talk_seconds: clamp(billsec),
-        total_seconds: clamp(duration),
-        hangup_cause: cause.and_then(|c| i32::try_from(c).ok()),
-        hangup_side: side,
-        record_url: field(m, "recordurl")
-            .or_else(|| legacy.then(|| field(m, "call_record_url")).flatten())
-            .map(str::to_owned),
-        record_filename: field(m, "recordfilename").map(str::to_owned),
-        infinity_uuid: field(m, "uuid").map(str::to_owned),
-        infinity_cdr_id: number(m, "id"),
-        raw,
-    }
 }
 
 /// Counts callback outcomes (bounded labels).
@@ -212,7 +116,7 @@ pub struct CallbackMetrics {
 struct Shim {
     gw: Gateway,
     metrics: CallbackMetrics,
-    signature_tolerance_secs: i64,
+    signature_tolerance_secs: u64,
 }
 
 fn reply(status: StatusCode, body: &'static str) -> Response {
@@ -232,7 +136,7 @@ pub fn routes(gw: Gateway, metrics: CallbackMetrics, signature_tolerance_secs: u
         .with_state(Shim {
             gw,
             metrics,
-            signature_tolerance_secs: i64::try_from(signature_tolerance_secs).unwrap_or(i64::MAX),
+            signature_tolerance_secs,
         })
 }
 
@@ -251,7 +155,7 @@ enum Proof<'a> {
         timestamp: &'a str,
         signature: &'a str,
         body: &'a [u8],
-        tolerance_secs: i64,
+        tolerance_secs: u64,
     },
 }
 
@@ -268,6 +172,14 @@ pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Whether a signing proxy's `x-cco-timestamp` (unix seconds) is within `tolerance_secs` of
+/// now. The distance is taken with `abs_diff`, which cannot overflow whatever the header says.
+fn is_fresh(timestamp: &str, tolerance_secs: u64) -> bool {
+    timestamp
+        .parse::<i64>()
+        .is_ok_and(|t| Utc::now().timestamp().abs_diff(t) <= tolerance_secs)
+}
+
 fn check(cfg: &TenantConfig, proof: &Proof<'_>, peer: SocketAddr) -> Result<(), Refusal> {
     let secret = cfg.callback_secret.expose_secret();
     let ok = match proof {
@@ -282,9 +194,7 @@ fn check(cfg: &TenantConfig, proof: &Proof<'_>, peer: SocketAddr) -> Result<(), 
             body,
             tolerance_secs,
         } => {
-            let fresh = timestamp
-                .parse::<i64>()
-                .is_ok_and(|t| (Utc::now().timestamp() - t).abs() <= *tolerance_secs);
+            let fresh = is_fresh(timestamp, *tolerance_secs);
             let expected = sign(secret, timestamp, body);
             fresh && bool::from(expected.as_bytes().ct_eq(signature.as_bytes()))
         }
@@ -332,7 +242,8 @@ impl Shim {
         fields: &HashMap<String, String>,
         raw: String,
     ) -> Response {
-        let c = completion(fields, cfg.callback_time_zone, raw);
+        let window = TimeWindow::around(record.created_at, Utc::now());
+        let c = completion(fields, cfg.callback_time_zone, window, raw);
         match self.gw.settle(record, &c).await {
             Ok(Completed::Applied) => {
                 self.count("completed");
@@ -358,9 +269,10 @@ impl Shim {
         let row = UnmatchedRow {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id: Some(tenant.to_owned()),
-            customuuid: customuuid(fields),
-            memberid: field(fields, "memberid").map(str::to_owned),
-            infinity_uuid: field(fields, "uuid").map(str::to_owned),
+            customuuid: vendor_text(fields, "customuuid", 128)
+                .or_else(|| vendor_text(fields, "call_uuid", 128)),
+            memberid: vendor_text(fields, "memberid", 128),
+            infinity_uuid: vendor_text(fields, "uuid", 128),
             source_ip: Some(peer.ip().to_string()),
             payload: raw,
             reason,
@@ -415,10 +327,16 @@ async fn per_tenant(
             return reply(StatusCode::BAD_REQUEST, "0");
         }
     };
+    let case = field(&fields, "memberid").and_then(|m| CaseId::parse("memberid", m).ok());
     let found = match customuuid(&fields).filter(|c| is_call_id(c)) {
-        Some(cu) => shim.gw.calls.record(&tenant, &cu).await,
-        None => match field(&fields, "memberid") {
-            Some(m) => shim.gw.calls.open_record_for_case(&tenant, m).await,
+        Some(cu) => shim.gw.calls.record(&tenant, cu).await,
+        None => match &case {
+            Some(m) => {
+                shim.gw
+                    .calls
+                    .open_record_for_case(&tenant, m.as_str())
+                    .await
+            }
             None => Ok(None),
         },
     };
@@ -426,9 +344,9 @@ async fn per_tenant(
         Ok(Some(record)) => shim.settle(&record, &cfg, &fields, raw).await,
         Ok(None) => {
             let why = format!(
-                "no call matches customuuid {:?} or memberid {:?}",
-                customuuid(&fields).unwrap_or_default(),
-                field(&fields, "memberid").unwrap_or_default()
+                "no call matches customuuid {} or memberid {}",
+                cco_platform::validate::quote(customuuid(&fields).unwrap_or_default()),
+                cco_platform::validate::quote(field(&fields, "memberid").unwrap_or_default())
             );
             shim.unmatched(&tenant, &fields, raw, peer, why).await
         }
@@ -466,7 +384,7 @@ async fn generic(
         }
     };
     let record = match customuuid(&fields).filter(|c| is_call_id(c)) {
-        Some(cu) => match shim.gw.calls.record_by_id(&cu).await {
+        Some(cu) => match shim.gw.calls.record_by_id(cu).await {
             Ok(r) => r,
             Err(e) => return shim.internal(&e),
         },
@@ -490,8 +408,8 @@ async fn generic(
         Some(r) => shim.settle(&r, &cfg, &fields, raw).await,
         None => {
             let why = format!(
-                "no call matches customuuid {:?}",
-                customuuid(&fields).unwrap_or_default()
+                "no call matches customuuid {}",
+                cco_platform::validate::quote(customuuid(&fields).unwrap_or_default())
             );
             shim.unmatched(&tenant, &fields, raw, peer, why).await
         }
@@ -500,112 +418,45 @@ async fn generic(
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::Strategy;
-
     use super::*;
-
-    fn map(json: &str) -> HashMap<String, String> {
-        parse_body(Some("application/json"), json.as_bytes())
-            .expect("json")
-            .0
-    }
-
-    #[test]
-    fn vendor_2025_record() {
-        let m = map(
-            r#"{"id":263056202,"billsec":0,"answertime":"","starttime":"2025-10-16 17:31:13","endtime":"2025-10-16 17:31:21",
-               "duration":8,"hangupcause":10020,"hangupdirection":10040,"uuid":"db4a","customuuid":"76c33d997640d36b033d43b1d2d3964e","recordurl":""}"#,
-        );
-        let c = completion(&m, chrono_tz::Asia::Shanghai, String::new());
-        assert_eq!(c.result, "not_connected");
-        assert_eq!((c.talk_seconds, c.total_seconds), (0, 8));
-        assert_eq!(
-            c.start_time.expect("start").to_rfc3339(),
-            "2025-10-16T09:31:13+00:00"
-        );
-        assert!(c.answer_time.is_none() && c.record_url.is_none());
-        assert_eq!(c.hangup_side.as_deref(), Some("caller"));
-        assert_eq!(c.infinity_cdr_id, Some(263_056_202));
-    }
-
-    #[test]
-    fn camel_case_strings_and_epoch_zero() {
-        let m = map(
-            r#"{"billSec":"25","answerTime":"1970-01-01 08:00:00","hangupCause":"10001","customUuid":"x"}"#,
-        );
-        let c = completion(&m, chrono_tz::Asia::Shanghai, String::new());
-        assert_eq!((c.result.as_str(), c.talk_seconds), ("connected", 25));
-        assert!(c.answer_time.is_none());
-        assert_eq!(customuuid(&m).as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn results_by_hangup_cause() {
-        for (cause, want) in [
-            (10006, "busy"),
-            (10016, "no_answer"),
-            (10003, "rejected"),
-            (10002, "cancelled"),
-            (10004, "failed"),
-            (10020, "not_connected"),
-        ] {
-            let m = map(&format!(r#"{{"billsec":0,"hangupcause":{cause}}}"#));
-            assert_eq!(
-                completion(&m, chrono_tz::UTC, String::new()).result,
-                want,
-                "{cause}"
-            );
-        }
-    }
-
-    #[test]
-    fn legacy_cco_shape() {
-        let m = map(
-            r#"{"call_uuid":"abc","call_duration":42,"is_connected":true,"call_record_url":"http://r/x.mp3"}"#,
-        );
-        let c = completion(&m, chrono_tz::UTC, String::new());
-        assert_eq!((c.result.as_str(), c.talk_seconds), ("connected", 42));
-        assert_eq!(c.record_url.as_deref(), Some("http://r/x.mp3"));
-        assert_eq!(customuuid(&m).as_deref(), Some("abc"));
-    }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
 
         /// Arbitrary bytes under any content type: parsing never panics, and whatever parses
-        /// derives a completion without panicking, with a result from the known set.
+        /// derives a completion without panicking, with seconds in range.
         #[test]
         fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
                                        ct in proptest::sample::select(vec!["application/json", "application/x-www-form-urlencoded", "", "text/plain", "multipart/form-data"])) {
             if let Ok((m, raw)) = parse_body(Some(ct), &body) {
-                let c = completion(&m, chrono_tz::Asia::Shanghai, raw);
-                proptest::prop_assert!(["connected", "no_answer", "busy", "rejected", "cancelled", "failed", "not_connected"].contains(&c.result.as_str()));
-                proptest::prop_assert!(c.talk_seconds >= 0 && c.total_seconds >= 0);
+                let now = Utc::now();
+                let c = completion(&m, chrono_tz::Asia::Shanghai, TimeWindow::around(now, now), raw);
+                proptest::prop_assert!((0..=86_400).contains(&c.talk_seconds) && (0..=86_400).contains(&c.total_seconds));
             }
         }
 
-        /// Arbitrary JSON objects with the vendor's keys and hostile values (huge numbers,
-        /// negative durations, malformed times, non-ASCII): no panic, no negative seconds.
+        /// Any signature timestamp, including the extremes of i64, is checked without
+        /// overflow: only one within the tolerance of now can be fresh.
         #[test]
-        fn arbitrary_vendor_objects_never_panic(entries in proptest::collection::vec((
-            proptest::sample::select(vec!["billsec", "duration", "answertime", "starttime", "endtime", "hangupcause",
-                "hangupdirection", "customuuid", "memberid", "uuid", "id", "recordurl", "call_uuid", "call_duration",
-                "is_connected", "BillSec", "AnswerTime"]),
-            proptest::prop_oneof![
-                proptest::prelude::any::<i64>().prop_map(|n| serde_json::json!(n)),
-                proptest::prelude::any::<f64>().prop_map(|f| serde_json::json!(f)),
-                ".{0,40}".prop_map(|s| serde_json::json!(s)),
-                proptest::prelude::Just(serde_json::json!("2025-02-30 25:61:61")),
-                proptest::prelude::Just(serde_json::json!("1970-01-01 08:00:00")),
-                proptest::prelude::Just(serde_json::json!(null)),
-                proptest::prelude::Just(serde_json::json!([1, {"a": 2}])),
-            ]), 0..12)) {
-            let obj: serde_json::Map<String, Value> = entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            let body = Value::Object(obj).to_string();
-            let (m, raw) = parse_body(Some("application/json"), body.as_bytes()).expect("an object always parses");
-            let c = completion(&m, chrono_tz::America::Mexico_City, raw);
-            proptest::prop_assert!(c.talk_seconds >= 0 && c.total_seconds >= 0);
+        fn signature_freshness_never_overflows(t in proptest::prelude::any::<i64>(), tolerance in proptest::prelude::any::<u64>()) {
+            let now = Utc::now().timestamp();
+            let fresh = is_fresh(&t.to_string(), tolerance);
+            proptest::prop_assert_eq!(fresh, now.abs_diff(t) <= tolerance);
         }
+    }
+
+    #[test]
+    fn extreme_signature_timestamps_are_stale() {
+        for t in [
+            i64::MIN.to_string(),
+            i64::MAX.to_string(),
+            "-0".into(),
+            "1e30".into(),
+            " 1".into(),
+        ] {
+            assert!(!is_fresh(&t, 300), "{t}");
+        }
+        assert!(is_fresh(&Utc::now().timestamp().to_string(), 300));
     }
 
     #[test]

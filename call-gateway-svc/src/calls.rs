@@ -18,9 +18,9 @@ use tonic::Code;
 use crate::domain::config::{CallMode, CallerSelection, Strategy, TenantConfig};
 use crate::domain::phone::Phone;
 use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey, TenantId};
-use crate::infinity::{BillQuery, DialParams, InfinityError};
+use crate::infinity::{BillQuery, DialParams, InfinityError, record};
 use crate::service::Gateway;
-use crate::store::calls::{Attempt, Completed, Completion, OutboxRow, RecordRow};
+use crate::store::calls::{Attempt, Completed, Completion, OutboxRow, PoolPurgeRow, RecordRow};
 
 /// A validated MakeCall request.
 #[derive(Debug, Clone)]
@@ -43,8 +43,10 @@ pub struct MakeCallInput {
     pub strategy: Option<Strategy>,
 }
 
-/// Validates custom parameters: at most 20, keys 1-64 and values up to 256 characters.
+/// Validates custom parameters: at most 20, keys 1-64 and values up to 256 characters, no
+/// control or invisible formatting characters in either.
 pub fn check_custom_params(p: &BTreeMap<String, String>) -> Result<(), GwError> {
+    use cco_platform::validate::{quote, text};
     if p.len() > 20 {
         return Err(GwError::invalid(
             "custom_params",
@@ -52,18 +54,14 @@ pub fn check_custom_params(p: &BTreeMap<String, String>) -> Result<(), GwError> 
         ));
     }
     for (k, v) in p {
-        if k.is_empty() || k.chars().count() > 64 {
-            return Err(GwError::invalid(
-                "custom_params",
-                format!("key {k:?} must be 1-64 characters"),
-            ));
+        if k.is_empty() {
+            return Err(GwError::invalid("custom_params", "keys must not be empty"));
         }
-        if v.chars().count() > 256 {
-            return Err(GwError::invalid(
-                "custom_params",
-                format!("value of {k:?} must be at most 256 characters"),
-            ));
-        }
+        text(k, 64)
+            .map_err(|m| GwError::invalid("custom_params", format!("key {}: {m}", quote(k))))?;
+        text(v, 256).map_err(|m| {
+            GwError::invalid("custom_params", format!("value of {}: {m}", quote(k)))
+        })?;
     }
     Ok(())
 }
@@ -244,6 +242,7 @@ impl Gateway {
             Err(e) => return Err(e),
         };
         let destination = Phone::parse(&input.destination, cfg.phone_region)
+            .and_then(|p| p.check_kind(&cfg.allowed_number_types).map(|()| p))
             .map_err(|m| GwError::invalid("destination_number", m))?;
         let call_id = match &input.idempotency_key {
             Some(k) => call_id_for_key(&input.tenant, k),
@@ -582,6 +581,35 @@ impl Gateway {
         }
     }
 
+    /// Asks the allocator to delete a deleted config's extension pool now; on success the
+    /// outbox row goes, otherwise it stays for the background worker. Never fails the caller.
+    pub async fn flush_pool_purge(&self, p: &PoolPurgeRow) {
+        let mut client = self.allocator.pool.clone();
+        let res = client
+            .delete_config_pool(apb::DeleteConfigPoolRequest {
+                tenant_id: p.tenant_id.clone(),
+                config_id: p.config_id.clone(),
+            })
+            .await;
+        match res {
+            Ok(r) => {
+                let r = r.into_inner();
+                tracing::info!(config_id = %p.config_id, deleted = r.deleted, leases_ended = r.leases_ended, "extension pool of the deleted config removed");
+                if let Err(e) = self.calls.pool_purge_done(&p.config_id).await {
+                    tracing::warn!(error = %e, "could not clear the pool purge row; it will be retried");
+                }
+            }
+            Err(s) => {
+                let backoff = chrono::Duration::seconds(i64::from(p.attempts.clamp(1, 6)).pow(2));
+                let _ = self
+                    .calls
+                    .pool_purge_retry(&p.config_id, &status_msg(&s), Utc::now() + backoff)
+                    .await;
+                tracing::warn!(config_id = %p.config_id, error = %status_msg(&s), "pool deletion failed; will retry");
+            }
+        }
+    }
+
     /// Applies Infinity's record of a finished call (callback or GetBill) and frees the lease.
     #[tracing::instrument(skip_all, fields(call_id = %row.call_id, tenant_id = %row.tenant_id))]
     pub async fn settle(&self, row: &RecordRow, c: &Completion) -> Result<Completed, GwError> {
@@ -609,7 +637,14 @@ impl Gateway {
         for o in &due {
             self.flush_release(o).await;
         }
-        Ok(due.len())
+        let purges = self
+            .calls
+            .claim_pool_purges(now, now + chrono::Duration::seconds(60), 10)
+            .await?;
+        for p in &purges {
+            self.flush_pool_purge(p).await;
+        }
+        Ok(due.len() + purges.len())
     }
 
     /// One reconciler pass: looks up open calls with GetBill, settles what Infinity knows,
@@ -636,8 +671,13 @@ impl Gateway {
             let fmt =
                 |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string();
             let q = BillQuery {
-                starttime: fmt(row.created_at - chrono::Duration::minutes(10)),
-                endtime: fmt(now + chrono::Duration::minutes(1)),
+                starttime: fmt(row
+                    .created_at
+                    .checked_sub_signed(chrono::Duration::minutes(10))
+                    .unwrap_or(row.created_at)),
+                endtime: fmt(now
+                    .checked_add_signed(chrono::Duration::minutes(1))
+                    .unwrap_or(now)),
                 customuuid: Some(row.call_id.clone()),
                 currentpage: 1,
                 itemsperpage: 10,
@@ -649,9 +689,10 @@ impl Gateway {
                             == Some(row.call_id.as_str())
                     });
                     if let Some(bill) = found {
-                        let map = crate::callback::flatten(bill);
+                        let map = record::flatten(bill);
                         let raw = serde_json::Value::Object(bill.clone()).to_string();
-                        let c = crate::callback::completion(&map, tz, raw);
+                        let window = record::TimeWindow::around(row.created_at, now);
+                        let c = record::completion(&map, tz, window, raw);
                         self.settle(row, &c).await?;
                         return Ok(());
                     }

@@ -2,18 +2,21 @@
 //! [`GwError`] to `tonic::Status`.
 
 use cco_contracts::gateway::v1 as pb;
-use cco_contracts::time::to_timestamp as ts;
+use cco_contracts::time::{to_timestamp as ts, to_valid_timestamp};
 use cco_platform::auth::{Principal, Role};
+use cco_platform::grpc::{INTERNAL_MESSAGE, cap_message, status};
 use cco_platform::mask::secret_tail;
+use cco_platform::validate::quote;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::calls::MakeCallInput;
 use crate::domain::collector::Collector;
 use crate::domain::config::{
     ApiEncoding, CallMode, CallerSelection, ConfigFields, Credentials, Strategy, TenantConfig,
 };
+use crate::domain::phone::NumberKind;
 use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey, TenantId, parse_uuid};
 use crate::service::Gateway;
 use crate::store::calls::{RecordFilter, RecordRow};
@@ -21,28 +24,27 @@ use crate::store::calls::{RecordFilter, RecordRow};
 impl From<GwError> for Status {
     fn from(e: GwError) -> Self {
         match e {
-            GwError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            GwError::NotFound(m) => Status::not_found(m),
-            GwError::AlreadyExists(m) => Status::already_exists(m),
-            GwError::Aborted(m) => Status::aborted(m),
-            GwError::FailedPrecondition(m) => Status::failed_precondition(m),
-            GwError::PermissionDenied(m) => Status::permission_denied(m),
-            GwError::Unavailable(m) => Status::unavailable(m),
-            GwError::Unimplemented(m) => Status::unimplemented(m),
-            GwError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            GwError::InvalidArgument { .. } => status(Code::InvalidArgument, &e.to_string()),
+            GwError::NotFound(m) => status(Code::NotFound, &m),
+            GwError::AlreadyExists(m) => status(Code::AlreadyExists, &m),
+            GwError::Aborted(m) => status(Code::Aborted, &m),
+            GwError::FailedPrecondition(m) => status(Code::FailedPrecondition, &m),
+            GwError::PermissionDenied(m) => status(Code::PermissionDenied, &m),
+            GwError::Unavailable(m) => status(Code::Unavailable, &m),
+            GwError::Unimplemented(m) => status(Code::Unimplemented, &m),
+            GwError::ResourceExhausted(m) => status(Code::ResourceExhausted, &m),
             GwError::WithCall { call_id, inner } => {
-                let mut status = Status::from(*inner);
-                let message = format!("{} (call_id {call_id})", status.message());
-                let mut md = status.metadata().clone();
+                let inner = Status::from(*inner);
+                let message = cap_message(&format!("{} (call_id {call_id})", inner.message()));
+                let mut md = inner.metadata().clone();
                 if let Ok(v) = call_id.parse() {
                     md.insert("x-call-id", v);
                 }
-                status = Status::with_metadata(status.code(), message, md);
-                status
+                Status::with_metadata(inner.code(), message, md)
             }
             GwError::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
-                Status::internal("internal error")
+                Status::internal(INTERNAL_MESSAGE)
             }
         }
     }
@@ -75,7 +77,8 @@ fn tenant_of(p: &Principal, raw: &str) -> Result<TenantId, GwError> {
         Ok(t)
     } else {
         Err(GwError::PermissionDenied(format!(
-            "tenant_id: this API key is not allowed to access tenant {raw:?}"
+            "tenant_id: this API key is not allowed to access tenant {}",
+            quote(raw)
         )))
     }
 }
@@ -180,7 +183,33 @@ fn fields_from_input(c: pb::ConfigInput) -> Result<ConfigFields, GwError> {
         is_active: c.is_active,
         phone_region: opt_text(c.phone_region),
         api_encoding: encoding_from_pb(c.api_encoding)?,
+        allowed_number_types: Some(number_types_from_pb(&c.allowed_number_types)?),
     })
+}
+
+fn number_types_from_pb(v: &[i32]) -> Result<Vec<NumberKind>, GwError> {
+    v.iter()
+        .map(|t| match pb::NumberType::try_from(*t) {
+            Ok(pb::NumberType::PremiumRate) => Ok(NumberKind::PremiumRate),
+            Ok(pb::NumberType::Satellite) => Ok(NumberKind::Satellite),
+            Ok(pb::NumberType::InternationalNetwork) => Ok(NumberKind::InternationalNetwork),
+            Ok(pb::NumberType::PersonalNumber) => Ok(NumberKind::PersonalNumber),
+            Ok(pb::NumberType::Unspecified) | Err(_) => Err(GwError::invalid(
+                "allowed_number_types",
+                format!("unknown number type {t}"),
+            )),
+        })
+        .collect()
+}
+
+fn number_type_to_pb(k: NumberKind) -> pb::NumberType {
+    match k {
+        NumberKind::PremiumRate => pb::NumberType::PremiumRate,
+        NumberKind::Satellite => pb::NumberType::Satellite,
+        NumberKind::InternationalNetwork => pb::NumberType::InternationalNetwork,
+        NumberKind::PersonalNumber => pb::NumberType::PersonalNumber,
+        NumberKind::Regular => pb::NumberType::Unspecified,
+    }
 }
 
 fn fields_from_update(u: pb::UpdateConfigRequest) -> Result<ConfigFields, GwError> {
@@ -213,6 +242,10 @@ fn fields_from_update(u: pb::UpdateConfigRequest) -> Result<ConfigFields, GwErro
         is_active: u.is_active,
         phone_region: u.phone_region,
         api_encoding: u.api_encoding.map(encoding_from_pb).transpose()?.flatten(),
+        allowed_number_types: u
+            .allowed_number_types
+            .map(|l| number_types_from_pb(&l.types))
+            .transpose()?,
     })
 }
 
@@ -278,6 +311,11 @@ fn config_to_pb(c: &TenantConfig, generated: Option<&SecretString>) -> pb::Tenan
         version: u64::try_from(c.version).unwrap_or(0),
         created_at: Some(ts(c.created_at)),
         updated_at: Some(ts(c.updated_at)),
+        allowed_number_types: c
+            .allowed_number_types
+            .iter()
+            .map(|k| number_type_to_pb(*k).into())
+            .collect(),
         new_callback_secret: generated
             .map(|s| s.expose_secret().to_owned())
             .unwrap_or_default(),
@@ -405,7 +443,8 @@ impl pb::tenant_configs_server::TenantConfigs for GatewayGrpc {
             async {
                 let tenant = tenant_of(&p, &r.tenant_id)?;
                 Ok(pb::DeleteConfigResponse {
-                    deleted: self.svc.delete_config(&tenant, r.force).await?,
+                    calls_ended: self.svc.delete_config(&tenant, r.force).await?,
+                    deleted: true,
                 })
             }
             .await,
@@ -650,9 +689,9 @@ fn record_to_pb(r: &RecordRow) -> pb::CommunicationRecord {
         call_mode: r.call_mode.clone(),
         status: call_status_to_pb(&r.status).into(),
         result: call_result_to_pb(r.result.as_deref()).into(),
-        start_time: r.start_time.map(ts),
-        answer_time: r.answer_time.map(ts),
-        end_time: r.end_time.map(ts),
+        start_time: r.start_time.and_then(to_valid_timestamp),
+        answer_time: r.answer_time.and_then(to_valid_timestamp),
+        end_time: r.end_time.and_then(to_valid_timestamp),
         talk_seconds: u32_of(r.talk_seconds),
         total_seconds: u32_of(r.total_seconds),
         hangup_cause: u32_of(r.hangup_cause),
@@ -712,7 +751,7 @@ fn call_id_of(raw: &str) -> Result<String, GwError> {
     } else {
         Err(GwError::invalid(
             "call_id",
-            format!("must be 32 lowercase hex characters, got {raw:?}"),
+            format!("must be 32 lowercase hex characters, got {}", quote(raw)),
         ))
     }
 }

@@ -15,10 +15,10 @@ use crate::domain::config::{
     ApiEncoding, CallMode, CallerSelection, ConfigFields, Credentials, Policy, Strategy,
     TenantConfig,
 };
-use crate::domain::phone::{Phone, parse_region};
+use crate::domain::phone::{NumberKind, Phone, parse_region};
 use crate::domain::{CollectorId, GwError, TenantId};
 use crate::infinity::{Endpoint, InfinityClient, InfinityError};
-use crate::store::calls::CallStore;
+use crate::store::calls::{CallStore, PoolPurgeRow};
 use crate::store::{CollectorRow, ConfigRow, GatewayStore, Versioned};
 
 /// Most collectors in one page.
@@ -172,6 +172,13 @@ impl Gateway {
             is_active: c.is_active,
             phone_region: c.phone_region.as_ref().to_owned(),
             api_encoding: c.api_encoding.as_str().to_owned(),
+            allowed_number_types: serde_json::to_string(
+                &c.allowed_number_types
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| GwError::Internal(e.into()))?,
             version: c.version,
             created_at: c.created_at,
             updated_at: c.updated_at,
@@ -207,6 +214,11 @@ impl Gateway {
             .map(|n| n.parse())
             .collect::<Result<Vec<_>, _>>()
             .map_err(corrupt)?;
+        let kinds: Vec<String> = serde_json::from_str(&r.allowed_number_types).map_err(corrupt)?;
+        let allowed_number_types = kinds
+            .iter()
+            .map(|k| NumberKind::parse(k).ok_or_else(|| corrupt(format!("number type {k:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let to_u32 = |v: i32| u32::try_from(v).unwrap_or(0);
         Ok(TenantConfig {
             config_id: Uuid::parse_str(&r.config_id).map_err(corrupt)?,
@@ -234,6 +246,7 @@ impl Gateway {
             phone_region: parse_region(&r.phone_region).map_err(corrupt)?,
             api_encoding: ApiEncoding::parse(&r.api_encoding)
                 .ok_or_else(|| corrupt("api_encoding"))?,
+            allowed_number_types,
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -248,6 +261,7 @@ impl Gateway {
         fields: ConfigFields,
     ) -> Result<(TenantConfig, Option<SecretString>), GwError> {
         let (cfg, generated) = TenantConfig::create(tenant, fields, Utc::now())?;
+        self.infinity.allowed_hosts().check(&cfg.api_url)?;
         self.store.insert_config(&self.seal_row(&cfg)?).await?;
         tracing::info!(config_id = %cfg.config_id, "config created");
         Ok((cfg, generated))
@@ -307,8 +321,12 @@ impl Gateway {
         if cfg.version != version {
             return Err(stale(tenant, version, cfg.version));
         }
+        let url_changed = fields.api_url.is_some();
         cfg.apply(fields)?;
-        cfg.version = version + 1;
+        if url_changed {
+            self.infinity.allowed_hosts().check(&cfg.api_url)?;
+        }
+        cfg.version = version.saturating_add(1);
         cfg.updated_at = Utc::now();
         match self
             .store
@@ -351,9 +369,12 @@ impl Gateway {
         )))
     }
 
-    /// Deletes a config; refused while the tenant holds extensions unless forced.
+    /// Deletes a config with its collectors; refused while the tenant holds extensions unless
+    /// forced. Open calls are ended (failed, `config_deleted`) and their leases released, and
+    /// the config's extension pool is deleted in the allocator: in the gateway's database in
+    /// one transaction, towards the allocator through the outbox. Returns the calls ended.
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, force))]
-    pub async fn delete_config(&self, tenant: &TenantId, force: bool) -> Result<bool, GwError> {
+    pub async fn delete_config(&self, tenant: &TenantId, force: bool) -> Result<u32, GwError> {
         if !force {
             match self.allocator.in_use(tenant.as_str()).await {
                 Ok(0) => {}
@@ -371,14 +392,22 @@ impl Gateway {
                 }
             }
         }
-        if self.store.delete_config(tenant.as_str()).await? {
-            tracing::info!("config deleted");
-            Ok(true)
-        } else {
-            Err(GwError::NotFound(format!(
+        let Some(deleted) = self.calls.delete_config(tenant.as_str()).await? else {
+            return Err(GwError::NotFound(format!(
                 "tenant_id: tenant {tenant} has no Infinity call config"
-            )))
+            )));
+        };
+        tracing::info!(config_id = %deleted.config_id, calls_ended = deleted.calls_ended, "config deleted");
+        for o in &deleted.releases {
+            self.flush_release(o).await;
         }
+        self.flush_pool_purge(&PoolPurgeRow {
+            config_id: deleted.config_id,
+            tenant_id: tenant.as_str().to_owned(),
+            attempts: 0,
+        })
+        .await;
+        Ok(deleted.calls_ended)
     }
 
     /// The allocator's view of the tenant.
@@ -486,12 +515,8 @@ impl Gateway {
         display_name: &str,
         active: bool,
     ) -> Result<Collector, GwError> {
-        if display_name.chars().count() > 128 {
-            return Err(GwError::invalid(
-                "display_name",
-                "must be at most 128 characters",
-            ));
-        }
+        cco_platform::validate::text(display_name, 128)
+            .map_err(|m| GwError::invalid("display_name", m))?;
         let cfg = match self.config(tenant).await {
             Ok(c) => c,
             Err(GwError::NotFound(m)) => return Err(GwError::FailedPrecondition(m)),
@@ -502,6 +527,7 @@ impl Gateway {
         } else {
             Some(
                 Phone::parse(callback_number, cfg.phone_region)
+                    .and_then(|p| p.check_kind(&cfg.allowed_number_types).map(|()| p))
                     .map_err(|m| GwError::invalid("callback_number", m))?,
             )
         };

@@ -3,20 +3,22 @@
 
 use cco_platform::auth::KeyStore;
 use cco_platform::db::DatabaseSettings;
+use cco_platform::listen::{GrpcListener, HttpListener};
 use cco_platform::telemetry::LogSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::crypto::{Cipher, DEV_KEYS};
+use crate::domain::config::AllowedHosts;
 
 /// All settings of the gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The gRPC listener.
-    pub grpc: GrpcSettings,
-    /// The HTTP listener: `/metrics`, `/healthz` (and the Infinity callback, next).
-    pub http: HttpSettings,
+    pub grpc: GrpcListener,
+    /// The HTTP listener: the Infinity callback, `/metrics`, `/healthz`.
+    pub http: HttpListener,
     /// The database.
     pub database: DatabaseSettings,
     /// API keys.
@@ -27,6 +29,8 @@ pub struct Settings {
     pub allocator: AllocatorSettings,
     /// The call flow's background work.
     pub calls: CallSettings,
+    /// Which Infinity servers tenant configs may point at.
+    pub infinity: InfinitySettings,
     /// Logging.
     pub log: LogSettings,
     /// Seconds in-flight requests get to finish after SIGTERM.
@@ -36,59 +40,16 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            grpc: GrpcSettings::default(),
-            http: HttpSettings::default(),
+            grpc: GrpcListener::on_port(50052),
+            http: HttpListener::on_port(8080),
             database: DatabaseSettings::sqlite_default("gateway.db"),
             auth: AuthSettings::default(),
             crypto: CryptoSettings::default(),
             allocator: AllocatorSettings::default(),
             calls: CallSettings::default(),
+            infinity: InfinitySettings::default(),
             log: LogSettings::default(),
             shutdown_grace_seconds: 30,
-        }
-    }
-}
-
-/// The gRPC listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GrpcSettings {
-    /// Interface.
-    pub host: String,
-    /// Port; 0 picks one.
-    pub port: u16,
-    /// TLS (and mutual TLS) for the port; plaintext when not set.
-    pub tls: cco_platform::tls::ServerTls,
-}
-
-impl Default for GrpcSettings {
-    fn default() -> Self {
-        Self {
-            host: "0.0.0.0".into(),
-            port: 50052,
-            tls: cco_platform::tls::ServerTls::default(),
-        }
-    }
-}
-
-/// The HTTP listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpSettings {
-    /// Interface.
-    pub host: String,
-    /// Port; 0 picks one.
-    pub port: u16,
-    /// TLS (https) for the callback port; plaintext when not set.
-    pub tls: cco_platform::tls::ServerTls,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            host: "0.0.0.0".into(),
-            port: 8080,
-            tls: cco_platform::tls::ServerTls::default(),
         }
     }
 }
@@ -163,6 +124,16 @@ impl Default for AllocatorSettings {
     }
 }
 
+/// Which Infinity servers tenant configs may point at.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InfinitySettings {
+    /// Comma-separated host names (`api.example.com`), wildcard suffixes (`*.example.com`), IP
+    /// addresses and CIDR networks an `api_url` may point at; empty allows any host. Checked
+    /// when a config is saved and again before every request to Infinity.
+    pub allowed_hosts: String,
+}
+
 /// The call flow's background work: the release outbox and the reconciler.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -200,7 +171,10 @@ impl Default for CallSettings {
 impl CallSettings {
     /// The timings as the service uses them.
     pub fn tuning(&self) -> crate::service::CallTuning {
-        let secs = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
+        // Validated to at most 30 days (see `Settings::validate`), far inside TimeDelta's range.
+        let secs = |s: u64| {
+            chrono::Duration::try_seconds(i64::try_from(s).unwrap_or(0)).unwrap_or_default()
+        };
         crate::service::CallTuning {
             reconcile_after: secs(self.reconcile_after_seconds),
             max_call_age: secs(self.max_call_age_seconds),
@@ -227,6 +201,66 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.keys()?;
         self.cipher()?;
+        self.grpc.validate("grpc")?;
+        self.http.validate("http")?;
+        self.allowed_hosts()?;
+        let c = &self.calls;
+        const DAY: u64 = 86_400;
+        for (name, v, lo, hi) in [
+            (
+                "calls.outbox_interval_ms",
+                c.outbox_interval_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "calls.reconcile_interval_ms",
+                c.reconcile_interval_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "calls.reconcile_after_seconds",
+                c.reconcile_after_seconds,
+                0,
+                7 * DAY,
+            ),
+            (
+                "calls.reconcile_every_seconds",
+                c.reconcile_every_seconds,
+                1,
+                DAY,
+            ),
+            (
+                "calls.max_call_age_seconds",
+                c.max_call_age_seconds,
+                1,
+                30 * DAY,
+            ),
+            (
+                "calls.signature_tolerance_seconds",
+                c.signature_tolerance_seconds,
+                1,
+                DAY,
+            ),
+            (
+                "allocator.timeout_ms",
+                self.allocator.timeout_ms,
+                1,
+                600_000,
+            ),
+            (
+                "shutdown_grace_seconds",
+                self.shutdown_grace_seconds,
+                0,
+                3_600,
+            ),
+        ] {
+            cco_platform::config::check_range(name, v, lo, hi)?;
+        }
+        if !self.http.enabled {
+            anyhow::bail!("http.enabled: the callback port cannot be turned off");
+        }
         if !(self.allocator.url.starts_with("http://")
             || self.allocator.url.starts_with("https://"))
         {
@@ -241,6 +275,15 @@ impl Settings {
     /// Names the malformed entry.
     pub fn keys(&self) -> anyhow::Result<KeyStore> {
         KeyStore::parse(self.auth.api_keys.expose_secret()).map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// The parsed allow-list of Infinity hosts.
+    ///
+    /// # Errors
+    /// Names the bad entry.
+    pub fn allowed_hosts(&self) -> anyhow::Result<AllowedHosts> {
+        AllowedHosts::parse(&self.infinity.allowed_hosts)
+            .map_err(|e| anyhow::anyhow!("infinity.allowed_hosts: {e}"))
     }
 
     /// The key ring.

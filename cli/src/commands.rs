@@ -24,6 +24,24 @@ pub enum StrategyArg {
     CollectorAffinity,
 }
 
+/// A costly destination number type a tenant may allow.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NumberTypeArg {
+    PremiumRate,
+    Satellite,
+    InternationalNetwork,
+    PersonalNumber,
+}
+
+fn number_type(t: NumberTypeArg) -> i32 {
+    match t {
+        NumberTypeArg::PremiumRate => gpb::NumberType::PremiumRate as i32,
+        NumberTypeArg::Satellite => gpb::NumberType::Satellite as i32,
+        NumberTypeArg::InternationalNetwork => gpb::NumberType::InternationalNetwork as i32,
+        NumberTypeArg::PersonalNumber => gpb::NumberType::PersonalNumber as i32,
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Selection {
     DefaultNumber,
@@ -119,6 +137,9 @@ pub struct ConfigFlags {
     /// Region for numbers without a country code (CN, MX, ...).
     #[arg(long)]
     region: Option<String>,
+    /// A costly number type the tenant may dial (repeat for several; refused by default).
+    #[arg(long = "allow-number-type", value_enum)]
+    allow_number_types: Vec<NumberTypeArg>,
 }
 
 impl ConfigFlags {
@@ -370,6 +391,12 @@ fn fill(flags: &ConfigFlags, input: &mut gpb::ConfigInput) {
     input.callback_ip_allowlist.clone_from(&flags.allow_ip);
     input.callback_time_zone = flags.time_zone.clone().unwrap_or_default();
     input.phone_region = flags.region.clone().unwrap_or_default();
+    input.allowed_number_types = flags
+        .allow_number_types
+        .iter()
+        .copied()
+        .map(number_type)
+        .collect();
 }
 
 fn print_config(out: Out, c: &gpb::TenantConfig) -> anyhow::Result<()> {
@@ -477,6 +504,15 @@ pub async fn config(cmd: ConfigCmd, t: &Target, out: Out) -> anyhow::Result<()> 
                 phone_region: flags.region,
                 api_encoding: None,
                 regenerate_callback_secret,
+                allowed_number_types: (!flags.allow_number_types.is_empty()).then(|| {
+                    gpb::NumberTypes {
+                        types: flags
+                            .allow_number_types
+                            .into_iter()
+                            .map(number_type)
+                            .collect(),
+                    }
+                }),
             };
             print_config(out, &c.update_config(req).await?.into_inner())
         }

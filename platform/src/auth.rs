@@ -86,7 +86,8 @@ impl Principal {
             Ok(())
         } else {
             Err(tonic::Status::permission_denied(format!(
-                "tenant_id: this API key is not allowed to access tenant {tenant_id:?}"
+                "tenant_id: this API key is not allowed to access tenant {}",
+                crate::validate::quote(tenant_id)
             )))
         }
     }
@@ -328,7 +329,8 @@ impl<S> AuthService<S> {
         }
         let Some(allowed) = (self.roles)(path) else {
             return Err(tonic::Status::unimplemented(format!(
-                "unknown method {path}"
+                "unknown method {}",
+                crate::validate::quote(path)
             )));
         };
         let token = bearer(req.headers()).ok_or_else(|| {

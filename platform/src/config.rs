@@ -25,3 +25,16 @@ pub fn load<T: DeserializeOwned>(prefix: &str) -> anyhow::Result<T> {
         .extract()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
+
+/// Checks that the setting named `name` lies in `lo..=hi` (durations and intervals: a value
+/// of zero or one so large that adding it to the clock overflows never reaches the code).
+///
+/// # Errors
+/// Names the setting, the range and the value.
+pub fn check_range(name: &str, value: u64, lo: u64, hi: u64) -> anyhow::Result<()> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        anyhow::bail!("{name}: must be {lo}-{hi}, got {value}")
+    }
+}

@@ -1,33 +1,234 @@
-//! Serving helpers: health, reflection, the per-RPC trace span, and the shutdown signal.
+//! Serving gRPC, written once for both services: [`GrpcServer`] puts every service of a port
+//! behind the same stack (per-RPC span, request hygiene, API keys and roles), registers each in
+//! `grpc.health.v1` and flips all of them to NOT_SERVING on shutdown, advertises exactly the
+//! port's services through reflection (`v1` and `v1alpha`), and enforces the listener's limits
+//! (connection cap, idle timeout, request timeout, HTTP/2 keep-alive; see [`crate::listen`]).
+//!
+//! Request hygiene ([`HygieneLayer`]): a request that tonic cannot read (bytes that are not the
+//! message, a string that is not UTF-8, a truncated frame, a missing message) is the client's
+//! fault, so its `INTERNAL` becomes `INVALID_ARGUMENT`; the services' own internal errors always
+//! say exactly [`INTERNAL_MESSAGE`] and stay `INTERNAL`. Every status message leaving the port is
+//! capped at [`MAX_STATUS_MESSAGE`] bytes, whatever produced it.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::{Code, Status};
 pub use tonic_health::ServingStatus;
 pub use tonic_health::server::HealthReporter;
 
-/// Builds the `grpc.health.v1` service and its reporter; everything starts NOT_SERVING until
-/// the caller marks its services serving.
-pub fn health() -> (
-    HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-) {
-    tonic_health::server::health_reporter()
+use crate::auth::AuthLayer;
+use crate::listen::{GrpcListener, GuardedBody};
+
+/// The message of every `INTERNAL` status the services send themselves (the cause is logged).
+pub const INTERNAL_MESSAGE: &str = "internal error";
+
+/// The longest status message sent to a client, in bytes.
+pub const MAX_STATUS_MESSAGE: usize = 512;
+
+/// `message` cut to at most [`MAX_STATUS_MESSAGE`] bytes on a character boundary.
+pub fn cap_message(message: &str) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message.to_owned();
+    }
+    let mut end = MAX_STATUS_MESSAGE - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
 }
 
-/// Builds the reflection service (v1) over every contract of the workspace.
-///
-/// # Errors
-/// Fails only if the embedded descriptor set is corrupt (a build problem).
-pub fn reflection() -> anyhow::Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-> {
-    Ok(tonic_reflection::server::Builder::configure()
+/// A status with its message capped (see [`cap_message`]).
+pub fn status(code: Code, message: &str) -> Status {
+    Status::new(code, cap_message(message))
+}
+
+/// The services of one gRPC port.
+#[derive(Debug, Default)]
+pub struct GrpcServer {
+    routes: tonic::service::Routes,
+    names: Vec<&'static str>,
+}
+
+impl GrpcServer {
+    /// No services yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a service; it is reported SERVING while the server runs and listed by reflection.
+    #[must_use]
+    pub fn add_service<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes = self.routes.add_service(svc);
+        self
+    }
+
+    /// The names of the services added so far.
+    pub fn service_names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled; then every service reports
+    /// NOT_SERVING, new connections are refused, and in-flight calls get up to `grace` to finish.
+    ///
+    /// # Errors
+    /// A TLS file that cannot be read, or the server's own failure.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        settings: &GrpcListener,
+        auth: AuthLayer,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        for name in &self.names {
+            reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        let routes = self
+            .routes
+            .add_service(health)
+            .add_service(reflection(&self.names).build_v1()?)
+            .add_service(reflection(&self.names).build_v1alpha()?);
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(crate::listen::seconds(settings.keepalive_interval_seconds))
+            .http2_keepalive_timeout(crate::listen::seconds(settings.keepalive_timeout_seconds));
+        if let Some(t) = crate::listen::seconds(settings.request_timeout_seconds) {
+            builder = builder.timeout(t);
+        }
+        if let Some(tls) = settings.tls.tonic("grpc.tls")? {
+            builder = builder.tls_config(tls)?;
+        }
+        let names = self.names.clone();
+        let stop = shutdown.clone();
+        let server = builder
+            .layer(trace_layer())
+            .layer(HygieneLayer)
+            .layer(auth)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                crate::listen::incoming(listener, settings.limits()),
+                async move {
+                    stop.cancelled().await;
+                    for name in names.iter().copied().chain([""]) {
+                        reporter
+                            .set_service_status(name, ServingStatus::NotServing)
+                            .await;
+                    }
+                },
+            );
+        serve_with_grace(server, shutdown, grace).await
+    }
+}
+
+/// Reflection over the workspace's contracts, listing `services` (and health and reflection).
+fn reflection<'a>(services: &[&'static str]) -> tonic_reflection::server::Builder<'a> {
+    let mut b = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cco_contracts::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+    for s in services {
+        b = b.with_service_name(*s);
+    }
+    b
+}
+
+/// Rewrites the status of a response as described in the module docs.
+fn clean_status(headers: &mut http::HeaderMap) {
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    let (code, message) = if status.code() == Code::Internal && status.message() != INTERNAL_MESSAGE
+    {
+        (
+            Code::InvalidArgument,
+            format!("the request could not be read: {}", status.message()),
+        )
+    } else {
+        (status.code(), status.message().to_owned())
+    };
+    let capped = cap_message(&message);
+    if code == status.code() && capped == status.message() {
+        return;
+    }
+    headers.remove("grpc-status");
+    headers.remove("grpc-message");
+    headers.remove("grpc-status-details-bin");
+    let _ = Status::new(code, capped).add_header(headers);
+}
+
+/// The layer described in the module docs: status hygiene, and counting the RPC as in progress
+/// on its connection (for the idle timeout) until its response body has been sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HygieneLayer;
+
+impl<S> tower::Layer<S> for HygieneLayer {
+    type Service = Hygiene<S>;
+
+    fn layer(&self, inner: S) -> Hygiene<S> {
+        Hygiene { inner }
+    }
+}
+
+/// The service of [`HygieneLayer`].
+#[derive(Debug, Clone)]
+pub struct Hygiene<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Hygiene<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let guard = crate::listen::conn_state(req.extensions()).map(|s| s.begin());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            clean_status(resp.headers_mut());
+            Ok(resp.map(|b| tonic::body::Body::new(GuardedBody::new(b, guard))))
+        })
+    }
 }
 
 /// Builds the span of one RPC.
@@ -65,11 +266,6 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<tokio::net::TcpListen
     tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind {addr}: {e}"))
-}
-
-/// Turns a bound listener into tonic's incoming stream, with TCP_NODELAY for low latency.
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Waits for Ctrl-C or SIGTERM, then cancels `token`.

@@ -3,9 +3,13 @@
 //! - [`config`]: layered settings (defaults, optional TOML file, environment).
 //! - [`telemetry`]: the tracing subscriber, quiet in tests unless `TEST_LOG` is set.
 //! - [`auth`]: API keys with roles and tenant scopes, enforced by a tower layer on every RPC.
-//! - [`grpc`]: health, reflection, the per-RPC trace span and the shutdown signal.
+//! - [`grpc`]: [`grpc::GrpcServer`], one server build for every gRPC port (health flipped per
+//!   service, reflection v1 and v1alpha of the port's own services, request hygiene, auth), the
+//!   per-RPC trace span and the shutdown signal.
+//! - [`listen`]: listener settings and the connection cap and idle timeout of every port.
+//! - [`http`]: serving an axum router with header, body and idle deadlines.
 //! - [`db`]: connecting to `postgres://` or `sqlite://` URLs and running migrations.
-//! - [`metrics`]: the Prometheus registry and its `/metrics` HTTP endpoint.
+//! - [`metrics`]: the Prometheus `/metrics` routes and metric label helpers.
 //! - [`mask`]: masking phone numbers and secrets for logs.
 //! - [`service`]: the shared command line of the service binaries (serve, migrate, check-config).
 //! - [`testing`]: a fresh PostgreSQL or SQLite database per test.
@@ -16,6 +20,8 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod http;
+pub mod listen;
 pub mod mask;
 pub mod metrics;
 pub mod service;

@@ -10,7 +10,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 async fn render(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     let mut body = String::new();
@@ -28,49 +27,13 @@ async fn render(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     }
 }
 
-/// Serves `GET /metrics` (and `GET /healthz`) on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    registry: Arc<Registry>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    serve_with(listener, registry, Router::new(), None, shutdown).await
-}
-
-/// Like [`serve`], with the service's own routes merged in, over TLS when `tls` is given;
-/// handlers may read the peer address with `ConnectInfo<SocketAddr>`.
-pub async fn serve_with(
-    listener: tokio::net::TcpListener,
-    registry: Arc<Registry>,
-    routes: Router,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = Router::new()
+/// `GET /metrics` (Prometheus text) and `GET /healthz`, to be merged with a service's own
+/// routes and served by [`crate::http::serve`].
+pub fn routes(registry: Arc<Registry>) -> Router {
+    Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(registry)
-        .merge(routes);
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    match tls {
-        None => {
-            axum::serve(listener, service)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        }
-        Some(cfg) => {
-            let handle = axum_server::Handle::new();
-            let h2 = handle.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                h2.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-            });
-            axum_server::from_tcp_rustls(listener.into_std()?, cfg)?
-                .handle(handle)
-                .serve(service)
-                .await
-        }
-    }
 }
 
 /// The address a listener is bound to, or an error naming the problem.

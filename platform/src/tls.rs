@@ -86,14 +86,15 @@ impl ServerTls {
         Ok(Some(cfg))
     }
 
-    /// The rustls configuration for an HTTP server (axum-server), when enabled.
+    /// The rustls configuration for an HTTP server ([`crate::http::serve`]), when enabled;
+    /// it offers HTTP/2 and HTTP/1.1.
     ///
     /// # Errors
     /// Names the file that cannot be read or parsed.
-    pub async fn axum(
+    pub async fn http(
         &self,
         prefix: &str,
-    ) -> anyhow::Result<Option<axum_server::tls_rustls::RustlsConfig>> {
+    ) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
         if !self.enabled() {
             return Ok(None);
         }
@@ -104,7 +105,7 @@ impl ServerTls {
         )
         .await
         .map_err(|e| anyhow::anyhow!("{prefix}: invalid certificate or key: {e}"))?;
-        Ok(Some(cfg))
+        Ok(Some(cfg.get_inner()))
     }
 }
 

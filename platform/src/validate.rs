@@ -1,15 +1,75 @@
 //! Field rules shared by both services' domain types (pure functions, no I/O).
+//!
+//! Lengths are counted in characters (what the error messages say), never in bytes. Error
+//! messages never echo a whole value: [`quote`] shows a short prefix, so a 12,000-character id
+//! or a pasted secret never travels back in full (and the status stays far below the size a
+//! client accepts in a header).
+
+/// How many characters of a bad value an error message shows.
+pub const QUOTE_CHARS: usize = 24;
+
+/// A bad value for an error message: its first [`QUOTE_CHARS`] characters, escaped (control and
+/// invisible characters shown as `\u{..}`), and its length when it was cut.
+pub fn quote(value: &str) -> String {
+    let n = value.chars().count();
+    if n <= QUOTE_CHARS {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(QUOTE_CHARS).collect();
+    format!("{head:?}… ({n} characters)")
+}
+
+/// Characters never accepted in stored text: control characters, and the invisible formatting
+/// characters that can disguise text (bidirectional overrides and isolates, zero-width
+/// characters, the byte-order mark, interlinear annotations).
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// Checks free text (a display name, a custom parameter): at most `max` characters, none of
+/// them [unsafe](is_unsafe_char). Returns the rule broken.
+pub fn text(value: &str, max: usize) -> Result<(), String> {
+    let n = value.chars().count();
+    if n > max {
+        return Err(format!("must be at most {max} characters, got {n}"));
+    }
+    if let Some((i, c)) = value.chars().enumerate().find(|(_, c)| is_unsafe_char(*c)) {
+        return Err(format!(
+            "must not contain control or invisible formatting characters (found {:?} at character {})",
+            c,
+            i + 1
+        ));
+    }
+    Ok(())
+}
+
+/// `value` without [unsafe](is_unsafe_char) characters and surrounding whitespace, cut to `max`
+/// characters (for text from outside that is kept rather than refused, e.g. a vendor's field).
+pub fn strip_unsafe(value: &str, max: usize) -> String {
+    value
+        .chars()
+        .filter(|c| !is_unsafe_char(*c))
+        .collect::<String>()
+        .trim()
+        .chars()
+        .take(max)
+        .collect()
+}
 
 /// Checks an identifier: 1-`max` characters of `[A-Za-z0-9_.:-]`. Returns the rule broken.
 pub fn id(value: &str, max: usize) -> Result<(), String> {
     if value.is_empty() {
         return Err("is required".into());
-    }
-    if value.len() > max {
-        return Err(format!(
-            "must be at most {max} characters, got {}",
-            value.len()
-        ));
     }
     if let Some(c) = value
         .chars()
@@ -19,20 +79,63 @@ pub fn id(value: &str, max: usize) -> Result<(), String> {
             "may contain only letters, digits and _ - . : (found {c:?})"
         ));
     }
+    // ASCII from here on: bytes are characters.
+    if value.len() > max {
+        return Err(format!(
+            "must be at most {max} characters, got {}",
+            value.len()
+        ));
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn ids() {
-        assert!(super::id("tenant-1.a:b_c", 64).is_ok());
-        assert_eq!(super::id("", 64).expect_err("empty"), "is required");
-        assert!(super::id("a b", 64).expect_err("space").contains("' '"));
+        assert!(id("tenant-1.a:b_c", 64).is_ok());
+        assert_eq!(id("", 64).expect_err("empty"), "is required");
+        assert!(id("a b", 64).expect_err("space").contains("' '"));
         assert!(
-            super::id(&"x".repeat(65), 64)
+            id(&"x".repeat(65), 64)
                 .expect_err("long")
                 .contains("at most 64")
         );
+        // A non-ASCII id is refused for its characters, not with a byte count.
+        assert!(id("租户", 64).expect_err("cjk").contains("'租'"));
+    }
+
+    #[test]
+    fn quotes_a_short_prefix() {
+        assert_eq!(quote("abc"), "\"abc\"");
+        let q = quote(&"y".repeat(12_000));
+        assert!(q.len() < 64 && q.ends_with("(12000 characters)"), "{q}");
+        assert_eq!(quote("a\u{202e}b\0"), "\"a\\u{202e}b\\0\"");
+        // Cut on characters, not bytes.
+        let q = quote(&"号".repeat(30));
+        assert!(q.starts_with(&format!("\"{}\"", "号".repeat(24))), "{q}");
+    }
+
+    #[test]
+    fn text_counts_characters_and_refuses_invisible_ones() {
+        assert!(text(&"号".repeat(128), 128).is_ok(), "128 CJK characters");
+        assert_eq!(
+            text(&"号".repeat(129), 128).expect_err("long"),
+            "must be at most 128 characters, got 129"
+        );
+        for bad in [
+            "a\0b",
+            "line\nbreak",
+            "rtl\u{202e}gnp.exe",
+            "zero\u{200b}width",
+            "\u{feff}bom",
+        ] {
+            assert!(text(bad, 128).is_err(), "{bad:?}");
+        }
+        assert!(text("Zoë O'Brien-李", 128).is_ok());
+        assert_eq!(strip_unsafe(" a\u{202e}b\0c ", 10), "abc");
+        assert_eq!(strip_unsafe("abcdef", 3), "abc");
     }
 }

@@ -136,6 +136,8 @@ pub enum UpdateOutcome {
     InUse,
     /// Another extension of the tenant has that number.
     NumberTaken,
+    /// A new number for an extension in a live call (the call's record names the old one).
+    NumberInUse,
 }
 
 /// What deleting one extension did.

@@ -699,7 +699,8 @@ impl Store for SqliteStore {
             "update extensions set \
                status = case when $3 is null or status = 'in_use' then status else $3 end, \
                number = coalesce($4, number), updated_at = $5 \
-             where id = $1 and tenant_id = $2 returning ",
+             where id = $1 and tenant_id = $2 \
+               and ($4 is null or number = $4 or status <> 'in_use') returning ",
             ext_cols!()
         ))
         .bind(id.to_string())
@@ -715,7 +716,12 @@ impl Store for SqliteStore {
             Err(e) => return Err(db_err(e)),
         };
         let Some(row) = row else {
-            return Ok(UpdateOutcome::NotFound);
+            // The extension exists (read above): only a number change while in use is refused.
+            return Ok(if u.number.is_some() {
+                UpdateOutcome::NumberInUse
+            } else {
+                UpdateOutcome::NotFound
+            });
         };
         let ext = extension_from(&row)?;
         tx.commit().await.map_err(db_err)?;

@@ -1,12 +1,13 @@
 //! A tenant's Infinity call configuration and the rules every field obeys.
 
+use cco_platform::validate::quote;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use phonenumber::country::Id as Region;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use super::phone::{Phone, parse_region};
+use super::phone::{NumberKind, Phone, parse_region};
 use super::{GwError, TenantId};
 
 /// How the caller number of a call is picked.
@@ -159,6 +160,8 @@ pub struct TenantConfig {
     pub phone_region: Region,
     /// Request encoding.
     pub api_encoding: ApiEncoding,
+    /// Costly number kinds this tenant may dial (sorted, no duplicates).
+    pub allowed_number_types: Vec<NumberKind>,
     /// Optimistic-concurrency version.
     pub version: i64,
     /// Created.
@@ -190,6 +193,7 @@ pub struct ConfigFields {
     pub is_active: Option<bool>,
     pub phone_region: Option<String>,
     pub api_encoding: Option<ApiEncoding>,
+    pub allowed_number_types: Option<Vec<NumberKind>>,
 }
 
 fn range(field: &'static str, v: u32, lo: u32, hi: u32) -> Result<u32, GwError> {
@@ -203,29 +207,155 @@ fn range(field: &'static str, v: u32, lo: u32, hi: u32) -> Result<u32, GwError> 
     }
 }
 
-/// Validates an API URL: http or https with a host.
+/// The longest API URL, in characters.
+pub const MAX_API_URL: usize = 512;
+
+/// Validates an API URL strictly: `http` or `https`, a host, a port of 1-65535 if one is
+/// given, no `user:password@` (credentials go in `credentials`), no fragment, no whitespace or
+/// control characters, at most [`MAX_API_URL`] characters. Surrounding spaces are trimmed.
 pub fn validate_api_url(raw: &str) -> Result<String, GwError> {
-    let url = raw.trim();
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| {
-            GwError::invalid(
-                "api_url",
-                format!("must start with http:// or https://, got {url:?}"),
-            )
-        })?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if host.is_empty() || host.contains(char::is_whitespace) || host.starts_with(':') {
-        return Err(GwError::invalid("api_url", format!("has no host: {url:?}")));
+    let bad = |m: String| GwError::invalid("api_url", m);
+    let n = raw.chars().count();
+    if n > MAX_API_URL {
+        return Err(bad(format!(
+            "must be at most {MAX_API_URL} characters, got {n}"
+        )));
     }
-    if url.len() > 512 {
-        return Err(GwError::invalid(
-            "api_url",
-            "must be at most 512 characters",
+    if raw.chars().any(cco_platform::validate::is_unsafe_char) {
+        return Err(bad(
+            "must not contain control characters (CR, LF, NUL, ...) or invisible formatting characters".into(),
         ));
     }
-    Ok(url.to_owned())
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(bad("is required".into()));
+    }
+    if trimmed.chars().any(char::is_whitespace) {
+        return Err(bad("must not contain spaces".into()));
+    }
+    let url = url::Url::parse(trimmed)
+        .map_err(|e| bad(format!("is not a valid URL ({e}): {}", quote(trimmed))))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "must start with http:// or https://, got scheme {}",
+            quote(url.scheme())
+        )));
+    }
+    // The URL parser reads "http:///host" as "http://host/"; refuse what was not written so.
+    let written_host = trimmed
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
+    if !written_host || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad(format!("has no host: {}", quote(trimmed))));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "must not contain user:password@; give the credentials in credentials".into(),
+        ));
+    }
+    if url.port() == Some(0) {
+        return Err(bad("port must be 1-65535, got 0".into()));
+    }
+    if url.fragment().is_some() {
+        return Err(bad("must not have a #fragment".into()));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The hosts and networks Infinity API URLs may point at (`GATEWAY__INFINITY__ALLOWED_HOSTS`):
+/// host names (`api.infin8linx.com`), wildcard suffixes (`*.infin8linx.com`), IP addresses and
+/// CIDR networks (`10.20.0.0/16`). A host name matches only name entries and an IP literal only
+/// address entries (names are not resolved here). Empty allows any host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts {
+    names: Vec<String>,
+    suffixes: Vec<String>,
+    nets: Vec<IpNet>,
+}
+
+impl AllowedHosts {
+    /// Parses comma-separated entries; the error names the bad entry.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut out = Self::default();
+        for (i, entry) in list.split(',').map(str::trim).enumerate() {
+            if entry.is_empty() {
+                continue;
+            }
+            if let Ok(net) = entry.parse::<IpNet>() {
+                out.nets.push(net);
+            } else if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
+                out.nets.push(IpNet::from(ip));
+            } else if let Some(suffix) = entry.strip_prefix("*.") {
+                check_host_name(suffix).map_err(|m| format!("entry {}: {m}", i + 1))?;
+                out.suffixes
+                    .push(format!(".{}", suffix.to_ascii_lowercase()));
+            } else {
+                check_host_name(entry).map_err(|m| format!("entry {}: {m}", i + 1))?;
+                out.names.push(entry.to_ascii_lowercase());
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when nothing is listed (any host allowed).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.suffixes.is_empty() && self.nets.is_empty()
+    }
+
+    /// Whether the host of `api_url` (already validated) is allowed.
+    pub fn allows(&self, api_url: &str) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let Ok(url) = url::Url::parse(api_url) else {
+            return false;
+        };
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => self
+                .nets
+                .iter()
+                .any(|n| n.contains(&std::net::IpAddr::V4(ip))),
+            Some(url::Host::Ipv6(ip)) => self
+                .nets
+                .iter()
+                .any(|n| n.contains(&std::net::IpAddr::V6(ip))),
+            Some(url::Host::Domain(d)) => {
+                let d = d.trim_end_matches('.').to_ascii_lowercase();
+                self.names.contains(&d) || self.suffixes.iter().any(|s| d.ends_with(s.as_str()))
+            }
+            None => false,
+        }
+    }
+
+    /// Refuses an `api_url` whose host is not allowed, naming the field.
+    pub fn check(&self, api_url: &str) -> Result<(), GwError> {
+        if self.allows(api_url) {
+            Ok(())
+        } else {
+            Err(GwError::invalid(
+                "api_url",
+                "its host is not in this gateway's allowed Infinity hosts (GATEWAY__INFINITY__ALLOWED_HOSTS)",
+            ))
+        }
+    }
+}
+
+fn check_host_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a host name, IP address or CIDR",
+            quote(name)
+        ))
+    }
 }
 
 /// Parses and deduplicates a caller number pool (1-1000 numbers) in `region`.
@@ -319,6 +449,7 @@ impl TenantConfig {
             is_active: true,
             phone_region: region,
             api_encoding: ApiEncoding::FormUrlencoded,
+            allowed_number_types: Vec::new(),
             version: 1,
             created_at: now,
             updated_at: now,
@@ -386,7 +517,7 @@ impl TenantConfig {
             if v.len() > 8 || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(GwError::invalid(
                     "destination_prefix",
-                    format!("must be 0-8 digits, got {v:?}"),
+                    format!("must be 0-8 digits, got {}", quote(&v)),
                 ));
             }
             self.destination_prefix = v;
@@ -429,7 +560,11 @@ impl TenantConfig {
                     .map_err(|_| {
                         GwError::invalid(
                             "callback_ip_allowlist",
-                            format!("entry {}: {raw:?} is not an IP address or CIDR", i + 1),
+                            format!(
+                                "entry {}: {} is not an IP address or CIDR",
+                                i + 1,
+                                quote(raw)
+                            ),
                         )
                     })?;
                 if !nets.contains(&net) {
@@ -442,7 +577,10 @@ impl TenantConfig {
             self.callback_time_zone = tz.parse().map_err(|_| {
                 GwError::invalid(
                     "callback_time_zone",
-                    format!("must be an IANA time zone such as Asia/Shanghai, got {tz:?}"),
+                    format!(
+                        "must be an IANA time zone such as Asia/Shanghai, got {}",
+                        quote(&tz)
+                    ),
                 )
             })?;
         }
@@ -451,6 +589,17 @@ impl TenantConfig {
         }
         if let Some(v) = f.api_encoding {
             self.api_encoding = v;
+        }
+        if let Some(mut kinds) = f.allowed_number_types {
+            if kinds.contains(&NumberKind::Regular) {
+                return Err(GwError::invalid(
+                    "allowed_number_types",
+                    "list only costly types (premium_rate, satellite, international_network, personal_number)",
+                ));
+            }
+            kinds.sort();
+            kinds.dedup();
+            self.allowed_number_types = kinds;
         }
         validate_secret(&self.callback_secret)?;
         Ok(())

@@ -117,6 +117,13 @@ pub fn parse_uuid(field: &'static str, value: &str) -> Result<uuid::Uuid, GwErro
     if value.is_empty() {
         return Err(GwError::invalid(field, "is required"));
     }
-    uuid::Uuid::parse_str(value)
-        .map_err(|_| GwError::invalid(field, format!("must be a UUID, got {value:?}")))
+    uuid::Uuid::parse_str(value).map_err(|_| {
+        GwError::invalid(
+            field,
+            format!(
+                "must be a UUID, got {}",
+                cco_platform::validate::quote(value)
+            ),
+        )
+    })
 }

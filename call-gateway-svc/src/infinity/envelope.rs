@@ -41,32 +41,37 @@ pub fn list(v: Option<&Value>) -> Vec<Value> {
     }
 }
 
-fn snippet(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(body);
-    let s: String = s.chars().take(80).collect();
-    s.replace(['\n', '\r'], " ")
+/// The most characters of Infinity's own texts (`msg`, `desc`, `codemsg`) passed on.
+pub const MAX_TEXT: usize = 200;
+
+/// One of Infinity's texts as passed on to clients and records: control and invisible
+/// characters removed, at most [`MAX_TEXT`] characters. Whatever else a body holds is never
+/// passed on (a misconfigured URL must not turn TestConnection into a way to read other
+/// servers' pages).
+fn vendor_text(v: &Value, key: &str) -> String {
+    cco_platform::validate::strip_unsafe(&text(v, key), MAX_TEXT)
 }
 
 /// Parses one answer. Success is `ret == 200 && data.status == 0`.
 pub fn parse_envelope(http_status: u16, body: &[u8]) -> Result<Data, InfinityError> {
-    if http_status >= 500 {
-        return Err(InfinityError::Upstream(format!(
-            "HTTP {http_status}: {}",
-            snippet(body)
-        )));
-    }
     if !(200..300).contains(&http_status) {
         return Err(InfinityError::Upstream(format!(
-            "HTTP {http_status}: {}",
-            snippet(body)
+            "HTTP {http_status} with a body of {} bytes (not shown)",
+            body.len()
         )));
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|_| InfinityError::Upstream(format!("body is not JSON: {:?}", snippet(body))))?;
+    let v: Value = serde_json::from_slice(body).map_err(|_| {
+        InfinityError::Upstream(format!(
+            "the answer is not JSON ({} bytes, not shown)",
+            body.len()
+        ))
+    })?;
     let Some(ret) = int(&v, "ret") else {
-        return Err(InfinityError::Upstream("answer has no ret".into()));
+        return Err(InfinityError::Upstream(
+            "the answer is not Infinity's envelope (no ret)".into(),
+        ));
     };
-    let msg = text(&v, "msg");
+    let msg = vendor_text(&v, "msg");
     match ret {
         200 => {}
         600..=604 => return Err(InfinityError::Auth { ret, message: msg }),
@@ -85,7 +90,7 @@ pub fn parse_envelope(http_status: u16, body: &[u8]) -> Result<Data, InfinityErr
         )));
     }
     let status = int(&data, "status").unwrap_or(-1);
-    let desc = text(&data, "desc");
+    let desc = vendor_text(&data, "desc");
     if status == 0 {
         return Ok(Data {
             desc,
@@ -93,8 +98,8 @@ pub fn parse_envelope(http_status: u16, body: &[u8]) -> Result<Data, InfinityErr
         });
     }
     let errors = data.get("errors").cloned().unwrap_or(Value::Null);
-    let code = text(&errors, "code");
-    let codemsg = text(&errors, "codemsg");
+    let code = cco_platform::validate::strip_unsafe(&text(&errors, "code"), 16);
+    let codemsg = vendor_text(&errors, "codemsg");
     Err(InfinityError::Refused {
         code: if code.is_empty() {
             format!("status {status}")

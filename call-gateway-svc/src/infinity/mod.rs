@@ -11,6 +11,7 @@
 //! retries once.
 
 mod envelope;
+pub mod record;
 
 pub use envelope::{Data, parse_envelope};
 
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::domain::config::{ApiEncoding, Credentials};
+use crate::domain::config::{AllowedHosts, ApiEncoding, Credentials};
 
 /// How long a Login token is reused (the vendor says 12 h).
 pub const TOKEN_LIFE: Duration = Duration::from_secs(11 * 3600);
@@ -176,6 +177,7 @@ pub struct RecordingLink {
 /// The HTTP client with its token cache; one per process.
 pub struct InfinityClient {
     http: reqwest::Client,
+    allowed: AllowedHosts,
     tokens: Mutex<HashMap<String, (SecretString, Instant)>>,
     token_life: Duration,
 }
@@ -214,12 +216,29 @@ impl InfinityClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
+            // Infinity answers at its one URL; following a redirect would let a configured URL
+            // lead anywhere, past the allowed hosts.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             http,
+            allowed: AllowedHosts::default(),
             tokens: Mutex::new(HashMap::new()),
             token_life,
         })
+    }
+
+    /// Limits every request to these hosts (checked again at each request, so a config stored
+    /// before the list was set cannot reach elsewhere).
+    #[must_use]
+    pub fn with_allowed_hosts(mut self, allowed: AllowedHosts) -> Self {
+        self.allowed = allowed;
+        self
+    }
+
+    /// The hosts requests may go to.
+    pub fn allowed_hosts(&self) -> &AllowedHosts {
+        &self.allowed
     }
 
     /// Sends one request (no token handling) and parses the envelope.
@@ -229,6 +248,11 @@ impl InfinityClient {
         service: &str,
         params: &[(&str, String)],
     ) -> Result<Data, InfinityError> {
+        if !self.allowed.allows(&ep.api_url) {
+            return Err(InfinityError::NotSent(
+                "the api_url host is not in this gateway's allowed Infinity hosts".into(),
+            ));
+        }
         let mut fields: Vec<(&str, String)> = Vec::with_capacity(params.len() + 1);
         fields.push(("service", service.to_owned()));
         fields.extend(params.iter().filter(|(_, v)| !v.is_empty()).cloned());

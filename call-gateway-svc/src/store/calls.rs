@@ -107,6 +107,28 @@ impl OutboxRow {
     }
 }
 
+/// What deleting a tenant's config did, in its one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeletedConfig {
+    /// The deleted config.
+    pub config_id: String,
+    /// Open calls ended (status failed, error code `config_deleted`).
+    pub calls_ended: u32,
+    /// The releases those calls owe (also queued in the outbox).
+    pub releases: Vec<OutboxRow>,
+}
+
+/// A config's extension pool the allocator still has to delete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolPurgeRow {
+    pub config_id: String,
+    pub tenant_id: String,
+    pub attempts: i32,
+}
+
+/// The error code of a call ended because its tenant's config was deleted.
+pub const CONFIG_DELETED: &str = "config_deleted";
+
 /// A callback that matched no call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnmatchedRow {
@@ -215,6 +237,26 @@ pub trait CallStore: Send + Sync + 'static {
     ) -> Result<(), GwError>;
     /// Releases still owed.
     async fn outbox_len(&self) -> Result<i64, GwError>;
+    /// Deletes a tenant's config and collectors, ends its open calls (status failed, error
+    /// code [`CONFIG_DELETED`]) queueing the releases they owe, and queues the deletion of the
+    /// config's extension pool, all in one transaction. `None` when the tenant had no config.
+    async fn delete_config(&self, tenant_id: &str) -> Result<Option<DeletedConfig>, GwError>;
+    /// Pool deletions due now; claims them until `claim_until`.
+    async fn claim_pool_purges(
+        &self,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PoolPurgeRow>, GwError>;
+    /// The allocator deleted the pool: drop the row.
+    async fn pool_purge_done(&self, config_id: &str) -> Result<(), GwError>;
+    /// The allocator could not be reached: try again at `next`.
+    async fn pool_purge_retry(
+        &self,
+        config_id: &str,
+        error: &str,
+        next: DateTime<Utc>,
+    ) -> Result<(), GwError>;
     /// The next caller-number index of a tenant (0, 1, 2, ...).
     async fn next_caller_index(&self, tenant_id: &str) -> Result<i64, GwError>;
     /// Writes the collector's last extension.
@@ -659,7 +701,7 @@ macro_rules! call_store {
                             call_id: row.try_get("call_id").map_err(db_err)?,
                             fencing_token: row.try_get("fencing_token").map_err(db_err)?,
                             reason: row.try_get("reason").map_err(db_err)?,
-                            attempts: row.try_get::<i32, _>("attempts").map_err(db_err)? + 1,
+                            attempts: row.try_get::<i32, _>("attempts").map_err(db_err)?.saturating_add(1),
                         });
                     }
                 }
@@ -674,7 +716,8 @@ macro_rules! call_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                sqlx::query("update communication_records set lease_released = true, updated_at = $3 where call_id = $1 and lease_id = $2")
+                // Once: the request path and the background worker may both confirm one release.
+                sqlx::query("update communication_records set lease_released = true, updated_at = $3 where call_id = $1 and lease_id = $2 and lease_released = false")
                     .bind(call_id)
                     .bind(lease_id)
                     .bind(Utc::now())
@@ -701,6 +744,117 @@ macro_rules! call_store {
                     .fetch_one(&self.pool)
                     .await
                     .map_err(db_err)
+            }
+
+            async fn delete_config(&self, tenant_id: &str) -> Result<Option<DeletedConfig>, GwError> {
+                let now = Utc::now();
+                let mut tx = self.write_tx().await?;
+                let config_id: Option<String> = sqlx::query_scalar("delete from infinity_call_configs where tenant_id = $1 returning config_id")
+                    .bind(tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let Some(config_id) = config_id else {
+                    return Ok(None);
+                };
+                sqlx::query("delete from collectors where tenant_id = $1")
+                    .bind(tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let open = sqlx::query(concat!(
+                    "update communication_records set status = 'failed', error_code = $2, \
+                     error_message = 'the tenant''s Infinity config was deleted while the call was open', updated_at = $3 \
+                     where tenant_id = $1 and status in ('dialing', 'ringing', 'unknown') returning ", record_cols!()
+                ))
+                .bind(tenant_id)
+                .bind(CONFIG_DELETED)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let mut releases = Vec::new();
+                for row in &open {
+                    let r = record_from(row).map_err(db_err)?;
+                    if let Some(o) = OutboxRow::owed_by(&r, "cancelled") {
+                        queue_release(&mut tx, &o, now).await?;
+                        releases.push(o);
+                    }
+                }
+                sqlx::query(
+                    "insert into pool_purge_outbox (config_id, tenant_id, attempts, next_attempt_at, created_at, updated_at) \
+                     values ($1, $2, 0, $3, $3, $3) on conflict (config_id) do nothing",
+                )
+                .bind(&config_id)
+                .bind(tenant_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(Some(DeletedConfig {
+                    config_id,
+                    calls_ended: u32::try_from(open.len()).unwrap_or(u32::MAX),
+                    releases,
+                }))
+            }
+
+            async fn claim_pool_purges(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<PoolPurgeRow>, GwError> {
+                let mut tx = self.write_tx().await?;
+                let rows = sqlx::query(
+                    "select config_id, tenant_id, attempts, next_attempt_at from pool_purge_outbox \
+                     where next_attempt_at <= $1 order by next_attempt_at limit $2",
+                )
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let config_id: String = row.try_get("config_id").map_err(db_err)?;
+                    let due: DateTime<Utc> = row.try_get("next_attempt_at").map_err(db_err)?;
+                    // Claim by moving the due time; a replica that read the same row loses here.
+                    let n = sqlx::query("update pool_purge_outbox set next_attempt_at = $3, attempts = attempts + 1, updated_at = $4 where config_id = $1 and next_attempt_at = $2")
+                        .bind(&config_id)
+                        .bind(due)
+                        .bind(claim_until)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .rows_affected();
+                    if n == 1 {
+                        out.push(PoolPurgeRow {
+                            config_id,
+                            tenant_id: row.try_get("tenant_id").map_err(db_err)?,
+                            attempts: row.try_get::<i32, _>("attempts").map_err(db_err)?.saturating_add(1),
+                        });
+                    }
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(out)
+            }
+
+            async fn pool_purge_done(&self, config_id: &str) -> Result<(), GwError> {
+                sqlx::query("delete from pool_purge_outbox where config_id = $1")
+                    .bind(config_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn pool_purge_retry(&self, config_id: &str, error: &str, next: DateTime<Utc>) -> Result<(), GwError> {
+                sqlx::query("update pool_purge_outbox set last_error = $2, next_attempt_at = $3, updated_at = $4 where config_id = $1")
+                    .bind(config_id)
+                    .bind(error)
+                    .bind(next)
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
             }
 
             async fn next_caller_index(&self, tenant_id: &str) -> Result<i64, GwError> {

@@ -38,6 +38,8 @@ pub struct ConfigRow {
     pub is_active: bool,
     pub phone_region: String,
     pub api_encoding: String,
+    /// JSON array of number kind names.
+    pub allowed_number_types: String,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -80,8 +82,6 @@ pub trait GatewayStore: Send + Sync + 'static {
     async fn config_by_id(&self, config_id: &str) -> Result<Option<ConfigRow>, GwError>;
     /// Replaces a config if its stored version is `expected` (the row carries the new version).
     async fn update_config(&self, row: &ConfigRow, expected: i64) -> Result<Versioned, GwError>;
-    /// Deletes a tenant's config and its collectors; false when there was none.
-    async fn delete_config(&self, tenant_id: &str) -> Result<bool, GwError>;
     /// Creates or replaces a collector; returns it as stored.
     async fn upsert_collector(&self, row: &CollectorRow) -> Result<CollectorRow, GwError>;
     /// One collector.
@@ -125,7 +125,7 @@ macro_rules! config_cols {
          access_key_sealed, caller_number_pool, default_caller_number, caller_number_selection, call_mode, \
          destination_prefix, max_concurrent_calls, call_timeout_seconds, api_timeout_ms, allocation_strategy, \
          lease_ttl_seconds, cooldown_seconds, callback_secret_sealed, callback_ip_allowlist, callback_time_zone, \
-         is_active, phone_region, api_encoding, version, created_at, updated_at"
+         is_active, phone_region, api_encoding, version, created_at, updated_at, allowed_number_types"
     };
 }
 
@@ -171,6 +171,7 @@ where
         is_active: r.try_get("is_active")?,
         phone_region: r.try_get("phone_region")?,
         api_encoding: r.try_get("api_encoding")?,
+        allowed_number_types: r.try_get("allowed_number_types")?,
         version: r.try_get("version")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -223,7 +224,7 @@ macro_rules! sql_store {
                 let res = sqlx::query(concat!(
                     "insert into infinity_call_configs (", config_cols!(), ") values \
                      ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                      $21, $22, $23, $24, $25, $26, $27, $28)"
+                      $21, $22, $23, $24, $25, $26, $27, $28, $29)"
                 ))
                 .bind(&c.config_id).bind(&c.tenant_id).bind(&c.supplier_id).bind(&c.api_url)
                 .bind(&c.credential_mode).bind(&c.app_id).bind(&c.access_token_sealed).bind(&c.access_key_sealed)
@@ -233,6 +234,7 @@ macro_rules! sql_store {
                 .bind(c.lease_ttl_seconds).bind(c.cooldown_seconds).bind(&c.callback_secret_sealed)
                 .bind(&c.callback_ip_allowlist).bind(&c.callback_time_zone).bind(c.is_active)
                 .bind(&c.phone_region).bind(&c.api_encoding).bind(c.version).bind(c.created_at).bind(c.updated_at)
+                .bind(&c.allowed_number_types)
                 .execute(&self.pool)
                 .await;
                 match res {
@@ -273,7 +275,7 @@ macro_rules! sql_store {
                        api_timeout_ms = $16, allocation_strategy = $17, lease_ttl_seconds = $18, \
                        cooldown_seconds = $19, callback_secret_sealed = $20, callback_ip_allowlist = $21, \
                        callback_time_zone = $22, is_active = $23, phone_region = $24, api_encoding = $25, \
-                       version = $26, updated_at = $27 \
+                       version = $26, updated_at = $27, allowed_number_types = $29 \
                      where tenant_id = $1 and config_id = $2 and version = $28",
                 )
                 .bind(&c.tenant_id).bind(&c.config_id).bind(&c.supplier_id).bind(&c.api_url)
@@ -284,6 +286,7 @@ macro_rules! sql_store {
                 .bind(c.lease_ttl_seconds).bind(c.cooldown_seconds).bind(&c.callback_secret_sealed)
                 .bind(&c.callback_ip_allowlist).bind(&c.callback_time_zone).bind(c.is_active)
                 .bind(&c.phone_region).bind(&c.api_encoding).bind(c.version).bind(c.updated_at).bind(expected)
+                .bind(&c.allowed_number_types)
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?
@@ -297,23 +300,6 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_err)?;
                 Ok(current.map_or(Versioned::NotFound, Versioned::Stale))
-            }
-
-            async fn delete_config(&self, tenant_id: &str) -> Result<bool, GwError> {
-                let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let n = sqlx::query("delete from infinity_call_configs where tenant_id = $1")
-                    .bind(tenant_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?
-                    .rows_affected();
-                sqlx::query("delete from collectors where tenant_id = $1")
-                    .bind(tenant_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
-                Ok(n == 1)
             }
 
             async fn upsert_collector(&self, c: &CollectorRow) -> Result<CollectorRow, GwError> {
