@@ -6,7 +6,6 @@
 
 mod common;
 
-use bytes::{Buf, BufMut};
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
 use cco_platform::auth::{Role, RoleTable};
@@ -14,43 +13,6 @@ use common::*;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-/// Sends and receives raw protobuf bytes.
-#[derive(Clone, Default)]
-struct Raw;
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
 
 async fn send(
     channel: tonic::transport::Channel,
@@ -58,18 +20,9 @@ async fn send(
     body: Vec<u8>,
     key: Option<&str>,
 ) -> Code {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let mut req = tonic::Request::new(body);
-    if let Some(k) = key {
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {k}").parse().unwrap());
-    }
-    let path: http::uri::PathAndQuery = path.parse().unwrap();
-    match grpc.unary(req, path, Raw).await {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
+    send_raw(channel, path, body, key)
+        .await
+        .map_or_else(|s| s.code(), |_| Code::Ok)
 }
 
 /// The request for `input`, naming tenant t-b and its objects wherever the message has room.

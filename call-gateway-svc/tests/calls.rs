@@ -10,161 +10,9 @@ use std::time::Duration;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
 use common::*;
-use infinity_sim::{CallbackMode, Outcome, Recording, Script, Simulator};
+use infinity_sim::{CallbackMode, Outcome, Recording, Script};
 use tokio::sync::Barrier;
 use tonic::Code;
-
-const SECRET: &str = "test-callback-secret-0001";
-type CallsClient = pb::calls_client::CallsClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        cco_platform::auth::BearerInterceptor,
-    >,
->;
-
-struct Ctx {
-    stack: Stack,
-    sim: Simulator,
-    calls: CallsClient,
-    callback_url: String,
-}
-
-async fn setup(
-    b: Backend,
-    mode: pb::CallMode,
-    extensions: &[&str],
-    tweak: impl FnOnce(&mut call_gateway_svc::settings::Settings),
-) -> Ctx {
-    let sim = sim().await;
-    let stack = Stack::start(b, true, |s| {
-        s.calls.outbox_interval_ms = 100;
-        s.calls.reconcile_interval_ms = 100;
-        s.calls.reconcile_after_seconds = 1;
-        s.calls.reconcile_every_seconds = 1;
-        s.calls.max_call_age_seconds = 600;
-        tweak(s);
-    })
-    .await;
-    let mut c = stack.configs(ADMIN).await;
-    let mut input = valid_input("t1", &sim.api_url());
-    input.call_mode = mode.into();
-    input.callback_secret = SECRET.into();
-    input.destination_prefix = "9".into();
-    input.max_concurrent_calls = Some(100);
-    create(&mut c, input).await;
-    let mut coll = stack.collectors(ADMIN).await;
-    for (id, number) in [("alice", "13800138001"), ("bob", "13800138002")] {
-        coll.upsert_collector(pb::UpsertCollectorRequest {
-            tenant_id: "t1".into(),
-            collector_id: id.into(),
-            callback_number: number.into(),
-            display_name: id.into(),
-            active: None,
-        })
-        .await
-        .unwrap();
-    }
-    coll.upsert_collector(pb::UpsertCollectorRequest {
-        tenant_id: "t1".into(),
-        collector_id: "nophone".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut pool = stack.pool(ADMIN).await;
-    pool.batch_import(apb::BatchImportRequest {
-        tenant_id: "t1".into(),
-        config_id: String::new(),
-        numbers: extensions.iter().map(|s| (*s).to_owned()).collect(),
-    })
-    .await
-    .unwrap();
-    let callback_url = format!(
-        "http://{}/api/v1/infinity/callback/t1/{SECRET}",
-        stack.gateway_http
-    );
-    sim.state().set_callback_url(Some(callback_url.clone()));
-    let calls = pb::calls_client::CallsClient::with_interceptor(
-        stack.gateway.channel().await,
-        cco_platform::auth::BearerInterceptor::new(CALLER),
-    );
-    Ctx {
-        stack,
-        sim,
-        calls,
-        callback_url,
-    }
-}
-
-fn req(collector: &str, dest: &str) -> pb::MakeCallRequest {
-    pb::MakeCallRequest {
-        tenant_id: "t1".into(),
-        collector_id: collector.into(),
-        case_id: "case-42".into(),
-        destination_number: dest.into(),
-        ..Default::default()
-    }
-}
-
-impl Ctx {
-    async fn get(&mut self, call_id: &str) -> pb::CommunicationRecord {
-        self.calls
-            .get_call(pb::GetCallRequest {
-                tenant_id: "t1".into(),
-                call_id: call_id.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    /// Waits (bounded) until the call reaches `status` with its lease released.
-    async fn settled(&mut self, call_id: &str, status: pb::CallStatus) -> pb::CommunicationRecord {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = self.get(call_id).await;
-            if r.status == status as i32 && r.lease_released {
-                return r;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "call never reached {status:?} with its lease released: {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stats(&self) -> apb::PoolStats {
-        self.stack
-            .alloc(CALLER)
-            .await
-            .stats(apb::StatsRequest {
-                tenant_id: "t1".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    async fn post_callback(&self, url: &str, content_type: &str, body: String) -> (u16, String) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let resp = reqwest::Client::new()
-            .post(url)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap())
-    }
-
-    async fn shutdown(self) {
-        self.stack.shutdown().await;
-        self.sim.stop().await;
-    }
-}
 
 /// The happy path: DoubleCall with the documented fields, the callback completes every record
 /// field, and the extension is released.
@@ -842,14 +690,29 @@ async fn callback_variants(b: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let (status, _) = ctx.post_callback(&ctx.callback_url, "application/x-www-form-urlencoded", format!("customuuid={}&billsec=0&hangupcause=10016&uuid=form-1&starttime=2026-01-01+10%3A00%3A00", form.call_id)).await;
+    // Start times are taken only near the call: use this minute, written in Shanghai time.
+    let started = chrono::Utc::now().timestamp() / 60 * 60;
+    let local = chrono::DateTime::from_timestamp(started, 0)
+        .unwrap()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .format("%Y-%m-%d+%H%%3A%M%%3A%S");
+    let (status, _) = ctx
+        .post_callback(
+            &ctx.callback_url,
+            "application/x-www-form-urlencoded",
+            format!(
+                "customuuid={}&billsec=0&hangupcause=10016&uuid=form-1&starttime={local}",
+                form.call_id
+            ),
+        )
+        .await;
     assert_eq!(status, 200);
     let rec = ctx.settled(&form.call_id, pb::CallStatus::Completed).await;
     assert_eq!(rec.result, pb::CallResult::NoAnswer as i32);
     assert_eq!(
         rec.start_time.unwrap().seconds,
-        1_767_232_800,
-        "2026-01-01 10:00 in Shanghai"
+        started,
+        "the local time read in Shanghai's zone"
     );
     // IP allow-list: only 203.0.113.0/24 may post now.
     let mut c = ctx.stack.configs(ADMIN).await;

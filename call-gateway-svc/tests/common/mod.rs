@@ -4,6 +4,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut};
 
 use allocator_svc::settings::PolicySourceKind;
 use call_gateway_svc::app::Application;
@@ -17,6 +20,7 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -248,6 +252,7 @@ pub fn valid_input(tenant: &str, api_url: &str) -> pb::ConfigInput {
         is_active: None,
         phone_region: String::new(),
         api_encoding: 0,
+        allowed_number_types: vec![],
     }
 }
 
@@ -304,4 +309,253 @@ pub async fn raw_rows(db_url: &str, table: &str) -> Vec<String> {
     };
     pool.close().await;
     out
+}
+
+/// The callback secret of [`setup`]'s tenant.
+pub const SECRET: &str = "test-callback-secret-0001";
+pub type CallsClient = pb::calls_client::CallsClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        cco_platform::auth::BearerInterceptor,
+    >,
+>;
+
+/// A tenant `t1` ready to call: a gateway and an allocator, the simulator, collectors alice,
+/// bob and nophone, the given extensions, and a Calls client with the caller key.
+pub struct Ctx {
+    pub stack: Stack,
+    pub sim: Simulator,
+    pub calls: CallsClient,
+    pub callback_url: String,
+}
+
+pub async fn setup(
+    b: Backend,
+    mode: pb::CallMode,
+    extensions: &[&str],
+    tweak: impl FnOnce(&mut call_gateway_svc::settings::Settings),
+) -> Ctx {
+    let sim = sim().await;
+    let stack = Stack::start(b, true, |s| {
+        s.calls.outbox_interval_ms = 100;
+        s.calls.reconcile_interval_ms = 100;
+        s.calls.reconcile_after_seconds = 1;
+        s.calls.reconcile_every_seconds = 1;
+        s.calls.max_call_age_seconds = 600;
+        tweak(s);
+    })
+    .await;
+    let mut c = stack.configs(ADMIN).await;
+    let mut input = valid_input("t1", &sim.api_url());
+    input.call_mode = mode.into();
+    input.callback_secret = SECRET.into();
+    input.destination_prefix = "9".into();
+    input.max_concurrent_calls = Some(100);
+    create(&mut c, input).await;
+    let mut coll = stack.collectors(ADMIN).await;
+    for (id, number) in [("alice", "13800138001"), ("bob", "13800138002")] {
+        coll.upsert_collector(pb::UpsertCollectorRequest {
+            tenant_id: "t1".into(),
+            collector_id: id.into(),
+            callback_number: number.into(),
+            display_name: id.into(),
+            active: None,
+        })
+        .await
+        .unwrap();
+    }
+    coll.upsert_collector(pb::UpsertCollectorRequest {
+        tenant_id: "t1".into(),
+        collector_id: "nophone".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut pool = stack.pool(ADMIN).await;
+    pool.batch_import(apb::BatchImportRequest {
+        tenant_id: "t1".into(),
+        config_id: String::new(),
+        numbers: extensions.iter().map(|s| (*s).to_owned()).collect(),
+    })
+    .await
+    .unwrap();
+    let callback_url = format!(
+        "http://{}/api/v1/infinity/callback/t1/{SECRET}",
+        stack.gateway_http
+    );
+    sim.state().set_callback_url(Some(callback_url.clone()));
+    let calls = pb::calls_client::CallsClient::with_interceptor(
+        stack.gateway.channel().await,
+        cco_platform::auth::BearerInterceptor::new(CALLER),
+    );
+    Ctx {
+        stack,
+        sim,
+        calls,
+        callback_url,
+    }
+}
+
+/// [`setup`] with extensions 8001-8003 whose dials get no callback: the test posts them.
+pub async fn setup_without_callbacks(b: Backend) -> Ctx {
+    let ctx = setup(
+        b,
+        pb::CallMode::DoubleCall,
+        &["8001", "8002", "8003"],
+        |_| {},
+    )
+    .await;
+    ctx.sim.state().set_script(
+        None,
+        infinity_sim::Script {
+            callback: infinity_sim::CallbackMode::Lost,
+            ..Default::default()
+        },
+    );
+    ctx
+}
+
+pub fn req(collector: &str, dest: &str) -> pb::MakeCallRequest {
+    pb::MakeCallRequest {
+        tenant_id: "t1".into(),
+        collector_id: collector.into(),
+        case_id: "case-42".into(),
+        destination_number: dest.into(),
+        ..Default::default()
+    }
+}
+
+impl Ctx {
+    pub async fn get(&mut self, call_id: &str) -> pb::CommunicationRecord {
+        self.calls
+            .get_call(pb::GetCallRequest {
+                tenant_id: "t1".into(),
+                call_id: call_id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits (bounded) until the call reaches `status` with its lease released.
+    pub async fn settled(
+        &mut self,
+        call_id: &str,
+        status: pb::CallStatus,
+    ) -> pb::CommunicationRecord {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.get(call_id).await;
+            if r.status == status as i32 && r.lease_released {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "call never reached {status:?} with its lease released: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stats(&self) -> apb::PoolStats {
+        self.stack
+            .alloc(CALLER)
+            .await
+            .stats(apb::StatsRequest {
+                tenant_id: "t1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn post_callback(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: String,
+    ) -> (u16, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    /// Places a call from each collector to the same debtor; returns the call ids.
+    pub async fn place(&mut self, collectors: &[&str]) -> Vec<String> {
+        let mut ids = Vec::new();
+        for c in collectors {
+            let call = self.calls.make_call(req(c, "13900139000")).await.unwrap();
+            ids.push(call.into_inner().call_id);
+        }
+        ids
+    }
+
+    pub async fn shutdown(self) {
+        self.stack.shutdown().await;
+        self.sim.stop().await;
+    }
+}
+
+/// Sends and receives raw protobuf bytes.
+#[derive(Clone, Default)]
+pub struct Raw;
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+impl Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+/// Sends `body` (an encoded request message) to `path` with `key`; returns the status.
+pub async fn send_raw(
+    channel: Channel,
+    path: &str,
+    body: Vec<u8>,
+    key: Option<&str>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(body);
+    if let Some(k) = key {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {k}").parse().unwrap());
+    }
+    let path: http::uri::PathAndQuery = path.parse().unwrap();
+    grpc.unary(req, path, Raw)
+        .await
+        .map(tonic::Response::into_inner)
 }
