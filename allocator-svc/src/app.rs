@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use cco_contracts::allocator::v1::extension_allocator_server::ExtensionAllocatorServer;
 use cco_contracts::allocator::v1::extension_pool_server::ExtensionPoolServer;
-use cco_platform::auth::AuthLayer;
 use cco_platform::db::{DbPool, Migrations};
 use cco_platform::grpc::GrpcServer;
+use cco_platform::metrics::RpcMetrics;
 use prometheus_client::registry::Registry;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -143,10 +143,8 @@ impl Application {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         self.svc.store().register_metrics(&mut registry);
-        let auth = AuthLayer::new(self.settings.keys()?, crate::grpc::roles).with_rate_limit(
-            self.settings.auth.rate_limit_per_second,
-            self.settings.auth.rate_limit_burst,
-        );
+        let rpc_metrics = RpcMetrics::register(&mut registry, "allocator");
+        let auth = self.settings.auth.layer(crate::grpc::roles)?;
         let background = shutdown.child_token();
         let reaper = tokio::spawn(crate::reaper::run(
             self.svc.clone(),
@@ -175,6 +173,7 @@ impl Application {
         let result = GrpcServer::new()
             .add_service(ExtensionAllocatorServer::new(grpc.clone()))
             .add_service(ExtensionPoolServer::new(grpc))
+            .with_metrics(rpc_metrics)
             .serve(
                 self.grpc_listener,
                 &self.settings.grpc,

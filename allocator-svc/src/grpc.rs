@@ -270,14 +270,9 @@ impl AllocatorGrpc {
         Self { svc, metrics }
     }
 
-    /// Counts the outcome of `op` and converts the error.
-    fn done<T>(&self, op: &'static str, r: Result<T, AllocError>) -> Result<Response<T>, Status> {
-        let r = r.map(Response::new).map_err(Status::from);
-        self.metrics.outcome(
-            op,
-            r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
-        );
-        r
+    /// Converts the result (outcomes are counted by the server's RPC layer).
+    fn done<T>(r: Result<T, AllocError>) -> Result<Response<T>, Status> {
+        r.map(Response::new).map_err(Status::from)
     }
 
     /// Reads a lease the caller names and checks the caller may touch its tenant.
@@ -329,7 +324,7 @@ impl pb::extension_allocator_server::ExtensionAllocator for AllocatorGrpc {
         self.metrics
             .acquire_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.done("acquire", result)
+        Self::done(result)
     }
 
     async fn release(
@@ -348,7 +343,7 @@ impl pb::extension_allocator_server::ExtensionAllocator for AllocatorGrpc {
             ))
         }
         .await;
-        self.done("release", result)
+        Self::done(result)
     }
 
     async fn renew(
@@ -371,7 +366,7 @@ impl pb::extension_allocator_server::ExtensionAllocator for AllocatorGrpc {
             })
         }
         .await;
-        self.done("renew", result)
+        Self::done(result)
     }
 
     async fn stats(
@@ -410,7 +405,7 @@ impl pb::extension_allocator_server::ExtensionAllocator for AllocatorGrpc {
             })
         }
         .await;
-        self.done("stats", result)
+        Self::done(result)
     }
 }
 
@@ -453,7 +448,7 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
             Ok(resp)
         }
         .await;
-        self.done("batch_import", result)
+        Self::done(result)
     }
 
     async fn list_extensions(
@@ -482,7 +477,7 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
             })
         }
         .await;
-        self.done("list_extensions", result)
+        Self::done(result)
     }
 
     async fn get_extension(
@@ -497,7 +492,7 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
             Ok(ext_to_pb(&self.svc.get_extension(&tenant, id).await?))
         }
         .await;
-        self.done("get_extension", result)
+        Self::done(result)
     }
 
     async fn update_extension(
@@ -531,7 +526,7 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
             ))
         }
         .await;
-        self.done("update_extension", result)
+        Self::done(result)
     }
 
     async fn release_extension(
@@ -548,7 +543,7 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
             ))
         }
         .await;
-        self.done("release_extension", result)
+        Self::done(result)
     }
 
     async fn delete_extension(
@@ -575,7 +570,7 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
             }
         }
         .await;
-        self.done("delete_extension", result)
+        Self::done(result)
     }
 
     async fn batch_delete_extensions(
@@ -609,7 +604,7 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
             Ok(resp)
         }
         .await;
-        self.done("batch_delete_extensions", result)
+        Self::done(result)
     }
 
     async fn force_release_collector(
@@ -631,7 +626,7 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
             })
         }
         .await;
-        self.done("force_release_collector", result)
+        Self::done(result)
     }
 
     async fn delete_config_pool(
@@ -650,6 +645,6 @@ impl pb::extension_pool_server::ExtensionPool for AllocatorGrpc {
             })
         }
         .await;
-        self.done("delete_config_pool", result)
+        Self::done(result)
     }
 }

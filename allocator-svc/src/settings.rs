@@ -1,11 +1,11 @@
 //! Typed settings of the allocator: defaults, then the TOML file named by
 //! `ALLOCATOR_CONFIG_FILE`, then `ALLOCATOR__SECTION__KEY` environment variables.
 
-use cco_platform::auth::KeyStore;
+use cco_platform::auth::AuthSettings;
 use cco_platform::db::DatabaseSettings;
 use cco_platform::listen::{GrpcListener, HttpListener};
 use cco_platform::telemetry::LogSettings;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::domain::Strategy;
@@ -46,32 +46,6 @@ impl Default for Settings {
             coalesce: CoalesceSettings::default(),
             log: LogSettings::default(),
             shutdown_grace_seconds: 30,
-        }
-    }
-}
-
-/// API keys.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthSettings {
-    /// `role:key[:tenant,tenant]` entries separated by `;` (roles: admin, caller, peer); a key
-    /// may be written `sha256:<hex digest>`.
-    pub api_keys: SecretString,
-    /// Requests per second one key may make on average; 0 turns the limit off.
-    pub rate_limit_per_second: u32,
-    /// Requests one key may make in a burst.
-    pub rate_limit_burst: u32,
-}
-
-/// The development keys; documented in the README, never for production.
-pub const DEV_API_KEYS: &str = "admin:dev-admin-key;caller:dev-caller-key;peer:dev-peer-key";
-
-impl Default for AuthSettings {
-    fn default() -> Self {
-        Self {
-            api_keys: SecretString::from(DEV_API_KEYS),
-            rate_limit_per_second: 2_000,
-            rate_limit_burst: 4_000,
         }
     }
 }
@@ -203,7 +177,7 @@ impl Settings {
     /// # Errors
     /// Names the setting that is wrong.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.keys()?;
+        self.auth.keys()?;
         if Strategy::parse(&self.policy.static_strategy).is_none() {
             anyhow::bail!(
                 "policy.static_strategy: must be lru, round_robin or collector_affinity, got {:?}",
@@ -263,13 +237,5 @@ impl Settings {
             cco_platform::config::check_range(name, v, lo, hi)?;
         }
         Ok(())
-    }
-
-    /// The parsed API keys.
-    ///
-    /// # Errors
-    /// Names the malformed entry.
-    pub fn keys(&self) -> anyhow::Result<KeyStore> {
-        KeyStore::parse(self.auth.api_keys.expose_secret()).map_err(|e| anyhow::anyhow!(e))
     }
 }

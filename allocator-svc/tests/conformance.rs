@@ -1525,28 +1525,7 @@ async fn metrics_endpoint_reports_outcomes(b: Backend) {
     app.shutdown().await;
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+cco_platform::on_every_backend!(
     lru_prefers_never_used_then_least_recently_released,
     round_robin_walks_number_order_wraps_and_skips,
     collector_affinity_reuses_last_extension_else_lru,

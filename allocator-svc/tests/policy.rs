@@ -210,11 +210,4 @@ async fn gateway_down(b: Backend) {
     app.shutdown().await;
 }
 
-macro_rules! both {
-    ($($name:ident),*) => {
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )* }
-    };
-}
-
-both!(follows_gateway_policy, gateway_down);
+cco_platform::on_every_backend!(follows_gateway_policy, gateway_down);

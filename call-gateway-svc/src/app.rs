@@ -9,9 +9,9 @@ use cco_contracts::gateway::v1::calls_server::CallsServer;
 use cco_contracts::gateway::v1::collectors_server::CollectorsServer;
 use cco_contracts::gateway::v1::tenant_configs_server::TenantConfigsServer;
 use cco_contracts::gateway::v1::tenant_policies_server::TenantPoliciesServer;
-use cco_platform::auth::AuthLayer;
 use cco_platform::db::{DbPool, Migrations};
 use cco_platform::grpc::GrpcServer;
+use cco_platform::metrics::RpcMetrics;
 use prometheus_client::registry::Registry;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -135,16 +135,14 @@ impl Application {
     /// Returns a serving failure.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut registry = Registry::default();
+        let rpc_metrics = RpcMetrics::register(&mut registry, "gateway");
         let callback_metrics = crate::callback::CallbackMetrics::default();
         registry.register(
             "gateway_callbacks",
             "Infinity callbacks by outcome",
             callback_metrics.outcomes.clone(),
         );
-        let auth = AuthLayer::new(self.settings.keys()?, crate::grpc::roles).with_rate_limit(
-            self.settings.auth.rate_limit_per_second,
-            self.settings.auth.rate_limit_burst,
-        );
+        let auth = self.settings.auth.layer(crate::grpc::roles)?;
         let background = shutdown.child_token();
         let routes =
             cco_platform::metrics::routes(Arc::new(registry)).merge(crate::callback::routes(
@@ -173,6 +171,7 @@ impl Application {
             .add_service(TenantPoliciesServer::new(grpc.clone()))
             .add_service(CollectorsServer::new(grpc.clone()))
             .add_service(CallsServer::new(grpc))
+            .with_metrics(rpc_metrics)
             .serve(
                 self.grpc_listener,
                 &self.settings.grpc,

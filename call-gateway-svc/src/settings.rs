@@ -1,7 +1,7 @@
 //! Typed settings of the gateway: defaults, then the TOML file named by
 //! `GATEWAY_CONFIG_FILE`, then `GATEWAY__SECTION__KEY` environment variables.
 
-use cco_platform::auth::KeyStore;
+use cco_platform::auth::AuthSettings;
 use cco_platform::db::DatabaseSettings;
 use cco_platform::listen::{GrpcListener, HttpListener};
 use cco_platform::telemetry::LogSettings;
@@ -50,31 +50,6 @@ impl Default for Settings {
             infinity: InfinitySettings::default(),
             log: LogSettings::default(),
             shutdown_grace_seconds: 30,
-        }
-    }
-}
-
-/// API keys.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthSettings {
-    /// `role:key[:tenant,tenant]` entries separated by `;` (roles: admin, caller, peer); a key
-    /// may be written `sha256:<hex digest>`.
-    pub api_keys: SecretString,
-    /// Requests per second one key may make on average; 0 turns the limit off.
-    pub rate_limit_per_second: u32,
-    /// Requests one key may make in a burst.
-    pub rate_limit_burst: u32,
-}
-
-impl Default for AuthSettings {
-    fn default() -> Self {
-        Self {
-            api_keys: SecretString::from(
-                "admin:dev-admin-key;caller:dev-caller-key;peer:dev-peer-key",
-            ),
-            rate_limit_per_second: 2_000,
-            rate_limit_burst: 4_000,
         }
     }
 }
@@ -199,7 +174,7 @@ impl Settings {
     /// # Errors
     /// Names the setting that is wrong.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.keys()?;
+        self.auth.keys()?;
         self.cipher()?;
         self.grpc.validate("grpc")?;
         self.http.validate("http")?;
@@ -267,14 +242,6 @@ impl Settings {
             anyhow::bail!("allocator.url: must be an http:// or https:// URL");
         }
         Ok(())
-    }
-
-    /// The parsed API keys.
-    ///
-    /// # Errors
-    /// Names the malformed entry.
-    pub fn keys(&self) -> anyhow::Result<KeyStore> {
-        KeyStore::parse(self.auth.api_keys.expose_secret()).map_err(|e| anyhow::anyhow!(e))
     }
 
     /// The parsed allow-list of Infinity hosts.

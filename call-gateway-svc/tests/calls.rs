@@ -1394,14 +1394,7 @@ async fn retry_after_released_lease(b: Backend) {
     ctx.shutdown().await;
 }
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::Backend::Sqlite).await } )* }
-    };
-}
-
-both!(
+cco_platform::on_every_backend!(
     happy_path_double_call,
     make_call_mode_and_recording_file,
     validation_and_preconditions,

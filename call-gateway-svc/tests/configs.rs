@@ -755,14 +755,7 @@ async fn delete_refused_while_live(b: Backend) {
     lonely.shutdown().await;
 }
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::Backend::Sqlite).await } )* }
-    };
-}
-
-both!(
+cco_platform::on_every_backend!(
     config_crud,
     validation_names_every_field,
     secrets_encrypted_at_rest,

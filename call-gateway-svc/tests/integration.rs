@@ -245,14 +245,7 @@ async fn allocator_follows_tenant_config(b: Backend) {
     stack.shutdown().await;
 }
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(super::Backend::Sqlite).await } )* }
-    };
-}
-
-both!(
+cco_platform::on_every_backend!(
     test_connection_login_mode,
     test_connection_failures,
     allocator_follows_tenant_config

@@ -21,6 +21,52 @@ use std::task::{Context, Poll};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// The development keys; documented in the README, never for production.
+pub const DEV_API_KEYS: &str = "admin:dev-admin-key;caller:dev-caller-key;peer:dev-peer-key";
+
+/// The API keys and the per-key rate limit of a service (`*__AUTH__*`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `role:key[:tenant,tenant]` entries separated by `;` (roles: admin, caller, peer); a key
+    /// may be written `sha256:<hex digest>`.
+    pub api_keys: secrecy::SecretString,
+    /// Requests per second one key may make on average; 0 turns the limit off.
+    pub rate_limit_per_second: u32,
+    /// Requests one key may make in a burst.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            api_keys: secrecy::SecretString::from(DEV_API_KEYS),
+            rate_limit_per_second: 2_000,
+            rate_limit_burst: 4_000,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// The parsed keys.
+    ///
+    /// # Errors
+    /// Names the malformed entry (never its key).
+    pub fn keys(&self) -> anyhow::Result<KeyStore> {
+        use secrecy::ExposeSecret;
+        KeyStore::parse(self.api_keys.expose_secret()).map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// The auth layer for a service whose methods `roles` describes.
+    ///
+    /// # Errors
+    /// As [`AuthSettings::keys`].
+    pub fn layer(&self, roles: RoleTable) -> anyhow::Result<AuthLayer> {
+        Ok(AuthLayer::new(self.keys()?, roles)
+            .with_rate_limit(self.rate_limit_per_second, self.rate_limit_burst))
+    }
+}
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {

@@ -10,6 +10,43 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+/// A database failure, classified once for both services: connection trouble is
+/// [`DbError::Unavailable`] (the service answers `UNAVAILABLE` and the client may retry),
+/// anything else is [`DbError::Other`] (the service logs it and answers `INTERNAL`).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The pool timed out or closed, the connection broke, or the server is shutting down or
+    /// starting up (SQLSTATE class 08, 57P01, 57P03).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Any other failure.
+    #[error(transparent)]
+    Other(sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => Self::Unavailable(e.to_string()),
+            sqlx::Error::Database(d)
+                if d.code()
+                    .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
+            {
+                Self::Unavailable(e.to_string())
+            }
+            _ => Self::Other(e),
+        }
+    }
+}
+
+/// True for a unique-constraint violation (portable across backends).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
 /// Database settings shared by both services.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -4,7 +4,9 @@
 //! port's services through reflection (`v1` and `v1alpha`), and enforces the listener's limits
 //! (connection cap, idle timeout, request timeout, HTTP/2 keep-alive; see [`crate::listen`]).
 //!
-//! Request hygiene ([`HygieneLayer`]): a request that tonic cannot read (bytes that are not the
+//! Every RPC passes [`RpcLayer`]: it is counted as in progress on its connection (for the idle
+//! timeout), timed and counted by method and code ([`RpcMetrics`], when the server has them),
+//! and its status is cleaned. Request hygiene: a request that tonic cannot read (bytes that are not the
 //! message, a string that is not UTF-8, a truncated frame, a missing message) is the client's
 //! fault, so its `INTERNAL` becomes `INVALID_ARGUMENT`; the services' own internal errors always
 //! say exactly [`INTERNAL_MESSAGE`] and stay `INTERNAL`. Every status message leaving the port is
@@ -25,8 +27,11 @@ use tonic::{Code, Status};
 pub use tonic_health::ServingStatus;
 pub use tonic_health::server::HealthReporter;
 
+use std::sync::Arc;
+
 use crate::auth::AuthLayer;
 use crate::listen::{GrpcListener, GuardedBody};
+use crate::metrics::RpcMetrics;
 
 /// The message of every `INTERNAL` status the services send themselves (the cause is logged).
 pub const INTERNAL_MESSAGE: &str = "internal error";
@@ -56,6 +61,7 @@ pub fn status(code: Code, message: &str) -> Status {
 pub struct GrpcServer {
     routes: tonic::service::Routes,
     names: Vec<&'static str>,
+    metrics: Option<RpcMetrics>,
 }
 
 impl GrpcServer {
@@ -79,6 +85,13 @@ impl GrpcServer {
     {
         self.names.push(S::NAME);
         self.routes = self.routes.add_service(svc);
+        self
+    }
+
+    /// Counts and times every RPC in `metrics` (see [`RpcMetrics`]).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: RpcMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -125,9 +138,15 @@ impl GrpcServer {
         }
         let names = self.names.clone();
         let stop = shutdown.clone();
+        let accounting = self.metrics.map(|m| Accounting {
+            ops: Arc::new(crate::metrics::method_ops(&names)),
+            metrics: m,
+        });
         let server = builder
             .layer(trace_layer())
-            .layer(HygieneLayer)
+            .layer(RpcLayer {
+                metrics: accounting,
+            })
             .layer(auth)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
@@ -185,26 +204,40 @@ fn clean_status(headers: &mut http::HeaderMap) {
     let _ = Status::new(code, capped).add_header(headers);
 }
 
-/// The layer described in the module docs: status hygiene, and counting the RPC as in progress
-/// on its connection (for the idle timeout) until its response body has been sent.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HygieneLayer;
+/// The layer described in the module docs: the RPC counted as in progress on its connection
+/// (for the idle timeout) until its response body has been sent, its metrics, and status
+/// hygiene.
+#[derive(Debug, Clone, Default)]
+pub struct RpcLayer {
+    metrics: Option<Accounting>,
+}
 
-impl<S> tower::Layer<S> for HygieneLayer {
-    type Service = Hygiene<S>;
+/// The metrics of a port and the op label of each of its methods.
+#[derive(Debug, Clone)]
+struct Accounting {
+    metrics: RpcMetrics,
+    ops: Arc<std::collections::HashMap<String, String>>,
+}
 
-    fn layer(&self, inner: S) -> Hygiene<S> {
-        Hygiene { inner }
+impl<S> tower::Layer<S> for RpcLayer {
+    type Service = Rpc<S>;
+
+    fn layer(&self, inner: S) -> Rpc<S> {
+        Rpc {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
-/// The service of [`HygieneLayer`].
+/// The service of [`RpcLayer`].
 #[derive(Debug, Clone)]
-pub struct Hygiene<S> {
+pub struct Rpc<S> {
     inner: S,
+    metrics: Option<Accounting>,
 }
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Hygiene<S>
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Rpc<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
@@ -222,10 +255,24 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let guard = crate::listen::conn_state(req.extensions()).map(|s| s.begin());
+        let timing = self.metrics.clone().map(|a| {
+            let op = a
+                .ops
+                .get(req.uri().path())
+                .cloned()
+                .unwrap_or_else(|| "other".to_owned());
+            (a.metrics, op, std::time::Instant::now())
+        });
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
             clean_status(resp.headers_mut());
+            if let Some((metrics, op, started)) = timing {
+                // Errors of unary RPCs come in the headers; a success carries its status in the
+                // trailers, so no status here means OK.
+                let code = Status::from_header_map(resp.headers()).map_or(Code::Ok, |s| s.code());
+                metrics.record(&op, code, started.elapsed().as_secs_f64());
+            }
             Ok(resp.map(|b| tonic::body::Body::new(GuardedBody::new(b, guard))))
         })
     }

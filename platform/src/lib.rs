@@ -12,7 +12,8 @@
 //! - [`metrics`]: the Prometheus `/metrics` routes and metric label helpers.
 //! - [`mask`]: masking phone numbers and secrets for logs.
 //! - [`service`]: the shared command line of the service binaries (serve, migrate, check-config).
-//! - [`testing`]: a fresh PostgreSQL or SQLite database per test.
+//! - `testing` (feature `testing`): a fresh PostgreSQL or SQLite database per test, and
+//!   `on_every_backend!`, which instantiates a suite of scenarios once per backend.
 //! - [`validate`]: field rules shared by both services.
 //! - [`tls`]: TLS and mutual TLS settings for servers and clients.
 
@@ -26,6 +27,7 @@ pub mod mask;
 pub mod metrics;
 pub mod service;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
 pub mod validate;

@@ -10,6 +10,35 @@ use std::str::FromStr;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
+/// Instantiates async scenarios `async fn name(b: Backend)` as tests once per backend: a
+/// module `postgres` and a module `sqlite`, each with a `#[tokio::test]` per name (multi-thread,
+/// 4 workers).
+///
+/// ```ignore
+/// cco_platform::on_every_backend!(lru_prefers_never_used, cap_holds_across_two_instances);
+/// ```
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::testing::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::testing::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
 /// The backends every conformance suite runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -26,6 +26,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use cco_platform::db::DbError;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -237,27 +238,23 @@ pub trait Store: Send + Sync + 'static {
     async fn live_leases(&self) -> Result<i64, AllocError>;
 }
 
-/// Classifies a database error: connection trouble is `UNAVAILABLE`, the rest internal.
+/// Maps a database error to the allocator's (the classification lives in the platform).
 pub(crate) fn db_err(e: sqlx::Error) -> AllocError {
-    match &e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => AllocError::Unavailable(format!("database unavailable: {e}")),
-        sqlx::Error::Database(d)
-            if d.code()
-                .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
-        {
-            AllocError::Unavailable(format!("database unavailable: {e}"))
+    DbError::from(e).into()
+}
+
+impl From<DbError> for AllocError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => {
+                AllocError::Unavailable(format!("database unavailable: {m}"))
+            }
+            DbError::Other(e) => AllocError::Internal(e.into()),
         }
-        _ => AllocError::Internal(e.into()),
     }
 }
 
-/// True for a unique-constraint violation (portable across backends).
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
+pub(crate) use cco_platform::db::is_unique_violation;
 
 /// Column list shared by every lease query (a macro, so queries stay `&'static str`).
 macro_rules! lease_cols {

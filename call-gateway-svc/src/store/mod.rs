@@ -5,6 +5,7 @@
 pub mod calls;
 
 use async_trait::async_trait;
+use cco_platform::db::DbError;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
@@ -102,20 +103,17 @@ pub trait GatewayStore: Send + Sync + 'static {
     async fn delete_collector(&self, tenant_id: &str, collector_id: &str) -> Result<bool, GwError>;
 }
 
-/// Classifies a database error: connection trouble is `UNAVAILABLE`, the rest internal.
+/// Maps a database error to the gateway's (the classification lives in the platform).
 pub(crate) fn db_err(e: sqlx::Error) -> GwError {
-    match &e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => GwError::Unavailable(format!("database unavailable: {e}")),
-        sqlx::Error::Database(d)
-            if d.code()
-                .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
-        {
-            GwError::Unavailable(format!("database unavailable: {e}"))
+    DbError::from(e).into()
+}
+
+impl From<DbError> for GwError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => GwError::Unavailable(format!("database unavailable: {m}")),
+            DbError::Other(e) => GwError::Internal(e.into()),
         }
-        _ => GwError::Internal(e.into()),
     }
 }
 
