@@ -17,6 +17,9 @@ use crate::store::{
     UpdateOutcome,
 };
 
+/// The most characters of an import line echoed in the report.
+pub const ECHO_CHARS: usize = 40;
+
 /// Most numbers in one BatchImport, and ids in one BatchDeleteExtensions.
 pub const MAX_BATCH: usize = 10_000;
 /// Most extensions in one page.
@@ -286,7 +289,14 @@ impl Allocator {
                     }
                 },
             };
-            report.push((line, input.to_owned(), outcome));
+            // The report echoes each line; a line far longer than any number is cut, so the
+            // answer to 10,000 lines stays small.
+            let shown = if input.chars().count() > ECHO_CHARS {
+                format!("{}…", input.chars().take(ECHO_CHARS).collect::<String>())
+            } else {
+                input.to_owned()
+            };
+            report.push((line, shown, outcome));
         }
         if !valid.is_empty() {
             let ids = self.store.import(tenant, &config_id, &valid).await?;

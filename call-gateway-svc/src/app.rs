@@ -18,12 +18,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::allocator::AllocatorClient;
-use crate::grpc::GatewayGrpc;
+use crate::grpc::{CallsGrpc, CollectorsGrpc, ConfigsGrpc};
 use crate::infinity::InfinityClient;
-use crate::service::Gateway;
+use crate::metrics::{GatewayMetrics, MeteredPbx};
+use crate::service::Services;
 use crate::settings::Settings;
 use crate::store::calls::CallStore;
-use crate::store::{GatewayStore, PgGatewayStore, SqliteGatewayStore};
+use crate::store::{ConfigStore, PgGatewayStore, SqliteGatewayStore};
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/gateway/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/gateway/sqlite");
@@ -35,7 +36,7 @@ pub const MIGRATIONS: Migrations = Migrations {
 };
 
 /// Builds the stores for a connected pool.
-pub fn stores_for(db: &DbPool) -> (Arc<dyn GatewayStore>, Arc<dyn CallStore>) {
+pub fn stores_for(db: &DbPool) -> (Arc<dyn ConfigStore>, Arc<dyn CallStore>) {
     match db {
         DbPool::Postgres(p) => {
             let s = Arc::new(PgGatewayStore::new(p.clone()));
@@ -52,7 +53,9 @@ pub fn stores_for(db: &DbPool) -> (Arc<dyn GatewayStore>, Arc<dyn CallStore>) {
 pub struct Application {
     settings: Settings,
     db: DbPool,
-    svc: Gateway,
+    services: Services,
+    registry: Registry,
+    metrics: GatewayMetrics,
     grpc_listener: TcpListener,
     grpc_addr: SocketAddr,
     http_listener: TcpListener,
@@ -91,13 +94,17 @@ impl Application {
             db.migrate(MIGRATIONS).await?;
         }
         let (store, calls) = stores_for(&db);
-        let svc = Gateway::new(
+        let mut registry = Registry::default();
+        let metrics = GatewayMetrics::register(&mut registry);
+        let infinity = InfinityClient::new()?.with_allowed_hosts(settings.allowed_hosts()?);
+        let services = Services::new(
             store,
             calls,
             settings.cipher()?,
-            Arc::new(InfinityClient::new()?.with_allowed_hosts(settings.allowed_hosts()?)),
-            AllocatorClient::new(&settings.allocator)?,
+            Arc::new(MeteredPbx::new(Arc::new(infinity), metrics.clone())),
+            Arc::new(AllocatorClient::new(&settings.allocator)?),
             settings.calls.tuning(),
+            metrics.clone(),
         );
         let (grpc_listener, http_listener) = match listeners {
             Some(l) => l,
@@ -111,7 +118,9 @@ impl Application {
         Ok(Self {
             settings,
             db,
-            svc,
+            services,
+            registry,
+            metrics,
             grpc_listener,
             grpc_addr,
             http_listener,
@@ -134,20 +143,14 @@ impl Application {
     /// # Errors
     /// Returns a serving failure.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut registry = Registry::default();
+        let mut registry = self.registry;
         let rpc_metrics = RpcMetrics::register(&mut registry, "gateway");
-        let callback_metrics = crate::callback::CallbackMetrics::default();
-        registry.register(
-            "gateway_callbacks",
-            "Infinity callbacks by outcome",
-            callback_metrics.outcomes.clone(),
-        );
         let auth = self.settings.auth.layer(crate::grpc::roles)?;
         let background = shutdown.child_token();
         let routes =
-            cco_platform::metrics::routes(Arc::new(registry)).merge(crate::callback::routes(
-                self.svc.clone(),
-                callback_metrics,
+            cco_platform::metrics::routes(Arc::new(registry)).merge(crate::http::callback::routes(
+                self.services.settling.clone(),
+                self.metrics.clone(),
                 self.settings.calls.signature_tolerance_seconds,
             ));
         let http_task = tokio::spawn(cco_platform::http::serve(
@@ -158,19 +161,23 @@ impl Application {
             background.clone(),
         ));
         let workers = tokio::spawn(crate::background::run(
-            self.svc.clone(),
+            self.services.settling.clone(),
             Duration::from_millis(self.settings.calls.outbox_interval_ms),
             Duration::from_millis(self.settings.calls.reconcile_interval_ms),
             background.clone(),
         ));
-        let grpc = GatewayGrpc::new(self.svc.clone());
+        let configs = ConfigsGrpc::new(self.services.configs.clone());
         tracing::info!(addr = %self.grpc_addr, http = %self.http_addr, backend = self.db.backend(), "gateway serving");
         let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
         let result = GrpcServer::new()
-            .add_service(TenantConfigsServer::new(grpc.clone()))
-            .add_service(TenantPoliciesServer::new(grpc.clone()))
-            .add_service(CollectorsServer::new(grpc.clone()))
-            .add_service(CallsServer::new(grpc))
+            .add_service(TenantConfigsServer::new(configs.clone()))
+            .add_service(TenantPoliciesServer::new(configs))
+            .add_service(CollectorsServer::new(CollectorsGrpc::new(
+                self.services.collectors.clone(),
+            )))
+            .add_service(CallsServer::new(CallsGrpc::new(
+                self.services.calls.clone(),
+            )))
             .with_metrics(rpc_metrics)
             .serve(
                 self.grpc_listener,

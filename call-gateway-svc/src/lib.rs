@@ -1,24 +1,32 @@
 //! call-gateway-svc: tenant configs, collectors, calls, and the Infinity integration.
 //!
-//! Direction of travel: [`grpc`] (protobuf <-> domain, auth scopes) -> [`service`] (rules) ->
-//! [`store`] (one trait; PostgreSQL and SQLite) and [`infinity`] (the vendor API client).
+//! Direction of travel (see `ARCHITECTURE.md`): the transports [`grpc`] and [`http`] convert
+//! and call [`service`]; the services hold the rules and reach the outside only through
+//! [`ports`] (the allocator's pool and Infinity) and [`store`] (the only module with SQL).
+//! [`domain`] is plain types and rules, used by all and using none of them.
 //!
-//! - [`app`]: `Application::build` then `run_until_stopped`.
+//! - [`app`]: `Application::build` then `run_until_stopped`; wires everything.
 //! - [`settings`]: typed, layered configuration.
-//! - [`domain`]: validated types (configs, phone numbers, collectors) and the error.
+//! - [`domain`]: validated types (configs, phone numbers, collectors, calls) and the error.
+//! - [`service`]: configs, collectors, calls, settling (callbacks, outboxes, reconciler).
+//! - [`ports`]: the `Leases` and `Pbx` traits the services depend on.
+//! - [`allocator`]: `Leases` over allocator-svc's gRPC API (the only user of its contracts).
+//! - [`infinity`]: `Pbx` over the Infinity HTTP API, and the vendor record parser.
+//! - [`grpc`], [`http`]: the transports (gRPC services; the Infinity callback).
+//! - [`store`]: PostgreSQL and SQLite.
 //! - [`crypto`]: AES-256-GCM sealing of secrets at rest with a rotating key ring.
-//! - [`allocator`]: the gRPC client of allocator-svc.
-//! - [`calls`]: the call flow (MakeCall, settling, the release outbox, the reconciler).
-//! - [`callback`]: Infinity's call-record callback over HTTP.
+//! - [`metrics`]: the gateway's own Prometheus metrics.
+//! - [`background`]: outboxes, reconciler and gauges on a timer.
 pub mod allocator;
 pub mod app;
 pub mod background;
-pub mod callback;
-pub mod calls;
 pub mod crypto;
 pub mod domain;
 pub mod grpc;
+pub mod http;
 pub mod infinity;
+pub mod metrics;
+pub mod ports;
 pub mod service;
 pub mod settings;
 pub mod store;

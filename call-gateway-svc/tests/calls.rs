@@ -1291,17 +1291,17 @@ async fn signed_callbacks(b: Backend) {
     for (ts, sig, b) in [
         (
             now.clone(),
-            call_gateway_svc::callback::sign(SECRET, &now, body.as_bytes()),
+            call_gateway_svc::http::sign(SECRET, &now, body.as_bytes()),
             tampered.clone(),
         ),
         (
             now.clone(),
-            call_gateway_svc::callback::sign("another-secret-0000000", &now, body.as_bytes()),
+            call_gateway_svc::http::sign("another-secret-0000000", &now, body.as_bytes()),
             body.clone(),
         ),
         (
             stale.clone(),
-            call_gateway_svc::callback::sign(SECRET, &stale, body.as_bytes()),
+            call_gateway_svc::http::sign(SECRET, &stale, body.as_bytes()),
             body.clone(),
         ),
     ] {
@@ -1312,7 +1312,7 @@ async fn signed_callbacks(b: Backend) {
         pb::CallStatus::Ringing as i32,
         "nothing written"
     );
-    let sig = call_gateway_svc::callback::sign(SECRET, &now, body.as_bytes());
+    let sig = call_gateway_svc::http::sign(SECRET, &now, body.as_bytes());
     let r = post(now.clone(), sig.clone(), body.clone()).await.unwrap();
     assert_eq!(
         (r.status().as_u16(), r.text().await.unwrap().as_str()),
@@ -1343,7 +1343,9 @@ async fn retry_after_released_lease(b: Backend) {
     );
     let tenant = call_gateway_svc::domain::TenantId::parse("t", "t1").unwrap();
     let key = call_gateway_svc::domain::IdempotencyKey::parse("k", "click-9").unwrap();
-    let call_id = call_gateway_svc::calls::call_id_for_key(&tenant, &key);
+    let call_id = call_gateway_svc::domain::call::CallId::for_key(&tenant, &key)
+        .as_str()
+        .to_owned();
     let mut alloc = ctx.stack.alloc(PEER).await;
     let earlier = alloc
         .acquire(apb::AcquireRequest {

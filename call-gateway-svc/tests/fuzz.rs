@@ -239,7 +239,6 @@ const DOCUMENTED: &[Code] = &[
     Code::FailedPrecondition,
     Code::ResourceExhausted,
     Code::Aborted,
-    Code::OutOfRange,
     Code::Unavailable,
     Code::Unimplemented,
 ];
@@ -499,7 +498,7 @@ async fn fuzz_callbacks(b: Backend) {
             .to_string();
             r = r.header("x-cco-timestamp", ts.clone()).header(
                 "x-cco-signature",
-                call_gateway_svc::callback::sign(&secret, &ts, &body),
+                call_gateway_svc::http::sign(&secret, &ts, &body),
             );
         } else if rng.random_bool(0.3)
             && let Ok(v) = reqwest::header::HeaderValue::from_str(&secret)

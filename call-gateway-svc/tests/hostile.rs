@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
 use common::*;
-use infinity_sim::{Outcome, Script};
 use prost_reflect::DescriptorPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,19 +22,8 @@ fn http() -> reqwest::Client {
 
 /// Places a call and posts `fields` (plus its customuuid) as its callback; returns the record.
 async fn call_with_callback(ctx: &mut Ctx, fields: serde_json::Value) -> pb::CommunicationRecord {
-    let call = ctx
-        .calls
-        .make_call(req("alice", "13900139000"))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut body = fields;
-    body["customuuid"] = call.call_id.clone().into();
-    let (status, text) = ctx
-        .post_callback(&ctx.callback_url, "application/json", body.to_string())
-        .await;
-    assert_eq!((status, text.as_str()), (200, "1"));
-    ctx.settled(&call.call_id, pb::CallStatus::Completed).await
+    let id = ctx.place(&["alice"]).await.remove(0);
+    call_with_existing(ctx, &id, fields).await
 }
 
 /// Shanghai wall-clock text of a moment `offset_secs` from now (the tenant's callback zone).
@@ -58,7 +46,7 @@ async fn extreme_signature_timestamps_are_refused() {
     );
     let body = r#"{"customuuid":"00000000000000000000000000000000"}"#;
     for ts in ["-9223372036854775808", "9223372036854775807"] {
-        let sig = call_gateway_svc::callback::sign(SECRET, ts, body.as_bytes());
+        let sig = call_gateway_svc::http::sign(SECRET, ts, body.as_bytes());
         let resp = http()
             .post(&url)
             .header("content-type", "application/json")
@@ -483,14 +471,7 @@ async fn a_long_call_outlives_the_idle_timeout() {
         s.grpc.idle_timeout_seconds = 1;
     })
     .await;
-    ctx.sim.state().set_script(
-        None,
-        Script {
-            outcome: Outcome::Slow,
-            slow_ms: 1_800,
-            ..Script::default()
-        },
-    );
+    ctx.slow_infinity(1_800);
     let started = Instant::now();
     let call = ctx
         .calls
@@ -1107,3 +1088,317 @@ macro_rules! reflect {
 
 reflect!(reflect_v1, v1);
 reflect!(reflect_v1alpha, v1alpha);
+
+// --- Found by the outside attack on this branch -------------------------------------------------
+
+/// One connection cannot hold more RPCs than `max_concurrent_streams` (HTTP/2 SETTINGS), and
+/// the port answers RESOURCE_EXHAUSTED beyond `max_in_flight` RPCs in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_in_progress_are_bounded_per_connection_and_per_port() {
+    let mut ctx = setup(
+        Backend::Sqlite,
+        pb::CallMode::DoubleCall,
+        &["8001", "8002", "8003"],
+        |s| {
+            s.grpc.max_concurrent_streams = 7;
+            s.grpc.max_in_flight = 2;
+        },
+    )
+    .await;
+    let tcp = TcpStream::connect(ctx.stack.gateway.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!(
+        "http://{}/grpc.health.v1.Health/Check",
+        ctx.stack.gateway.addr
+    ))
+    .header("content-type", "application/grpc")
+    .body(())
+    .unwrap();
+    h2 = h2.ready().await.unwrap();
+    let (resp, mut body) = h2.send_request(req, false).unwrap();
+    body.send_data(framed(&[]).into(), true).unwrap();
+    resp.await.unwrap();
+    assert_eq!(h2.current_max_send_streams(), 7, "the server's SETTINGS");
+    // Two slow MakeCalls fill the port; a third RPC is refused at once.
+    ctx.slow_infinity(1_500);
+    let (mut a, mut b) = (ctx.calls.clone(), ctx.calls.clone());
+    let first = tokio::spawn(async move { a.make_call(req_to("alice")).await });
+    let second = tokio::spawn(async move { b.make_call(req_to("bob")).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctx.sim.state().dial_requests().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the two calls never reached Infinity"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let e = ctx
+        .calls
+        .get_call(pb::GetCallRequest {
+            tenant_id: "t1".into(),
+            call_id: "0".repeat(32),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("busy"), "{}", e.message());
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    ctx.shutdown().await;
+}
+
+fn req_to(collector: &str) -> pb::MakeCallRequest {
+    req(collector, "13900139000")
+}
+
+/// HangUp names only an extension: once the call's lease is gone (freed by an operator, and
+/// the extension ringing for someone else), HangUp refuses instead of ending another call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hang_up_never_ends_another_call_on_the_same_extension() {
+    let mut ctx = setup_without_callbacks(Backend::Sqlite).await;
+    let first = ctx.place(&["alice"]).await.remove(0);
+    let call = ctx.get(&first).await;
+    let mut pool = ctx.stack.pool(ADMIN).await;
+    let listed = pool
+        .list_extensions(apb::ListExtensionsRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ext = listed
+        .extensions
+        .iter()
+        .find(|e| e.number == call.extension_number)
+        .unwrap();
+    pool.release_extension(apb::ReleaseExtensionRequest {
+        tenant_id: "t1".into(),
+        extension_id: ext.extension_id.clone(),
+    })
+    .await
+    .unwrap();
+    let before = ctx
+        .sim
+        .state()
+        .requests(Some("App.Sip_Call.HangupCall"))
+        .len();
+    let e = ctx
+        .calls
+        .hang_up(pb::HangUpRequest {
+            tenant_id: "t1".into(),
+            call_id: first,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("no longer holds"), "{}", e.message());
+    assert_eq!(
+        ctx.sim
+            .state()
+            .requests(Some("App.Sip_Call.HangupCall"))
+            .len(),
+        before,
+        "nothing sent to Infinity"
+    );
+    ctx.shutdown().await;
+}
+
+/// A costly number type withdrawn from the tenant also stops collectors saved while it was
+/// allowed: DoubleCall checks the callback number at every dial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_number_type_stops_saved_callback_numbers() {
+    let mut ctx = setup(Backend::Sqlite, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
+    let mut configs = ctx.stack.configs(ADMIN).await;
+    let allow = |types: Vec<i32>, version| pb::UpdateConfigRequest {
+        tenant_id: "t1".into(),
+        version,
+        allowed_number_types: Some(pb::NumberTypes { types }),
+        ..Default::default()
+    };
+    let v = configs
+        .update_config(allow(vec![pb::NumberType::PremiumRate.into()], 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    ctx.stack
+        .collectors(ADMIN)
+        .await
+        .upsert_collector(pb::UpsertCollectorRequest {
+            tenant_id: "t1".into(),
+            collector_id: "dave".into(),
+            callback_number: "+1 900 555 0199".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    configs.update_config(allow(vec![], v)).await.unwrap();
+    let e = ctx
+        .calls
+        .make_call(req("dave", "13900139000"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("premium-rate"), "{}", e.message());
+    assert!(ctx.sim.state().dial_requests().is_empty());
+    ctx.shutdown().await;
+}
+
+/// Answers stay within a client's 4 MiB limit: ListCalls pages end early when records are
+/// large, and BatchImport echoes at most 40 characters of a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_stay_under_four_mebibytes() {
+    let mut ctx = setup_without_callbacks(Backend::Sqlite).await;
+    let pad = "x".repeat(60_000);
+    let mut ids = Vec::new();
+    for _ in 0..70 {
+        let id = ctx.place(&["alice"]).await.remove(0);
+        let body = serde_json::json!({"customuuid": id, "billsec": 1, "pad": pad}).to_string();
+        let (status, _) = ctx
+            .post_callback(&ctx.callback_url, "application/json", body)
+            .await;
+        assert_eq!(status, 200);
+        ids.push(id);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = ctx
+            .calls
+            .list_calls(pb::ListCallsRequest {
+                tenant_id: "t1".into(),
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("every page fits the client's default 4 MiB limit")
+            .into_inner();
+        assert!(prost::Message::encoded_len(&page) < 4 * 1024 * 1024);
+        seen.extend(page.calls.iter().map(|c| c.call_id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "paging still returns every call once");
+    let lines: Vec<String> = (0..9_997)
+        .map(|i| format!("{i}{}", "y".repeat(395)))
+        .collect();
+    let report = ctx
+        .stack
+        .pool(ADMIN)
+        .await
+        .batch_import(apb::BatchImportRequest {
+            tenant_id: "t1".into(),
+            config_id: String::new(),
+            numbers: lines,
+        })
+        .await
+        .expect("the report fits")
+        .into_inner();
+    assert_eq!(report.invalid, 9_997);
+    assert!(report.results.iter().all(|r| r.input.chars().count() <= 41));
+    ctx.shutdown().await;
+}
+
+/// One tenant cannot make another tenant's genuine callback look like a duplicate by posting
+/// the same Infinity uuid first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinity_uuids_are_unique_per_tenant_only() {
+    let mut ctx = setup_without_callbacks(Backend::Postgres).await;
+    let mut configs = ctx.stack.configs(ADMIN).await;
+    let mut other = valid_input("t2", &ctx.sim.api_url());
+    other.callback_secret = "t2-callback-secret-0002".into();
+    create(&mut configs, other).await;
+    let mut coll = ctx.stack.collectors(ADMIN).await;
+    coll.upsert_collector(pb::UpsertCollectorRequest {
+        tenant_id: "t2".into(),
+        collector_id: "eve".into(),
+        callback_number: "13800138005".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ctx.stack
+        .pool(ADMIN)
+        .await
+        .batch_import(apb::BatchImportRequest {
+            tenant_id: "t2".into(),
+            config_id: String::new(),
+            numbers: vec!["9001".into()],
+        })
+        .await
+        .unwrap();
+    let mut r = req("eve", "13900139000");
+    r.tenant_id = "t2".into();
+    let theirs = ctx.calls.make_call(r).await.unwrap().into_inner().call_id;
+    let url = format!(
+        "http://{}/api/v1/infinity/callback/t2/t2-callback-secret-0002",
+        ctx.stack.gateway_http
+    );
+    let body = serde_json::json!({"customuuid": theirs, "billsec": 5, "uuid": "victim-uuid-0002"});
+    assert_eq!(
+        ctx.post_callback(&url, "application/json", body.to_string())
+            .await
+            .0,
+        200
+    );
+    let ours = ctx.place(&["alice"]).await.remove(0);
+    let rec = call_with_existing(
+        &mut ctx,
+        &ours,
+        serde_json::json!({"billsec": 42, "uuid": "victim-uuid-0002"}),
+    )
+    .await;
+    assert_eq!(
+        (rec.talk_seconds, rec.infinity_uuid.as_str()),
+        (42, "victim-uuid-0002")
+    );
+    ctx.shutdown().await;
+}
+
+async fn call_with_existing(
+    ctx: &mut Ctx,
+    id: &str,
+    mut body: serde_json::Value,
+) -> pb::CommunicationRecord {
+    body["customuuid"] = id.into();
+    let (status, text) = ctx
+        .post_callback(&ctx.callback_url, "application/json", body.to_string())
+        .await;
+    assert_eq!((status, text.as_str()), (200, "1"));
+    ctx.settled(id, pb::CallStatus::Completed).await
+}
+
+/// The server's own request timeout answers DEADLINE_EXCEEDED, and a message over the 4 MiB
+/// limit RESOURCE_EXHAUSTED (not CANCELLED or OUT_OF_RANGE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_oversized_requests_get_their_documented_codes() {
+    let mut ctx = setup(Backend::Sqlite, pb::CallMode::DoubleCall, &["8001"], |s| {
+        s.grpc.request_timeout_seconds = 1;
+    })
+    .await;
+    ctx.slow_infinity(1_900);
+    let e = ctx.calls.make_call(req_to("alice")).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    let big = framed(
+        &[
+            &[0x0a, 0x80, 0x80, 0x80, 0x03][..],
+            &vec![b'a'; 6 * 1024 * 1024],
+        ]
+        .concat(),
+    );
+    let (code, msg) = raw_grpc(
+        ctx.stack.gateway.addr,
+        "/cco.infinity.gateway.v1.Calls/GetCall",
+        big,
+    )
+    .await;
+    assert_eq!(code, Code::ResourceExhausted as i32, "{msg}");
+    ctx.shutdown().await;
+}

@@ -9,7 +9,9 @@ use std::time::Duration;
 use axum::Json;
 use axum::routing::post;
 use call_gateway_svc::domain::config::{ApiEncoding, Credentials};
-use call_gateway_svc::infinity::{BillQuery, DialParams, Endpoint, InfinityClient, InfinityError};
+use call_gateway_svc::infinity::{
+    BillQuery, DialParams, Endpoint, InfinityClient, PbxError as InfinityError,
+};
 use infinity_sim::{CallbackMode, Outcome, Recording, Script, SimConfig, Simulator};
 use secrecy::SecretString;
 use serde_json::Value;

@@ -128,11 +128,9 @@ impl GrpcServer {
             .add_service(reflection(&self.names).build_v1()?)
             .add_service(reflection(&self.names).build_v1alpha()?);
         let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(settings.max_concurrent_streams)
             .http2_keepalive_interval(crate::listen::seconds(settings.keepalive_interval_seconds))
             .http2_keepalive_timeout(crate::listen::seconds(settings.keepalive_timeout_seconds));
-        if let Some(t) = crate::listen::seconds(settings.request_timeout_seconds) {
-            builder = builder.timeout(t);
-        }
         if let Some(tls) = settings.tls.tonic("grpc.tls")? {
             builder = builder.tls_config(tls)?;
         }
@@ -146,6 +144,11 @@ impl GrpcServer {
             .layer(trace_layer())
             .layer(RpcLayer {
                 metrics: accounting,
+                limits: Limits {
+                    in_flight: Arc::default(),
+                    max_in_flight: usize::try_from(settings.max_in_flight).unwrap_or(usize::MAX),
+                    timeout: crate::listen::seconds(settings.request_timeout_seconds),
+                },
             })
             .layer(auth)
             .add_routes(routes)
@@ -185,14 +188,17 @@ fn clean_status(headers: &mut http::HeaderMap) {
     let Some(status) = Status::from_header_map(headers) else {
         return;
     };
-    let (code, message) = if status.code() == Code::Internal && status.message() != INTERNAL_MESSAGE
-    {
-        (
+    let (code, message) = match status.code() {
+        Code::Internal if status.message() != INTERNAL_MESSAGE => (
             Code::InvalidArgument,
             format!("the request could not be read: {}", status.message()),
-        )
-    } else {
-        (status.code(), status.message().to_owned())
+        ),
+        // Only the framework says OUT_OF_RANGE: a request over the 4 MiB message limit.
+        Code::OutOfRange => (
+            Code::ResourceExhausted,
+            format!("the request is too large: {}", status.message()),
+        ),
+        code => (code, status.message().to_owned()),
     };
     let capped = cap_message(&message);
     if code == status.code() && capped == status.message() {
@@ -207,9 +213,27 @@ fn clean_status(headers: &mut http::HeaderMap) {
 /// The layer described in the module docs: the RPC counted as in progress on its connection
 /// (for the idle timeout) until its response body has been sent, its metrics, and status
 /// hygiene.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RpcLayer {
     metrics: Option<Accounting>,
+    limits: Limits,
+}
+
+/// The port's limits on RPCs in progress.
+#[derive(Debug, Clone)]
+struct Limits {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: usize,
+    timeout: Option<Duration>,
+}
+
+/// One RPC in progress on the port.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// The metrics of a port and the op label of each of its methods.
@@ -226,6 +250,7 @@ impl<S> tower::Layer<S> for RpcLayer {
         Rpc {
             inner,
             metrics: self.metrics.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -235,6 +260,7 @@ impl<S> tower::Layer<S> for RpcLayer {
 pub struct Rpc<S> {
     inner: S,
     metrics: Option<Accounting>,
+    limits: Limits,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Rpc<S>
@@ -254,7 +280,19 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let guard = crate::listen::conn_state(req.extensions()).map(|s| s.begin());
+        let port = InFlight(self.limits.in_flight.clone());
+        if port.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= self.limits.max_in_flight {
+            drop(port);
+            let busy = Status::resource_exhausted(
+                "server busy: too many requests in progress on this port; retry shortly",
+            );
+            return Box::pin(async move { Ok(busy.into_http()) });
+        }
+        let guard = (
+            port,
+            crate::listen::conn_state(req.extensions()).map(|s| s.begin()),
+        );
+        let timeout = self.limits.timeout;
         let timing = self.metrics.clone().map(|a| {
             let op = a
                 .ops
@@ -265,7 +303,17 @@ where
         });
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let mut resp = fut.await?;
+            let mut resp = match timeout {
+                None => fut.await?.map(tonic::body::Body::new),
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r?.map(tonic::body::Body::new),
+                    Err(_) => Status::deadline_exceeded(format!(
+                        "the request did not finish within the server's {} s limit",
+                        t.as_secs()
+                    ))
+                    .into_http(),
+                },
+            };
             clean_status(resp.headers_mut());
             if let Some((metrics, op, started)) = timing {
                 // Errors of unary RPCs come in the headers; a success carries its status in the

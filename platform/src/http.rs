@@ -134,7 +134,7 @@ async fn connection(
         let router = router.clone();
         async move {
             let resp = router.oneshot(req).await?;
-            Ok::<_, Infallible>(resp.map(|b| Body::new(GuardedBody::new(b, Some(guard)))))
+            Ok::<_, Infallible>(resp.map(|b| Body::new(GuardedBody::new(b, guard))))
         }
     });
     let service = hyper_util::service::TowerToHyperService::new(service);

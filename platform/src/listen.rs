@@ -47,6 +47,10 @@ pub struct GrpcListener {
     pub tls: ServerTls,
     /// Most connections open at once; one more is closed as soon as it is accepted.
     pub max_connections: u32,
+    /// Most RPCs in progress on one connection (HTTP/2 streams); more are refused by HTTP/2.
+    pub max_concurrent_streams: u32,
+    /// Most RPCs in progress on the port; one more is answered `RESOURCE_EXHAUSTED` at once.
+    pub max_in_flight: u32,
     /// A connection with no RPC in progress for this long is closed; 0 never closes one.
     pub idle_timeout_seconds: u64,
     /// Deadline of one RPC, from its headers to the handler's answer (reading the request
@@ -66,6 +70,8 @@ impl GrpcListener {
             port,
             tls: ServerTls::default(),
             max_connections: 1_024,
+            max_concurrent_streams: 100,
+            max_in_flight: 4_096,
             idle_timeout_seconds: 300,
             request_timeout_seconds: 120,
             keepalive_interval_seconds: 60,
@@ -88,6 +94,12 @@ impl GrpcListener {
     pub fn validate(&self, prefix: &str) -> anyhow::Result<()> {
         self.tls.validate(&format!("{prefix}.tls"))?;
         check_max_connections(prefix, self.max_connections)?;
+        for (name, v) in [
+            ("max_concurrent_streams", self.max_concurrent_streams),
+            ("max_in_flight", self.max_in_flight),
+        ] {
+            crate::config::check_range(&format!("{prefix}.{name}"), u64::from(v), 1, 1_000_000)?;
+        }
         for (name, v) in [
             ("idle_timeout_seconds", self.idle_timeout_seconds),
             ("request_timeout_seconds", self.request_timeout_seconds),
@@ -441,22 +453,26 @@ pub fn incoming(listener: TcpListener, limits: Limits) -> impl Stream<Item = io:
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted as in progress until it is sent.
-    pub struct GuardedBody<B> {
+    /// A response body that keeps a guard (its request counted as in progress) until it is
+    /// sent.
+    pub struct GuardedBody<B, G> {
         #[pin]
         inner: B,
-        guard: Option<RequestGuard>,
+        guard: Option<G>,
     }
 }
 
-impl<B> GuardedBody<B> {
-    /// Wraps `inner`; `guard` drops with the body.
-    pub fn new(inner: B, guard: Option<RequestGuard>) -> Self {
-        Self { inner, guard }
+impl<B, G> GuardedBody<B, G> {
+    /// Wraps `inner`; `guard` drops when the body has been sent (or dropped).
+    pub fn new(inner: B, guard: G) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
     }
 }
 
-impl<B> http_body::Body for GuardedBody<B>
+impl<B, G> http_body::Body for GuardedBody<B, G>
 where
     B: http_body::Body<Data = Bytes>,
 {

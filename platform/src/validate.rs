@@ -19,20 +19,35 @@ pub fn quote(value: &str) -> String {
     format!("{head:?}… ({n} characters)")
 }
 
-/// Characters never accepted in stored text: control characters, and the invisible formatting
-/// characters that can disguise text (bidirectional overrides and isolates, zero-width
-/// characters, the byte-order mark, interlinear annotations).
+/// Characters never accepted in stored text: control characters, and the invisible characters
+/// that can disguise text: the format characters (bidirectional overrides and isolates,
+/// zero-width characters, the soft hyphen, the byte-order mark, interlinear annotations,
+/// musical and tag formats), line and paragraph separators, and the fillers and blanks that
+/// render as nothing (Hangul fillers, Mongolian and Khmer vowel marks, the combining grapheme
+/// joiner). Variation selectors stay allowed: emoji need them.
 pub fn is_unsafe_char(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061C}'
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
                 | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
                 | '\u{FEFF}'
+                | '\u{FFA0}'
                 | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E007F}'
         )
 }
 
@@ -131,10 +146,16 @@ mod tests {
             "rtl\u{202e}gnp.exe",
             "zero\u{200b}width",
             "\u{feff}bom",
+            "Bob\u{2028}Role: admin",
+            "soft\u{ad}hyphen",
+            "tag\u{e0069}\u{e0067}",
+            "mongol\u{180e}",
+            "filler\u{3164}",
         ] {
             assert!(text(bad, 128).is_err(), "{bad:?}");
         }
         assert!(text("Zoë O'Brien-李", 128).is_ok());
+        assert!(text("❤\u{fe0f} emoji keep their variation selector", 128).is_ok());
         assert_eq!(strip_unsafe(" a\u{202e}b\0c ", 10), "abc");
         assert_eq!(strip_unsafe("abcdef", 3), "abc");
     }

@@ -50,21 +50,6 @@ pub enum Strategy {
     CollectorAffinity,
 }
 
-macro_rules! names {
-    ($ty:ident { $($v:ident = $s:literal),* $(,)? }) => {
-        impl $ty {
-            /// The stored name.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),* }
-            }
-            /// Parses a stored name.
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($s => Some(Self::$v),)* _ => None }
-            }
-        }
-    };
-}
-
 names!(CallerSelection { DefaultNumber = "default_number", RoundRobin = "round_robin", Random = "random" });
 names!(CallMode { DoubleCall = "double_call", MakeCall = "make_call" });
 names!(ApiEncoding { FormUrlencoded = "form_urlencoded", Multipart = "multipart" });

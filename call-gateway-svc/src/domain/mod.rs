@@ -1,5 +1,27 @@
 //! Validated domain types and the gateway's error. Nothing here knows about tonic or sqlx.
+//!
+//! - [`config`]: a tenant's Infinity configuration and the rules of every field.
+//! - [`collector`]: a collector and their callback number.
+//! - [`call`]: a call (its id, states, results, lease, completion).
+//! - [`phone`]: phone numbers (libphonenumber), their kinds, emergency numbers.
 
+/// Names an enum's variants as stored (`as_str`, `parse`): the only place they are spelled.
+macro_rules! names {
+    ($ty:ident { $($v:ident = $s:literal),* $(,)? }) => {
+        impl $ty {
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+            /// Parses a stored name.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some(Self::$v),)* _ => None }
+            }
+        }
+    };
+}
+
+pub mod call;
 pub mod collector;
 pub mod config;
 pub mod phone;

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::InfinityError;
+use crate::ports::PbxError;
 
 /// The `data` of a successful answer.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,39 +53,39 @@ fn vendor_text(v: &Value, key: &str) -> String {
 }
 
 /// Parses one answer. Success is `ret == 200 && data.status == 0`.
-pub fn parse_envelope(http_status: u16, body: &[u8]) -> Result<Data, InfinityError> {
+pub fn parse_envelope(http_status: u16, body: &[u8]) -> Result<Data, PbxError> {
     if !(200..300).contains(&http_status) {
-        return Err(InfinityError::Upstream(format!(
+        return Err(PbxError::Upstream(format!(
             "HTTP {http_status} with a body of {} bytes (not shown)",
             body.len()
         )));
     }
     let v: Value = serde_json::from_slice(body).map_err(|_| {
-        InfinityError::Upstream(format!(
+        PbxError::Upstream(format!(
             "the answer is not JSON ({} bytes, not shown)",
             body.len()
         ))
     })?;
     let Some(ret) = int(&v, "ret") else {
-        return Err(InfinityError::Upstream(
+        return Err(PbxError::Upstream(
             "the answer is not Infinity's envelope (no ret)".into(),
         ));
     };
     let msg = vendor_text(&v, "msg");
     match ret {
         200 => {}
-        600..=604 => return Err(InfinityError::Auth { ret, message: msg }),
+        600..=604 => return Err(PbxError::Auth { ret, message: msg }),
         400 => {
-            return Err(InfinityError::Refused {
+            return Err(PbxError::Refused {
                 code: "400".into(),
                 message: msg,
             });
         }
-        _ => return Err(InfinityError::Upstream(format!("ret {ret}: {msg}"))),
+        _ => return Err(PbxError::Upstream(format!("ret {ret}: {msg}"))),
     }
     let data = v.get("data").cloned().unwrap_or(Value::Null);
     if !data.is_object() {
-        return Err(InfinityError::Upstream(format!(
+        return Err(PbxError::Upstream(format!(
             "ret 200 without a data object: {msg}"
         )));
     }
@@ -100,7 +100,7 @@ pub fn parse_envelope(http_status: u16, body: &[u8]) -> Result<Data, InfinityErr
     let errors = data.get("errors").cloned().unwrap_or(Value::Null);
     let code = cco_platform::validate::strip_unsafe(&text(&errors, "code"), 16);
     let codemsg = vendor_text(&errors, "codemsg");
-    Err(InfinityError::Refused {
+    Err(PbxError::Refused {
         code: if code.is_empty() {
             format!("status {status}")
         } else {
@@ -137,7 +137,7 @@ mod tests {
         let i = br#"{"ret":200,"data":{"status":1,"desc":"fail","errors":{"code":1003,"codemsg":""}},"msg":""}"#;
         assert_eq!(
             parse_envelope(200, i).expect_err("refused"),
-            InfinityError::Refused {
+            PbxError::Refused {
                 code: "1003".into(),
                 message: "fail".into()
             }
@@ -150,7 +150,7 @@ mod tests {
             .expect_err("auth");
         assert_eq!(
             e,
-            InfinityError::Auth {
+            PbxError::Auth {
                 ret: 600,
                 message: "token invalid".into()
             }
@@ -159,9 +159,9 @@ mod tests {
             .expect_err("400");
         assert_eq!(e.code(), Some("400"));
         let e = parse_envelope(200, br#"{"ret":500,"data":[],"msg":"boom"}"#).expect_err("500");
-        assert!(matches!(e, InfinityError::Upstream(_)));
+        assert!(matches!(e, PbxError::Upstream(_)));
         let e = parse_envelope(200, br#"{"ret":200,"data":[],"msg":""}"#).expect_err("no data");
-        assert!(matches!(e, InfinityError::Upstream(_)));
+        assert!(matches!(e, PbxError::Upstream(_)));
     }
 
     #[test]
@@ -174,10 +174,7 @@ mod tests {
             (404, b"{}"),
         ] {
             assert!(
-                matches!(
-                    parse_envelope(status, body),
-                    Err(InfinityError::Upstream(_))
-                ),
+                matches!(parse_envelope(status, body), Err(PbxError::Upstream(_))),
                 "{status} {body:?}"
             );
         }

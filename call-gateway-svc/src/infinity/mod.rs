@@ -1,4 +1,6 @@
-//! The client for the real Infinity API (`shared/infinity-api-notes.md`, sections A and C1).
+//! The Infinity API: the client ([`InfinityClient`]) and its [`Pbx`] implementation, the
+//! `{ret, data, msg}` envelope, and [`record`], Infinity's call record read into a completion
+//! (for the callback and the reconciler). The vendor facts are in `docs/infinity-api.md`.
 //!
 //! One POST per operation to the configured URL with `service=App.X.Y` and form fields; the
 //! `{ret, data, msg}` envelope is parsed tolerantly (`data: []`, codes as strings or numbers,
@@ -22,7 +24,14 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::domain::config::{AllowedHosts, ApiEncoding, Credentials};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::GwError;
+use crate::domain::call::{Call, Completion};
+use crate::domain::config::{AllowedHosts, ApiEncoding, CallMode, Credentials, TenantConfig};
+pub use crate::ports::pbx::{PbxError, RecordingLink};
+use crate::ports::{Dial, Pbx, PbxExtension};
 
 /// How long a Login token is reused (the vendor says 12 h).
 pub const TOKEN_LIFE: Duration = Duration::from_secs(11 * 3600);
@@ -40,50 +49,15 @@ pub struct Endpoint {
     pub encoding: ApiEncoding,
 }
 
-/// Why an Infinity request did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InfinityError {
-    /// Infinity answered and said no (`ret 200, status != 0`, or `ret 400`): nothing happened.
-    #[error("Infinity refused: {code} {message}")]
-    Refused {
-        /// `errors.code` (business) or the `ret` (interface level).
-        code: String,
-        /// `errors.codemsg`, `data.desc` or `msg`.
-        message: String,
-    },
-    /// Token, app id, licence or IP authorisation failed (`ret` 600-604).
-    #[error("Infinity authorisation failed ({ret}): {message}")]
-    Auth {
-        /// The `ret`.
-        ret: i64,
-        /// The `msg`.
-        message: String,
-    },
-    /// Infinity failed (HTTP 5xx, `ret 500`, a body that is not the envelope).
-    #[error("Infinity upstream error: {0}")]
-    Upstream(String),
-    /// The request never left (connection refused, DNS, bad URL): nothing happened.
-    #[error("request to Infinity not sent: {0}")]
-    NotSent(String),
-    /// The request may have arrived but no answer came (timeout, connection lost).
-    #[error("outcome unknown: {0}")]
-    Ambiguous(String),
-}
-
-impl InfinityError {
-    /// The business code when Infinity refused.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Self::Refused { code, .. } => Some(code),
-            _ => None,
+impl Endpoint {
+    /// How to reach the Infinity of the tenant whose config this is.
+    pub fn of(cfg: &TenantConfig) -> Self {
+        Self {
+            api_url: cfg.api_url.clone(),
+            credentials: cfg.credentials.clone(),
+            timeout: Duration::from_millis(u64::from(cfg.api_timeout_ms)),
+            encoding: cfg.api_encoding,
         }
-    }
-
-    /// True for the extension errors 1010-1014 (mark the extension offline, try another).
-    pub fn is_extension_error(&self) -> bool {
-        self.code()
-            .and_then(|c| c.parse::<u32>().ok())
-            .is_some_and(|c| (1010..=1014).contains(&c))
     }
 }
 
@@ -165,15 +139,6 @@ pub struct BillPage {
     pub bills: Vec<serde_json::Map<String, Value>>,
 }
 
-/// `GetRecodeFile`'s link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordingLink {
-    /// The download URL.
-    pub url: String,
-    /// The expiry text as Infinity sent it.
-    pub expires: String,
-}
-
 /// The HTTP client with its token cache; one per process.
 pub struct InfinityClient {
     http: reqwest::Client,
@@ -188,13 +153,13 @@ impl std::fmt::Debug for InfinityClient {
     }
 }
 
-fn classify(e: &reqwest::Error) -> InfinityError {
+fn classify(e: &reqwest::Error) -> PbxError {
     if e.is_connect() || e.is_builder() {
-        InfinityError::NotSent(e.to_string())
+        PbxError::NotSent(e.to_string())
     } else if e.is_timeout() {
-        InfinityError::Ambiguous("no answer within the timeout".into())
+        PbxError::Ambiguous("no answer within the timeout".into())
     } else {
-        InfinityError::Ambiguous(e.to_string())
+        PbxError::Ambiguous(e.to_string())
     }
 }
 
@@ -247,9 +212,9 @@ impl InfinityClient {
         ep: &Endpoint,
         service: &str,
         params: &[(&str, String)],
-    ) -> Result<Data, InfinityError> {
+    ) -> Result<Data, PbxError> {
         if !self.allowed.allows(&ep.api_url) {
-            return Err(InfinityError::NotSent(
+            return Err(PbxError::NotSent(
                 "the api_url host is not in this gateway's allowed Infinity hosts".into(),
             ));
         }
@@ -306,9 +271,9 @@ impl InfinityClient {
     ///
     /// # Errors
     /// As Infinity answered; `Auth` when the endpoint has a static token.
-    pub async fn login(&self, ep: &Endpoint) -> Result<LoginInfo, InfinityError> {
+    pub async fn login(&self, ep: &Endpoint) -> Result<LoginInfo, PbxError> {
         let Credentials::App { app_id, access_key } = &ep.credentials else {
-            return Err(InfinityError::Auth {
+            return Err(PbxError::Auth {
                 ret: 0,
                 message: "a static token is configured: there is nothing to log in with".into(),
             });
@@ -326,9 +291,7 @@ impl InfinityClient {
         let result = data.result.unwrap_or_default();
         let token = envelope::text(&result, "token");
         if token.is_empty() {
-            return Err(InfinityError::Upstream(
-                "Login succeeded without a token".into(),
-            ));
+            return Err(PbxError::Upstream("Login succeeded without a token".into()));
         }
         let info = LoginInfo {
             token: SecretString::from(token),
@@ -341,7 +304,7 @@ impl InfinityClient {
         Ok(info)
     }
 
-    async fn token(&self, ep: &Endpoint) -> Result<SecretString, InfinityError> {
+    async fn token(&self, ep: &Endpoint) -> Result<SecretString, PbxError> {
         match &ep.credentials {
             Credentials::AccessToken(t) => Ok(t.clone()),
             Credentials::App { .. } => {
@@ -361,14 +324,14 @@ impl InfinityClient {
         ep: &Endpoint,
         service: &str,
         params: &[(&str, String)],
-    ) -> Result<Data, InfinityError> {
+    ) -> Result<Data, PbxError> {
         let token = self.token(ep).await?;
         let mut with_token: Vec<(&str, String)> = vec![("token", token.expose_secret().to_owned())];
         with_token.extend_from_slice(params);
         let first = self.send(ep, service, &with_token).await;
         let expired = match &first {
-            Err(InfinityError::Auth { ret: 600, .. }) => true,
-            Err(e @ InfinityError::Refused { .. }) => e.code() == Some("1010"),
+            Err(PbxError::Auth { ret: 600, .. }) => true,
+            Err(e @ PbxError::Refused { .. }) => e.code() == Some("1010"),
             _ => false,
         };
         let Some(key) = Self::token_key(ep).filter(|_| expired) else {
@@ -388,7 +351,7 @@ impl InfinityClient {
     ///
     /// # Errors
     /// As Infinity answered.
-    pub async fn logout(&self, ep: &Endpoint) -> Result<(), InfinityError> {
+    pub async fn logout(&self, ep: &Endpoint) -> Result<(), PbxError> {
         let token = self.token(ep).await?;
         if let Some(key) = Self::token_key(ep) {
             self.forget_token(&key);
@@ -416,8 +379,8 @@ impl InfinityClient {
     /// `App.Sip_Call.MakeCall`: rings the extension, then `destnumber`. Returns Infinity's text.
     ///
     /// # Errors
-    /// Typed as described on [`InfinityError`].
-    pub async fn make_call(&self, ep: &Endpoint, p: &DialParams) -> Result<String, InfinityError> {
+    /// Typed as described on [`PbxError`].
+    pub async fn make_call(&self, ep: &Endpoint, p: &DialParams) -> Result<String, PbxError> {
         let mut f = Self::dial_fields(p);
         f.push(("destnumber", p.destnumber.clone()));
         Ok(self.call(ep, "App.Sip_Call.MakeCall", &f).await?.desc)
@@ -426,12 +389,8 @@ impl InfinityClient {
     /// `App.Sip_Call.DoubleCall`: rings `anumber` (the collector), then `bnumber`.
     ///
     /// # Errors
-    /// Typed as described on [`InfinityError`].
-    pub async fn double_call(
-        &self,
-        ep: &Endpoint,
-        p: &DialParams,
-    ) -> Result<String, InfinityError> {
+    /// Typed as described on [`PbxError`].
+    pub async fn double_call(&self, ep: &Endpoint, p: &DialParams) -> Result<String, PbxError> {
         let mut f = Self::dial_fields(p);
         f.push(("anumber", p.anumber.clone()));
         f.push(("bnumber", p.bnumber.clone()));
@@ -442,7 +401,7 @@ impl InfinityClient {
     ///
     /// # Errors
     /// As Infinity answered.
-    pub async fn sip_numbers(&self, ep: &Endpoint) -> Result<Vec<SipNumber>, InfinityError> {
+    pub async fn sip_numbers(&self, ep: &Endpoint) -> Result<Vec<SipNumber>, PbxError> {
         let data = self
             .call(
                 ep,
@@ -468,7 +427,7 @@ impl InfinityClient {
         &self,
         ep: &Endpoint,
         extensions: &[String],
-    ) -> Result<Vec<ExtCallStatus>, InfinityError> {
+    ) -> Result<Vec<ExtCallStatus>, PbxError> {
         let data = self
             .call(
                 ep,
@@ -489,7 +448,7 @@ impl InfinityClient {
     ///
     /// # Errors
     /// As Infinity answered.
-    pub async fn get_bill(&self, ep: &Endpoint, q: &BillQuery) -> Result<BillPage, InfinityError> {
+    pub async fn get_bill(&self, ep: &Endpoint, q: &BillQuery) -> Result<BillPage, PbxError> {
         let data = self
             .call(
                 ep,
@@ -528,7 +487,7 @@ impl InfinityClient {
         &self,
         ep: &Endpoint,
         filename: &str,
-    ) -> Result<RecordingLink, InfinityError> {
+    ) -> Result<RecordingLink, PbxError> {
         let data = self
             .call(
                 ep,
@@ -539,7 +498,7 @@ impl InfinityClient {
         let r = data.result.unwrap_or_default();
         let url = envelope::text(&r, "downurl");
         if url.is_empty() {
-            return Err(InfinityError::Upstream(
+            return Err(PbxError::Upstream(
                 "GetRecodeFile succeeded without downurl".into(),
             ));
         }
@@ -553,7 +512,7 @@ impl InfinityClient {
     ///
     /// # Errors
     /// As Infinity answered.
-    pub async fn hangup(&self, ep: &Endpoint, extnumber: &str) -> Result<String, InfinityError> {
+    pub async fn hangup(&self, ep: &Endpoint, extnumber: &str) -> Result<String, PbxError> {
         Ok(self
             .call(
                 ep,
@@ -562,5 +521,98 @@ impl InfinityClient {
             )
             .await?
             .desc)
+    }
+}
+
+/// The form of a time in GetBill queries: `yyyy-mm-dd hh:mm:ss` in the tenant's zone.
+fn bill_time(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+#[async_trait]
+impl Pbx for InfinityClient {
+    fn check_api_url(&self, api_url: &str) -> Result<(), GwError> {
+        self.allowed.check(api_url)
+    }
+
+    async fn dial(&self, cfg: &TenantConfig, d: &Dial) -> Result<String, PbxError> {
+        let p = DialParams {
+            extnumber: d.extension.clone(),
+            destnumber: d.destination.clone(),
+            anumber: d.first_leg.clone(),
+            bnumber: d.destination.clone(),
+            disnumber: d.caller_id.clone(),
+            userid: d.collector.clone(),
+            memberid: d.case.clone(),
+            customuuid: d.call_id.clone(),
+            chengshudu: d.tenant.clone(),
+        };
+        let ep = Endpoint::of(cfg);
+        match d.mode {
+            CallMode::DoubleCall => self.double_call(&ep, &p).await,
+            CallMode::MakeCall => self.make_call(&ep, &p).await,
+        }
+    }
+
+    async fn find_record(
+        &self,
+        cfg: &TenantConfig,
+        call: &Call,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Completion>, PbxError> {
+        let tz = cfg.callback_time_zone;
+        let from = call
+            .created_at
+            .checked_sub_signed(chrono::Duration::minutes(10))
+            .unwrap_or(call.created_at);
+        let to = now
+            .checked_add_signed(chrono::Duration::minutes(1))
+            .unwrap_or(now);
+        let q = BillQuery {
+            starttime: bill_time(from, tz),
+            endtime: bill_time(to, tz),
+            customuuid: Some(call.id.as_str().to_owned()),
+            currentpage: 1,
+            itemsperpage: 10,
+        };
+        let page = self.get_bill(&Endpoint::of(cfg), &q).await?;
+        let found = page.bills.iter().find(|b| {
+            b.get("customuuid").and_then(serde_json::Value::as_str) == Some(call.id.as_str())
+        });
+        Ok(found.map(|bill| {
+            let raw = serde_json::Value::Object(bill.clone()).to_string();
+            let window = record::TimeWindow::around(call.created_at, now);
+            record::completion(&record::flatten(bill), tz, window, raw)
+        }))
+    }
+
+    async fn recording_link(
+        &self,
+        cfg: &TenantConfig,
+        filename: &str,
+    ) -> Result<RecordingLink, PbxError> {
+        InfinityClient::recording_link(self, &Endpoint::of(cfg), filename).await
+    }
+
+    async fn hang_up(&self, cfg: &TenantConfig, extension: &str) -> Result<String, PbxError> {
+        self.hangup(&Endpoint::of(cfg), extension).await
+    }
+
+    async fn login(&self, cfg: &TenantConfig) -> Result<String, PbxError> {
+        Ok(InfinityClient::login(self, &Endpoint::of(cfg))
+            .await?
+            .company_name)
+    }
+
+    async fn extensions(&self, cfg: &TenantConfig) -> Result<Vec<PbxExtension>, PbxError> {
+        Ok(self
+            .sip_numbers(&Endpoint::of(cfg))
+            .await?
+            .into_iter()
+            .map(|s| PbxExtension {
+                number: s.extnumber,
+                registered: s.registered,
+            })
+            .collect())
     }
 }

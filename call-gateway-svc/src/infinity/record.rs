@@ -16,7 +16,8 @@
 //! | `recordfilename` | text without control or invisible formatting characters, at most 255 characters |
 //!
 //! Talk seconds missing or out of range are derived from valid answer and end times; total
-//! seconds from valid start and end times. A call is connected when it has talk seconds or a
+//! seconds from valid start and end times; a total below the talk time is not taken (the total
+//! is then at least the talk time). A call is connected when it has talk seconds or a
 //! valid answer time.
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::store::calls::Completion;
+use crate::domain::call::{CallResult, Completion, HangupSide};
 
 /// The longest call we believe: one day.
 pub const MAX_SECONDS: i64 = 86_400;
@@ -214,46 +215,49 @@ pub fn completion(
     let connected = billsec > 0 || answer_time.is_some() || legacy_connected;
     let cause = number(m, "hangupcause", 1..=99_999);
     let result = if connected {
-        "connected"
+        CallResult::Connected
     } else {
         match cause {
-            Some(10006) => "busy",
-            Some(10016 | 10005 | 10015) => "no_answer",
-            Some(10003) => "rejected",
-            Some(10002) => "cancelled",
-            Some(10004 | 10009 | 10014 | 10019 | 10025 | 10028) => "failed",
-            _ => "not_connected",
+            Some(10006) => CallResult::Busy,
+            Some(10016 | 10005 | 10015) => CallResult::NoAnswer,
+            Some(10003) => CallResult::Rejected,
+            Some(10002) => CallResult::Cancelled,
+            Some(10004 | 10009 | 10014 | 10019 | 10025 | 10028) => CallResult::Failed,
+            _ => CallResult::NotConnected,
         }
     };
     let side = match number(m, "hangupdirection", 1..=99_999) {
-        Some(10040) => Some("caller".to_owned()),
-        Some(10041) => Some("callee".to_owned()),
+        Some(10040) => Some(HangupSide::Caller),
+        Some(10041) => Some(HangupSide::Callee),
         _ => None,
     };
+    // A call lasts at least as long as its talk: a total below the talk time is not taken.
     let duration = number(m, "duration", 0..=MAX_SECONDS)
+        .filter(|d| *d >= billsec)
         .or_else(|| {
             start_time
                 .zip(end_time)
                 .and_then(|(s, e)| seconds_between(s, e))
+                .filter(|d| *d >= billsec)
         })
         .unwrap_or(billsec);
-    // Both are within 0..=MAX_SECONDS, which fits i32.
-    let seconds = |v: i64| i32::try_from(v).unwrap_or(0);
+    // Both are within 0..=MAX_SECONDS.
+    let seconds = |v: i64| u32::try_from(v).unwrap_or(0);
     Completion {
-        result: result.to_owned(),
+        result,
         start_time,
         answer_time,
         end_time,
         talk_seconds: seconds(billsec),
         total_seconds: seconds(duration),
-        hangup_cause: cause.and_then(|c| i32::try_from(c).ok()),
+        hangup_cause: cause.and_then(|c| u32::try_from(c).ok()),
         hangup_side: side,
         record_url: field(m, "recordurl")
             .or_else(|| legacy.then(|| field(m, "call_record_url")).flatten())
             .and_then(recording_url),
         record_filename: vendor_text(m, "recordfilename", MAX_RECORD_FILENAME),
         infinity_uuid: vendor_id(m, "uuid"),
-        infinity_cdr_id: number(m, "id", 1..=i64::MAX),
+        infinity_cdr_id: number(m, "id", 1..=i64::MAX).and_then(|n| u64::try_from(n).ok()),
         raw,
     }
 }
@@ -297,14 +301,14 @@ mod tests {
             r#"{"id":263056202,"billsec":0,"answertime":"","starttime":"2025-10-16 17:31:13","endtime":"2025-10-16 17:31:21",
                "duration":8,"hangupcause":10020,"hangupdirection":10040,"uuid":"db4a","customuuid":"76c33d997640d36b033d43b1d2d3964e","recordurl":""}"#,
         );
-        assert_eq!(c.result, "not_connected");
+        assert_eq!(c.result, CallResult::NotConnected);
         assert_eq!((c.talk_seconds, c.total_seconds), (0, 8));
         assert_eq!(
             c.start_time.expect("start").to_rfc3339(),
             "2025-10-16T09:31:13+00:00"
         );
         assert!(c.answer_time.is_none() && c.record_url.is_none());
-        assert_eq!(c.hangup_side.as_deref(), Some("caller"));
+        assert_eq!(c.hangup_side, Some(HangupSide::Caller));
         assert_eq!(c.infinity_cdr_id, Some(263_056_202));
     }
 
@@ -314,7 +318,7 @@ mod tests {
             r#"{"billSec":"25","answerTime":"1970-01-01 08:00:00","hangupCause":"10001","customUuid":"x"}"#,
         );
         let c = completion(&m, chrono_tz::Asia::Shanghai, window(), String::new());
-        assert_eq!((c.result.as_str(), c.talk_seconds), ("connected", 25));
+        assert_eq!((c.result, c.talk_seconds), (CallResult::Connected, 25));
         assert!(c.answer_time.is_none());
         assert_eq!(customuuid(&m), Some("x"));
     }
@@ -322,12 +326,12 @@ mod tests {
     #[test]
     fn results_by_hangup_cause() {
         for (cause, want) in [
-            (10006, "busy"),
-            (10016, "no_answer"),
-            (10003, "rejected"),
-            (10002, "cancelled"),
-            (10004, "failed"),
-            (10020, "not_connected"),
+            (10006, CallResult::Busy),
+            (10016, CallResult::NoAnswer),
+            (10003, CallResult::Rejected),
+            (10002, CallResult::Cancelled),
+            (10004, CallResult::Failed),
+            (10020, CallResult::NotConnected),
         ] {
             let c = complete(&format!(r#"{{"billsec":0,"hangupcause":{cause}}}"#));
             assert_eq!(c.result, want, "{cause}");
@@ -340,7 +344,7 @@ mod tests {
             r#"{"call_uuid":"abc","call_duration":42,"is_connected":true,"call_record_url":"http://r/x.mp3"}"#,
         );
         let c = completion(&m, chrono_tz::UTC, window(), String::new());
-        assert_eq!((c.result.as_str(), c.talk_seconds), ("connected", 42));
+        assert_eq!((c.result, c.talk_seconds), (CallResult::Connected, 42));
         assert_eq!(c.record_url.as_deref(), Some("http://r/x.mp3"));
         assert_eq!(customuuid(&m), Some("abc"));
     }
@@ -382,14 +386,14 @@ mod tests {
         let c = complete(
             r#"{"billsec":0,"starttime":"2025-10-16T17:31:00+08:00","answertime":"2025-10-16T17:31:10+08:00","endtime":"2025-10-16T17:32:10+08:00"}"#,
         );
-        assert_eq!(c.result, "connected");
+        assert_eq!(c.result, CallResult::Connected);
         assert_eq!(c.talk_seconds, 0, "billsec 0 is a valid value and is kept");
         let c = complete(
             r#"{"starttime":"1760607060","answertime":"1760607070","endtime":"1760607130"}"#,
         );
         assert_eq!(
-            (c.result.as_str(), c.talk_seconds, c.total_seconds),
-            ("connected", 60, 70)
+            (c.result, c.talk_seconds, c.total_seconds),
+            (CallResult::Connected, 60, 70)
         );
     }
 
@@ -407,7 +411,7 @@ mod tests {
         assert!(c.start_time.is_some());
         assert!(c.answer_time.is_none(), "answer before start");
         assert!(c.end_time.is_none(), "end before start");
-        assert_eq!(c.result, "not_connected");
+        assert_eq!(c.result, CallResult::NotConnected);
     }
 
     /// Numbers out of range are absent: no i32::MAX talk seconds from 1e30.
@@ -417,12 +421,18 @@ mod tests {
             r#"{"billsec":1e30,"duration":-5,"hangupcause":99999999999,"id":-1,"starttime":"2025-10-16 17:31:00","endtime":"2025-10-16 17:31:30"}"#,
         );
         assert_eq!((c.talk_seconds, c.total_seconds), (0, 30));
-        assert_eq!(c.result, "not_connected");
+        assert_eq!(c.result, CallResult::NotConnected);
         assert!(c.hangup_cause.is_none() && c.infinity_cdr_id.is_none());
         let c = complete(r#"{"billsec":"86401"}"#);
         assert_eq!(c.talk_seconds, 0);
         let c = complete(r#"{"billsec":"42.9"}"#);
         assert_eq!(c.talk_seconds, 42);
+        let c = complete(r#"{"billsec":500,"duration":3}"#);
+        assert_eq!(
+            (c.talk_seconds, c.total_seconds),
+            (500, 500),
+            "total never below talk"
+        );
     }
 
     /// Only http(s) recording URLs are kept; control and bidi characters never reach storage.
@@ -480,7 +490,8 @@ mod tests {
             ]), 0..12)) {
             let obj: serde_json::Map<String, Value> = entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
             let c = completion(&flatten(&obj), chrono_tz::America::Mexico_City, window(), String::new());
-            proptest::prop_assert!((0..=86_400).contains(&c.talk_seconds) && (0..=86_400).contains(&c.total_seconds));
+            proptest::prop_assert!(c.talk_seconds <= 86_400 && c.total_seconds <= 86_400);
+            proptest::prop_assert!(c.talk_seconds <= c.total_seconds);
             for t in [c.start_time, c.answer_time, c.end_time].into_iter().flatten() {
                 proptest::prop_assert!(t >= window().earliest && t <= window().latest);
             }
@@ -489,7 +500,6 @@ mod tests {
             for t in [&c.record_url, &c.record_filename, &c.infinity_uuid].into_iter().flatten() {
                 proptest::prop_assert!(!t.chars().any(cco_platform::validate::is_unsafe_char));
             }
-            proptest::prop_assert!(["connected", "no_answer", "busy", "rejected", "cancelled", "failed", "not_connected"].contains(&c.result.as_str()));
         }
     }
 }

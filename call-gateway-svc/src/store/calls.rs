@@ -1,137 +1,19 @@
-//! Storage of calls: communication records, unmatched callbacks, the lease-release outbox and
-//! the caller-number cursor. Same portable SQL for PostgreSQL and SQLite (one macro).
+//! Storage of calls: communication records, unmatched callbacks, the lease-release outbox, the
+//! pool-deletion outbox and the caller-number cursor. The same portable SQL for PostgreSQL and
+//! SQLite (one macro); domain types at the edge, rows inside.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
+use super::rows::{call_from, record_from, row_from};
 use super::{PgGatewayStore, SqliteGatewayStore, db_err};
-use crate::domain::GwError;
-
-/// A communication record as stored.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RecordRow {
-    pub call_id: String,
-    pub tenant_id: String,
-    pub config_id: String,
-    pub supplier_id: String,
-    pub case_id: String,
-    pub collector_id: String,
-    pub destination_number: String,
-    pub dialled_number: String,
-    pub caller_number: String,
-    pub extension_number: Option<String>,
-    pub extension_id: Option<String>,
-    pub lease_id: Option<String>,
-    pub fencing_token: Option<i64>,
-    pub lease_expires_at: Option<DateTime<Utc>>,
-    pub lease_released: bool,
-    pub call_mode: String,
-    pub call_timeout_seconds: i32,
-    pub status: String,
-    pub result: Option<String>,
-    pub start_time: Option<DateTime<Utc>>,
-    pub answer_time: Option<DateTime<Utc>>,
-    pub end_time: Option<DateTime<Utc>>,
-    pub talk_seconds: Option<i32>,
-    pub total_seconds: Option<i32>,
-    pub hangup_cause: Option<i32>,
-    pub hangup_side: Option<String>,
-    pub record_url: Option<String>,
-    pub record_filename: Option<String>,
-    pub custom_params: String,
-    pub infinity_uuid: Option<String>,
-    pub infinity_cdr_id: Option<i64>,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    pub idempotency_key: Option<String>,
-    pub attempts: i32,
-    pub raw_callback: Option<String>,
-    pub reconcile_after: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// What Infinity reported about a finished call (from the callback or GetBill).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Completion {
-    pub result: String,
-    pub start_time: Option<DateTime<Utc>>,
-    pub answer_time: Option<DateTime<Utc>>,
-    pub end_time: Option<DateTime<Utc>>,
-    pub talk_seconds: i32,
-    pub total_seconds: i32,
-    pub hangup_cause: Option<i32>,
-    pub hangup_side: Option<String>,
-    pub record_url: Option<String>,
-    pub record_filename: Option<String>,
-    pub infinity_uuid: Option<String>,
-    pub infinity_cdr_id: Option<i64>,
-    pub raw: String,
-}
-
-/// A dial attempt on a (new) extension.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Attempt {
-    pub extension_number: String,
-    pub extension_id: String,
-    pub lease_id: String,
-    pub fencing_token: i64,
-    pub lease_expires_at: Option<DateTime<Utc>>,
-    pub attempts: i32,
-}
-
-/// A release owed to the allocator.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboxRow {
-    pub lease_id: String,
-    pub call_id: String,
-    pub fencing_token: i64,
-    pub reason: String,
-    pub attempts: i32,
-}
-
-impl OutboxRow {
-    /// The release `row` still owes for its lease (none when it has none or it is released).
-    pub fn owed_by(row: &RecordRow, reason: &str) -> Option<Self> {
-        match (&row.lease_id, row.lease_released) {
-            (Some(lease_id), false) => Some(Self {
-                lease_id: lease_id.clone(),
-                call_id: row.call_id.clone(),
-                fencing_token: row.fencing_token.unwrap_or(0),
-                reason: reason.to_owned(),
-                attempts: 0,
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// What deleting a tenant's config did, in its one transaction.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeletedConfig {
-    /// The deleted config.
-    pub config_id: String,
-    /// Open calls ended (status failed, error code `config_deleted`).
-    pub calls_ended: u32,
-    /// The releases those calls owe (also queued in the outbox).
-    pub releases: Vec<OutboxRow>,
-}
-
-/// A config's extension pool the allocator still has to delete.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolPurgeRow {
-    pub config_id: String,
-    pub tenant_id: String,
-    pub attempts: i32,
-}
-
-/// The error code of a call ended because its tenant's config was deleted.
-pub const CONFIG_DELETED: &str = "config_deleted";
+use crate::domain::call::{Call, CallId, CallStatus, Completion, Lease, Release, ReleaseReason};
+use crate::domain::{GwError, TenantId};
 
 /// A callback that matched no call.
 #[derive(Debug, Clone, PartialEq)]
-pub struct UnmatchedRow {
+pub struct Unmatched {
     pub id: String,
     pub tenant_id: Option<String>,
     pub customuuid: Option<String>,
@@ -143,16 +25,16 @@ pub struct UnmatchedRow {
     pub received_at: DateTime<Utc>,
 }
 
-/// Filters of a listing.
-#[derive(Debug, Clone, Default)]
-pub struct RecordFilter {
-    pub tenant_id: String,
+/// Filters of a listing (newest first).
+#[derive(Debug, Clone)]
+pub struct CallFilter {
+    pub tenant_id: TenantId,
     pub collector_id: Option<String>,
     pub case_id: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<CallStatus>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
-    /// Continue after (created_at, call_id), newest first.
+    /// Continue after (created_at, call id).
     pub before: Option<(DateTime<Utc>, String)>,
     pub limit: u32,
 }
@@ -166,68 +48,106 @@ pub enum Completed {
     AlreadyCompleted,
 }
 
+/// What deleting a tenant's config did, in its one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeletedConfig {
+    /// The deleted config.
+    pub config_id: String,
+    /// Open calls ended (status failed, error code [`CONFIG_DELETED`]).
+    pub calls_ended: u32,
+    /// The releases those calls owe (also queued in the outbox).
+    pub releases: Vec<Release>,
+}
+
+/// A config's extension pool the allocator still has to delete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolPurge {
+    pub config_id: String,
+    pub tenant_id: String,
+    pub attempts: i32,
+}
+
+/// Figures of the call store, for the gauges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// When they were read.
+    pub now: DateTime<Utc>,
+    /// Open calls by status.
+    pub open: Vec<(CallStatus, i64)>,
+    /// Lease releases owed.
+    pub outbox_depth: i64,
+    /// When the oldest of them was written.
+    pub outbox_oldest: Option<DateTime<Utc>>,
+    /// Pools of deleted configs still to delete.
+    pub pool_purges: i64,
+    /// Since when the oldest open call due for reconciliation has been due.
+    pub reconcile_due_since: Option<DateTime<Utc>>,
+}
+
+/// The error code of a call ended because its tenant's config was deleted.
+pub const CONFIG_DELETED: &str = "config_deleted";
+
 /// Storage of calls.
 #[async_trait]
 pub trait CallStore: Send + Sync + 'static {
-    /// Inserts a new record; `Ok(Some(existing))` when the call id exists already.
-    async fn insert_record(&self, r: &RecordRow) -> Result<Option<RecordRow>, GwError>;
-    /// A record of a tenant.
-    async fn record(&self, tenant_id: &str, call_id: &str) -> Result<Option<RecordRow>, GwError>;
-    /// A record by call id alone (generic callback path).
-    async fn record_by_id(&self, call_id: &str) -> Result<Option<RecordRow>, GwError>;
-    /// The newest open record of a case (correlation by memberid).
-    async fn open_record_for_case(
+    /// Inserts a new record; `Ok(Some(existing))` when the call id (or the tenant's idempotency
+    /// key) exists already.
+    async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError>;
+    /// A call by id (any tenant; callers check the tenant).
+    async fn call(&self, id: &CallId) -> Result<Option<Call>, GwError>;
+    /// The newest open (or expired) call of a case (correlation by memberid).
+    async fn open_call_for_case(
         &self,
-        tenant_id: &str,
+        tenant: &TenantId,
         case_id: &str,
-    ) -> Result<Option<RecordRow>, GwError>;
+    ) -> Result<Option<Call>, GwError>;
     /// dialing -> ringing (only from dialing); returns whether it changed.
-    async fn mark_ringing(&self, call_id: &str) -> Result<bool, GwError>;
+    async fn mark_ringing(&self, id: &CallId) -> Result<bool, GwError>;
     /// Records a new dial attempt on another extension.
-    async fn set_attempt(&self, call_id: &str, a: &Attempt) -> Result<(), GwError>;
-    /// dialing -> failed with the reason; queues the release unless `released` already.
+    async fn set_attempt(&self, id: &CallId, lease: &Lease, attempts: u32) -> Result<(), GwError>;
+    /// dialing -> failed with the reason; queues the release unless `release` is none.
     async fn mark_failed(
         &self,
-        call_id: &str,
+        id: &CallId,
         code: &str,
         message: &str,
-        release: Option<&OutboxRow>,
+        release: Option<&Release>,
     ) -> Result<(), GwError>;
     /// dialing -> unknown (lease kept).
-    async fn mark_unknown(&self, call_id: &str, message: &str) -> Result<bool, GwError>;
+    async fn mark_unknown(&self, id: &CallId, message: &str) -> Result<bool, GwError>;
     /// Completes an open (or expired) record and queues the release, in one transaction.
     async fn complete(
         &self,
-        call_id: &str,
+        id: &CallId,
         c: &Completion,
-        release: Option<&OutboxRow>,
+        release: Option<&Release>,
     ) -> Result<Completed, GwError>;
-    /// open -> expired and queues the release, in one transaction; false if it was no longer open.
-    async fn expire(&self, call_id: &str, release: Option<&OutboxRow>) -> Result<bool, GwError>;
-    /// Open records whose reconcile time has come; claims them until `claim_until`.
+    /// open -> expired and queues the release, in one transaction; false if no longer open.
+    async fn expire(&self, id: &CallId, release: Option<&Release>) -> Result<bool, GwError>;
+    /// Open calls whose reconcile time has come; claims them until `claim_until`.
     async fn claim_open(
         &self,
         now: DateTime<Utc>,
         claim_until: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<RecordRow>, GwError>;
+    ) -> Result<Vec<Call>, GwError>;
     /// Remembers a renewed lease expiry.
-    async fn set_lease_expiry(&self, call_id: &str, at: DateTime<Utc>) -> Result<(), GwError>;
-    /// Lists records, newest first.
-    async fn list_records(&self, f: &RecordFilter) -> Result<Vec<RecordRow>, GwError>;
+    async fn set_lease_expiry(&self, id: &CallId, at: DateTime<Utc>) -> Result<(), GwError>;
+    /// Lists calls, newest first.
+    async fn list_calls(&self, f: &CallFilter) -> Result<Vec<Call>, GwError>;
     /// Stores a callback that matched no call.
-    async fn insert_unmatched(&self, u: &UnmatchedRow) -> Result<(), GwError>;
+    async fn insert_unmatched(&self, u: &Unmatched) -> Result<(), GwError>;
     /// Unmatched callbacks of a tenant (audit).
-    async fn unmatched(&self, tenant_id: Option<&str>) -> Result<Vec<UnmatchedRow>, GwError>;
+    async fn unmatched(&self, tenant_id: Option<&str>) -> Result<Vec<Unmatched>, GwError>;
     /// Releases due now; claims them until `claim_until`.
     async fn claim_outbox(
         &self,
         now: DateTime<Utc>,
         claim_until: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<OutboxRow>, GwError>;
-    /// The allocator confirmed: drop the row and mark the record's lease released.
-    async fn outbox_done(&self, lease_id: &str, call_id: &str) -> Result<(), GwError>;
+    ) -> Result<Vec<Release>, GwError>;
+    /// The allocator confirmed: drop the row and mark the call's lease released.
+    async fn outbox_done(&self, lease_id: &str, call: &CallId) -> Result<(), GwError>;
     /// The allocator could not be reached: try again at `next`.
     async fn outbox_retry(
         &self,
@@ -235,8 +155,8 @@ pub trait CallStore: Send + Sync + 'static {
         error: &str,
         next: DateTime<Utc>,
     ) -> Result<(), GwError>;
-    /// Releases still owed.
-    async fn outbox_len(&self) -> Result<i64, GwError>;
+    /// The figures for the gauges, at `now`.
+    async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, GwError>;
     /// Deletes a tenant's config and collectors, ends its open calls (status failed, error
     /// code [`CONFIG_DELETED`]) queueing the releases they owe, and queues the deletion of the
     /// config's extension pool, all in one transaction. `None` when the tenant had no config.
@@ -247,7 +167,7 @@ pub trait CallStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         claim_until: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<PoolPurgeRow>, GwError>;
+    ) -> Result<Vec<PoolPurge>, GwError>;
     /// The allocator deleted the pool: drop the row.
     async fn pool_purge_done(&self, config_id: &str) -> Result<(), GwError>;
     /// The allocator could not be reached: try again at `next`.
@@ -279,76 +199,14 @@ macro_rules! record_cols {
     };
 }
 
-macro_rules! get {
-    ($r:expr, $($f:ident),*) => {
-        RecordRow { $($f: $r.try_get(stringify!($f))?,)* }
-    };
-}
-
-fn record_from<R: Row>(r: &R) -> Result<RecordRow, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i32>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<DateTime<Utc>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(get!(
-        r,
-        call_id,
-        tenant_id,
-        config_id,
-        supplier_id,
-        case_id,
-        collector_id,
-        destination_number,
-        dialled_number,
-        caller_number,
-        extension_number,
-        extension_id,
-        lease_id,
-        fencing_token,
-        lease_expires_at,
-        lease_released,
-        call_mode,
-        call_timeout_seconds,
-        status,
-        result,
-        start_time,
-        answer_time,
-        end_time,
-        talk_seconds,
-        total_seconds,
-        hangup_cause,
-        hangup_side,
-        record_url,
-        record_filename,
-        custom_params,
-        infinity_uuid,
-        infinity_cdr_id,
-        error_code,
-        error_message,
-        idempotency_key,
-        attempts,
-        raw_callback,
-        reconcile_after,
-        created_at,
-        updated_at
-    ))
-}
-
-fn unmatched_from<R: Row>(r: &R) -> Result<UnmatchedRow, sqlx::Error>
+fn unmatched_from<R: Row>(r: &R) -> Result<Unmatched, sqlx::Error>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
-    Ok(UnmatchedRow {
+    Ok(Unmatched {
         id: r.try_get("id")?,
         tenant_id: r.try_get("tenant_id")?,
         customuuid: r.try_get("customuuid")?,
@@ -373,7 +231,7 @@ macro_rules! call_store {
             }
         }
 
-        async fn queue_release<'c>(tx: &mut sqlx::Transaction<'c, $db>, o: &OutboxRow, now: DateTime<Utc>) -> Result<(), GwError> {
+        async fn queue_release<'c>(tx: &mut sqlx::Transaction<'c, $db>, o: &Release, now: DateTime<Utc>) -> Result<(), GwError> {
             // The same lease is queued once; a second completion of the same call cannot add it again.
             let exists: Option<String> = sqlx::query_scalar("select lease_id from lease_release_outbox where lease_id = $1")
                 .bind(&o.lease_id)
@@ -386,9 +244,9 @@ macro_rules! call_store {
                      values ($1, $2, $3, $4, 0, $5, $5, $5)",
                 )
                 .bind(&o.lease_id)
-                .bind(&o.call_id)
+                .bind(o.call_id.as_str())
                 .bind(o.fencing_token)
-                .bind(&o.reason)
+                .bind(o.reason.as_str())
                 .bind(now)
                 .execute(&mut **tx)
                 .await
@@ -399,7 +257,8 @@ macro_rules! call_store {
 
         #[async_trait]
         impl CallStore for $name {
-            async fn insert_record(&self, r: &RecordRow) -> Result<Option<RecordRow>, GwError> {
+            async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
+                let r = &row_from(call)?;
                 let res = sqlx::query(concat!(
                     "insert into communication_records (", record_cols!(), ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
                      $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
@@ -419,7 +278,7 @@ macro_rules! call_store {
                 match res {
                     Ok(_) => Ok(None),
                     Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                        let existing = match self.record(&r.tenant_id, &r.call_id).await? {
+                        let existing = match self.call(&call.id).await?.filter(|c| c.tenant_id == call.tenant_id) {
                             Some(e) => Some(e),
                             None => match &r.idempotency_key {
                                 Some(k) => {
@@ -429,7 +288,7 @@ macro_rules! call_store {
                                         .fetch_optional(&self.pool)
                                         .await
                                         .map_err(db_err)?;
-                                    row.as_ref().map(record_from).transpose().map_err(db_err)?
+                                    row.as_ref().map(record_from).transpose().map_err(db_err)?.map(call_from).transpose()?
                                 }
                                 None => None,
                             },
@@ -442,41 +301,38 @@ macro_rules! call_store {
                 }
             }
 
-            async fn record(&self, tenant_id: &str, call_id: &str) -> Result<Option<RecordRow>, GwError> {
-                // By primary key alone: with the tenant in the WHERE, a planner without
-                // statistics may walk a tenant-prefix index instead (all of the tenant's calls).
-                Ok(self.record_by_id(call_id).await?.filter(|r| r.tenant_id == tenant_id))
-            }
-
-            async fn record_by_id(&self, call_id: &str) -> Result<Option<RecordRow>, GwError> {
+            async fn call(&self, id: &CallId) -> Result<Option<Call>, GwError> {
+                // By primary key alone (callers compare the tenant): with the tenant in the
+                // WHERE, a planner without statistics may walk a tenant-prefix index instead
+                // (all of the tenant's calls).
                 let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where call_id = $1"))
-                    .bind(call_id)
+                    .bind(id.as_str())
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db_err)?;
-                row.as_ref().map(record_from).transpose().map_err(db_err)
+                row.as_ref().map(record_from).transpose().map_err(db_err)?.map(call_from).transpose()
             }
 
-            async fn open_record_for_case(&self, tenant_id: &str, case_id: &str) -> Result<Option<RecordRow>, GwError> {
+            async fn open_call_for_case(&self, tenant: &TenantId, case_id: &str) -> Result<Option<Call>, GwError> {
                 let row = sqlx::query(concat!(
                     "select ", record_cols!(), " from communication_records where tenant_id = $1 and case_id = $2 \
                      and status in ('dialing', 'ringing', 'unknown', 'expired') order by created_at desc limit 1"
                 ))
-                .bind(tenant_id)
+                .bind(tenant.as_str())
                 .bind(case_id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db_err)?;
-                row.as_ref().map(record_from).transpose().map_err(db_err)
+                row.as_ref().map(record_from).transpose().map_err(db_err)?.map(call_from).transpose()
             }
 
             // The status conditions of these single-row updates are wrapped in coalesce(..) so
             // the planner cannot prove them to imply the partial index of open calls and walk
             // that index (every open call, and every dead entry since the last vacuum) instead
             // of the primary key. Same meaning: status is never null.
-            async fn mark_ringing(&self, call_id: &str) -> Result<bool, GwError> {
+            async fn mark_ringing(&self, id: &CallId) -> Result<bool, GwError> {
                 let n = sqlx::query("update communication_records set status = 'ringing', updated_at = $2 where call_id = $1 and coalesce(status = 'dialing', false)")
-                    .bind(call_id)
+                    .bind(id.as_str())
                     .bind(Utc::now())
                     .execute(&self.pool)
                     .await
@@ -485,21 +341,21 @@ macro_rules! call_store {
                 Ok(n == 1)
             }
 
-            async fn set_attempt(&self, call_id: &str, a: &Attempt) -> Result<(), GwError> {
+            async fn set_attempt(&self, id: &CallId, l: &Lease, attempts: u32) -> Result<(), GwError> {
                 sqlx::query(
                     "update communication_records set extension_number = $2, extension_id = $3, lease_id = $4, fencing_token = $5, \
                      lease_expires_at = $6, lease_released = false, attempts = $7, error_code = null, error_message = null, updated_at = $8 \
                      where call_id = $1 and coalesce(status = 'dialing', false)",
                 )
-                .bind(call_id).bind(&a.extension_number).bind(&a.extension_id).bind(&a.lease_id).bind(a.fencing_token)
-                .bind(a.lease_expires_at).bind(a.attempts).bind(Utc::now())
+                .bind(id.as_str()).bind(&l.extension_number).bind(&l.extension_id).bind(&l.lease_id).bind(l.fencing_token)
+                .bind(l.expires_at).bind(i32::try_from(attempts).unwrap_or(i32::MAX)).bind(Utc::now())
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
                 Ok(())
             }
 
-            async fn mark_failed(&self, call_id: &str, code: &str, message: &str, release: Option<&OutboxRow>) -> Result<(), GwError> {
+            async fn mark_failed(&self, id: &CallId, code: &str, message: &str, release: Option<&Release>) -> Result<(), GwError> {
                 let now = Utc::now();
                 let mut tx = self.write_tx().await?;
                 let n = sqlx::query(
@@ -507,7 +363,7 @@ macro_rules! call_store {
                      lease_released = case when $4 then lease_released else true end, updated_at = $5 \
                      where call_id = $1 and coalesce(status = 'dialing', false)",
                 )
-                .bind(call_id).bind(code).bind(message).bind(release.is_some()).bind(now)
+                .bind(id.as_str()).bind(code).bind(message).bind(release.is_some()).bind(now)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?
@@ -518,12 +374,12 @@ macro_rules! call_store {
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn mark_unknown(&self, call_id: &str, message: &str) -> Result<bool, GwError> {
+            async fn mark_unknown(&self, id: &CallId, message: &str) -> Result<bool, GwError> {
                 let n = sqlx::query(
                     "update communication_records set status = 'unknown', error_code = 'ambiguous', error_message = $2, updated_at = $3 \
                      where call_id = $1 and coalesce(status = 'dialing', false)",
                 )
-                .bind(call_id).bind(message).bind(Utc::now())
+                .bind(id.as_str()).bind(message).bind(Utc::now())
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?
@@ -531,7 +387,8 @@ macro_rules! call_store {
                 Ok(n == 1)
             }
 
-            async fn complete(&self, call_id: &str, c: &Completion, release: Option<&OutboxRow>) -> Result<Completed, GwError> {
+            async fn complete(&self, id: &CallId, c: &Completion, release: Option<&Release>) -> Result<Completed, GwError> {
+                let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
                 let now = Utc::now();
                 let mut tx = self.write_tx().await?;
                 // Only an open or expired record takes a completion: a duplicate (same Infinity uuid,
@@ -543,9 +400,9 @@ macro_rules! call_store {
                      error_code = null, error_message = null, updated_at = $15 \
                      where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown', 'expired'), false)",
                 )
-                .bind(call_id).bind(&c.result).bind(c.start_time).bind(c.answer_time).bind(c.end_time)
-                .bind(c.talk_seconds).bind(c.total_seconds).bind(c.hangup_cause).bind(&c.hangup_side)
-                .bind(&c.record_url).bind(&c.record_filename).bind(&c.infinity_uuid).bind(c.infinity_cdr_id)
+                .bind(id.as_str()).bind(c.result.as_str()).bind(c.start_time).bind(c.answer_time).bind(c.end_time)
+                .bind(int(c.talk_seconds)).bind(int(c.total_seconds)).bind(c.hangup_cause.map(int)).bind(c.hangup_side.map(|h| h.as_str()))
+                .bind(&c.record_url).bind(&c.record_filename).bind(&c.infinity_uuid).bind(c.infinity_cdr_id.and_then(|v| i64::try_from(v).ok()))
                 .bind(&c.raw).bind(now)
                 .execute(&mut *tx)
                 .await;
@@ -565,7 +422,7 @@ macro_rules! call_store {
                 Ok(Completed::Applied)
             }
 
-            async fn expire(&self, call_id: &str, release: Option<&OutboxRow>) -> Result<bool, GwError> {
+            async fn expire(&self, id: &CallId, release: Option<&Release>) -> Result<bool, GwError> {
                 let now = Utc::now();
                 let mut tx = self.write_tx().await?;
                 let n = sqlx::query(
@@ -573,7 +430,7 @@ macro_rules! call_store {
                      error_message = 'no call record from Infinity within the maximum age', updated_at = $2 \
                      where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown'), false)",
                 )
-                .bind(call_id)
+                .bind(id.as_str())
                 .bind(now)
                 .execute(&mut *tx)
                 .await
@@ -586,7 +443,7 @@ macro_rules! call_store {
                 Ok(n == 1)
             }
 
-            async fn claim_open(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<RecordRow>, GwError> {
+            async fn claim_open(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<Call>, GwError> {
                 let mut tx = self.write_tx().await?;
                 let rows = sqlx::query(concat!(
                     "select ", record_cols!(), " from communication_records \
@@ -615,12 +472,12 @@ macro_rules! call_store {
                     }
                 }
                 tx.commit().await.map_err(db_err)?;
-                Ok(claimed)
+                claimed.into_iter().map(call_from).collect()
             }
 
-            async fn set_lease_expiry(&self, call_id: &str, at: DateTime<Utc>) -> Result<(), GwError> {
+            async fn set_lease_expiry(&self, id: &CallId, at: DateTime<Utc>) -> Result<(), GwError> {
                 sqlx::query("update communication_records set lease_expires_at = $2, updated_at = $3 where call_id = $1")
-                    .bind(call_id)
+                    .bind(id.as_str())
                     .bind(at)
                     .bind(Utc::now())
                     .execute(&self.pool)
@@ -629,7 +486,7 @@ macro_rules! call_store {
                 Ok(())
             }
 
-            async fn list_records(&self, f: &RecordFilter) -> Result<Vec<RecordRow>, GwError> {
+            async fn list_calls(&self, f: &CallFilter) -> Result<Vec<Call>, GwError> {
                 let (before_t, before_id) = match &f.before {
                     Some((t, id)) => (Some(*t), Some(id.clone())),
                     None => (None, None),
@@ -641,15 +498,17 @@ macro_rules! call_store {
                      and ($7 is null or created_at < $7 or (created_at = $7 and call_id < $8)) \
                      order by created_at desc, call_id desc limit $9"
                 ))
-                .bind(&f.tenant_id).bind(&f.collector_id).bind(&f.case_id).bind(&f.status)
+                .bind(f.tenant_id.as_str()).bind(&f.collector_id).bind(&f.case_id).bind(f.status.map(|s| s.as_str()))
                 .bind(f.since).bind(f.until).bind(before_t).bind(before_id).bind(i64::from(f.limit))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
-                rows.iter().map(record_from).collect::<Result<_, _>>().map_err(db_err)
+                rows.iter()
+                    .map(|r| record_from(r).map_err(db_err).and_then(call_from))
+                    .collect()
             }
 
-            async fn insert_unmatched(&self, u: &UnmatchedRow) -> Result<(), GwError> {
+            async fn insert_unmatched(&self, u: &Unmatched) -> Result<(), GwError> {
                 sqlx::query(
                     "insert into unmatched_callbacks (id, tenant_id, customuuid, memberid, infinity_uuid, source_ip, payload, reason, \
                      received_at, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
@@ -662,7 +521,7 @@ macro_rules! call_store {
                 Ok(())
             }
 
-            async fn unmatched(&self, tenant_id: Option<&str>) -> Result<Vec<UnmatchedRow>, GwError> {
+            async fn unmatched(&self, tenant_id: Option<&str>) -> Result<Vec<Unmatched>, GwError> {
                 let rows = sqlx::query("select * from unmatched_callbacks where ($1 is null or tenant_id = $1) order by received_at")
                     .bind(tenant_id)
                     .fetch_all(&self.pool)
@@ -671,7 +530,7 @@ macro_rules! call_store {
                 rows.iter().map(unmatched_from).collect::<Result<_, _>>().map_err(db_err)
             }
 
-            async fn claim_outbox(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, GwError> {
+            async fn claim_outbox(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<Release>, GwError> {
                 let mut tx = self.write_tx().await?;
                 let rows = sqlx::query(
                     "select lease_id, call_id, fencing_token, reason, attempts, next_attempt_at from lease_release_outbox \
@@ -696,11 +555,13 @@ macro_rules! call_store {
                         .map_err(db_err)?
                         .rows_affected();
                     if n == 1 {
-                        out.push(OutboxRow {
+                        let call_id: String = row.try_get("call_id").map_err(db_err)?;
+                        let reason: String = row.try_get("reason").map_err(db_err)?;
+                        out.push(Release {
                             lease_id,
-                            call_id: row.try_get("call_id").map_err(db_err)?,
+                            call_id: CallId::parse("call_id", &call_id).map_err(|_| crate::store::corrupt("outbox call_id"))?,
                             fencing_token: row.try_get("fencing_token").map_err(db_err)?,
-                            reason: row.try_get("reason").map_err(db_err)?,
+                            reason: ReleaseReason::parse(&reason).ok_or_else(|| crate::store::corrupt("outbox reason"))?,
                             attempts: row.try_get::<i32, _>("attempts").map_err(db_err)?.saturating_add(1),
                         });
                     }
@@ -709,7 +570,7 @@ macro_rules! call_store {
                 Ok(out)
             }
 
-            async fn outbox_done(&self, lease_id: &str, call_id: &str) -> Result<(), GwError> {
+            async fn outbox_done(&self, lease_id: &str, call: &CallId) -> Result<(), GwError> {
                 let mut tx = self.write_tx().await?;
                 sqlx::query("delete from lease_release_outbox where lease_id = $1")
                     .bind(lease_id)
@@ -718,7 +579,7 @@ macro_rules! call_store {
                     .map_err(db_err)?;
                 // Once: the request path and the background worker may both confirm one release.
                 sqlx::query("update communication_records set lease_released = true, updated_at = $3 where call_id = $1 and lease_id = $2 and lease_released = false")
-                    .bind(call_id)
+                    .bind(call.as_str())
                     .bind(lease_id)
                     .bind(Utc::now())
                     .execute(&mut *tx)
@@ -739,11 +600,47 @@ macro_rules! call_store {
                 Ok(())
             }
 
-            async fn outbox_len(&self) -> Result<i64, GwError> {
-                sqlx::query_scalar("select count(*) from lease_release_outbox")
+            async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, GwError> {
+                // Open calls are counted through the partial index of open calls; the outboxes
+                // are small. Read outside any transaction: a gauge, not an invariant.
+                let rows = sqlx::query(
+                    "select status, count(*) as n, min(case when reconcile_after <= $1 then reconcile_after end) as due \
+                     from communication_records where status in ('dialing', 'ringing', 'unknown') group by status",
+                )
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let mut open = Vec::new();
+                let mut due: Option<DateTime<Utc>> = None;
+                for r in &rows {
+                    let status: String = r.try_get("status").map_err(db_err)?;
+                    let n: i64 = r.try_get("n").map_err(db_err)?;
+                    let d: Option<DateTime<Utc>> = r.try_get("due").map_err(db_err)?;
+                    due = match (due, d) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    if let Some(st) = CallStatus::parse(&status) {
+                        open.push((st, n));
+                    }
+                }
+                let outbox = sqlx::query("select count(*) as n, min(created_at) as oldest from lease_release_outbox")
                     .fetch_one(&self.pool)
                     .await
-                    .map_err(db_err)
+                    .map_err(db_err)?;
+                let pool_purges: i64 = sqlx::query_scalar("select count(*) from pool_purge_outbox")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(Snapshot {
+                    now,
+                    open,
+                    outbox_depth: outbox.try_get("n").map_err(db_err)?,
+                    outbox_oldest: outbox.try_get("oldest").map_err(db_err)?,
+                    pool_purges,
+                    reconcile_due_since: due,
+                })
             }
 
             async fn delete_config(&self, tenant_id: &str) -> Result<Option<DeletedConfig>, GwError> {
@@ -775,8 +672,8 @@ macro_rules! call_store {
                 .map_err(db_err)?;
                 let mut releases = Vec::new();
                 for row in &open {
-                    let r = record_from(row).map_err(db_err)?;
-                    if let Some(o) = OutboxRow::owed_by(&r, "cancelled") {
+                    let call = call_from(record_from(row).map_err(db_err)?)?;
+                    if let Some(o) = call.owed_release(ReleaseReason::Cancelled) {
                         queue_release(&mut tx, &o, now).await?;
                         releases.push(o);
                     }
@@ -799,7 +696,7 @@ macro_rules! call_store {
                 }))
             }
 
-            async fn claim_pool_purges(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<PoolPurgeRow>, GwError> {
+            async fn claim_pool_purges(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<PoolPurge>, GwError> {
                 let mut tx = self.write_tx().await?;
                 let rows = sqlx::query(
                     "select config_id, tenant_id, attempts, next_attempt_at from pool_purge_outbox \
@@ -825,7 +722,7 @@ macro_rules! call_store {
                         .map_err(db_err)?
                         .rows_affected();
                     if n == 1 {
-                        out.push(PoolPurgeRow {
+                        out.push(PoolPurge {
                             config_id,
                             tenant_id: row.try_get("tenant_id").map_err(db_err)?,
                             attempts: row.try_get::<i32, _>("attempts").map_err(db_err)?.saturating_add(1),

@@ -1,15 +1,20 @@
-//! The gateway's storage: one trait, implemented for PostgreSQL and SQLite by one macro over
-//! the same SQL (ids as text, times as `DateTime<Utc>`, which sqlx stores natively in each).
-//! The store never sees a secret in clear: the service seals them before they arrive here.
+//! The gateway's storage, the only module that speaks SQL: [`ConfigStore`] (tenant configs and
+//! collectors) and [`calls::CallStore`], each implemented for PostgreSQL and SQLite by one
+//! macro over the same portable SQL (ids as text, times as `DateTime<Utc>`, which sqlx stores
+//! natively in each). Domain types at the edge ([`rows`] converts); configs travel sealed
+//! ([`ConfigRow`]): the store never sees a secret in clear.
 
 pub mod calls;
+mod rows;
 
 use async_trait::async_trait;
 use cco_platform::db::DbError;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
+use self::rows::{collector_from, collector_row, collector_row_from};
 use crate::domain::GwError;
+use crate::domain::collector::Collector;
 
 /// A config as stored: secrets sealed, lists as JSON text.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,19 +51,6 @@ pub struct ConfigRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A collector as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CollectorRow {
-    pub tenant_id: String,
-    pub collector_id: String,
-    pub callback_number: Option<String>,
-    pub display_name: String,
-    pub active: bool,
-    pub last_extension_number: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
 /// The result of a versioned update.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Versioned {
@@ -70,9 +62,9 @@ pub enum Versioned {
     NotFound,
 }
 
-/// The gateway's storage.
+/// Storage of tenant configs and collectors.
 #[async_trait]
-pub trait GatewayStore: Send + Sync + 'static {
+pub trait ConfigStore: Send + Sync + 'static {
     /// The backend's name.
     fn backend(&self) -> &'static str;
     /// Inserts a config; `AlreadyExists` when the tenant has one.
@@ -83,14 +75,14 @@ pub trait GatewayStore: Send + Sync + 'static {
     async fn config_by_id(&self, config_id: &str) -> Result<Option<ConfigRow>, GwError>;
     /// Replaces a config if its stored version is `expected` (the row carries the new version).
     async fn update_config(&self, row: &ConfigRow, expected: i64) -> Result<Versioned, GwError>;
-    /// Creates or replaces a collector; returns it as stored.
-    async fn upsert_collector(&self, row: &CollectorRow) -> Result<CollectorRow, GwError>;
+    /// Creates or replaces a collector (its last extension kept); returns it as stored.
+    async fn upsert_collector(&self, c: &Collector) -> Result<Collector, GwError>;
     /// One collector.
     async fn collector(
         &self,
         tenant_id: &str,
         collector_id: &str,
-    ) -> Result<Option<CollectorRow>, GwError>;
+    ) -> Result<Option<Collector>, GwError>;
     /// Collectors by id after `after`, at most `limit`.
     async fn list_collectors(
         &self,
@@ -98,9 +90,14 @@ pub trait GatewayStore: Send + Sync + 'static {
         after: Option<&str>,
         active: Option<bool>,
         limit: u32,
-    ) -> Result<Vec<CollectorRow>, GwError>;
+    ) -> Result<Vec<Collector>, GwError>;
     /// Deletes a collector; false when there was none.
     async fn delete_collector(&self, tenant_id: &str, collector_id: &str) -> Result<bool, GwError>;
+}
+
+/// A stored value that does not parse: a bug or a hand-edited row, reported as internal.
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> GwError {
+    GwError::Internal(anyhow::anyhow!("stored data is corrupt: {what}"))
 }
 
 /// Maps a database error to the gateway's (the classification lives in the platform).
@@ -176,27 +173,7 @@ where
     })
 }
 
-fn collector_from<R: Row>(r: &R) -> Result<CollectorRow, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(CollectorRow {
-        tenant_id: r.try_get("tenant_id")?,
-        collector_id: r.try_get("collector_id")?,
-        callback_number: r.try_get("callback_number")?,
-        display_name: r.try_get("display_name")?,
-        active: r.try_get("active")?,
-        last_extension_number: r.try_get("last_extension_number")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
-}
-
-/// Implements [`GatewayStore`] for one backend; the SQL is shared and portable.
+/// Implements [`ConfigStore`] for one backend; the SQL is shared and portable.
 macro_rules! sql_store {
     ($(#[$doc:meta])* $name:ident, $pool:ty, $backend:literal) => {
         $(#[$doc])*
@@ -213,7 +190,7 @@ macro_rules! sql_store {
         }
 
         #[async_trait]
-        impl GatewayStore for $name {
+        impl ConfigStore for $name {
             fn backend(&self) -> &'static str {
                 $backend
             }
@@ -300,7 +277,8 @@ macro_rules! sql_store {
                 Ok(current.map_or(Versioned::NotFound, Versioned::Stale))
             }
 
-            async fn upsert_collector(&self, c: &CollectorRow) -> Result<CollectorRow, GwError> {
+            async fn upsert_collector(&self, collector: &Collector) -> Result<Collector, GwError> {
+                let c = &collector_row_from(collector);
                 let row = sqlx::query(concat!(
                     "insert into collectors (", collector_cols!(), ") values ($1, $2, $3, $4, $5, $6, $7, $8) \
                      on conflict (tenant_id, collector_id) do update set callback_number = excluded.callback_number, \
@@ -312,17 +290,17 @@ macro_rules! sql_store {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(db_err)?;
-                collector_from(&row).map_err(db_err)
+                collector_from(collector_row(&row).map_err(db_err)?)
             }
 
-            async fn collector(&self, tenant_id: &str, collector_id: &str) -> Result<Option<CollectorRow>, GwError> {
+            async fn collector(&self, tenant_id: &str, collector_id: &str) -> Result<Option<Collector>, GwError> {
                 let row = sqlx::query(concat!("select ", collector_cols!(), " from collectors where tenant_id = $1 and collector_id = $2"))
                     .bind(tenant_id)
                     .bind(collector_id)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db_err)?;
-                row.as_ref().map(collector_from).transpose().map_err(db_err)
+                row.as_ref().map(collector_row).transpose().map_err(db_err)?.map(collector_from).transpose()
             }
 
             async fn list_collectors(
@@ -331,7 +309,7 @@ macro_rules! sql_store {
                 after: Option<&str>,
                 active: Option<bool>,
                 limit: u32,
-            ) -> Result<Vec<CollectorRow>, GwError> {
+            ) -> Result<Vec<Collector>, GwError> {
                 let rows = sqlx::query(concat!(
                     "select ", collector_cols!(), " from collectors where tenant_id = $1 \
                      and ($2 is null or collector_id > $2) and ($3 is null or active = $3) \
@@ -344,7 +322,9 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
-                rows.iter().map(collector_from).collect::<Result<_, _>>().map_err(db_err)
+                rows.iter()
+                    .map(|r| collector_row(r).map_err(db_err).and_then(collector_from))
+                    .collect()
             }
 
             async fn delete_collector(&self, tenant_id: &str, collector_id: &str) -> Result<bool, GwError> {

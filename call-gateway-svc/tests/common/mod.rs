@@ -488,6 +488,18 @@ impl Ctx {
         (status, resp.text().await.unwrap())
     }
 
+    /// Makes Infinity answer every dial only after `ms` milliseconds.
+    pub fn slow_infinity(&self, ms: u64) {
+        self.sim.state().set_script(
+            None,
+            infinity_sim::Script {
+                outcome: infinity_sim::Outcome::Slow,
+                slow_ms: ms,
+                ..Default::default()
+            },
+        );
+    }
+
     /// Places a call from each collector to the same debtor; returns the call ids.
     pub async fn place(&mut self, collectors: &[&str]) -> Vec<String> {
         let mut ids = Vec::new();

@@ -26,17 +26,17 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
+use crate::domain::GwError;
+use crate::domain::call::{Call, CallId};
 use crate::domain::config::TenantConfig;
-use crate::domain::{CaseId, GwError, TenantId};
 use crate::infinity::record::{TimeWindow, completion, customuuid, field, flatten, vendor_text};
-use crate::service::Gateway;
-use crate::store::calls::{Completed, RecordRow, UnmatchedRow};
+use crate::metrics::GatewayMetrics;
+use crate::service::{CallbackMatch, Settling};
+use crate::store::calls::{Completed, Unmatched};
 
 /// The most a callback body may weigh.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -99,23 +99,10 @@ fn urldecode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn is_call_id(s: &str) -> bool {
-    s.len() == 32
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Counts callback outcomes (bounded labels).
-#[derive(Clone, Debug, Default)]
-pub struct CallbackMetrics {
-    /// By outcome: completed, duplicate, unmatched, unauthorized, forbidden, bad_request, error.
-    pub outcomes: Family<Vec<(&'static str, &'static str)>, Counter>,
-}
-
 #[derive(Clone)]
 struct Shim {
-    gw: Gateway,
-    metrics: CallbackMetrics,
+    settling: Settling,
+    metrics: GatewayMetrics,
     signature_tolerance_secs: u64,
 }
 
@@ -125,7 +112,11 @@ fn reply(status: StatusCode, body: &'static str) -> Response {
 
 /// The callback routes; signed callbacks are accepted within `signature_tolerance_secs` of
 /// their timestamp.
-pub fn routes(gw: Gateway, metrics: CallbackMetrics, signature_tolerance_secs: u64) -> Router {
+pub fn routes(
+    settling: Settling,
+    metrics: GatewayMetrics,
+    signature_tolerance_secs: u64,
+) -> Router {
     Router::new()
         .route("/api/v1/infinity/callback/call-record", post(generic))
         .route(
@@ -134,7 +125,7 @@ pub fn routes(gw: Gateway, metrics: CallbackMetrics, signature_tolerance_secs: u
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Shim {
-            gw,
+            settling,
             metrics,
             signature_tolerance_secs,
         })
@@ -210,10 +201,7 @@ fn check(cfg: &TenantConfig, proof: &Proof<'_>, peer: SocketAddr) -> Result<(), 
 
 impl Shim {
     fn count(&self, outcome: &'static str) {
-        self.metrics
-            .outcomes
-            .get_or_create(&vec![("outcome", outcome)])
-            .inc();
+        self.metrics.callback(outcome);
     }
 
     fn refuse(&self, r: Refusal) -> Response {
@@ -237,20 +225,20 @@ impl Shim {
 
     async fn settle(
         &self,
-        record: &RecordRow,
+        call: &Call,
         cfg: &TenantConfig,
         fields: &HashMap<String, String>,
         raw: String,
     ) -> Response {
-        let window = TimeWindow::around(record.created_at, Utc::now());
+        let window = TimeWindow::around(call.created_at, Utc::now());
         let c = completion(fields, cfg.callback_time_zone, window, raw);
-        match self.gw.settle(record, &c).await {
+        match self.settling.settle(call, &c).await {
             Ok(Completed::Applied) => {
                 self.count("completed");
                 reply(StatusCode::OK, "1")
             }
             Ok(Completed::AlreadyCompleted) => {
-                tracing::info!(call_id = %record.call_id, "duplicate callback ignored");
+                tracing::info!(call_id = %call.id, "duplicate callback ignored");
                 self.count("duplicate");
                 reply(StatusCode::OK, "1")
             }
@@ -266,7 +254,7 @@ impl Shim {
         peer: SocketAddr,
         reason: String,
     ) -> Response {
-        let row = UnmatchedRow {
+        let row = Unmatched {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id: Some(tenant.to_owned()),
             customuuid: vendor_text(fields, "customuuid", 128)
@@ -278,7 +266,7 @@ impl Shim {
             reason,
             received_at: Utc::now(),
         };
-        match self.gw.calls.insert_unmatched(&row).await {
+        match self.settling.record_unmatched(&row).await {
             Ok(()) => {
                 tracing::warn!(tenant_id = %tenant, reason = %row.reason, "callback matched no call; stored as unmatched");
                 self.count("unmatched");
@@ -289,14 +277,7 @@ impl Shim {
     }
 
     async fn config(&self, tenant: &str) -> Result<Option<TenantConfig>, GwError> {
-        let Ok(t) = TenantId::parse("tenant_id", tenant) else {
-            return Ok(None);
-        };
-        match self.gw.config(&t).await {
-            Ok(c) => Ok(Some(c)),
-            Err(GwError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.settling.callback_config(tenant).await
     }
 }
 
@@ -327,29 +308,17 @@ async fn per_tenant(
             return reply(StatusCode::BAD_REQUEST, "0");
         }
     };
-    let case = field(&fields, "memberid").and_then(|m| CaseId::parse("memberid", m).ok());
-    let found = match customuuid(&fields).filter(|c| is_call_id(c)) {
-        Some(cu) => shim.gw.calls.record(&tenant, cu).await,
-        None => match &case {
-            Some(m) => {
-                shim.gw
-                    .calls
-                    .open_record_for_case(&tenant, m.as_str())
-                    .await
-            }
-            None => Ok(None),
-        },
-    };
+    let found = shim
+        .settling
+        .match_callback(
+            &cfg.tenant_id,
+            customuuid(&fields),
+            field(&fields, "memberid"),
+        )
+        .await;
     match found {
-        Ok(Some(record)) => shim.settle(&record, &cfg, &fields, raw).await,
-        Ok(None) => {
-            let why = format!(
-                "no call matches customuuid {} or memberid {}",
-                cco_platform::validate::quote(customuuid(&fields).unwrap_or_default()),
-                cco_platform::validate::quote(field(&fields, "memberid").unwrap_or_default())
-            );
-            shim.unmatched(&tenant, &fields, raw, peer, why).await
-        }
+        Ok(CallbackMatch::Call(call)) => shim.settle(&call, &cfg, &fields, raw).await,
+        Ok(CallbackMatch::Unmatched(why)) => shim.unmatched(&tenant, &fields, raw, peer, why).await,
         Err(e) => shim.internal(&e),
     }
 }
@@ -383,15 +352,15 @@ async fn generic(
             return reply(StatusCode::BAD_REQUEST, "0");
         }
     };
-    let record = match customuuid(&fields).filter(|c| is_call_id(c)) {
-        Some(cu) => match shim.gw.calls.record_by_id(cu).await {
+    let record = match customuuid(&fields).and_then(|c| CallId::parse("customuuid", c).ok()) {
+        Some(id) => match shim.settling.call(&id).await {
             Ok(r) => r,
             Err(e) => return shim.internal(&e),
         },
         None => None,
     };
     let tenant = match (&record, q.get("tenant")) {
-        (Some(r), _) => r.tenant_id.clone(),
+        (Some(r), _) => r.tenant_id.as_str().to_owned(),
         (None, Some(t)) => t.clone(),
         // Nothing names a tenant whose secret could vouch for this request.
         (None, None) => return shim.refuse(Refusal::Unauthorized),

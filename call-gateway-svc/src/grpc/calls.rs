@@ -1,0 +1,331 @@
+//! Calls over gRPC.
+
+use cco_contracts::gateway::v1 as pb;
+use cco_contracts::time::{to_timestamp as ts, to_valid_timestamp};
+use cco_platform::auth::Principal;
+use chrono::{DateTime, Utc};
+use tonic::{Request, Response, Status};
+
+use super::{done, opt_text, strategy_from_pb, tenant_of};
+use crate::domain::call::{Call, CallId, CallResult, CallStatus};
+use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey};
+use crate::service::{Calls, MakeCall};
+use crate::store::calls::CallFilter;
+
+/// The most bytes of records in one ListCalls page.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+
+/// Serves Calls.
+#[derive(Clone, Debug)]
+pub struct CallsGrpc {
+    calls: Calls,
+}
+
+impl CallsGrpc {
+    /// Serves `calls`.
+    pub fn new(calls: Calls) -> Self {
+        Self { calls }
+    }
+}
+
+fn status_to_pb(s: CallStatus) -> pb::CallStatus {
+    match s {
+        CallStatus::Dialing => pb::CallStatus::Dialing,
+        CallStatus::Ringing => pb::CallStatus::Ringing,
+        CallStatus::Unknown => pb::CallStatus::Unknown,
+        CallStatus::Completed => pb::CallStatus::Completed,
+        CallStatus::Failed => pb::CallStatus::Failed,
+        CallStatus::Expired => pb::CallStatus::Expired,
+    }
+}
+
+fn status_from_pb(v: i32) -> Result<Option<CallStatus>, GwError> {
+    Ok(match pb::CallStatus::try_from(v) {
+        Ok(pb::CallStatus::Unspecified) => None,
+        Ok(pb::CallStatus::Dialing) => Some(CallStatus::Dialing),
+        Ok(pb::CallStatus::Ringing) => Some(CallStatus::Ringing),
+        Ok(pb::CallStatus::Unknown) => Some(CallStatus::Unknown),
+        Ok(pb::CallStatus::Completed) => Some(CallStatus::Completed),
+        Ok(pb::CallStatus::Failed) => Some(CallStatus::Failed),
+        Ok(pb::CallStatus::Expired) => Some(CallStatus::Expired),
+        Err(_) => {
+            return Err(GwError::invalid(
+                "status",
+                format!("unknown call status {v}"),
+            ));
+        }
+    })
+}
+
+fn result_to_pb(r: Option<CallResult>) -> pb::CallResult {
+    match r {
+        Some(CallResult::Connected) => pb::CallResult::Connected,
+        Some(CallResult::NoAnswer) => pb::CallResult::NoAnswer,
+        Some(CallResult::Busy) => pb::CallResult::Busy,
+        Some(CallResult::Rejected) => pb::CallResult::Rejected,
+        Some(CallResult::Cancelled) => pb::CallResult::Cancelled,
+        Some(CallResult::Failed) => pb::CallResult::Failed,
+        Some(CallResult::NotConnected) => pb::CallResult::NotConnected,
+        None => pb::CallResult::Unspecified,
+    }
+}
+
+fn call_to_pb(c: &Call) -> pb::CommunicationRecord {
+    pb::CommunicationRecord {
+        call_id: c.id.as_str().to_owned(),
+        tenant_id: c.tenant_id.as_str().to_owned(),
+        supplier_id: c.supplier_id.clone(),
+        case_id: c.case_id.as_str().to_owned(),
+        collector_id: c.collector_id.as_str().to_owned(),
+        destination_number: c.destination_number.clone(),
+        dialled_number: c.dialled_number.clone(),
+        caller_number: c.caller_number.clone(),
+        extension_number: c
+            .lease
+            .as_ref()
+            .map(|l| l.extension_number.clone())
+            .unwrap_or_default(),
+        lease_id: c
+            .lease
+            .as_ref()
+            .map(|l| l.lease_id.clone())
+            .unwrap_or_default(),
+        fencing_token: c
+            .lease
+            .as_ref()
+            .and_then(|l| u64::try_from(l.fencing_token).ok())
+            .unwrap_or(0),
+        call_mode: c.call_mode.as_str().to_owned(),
+        status: status_to_pb(c.status).into(),
+        result: result_to_pb(c.result).into(),
+        start_time: c.start_time.and_then(to_valid_timestamp),
+        answer_time: c.answer_time.and_then(to_valid_timestamp),
+        end_time: c.end_time.and_then(to_valid_timestamp),
+        talk_seconds: c.talk_seconds.unwrap_or(0),
+        total_seconds: c.total_seconds.unwrap_or(0),
+        hangup_cause: c.hangup_cause.unwrap_or(0),
+        hangup_side: c
+            .hangup_side
+            .map(|h| h.as_str().to_owned())
+            .unwrap_or_default(),
+        record_url: c.record_url.clone().unwrap_or_default(),
+        record_filename: c.record_filename.clone().unwrap_or_default(),
+        custom_params: c.custom_params.clone().into_iter().collect(),
+        infinity_uuid: c.infinity_uuid.clone().unwrap_or_default(),
+        infinity_cdr_id: c.infinity_cdr_id.unwrap_or(0),
+        error_code: c.error_code.clone().unwrap_or_default(),
+        error_message: c.error_message.clone().unwrap_or_default(),
+        idempotency_key: c
+            .idempotency_key
+            .as_ref()
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
+        attempts: c.attempts,
+        raw_callback: c.raw_callback.clone().unwrap_or_default(),
+        created_at: Some(ts(c.created_at)),
+        updated_at: Some(ts(c.updated_at)),
+        lease_released: c.lease_released,
+    }
+}
+
+fn from_ts(
+    field: &'static str,
+    t: Option<cco_contracts::pbjson_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, GwError> {
+    t.map(|t| {
+        cco_contracts::time::from_timestamp(&t)
+            .ok_or_else(|| GwError::invalid(field, "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+fn page_decode(token: &str) -> Result<Option<(DateTime<Utc>, String)>, GwError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || GwError::invalid("page_token", "is not a token returned by ListCalls");
+    let s = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (micros, id) = s.split_once('|').ok_or_else(bad)?;
+    let t = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok(Some((t, id.to_owned())))
+}
+
+fn page_encode(c: &Call) -> String {
+    hex::encode(format!("{}|{}", c.created_at.timestamp_micros(), c.id))
+}
+
+#[tonic::async_trait]
+impl pb::calls_server::Calls for CallsGrpc {
+    async fn make_call(
+        &self,
+        req: Request<pb::MakeCallRequest>,
+    ) -> Result<Response<pb::MakeCallResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let input = MakeCall {
+                    tenant: tenant_of(&p, &r.tenant_id)?,
+                    collector: CollectorId::parse("collector_id", &r.collector_id)?,
+                    case_id: CaseId::parse("case_id", &r.case_id)?,
+                    destination: if r.destination_number.trim().is_empty() {
+                        return Err(GwError::invalid("destination_number", "is required"));
+                    } else {
+                        r.destination_number
+                    },
+                    caller_number: opt_text(r.caller_number),
+                    idempotency_key: if r.idempotency_key.is_empty() {
+                        None
+                    } else {
+                        Some(IdempotencyKey::parse(
+                            "idempotency_key",
+                            &r.idempotency_key,
+                        )?)
+                    },
+                    custom_params: r.custom_params.into_iter().collect(),
+                    strategy: strategy_from_pb("strategy", r.strategy)?,
+                };
+                let (call, replayed) = self.calls.make_call(input).await?;
+                let failed = call.status == CallStatus::Failed;
+                Ok(pb::MakeCallResponse {
+                    call_id: call.id.as_str().to_owned(),
+                    extension_number: call
+                        .lease
+                        .as_ref()
+                        .map(|l| l.extension_number.clone())
+                        .unwrap_or_default(),
+                    caller_number: call.caller_number.clone(),
+                    status: status_to_pb(call.status).into(),
+                    infinity_code: if failed {
+                        call.error_code.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    infinity_message: if failed {
+                        call.error_message.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    replayed,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn get_call(
+        &self,
+        req: Request<pb::GetCallRequest>,
+    ) -> Result<Response<pb::CommunicationRecord>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let tenant = tenant_of(&p, &r.tenant_id)?;
+                let id = CallId::parse("call_id", &r.call_id)?;
+                Ok(call_to_pb(&self.calls.get(&tenant, &id).await?))
+            }
+            .await,
+        )
+    }
+
+    async fn list_calls(
+        &self,
+        req: Request<pb::ListCallsRequest>,
+    ) -> Result<Response<pb::ListCallsResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let tenant = tenant_of(&p, &r.tenant_id)?;
+                let limit = match r.page_size {
+                    0 => 50,
+                    n if n > 500 => {
+                        return Err(GwError::invalid(
+                            "page_size",
+                            format!("must be at most 500, got {n}"),
+                        ));
+                    }
+                    n => n,
+                };
+                let filter = CallFilter {
+                    tenant_id: tenant,
+                    collector_id: opt_text(r.collector_id)
+                        .map(|c| {
+                            CollectorId::parse("collector_id", &c).map(|c| c.as_str().to_owned())
+                        })
+                        .transpose()?,
+                    case_id: opt_text(r.case_id)
+                        .map(|c| CaseId::parse("case_id", &c).map(|c| c.as_str().to_owned()))
+                        .transpose()?,
+                    status: status_from_pb(r.status)?,
+                    since: from_ts("since", r.since)?,
+                    until: from_ts("until", r.until)?,
+                    before: page_decode(&r.page_token)?,
+                    limit: limit + 1,
+                };
+                let calls = self.calls.list(&filter).await?;
+                // A page ends at page_size records or MAX_PAGE_BYTES, whichever comes first
+                // (raw callbacks may be large): a client's 4 MiB limit is never exceeded.
+                let mut page = pb::ListCallsResponse::default();
+                let mut bytes = 0;
+                for (i, c) in calls.iter().enumerate() {
+                    let record = call_to_pb(c);
+                    let size = prost::Message::encoded_len(&record);
+                    let full = i >= limit as usize
+                        || (!page.calls.is_empty() && bytes + size > MAX_PAGE_BYTES);
+                    if full {
+                        page.next_page_token = calls
+                            .get(i.saturating_sub(1))
+                            .map(page_encode)
+                            .unwrap_or_default();
+                        break;
+                    }
+                    bytes += size;
+                    page.calls.push(record);
+                }
+                Ok(page)
+            }
+            .await,
+        )
+    }
+
+    async fn get_recording(
+        &self,
+        req: Request<pb::GetRecordingRequest>,
+    ) -> Result<Response<pb::GetRecordingResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let tenant = tenant_of(&p, &r.tenant_id)?;
+                let id = CallId::parse("call_id", &r.call_id)?;
+                let rec = self.calls.recording(&tenant, &id).await?;
+                Ok(pb::GetRecordingResponse {
+                    url: rec.url,
+                    expires: rec.expires,
+                    source: rec.source.into(),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn hang_up(
+        &self,
+        req: Request<pb::HangUpRequest>,
+    ) -> Result<Response<pb::HangUpResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let tenant = tenant_of(&p, &r.tenant_id)?;
+                let id = CallId::parse("call_id", &r.call_id)?;
+                Ok(pb::HangUpResponse {
+                    message: self.calls.hang_up(&tenant, &id).await?,
+                })
+            }
+            .await,
+        )
+    }
+}

@@ -1,0 +1,109 @@
+//! The gRPC transport: protobuf <-> domain, tenant scopes, and the one mapping from
+//! [`GwError`] to `tonic::Status`. One handler per service, each holding the domain service it
+//! calls: [`ConfigsGrpc`] (TenantConfigs and TenantPolicies), [`CollectorsGrpc`],
+//! [`CallsGrpc`]. Handlers convert and call; the rules live in [`crate::service`].
+
+mod calls;
+mod collectors;
+mod configs;
+
+pub use calls::CallsGrpc;
+pub use collectors::CollectorsGrpc;
+pub use configs::ConfigsGrpc;
+
+use cco_contracts::gateway::v1 as pb;
+use cco_platform::auth::{Principal, Role};
+use cco_platform::grpc::{INTERNAL_MESSAGE, cap_message, status};
+use cco_platform::validate::quote;
+use tonic::{Code, Response, Status};
+
+use crate::domain::config::Strategy;
+use crate::domain::{GwError, TenantId};
+
+impl From<GwError> for Status {
+    fn from(e: GwError) -> Self {
+        match e {
+            GwError::InvalidArgument { .. } => status(Code::InvalidArgument, &e.to_string()),
+            GwError::NotFound(m) => status(Code::NotFound, &m),
+            GwError::AlreadyExists(m) => status(Code::AlreadyExists, &m),
+            GwError::Aborted(m) => status(Code::Aborted, &m),
+            GwError::FailedPrecondition(m) => status(Code::FailedPrecondition, &m),
+            GwError::PermissionDenied(m) => status(Code::PermissionDenied, &m),
+            GwError::Unavailable(m) => status(Code::Unavailable, &m),
+            GwError::Unimplemented(m) => status(Code::Unimplemented, &m),
+            GwError::ResourceExhausted(m) => status(Code::ResourceExhausted, &m),
+            GwError::WithCall { call_id, inner } => {
+                let inner = Status::from(*inner);
+                let message = cap_message(&format!("{} (call_id {call_id})", inner.message()));
+                let mut md = inner.metadata().clone();
+                if let Ok(v) = call_id.parse() {
+                    md.insert("x-call-id", v);
+                }
+                Status::with_metadata(inner.code(), message, md)
+            }
+            GwError::Internal(cause) => {
+                tracing::error!(error = ?cause, "internal error");
+                Status::internal(INTERNAL_MESSAGE)
+            }
+        }
+    }
+}
+
+/// Which roles may call each method.
+pub fn roles(path: &str) -> Option<&'static [Role]> {
+    const ADMIN: &[Role] = &[Role::Admin];
+    const ADMIN_OR_PEER: &[Role] = &[Role::Admin, Role::Peer];
+    const ADMIN_OR_CALLER: &[Role] = &[Role::Admin, Role::Caller];
+    if path.starts_with("/cco.infinity.gateway.v1.TenantConfigs/") {
+        Some(ADMIN)
+    } else if path.starts_with("/cco.infinity.gateway.v1.TenantPolicies/") {
+        Some(ADMIN_OR_PEER)
+    } else if path.starts_with("/cco.infinity.gateway.v1.Calls/") {
+        Some(ADMIN_OR_CALLER)
+    } else if let Some(m) = path.strip_prefix("/cco.infinity.gateway.v1.Collectors/") {
+        match m {
+            "GetCollector" | "ListCollectors" => Some(ADMIN_OR_CALLER),
+            _ => Some(ADMIN),
+        }
+    } else {
+        None
+    }
+}
+
+fn tenant_of(p: &Principal, raw: &str) -> Result<TenantId, GwError> {
+    let t = TenantId::parse("tenant_id", raw)?;
+    if p.may_access(t.as_str()) {
+        Ok(t)
+    } else {
+        Err(GwError::PermissionDenied(format!(
+            "tenant_id: this API key is not allowed to access tenant {}",
+            quote(raw)
+        )))
+    }
+}
+
+fn done<T>(r: Result<T, GwError>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+fn opt_text(v: String) -> Option<String> {
+    (!v.is_empty()).then_some(v)
+}
+
+pub(crate) fn strategy_to_pb(s: Strategy) -> pb::AllocationStrategy {
+    match s {
+        Strategy::Lru => pb::AllocationStrategy::Lru,
+        Strategy::RoundRobin => pb::AllocationStrategy::RoundRobin,
+        Strategy::CollectorAffinity => pb::AllocationStrategy::CollectorAffinity,
+    }
+}
+
+pub(crate) fn strategy_from_pb(field: &'static str, v: i32) -> Result<Option<Strategy>, GwError> {
+    match pb::AllocationStrategy::try_from(v) {
+        Ok(pb::AllocationStrategy::Unspecified) => Ok(None),
+        Ok(pb::AllocationStrategy::Lru) => Ok(Some(Strategy::Lru)),
+        Ok(pb::AllocationStrategy::RoundRobin) => Ok(Some(Strategy::RoundRobin)),
+        Ok(pb::AllocationStrategy::CollectorAffinity) => Ok(Some(Strategy::CollectorAffinity)),
+        Err(_) => Err(GwError::invalid(field, format!("unknown strategy {v}"))),
+    }
+}

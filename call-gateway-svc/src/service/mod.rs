@@ -1,0 +1,102 @@
+//! The gateway's rules, called by the transports ([`crate::grpc`], [`crate::http`]): no SQL and
+//! no protobuf here. Each service owns one concern and holds only what it needs:
+//!
+//! - [`Configs`]: tenant configs (validation, sealing, versions), policies, TestConnection,
+//!   DeleteConfig.
+//! - [`Collectors`]: collectors and their callback numbers.
+//! - [`Calls`]: MakeCall and the call queries (GetCall, ListCalls, GetRecording, HangUp).
+//! - [`Settling`]: what ends a call and frees its lease: Infinity's record (callback or
+//!   reconciler), the release and pool-deletion outboxes, expiry.
+//! - [`Tenants`]: reading and writing configs (sealing secrets), shared by all of them.
+//!
+//! They reach the outside through the ports ([`crate::ports::Leases`], [`crate::ports::Pbx`])
+//! and the stores.
+
+mod calls;
+mod collectors;
+mod configs;
+mod settling;
+mod tenants;
+
+use std::sync::Arc;
+
+pub use calls::{Calls, MakeCall, Recording};
+pub use collectors::{Collectors, MAX_PAGE};
+pub use configs::{Configs, TestReport};
+pub use settling::{CallbackMatch, Settling};
+pub use tenants::Tenants;
+
+use crate::crypto::Cipher;
+use crate::metrics::GatewayMetrics;
+use crate::ports::{Leases, Pbx};
+use crate::store::ConfigStore;
+use crate::store::calls::CallStore;
+
+/// Timings of the call flow's background work.
+#[derive(Debug, Clone)]
+pub struct CallTuning {
+    /// Open calls are first looked up with GetBill this long after they were created.
+    pub reconcile_after: chrono::Duration,
+    /// An open call with no record from Infinity after this long is expired and its lease freed.
+    pub max_call_age: chrono::Duration,
+    /// How often a claimed open call is looked at again.
+    pub reconcile_every: chrono::Duration,
+}
+
+/// The gateway's services, wired once at start-up.
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// Tenant configs.
+    pub configs: Configs,
+    /// Collectors.
+    pub collectors: Collectors,
+    /// Calls.
+    pub calls: Calls,
+    /// Settling calls and their leases.
+    pub settling: Settling,
+}
+
+impl Services {
+    /// Wires the services over the stores and the ports.
+    pub fn new(
+        configs: Arc<dyn ConfigStore>,
+        calls: Arc<dyn CallStore>,
+        cipher: Cipher,
+        pbx: Arc<dyn Pbx>,
+        leases: Arc<dyn Leases>,
+        tuning: CallTuning,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        let tenants = Tenants::new(configs.clone(), cipher);
+        let settling = Settling::new(
+            tenants.clone(),
+            calls.clone(),
+            leases.clone(),
+            pbx.clone(),
+            tuning.clone(),
+            metrics.clone(),
+        );
+        let collectors = Collectors::new(tenants.clone(), configs.clone());
+        Self {
+            configs: Configs::new(
+                tenants.clone(),
+                calls.clone(),
+                leases.clone(),
+                pbx.clone(),
+                settling.clone(),
+            ),
+            calls: Calls::new(
+                tenants,
+                collectors.clone(),
+                calls,
+                leases,
+                pbx,
+                settling.clone(),
+                tuning,
+                metrics,
+            ),
+            collectors,
+            settling,
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! What ends a call and frees its lease: Infinity's record of the call (the callback, or the
+//! reconciler's GetBill lookup), expiry at the maximum age, and the two outboxes that carry
+//! what the allocator owes back (lease releases, pools of deleted configs). Safe with several
+//! replicas: outbox rows and open calls are claimed in the database before they are worked on,
+//! and every step is idempotent.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::CallTuning;
+use super::tenants::Tenants;
+use crate::domain::call::{Call, CallId, Completion, Release, ReleaseReason};
+use crate::domain::config::TenantConfig;
+use crate::domain::{CaseId, GwError, TenantId};
+use crate::metrics::GatewayMetrics;
+use crate::ports::{LeaseError, Leases, Pbx};
+use crate::store::calls::{CallStore, Completed, PoolPurge, Unmatched};
+
+/// The call a callback names, if any.
+#[derive(Debug, Clone)]
+pub enum CallbackMatch {
+    /// The call (by customuuid, or the open call of the case by memberid).
+    Call(Box<Call>),
+    /// No call matches; the reason says what was looked for.
+    Unmatched(String),
+}
+
+/// Settling calls and their leases.
+#[derive(Clone)]
+pub struct Settling {
+    tenants: Tenants,
+    calls: Arc<dyn CallStore>,
+    leases: Arc<dyn Leases>,
+    pbx: Arc<dyn Pbx>,
+    tuning: CallTuning,
+    metrics: GatewayMetrics,
+}
+
+impl std::fmt::Debug for Settling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settling").finish_non_exhaustive()
+    }
+}
+
+fn backoff(attempts: i32) -> chrono::Duration {
+    chrono::Duration::seconds(i64::from(attempts.clamp(1, 6)).pow(2))
+}
+
+impl Settling {
+    pub(super) fn new(
+        tenants: Tenants,
+        calls: Arc<dyn CallStore>,
+        leases: Arc<dyn Leases>,
+        pbx: Arc<dyn Pbx>,
+        tuning: CallTuning,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Self {
+            tenants,
+            calls,
+            leases,
+            pbx,
+            tuning,
+            metrics,
+        }
+    }
+
+    /// The tenant's config for checking a callback; `None` when the tenant has none (or the
+    /// text is not a tenant id).
+    pub async fn callback_config(&self, tenant: &str) -> Result<Option<TenantConfig>, GwError> {
+        match TenantId::parse("tenant_id", tenant) {
+            Ok(t) => self.tenants.find(&t).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// A call by our id, whatever its tenant (the generic callback URL learns the tenant from
+    /// the call it names).
+    pub async fn call(&self, id: &CallId) -> Result<Option<Call>, GwError> {
+        self.calls.call(id).await
+    }
+
+    /// The call a tenant's callback names: by `customuuid` (our call id), else the newest open
+    /// call of the case in `memberid`.
+    pub async fn match_callback(
+        &self,
+        tenant: &TenantId,
+        customuuid: Option<&str>,
+        memberid: Option<&str>,
+    ) -> Result<CallbackMatch, GwError> {
+        let case = memberid.and_then(|m| CaseId::parse("memberid", m).ok());
+        let found = match customuuid.and_then(|c| CallId::parse("customuuid", c).ok()) {
+            Some(id) => self
+                .calls
+                .call(&id)
+                .await?
+                .filter(|c| &c.tenant_id == tenant),
+            None => match &case {
+                Some(c) => self.calls.open_call_for_case(tenant, c.as_str()).await?,
+                None => None,
+            },
+        };
+        Ok(match found {
+            Some(c) => CallbackMatch::Call(Box::new(c)),
+            None => CallbackMatch::Unmatched(format!(
+                "no call matches customuuid {} or memberid {}",
+                cco_platform::validate::quote(customuuid.unwrap_or_default()),
+                cco_platform::validate::quote(memberid.unwrap_or_default())
+            )),
+        })
+    }
+
+    /// Keeps a callback that matched no call, for audit and reconciliation.
+    pub async fn record_unmatched(&self, u: &Unmatched) -> Result<(), GwError> {
+        self.calls.insert_unmatched(u).await
+    }
+
+    /// Applies Infinity's record of a finished call (callback or GetBill) and frees the lease.
+    #[tracing::instrument(skip_all, fields(call_id = %call.id, tenant_id = %call.tenant_id))]
+    pub async fn settle(&self, call: &Call, c: &Completion) -> Result<Completed, GwError> {
+        let release = call.owed_release(ReleaseReason::CallEnded);
+        let outcome = self.calls.complete(&call.id, c, release.as_ref()).await?;
+        if outcome == Completed::Applied {
+            tracing::info!(result = %c.result.as_str(), talk_seconds = c.talk_seconds, "call completed");
+            if let Some(r) = &release {
+                self.flush_release(r).await;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Sends one owed release to the allocator now; on success (or when the allocator knows no
+    /// such lease) the outbox row goes, otherwise it stays for the background worker. Never
+    /// fails the caller.
+    pub async fn flush_release(&self, r: &Release) {
+        let done = match self.leases.release(r).await {
+            Ok(_) | Err(LeaseError::Refused(_)) => true,
+            Err(LeaseError::Unreachable(e)) => {
+                let next = Utc::now() + backoff(r.attempts);
+                let _ = self.calls.outbox_retry(&r.lease_id, &e, next).await;
+                tracing::warn!(lease_id = %r.lease_id, error = %e, "release failed; will retry");
+                false
+            }
+        };
+        if done && let Err(e) = self.calls.outbox_done(&r.lease_id, &r.call_id).await {
+            tracing::warn!(error = %e, "could not clear the outbox row; it will be retried");
+        }
+    }
+
+    /// Asks the allocator to delete a deleted config's extension pool now; on success the
+    /// outbox row goes, otherwise it stays for the background worker. Never fails the caller.
+    pub async fn flush_pool_purge(&self, p: &PoolPurge) {
+        match self
+            .leases
+            .delete_config_pool(&p.tenant_id, &p.config_id)
+            .await
+        {
+            Ok((deleted, leases_ended)) => {
+                tracing::info!(config_id = %p.config_id, deleted, leases_ended, "extension pool of the deleted config removed");
+                if let Err(e) = self.calls.pool_purge_done(&p.config_id).await {
+                    tracing::warn!(error = %e, "could not clear the pool purge row; it will be retried");
+                }
+            }
+            Err(e) => {
+                let error = e.to_string();
+                let next = Utc::now() + backoff(p.attempts);
+                let _ = self
+                    .calls
+                    .pool_purge_retry(&p.config_id, &error, next)
+                    .await;
+                tracing::warn!(config_id = %p.config_id, error = %error, "pool deletion failed; will retry");
+            }
+        }
+    }
+
+    /// Sends every owed release and pool deletion that is due (background worker).
+    pub async fn drain_outbox(&self) -> Result<usize, GwError> {
+        let now = Utc::now();
+        let due = self
+            .calls
+            .claim_outbox(now, now + chrono::Duration::seconds(30), 100)
+            .await?;
+        for r in &due {
+            self.flush_release(r).await;
+        }
+        let purges = self
+            .calls
+            .claim_pool_purges(now, now + chrono::Duration::seconds(60), 10)
+            .await?;
+        for p in &purges {
+            self.flush_pool_purge(p).await;
+        }
+        Ok(due.len() + purges.len())
+    }
+
+    /// One reconciler pass: looks up open calls with GetBill, settles what Infinity knows,
+    /// keeps the leases of calls that may still be live, and expires calls past the maximum age.
+    pub async fn reconcile(&self) -> Result<usize, GwError> {
+        let now = Utc::now();
+        let claimed = self
+            .calls
+            .claim_open(now, now + self.tuning.reconcile_every, 100)
+            .await?;
+        for call in &claimed {
+            if let Err(e) = self.reconcile_one(call, now).await {
+                tracing::warn!(call_id = %call.id, error = %e, "reconcile failed; will retry");
+            }
+        }
+        Ok(claimed.len())
+    }
+
+    async fn reconcile_one(&self, call: &Call, now: DateTime<Utc>) -> Result<(), GwError> {
+        let cfg = self.tenants.find(&call.tenant_id).await?;
+        if let Some(cfg) = &cfg {
+            match self.pbx.find_record(cfg, call, now).await {
+                Ok(Some(c)) => {
+                    self.settle(call, &c).await?;
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(call_id = %call.id, error = %e, "GetBill failed"),
+            }
+        }
+        if now - call.created_at > self.tuning.max_call_age {
+            let release = call.owed_release(ReleaseReason::Reconciled);
+            if self.calls.expire(&call.id, release.as_ref()).await? {
+                tracing::info!(call_id = %call.id, "no record from Infinity within the maximum age: expired, lease freed");
+                if let Some(r) = &release {
+                    self.flush_release(r).await;
+                }
+            }
+            return Ok(());
+        }
+        // Possibly still live: keep the extension ours until the call settles.
+        let due = call
+            .lease
+            .as_ref()
+            .and_then(|l| l.expires_at)
+            .is_none_or(|t| t - now < self.tuning.reconcile_every * 3);
+        if let (true, Some(lease), Some(cfg)) = (due, &call.lease, &cfg) {
+            match self
+                .leases
+                .renew(&lease.lease_id, lease.fencing_token, cfg.lease_ttl_seconds)
+                .await
+            {
+                Ok(Some(at)) => self.calls.set_lease_expiry(&call.id, at).await?,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(call_id = %call.id, error = %e, "lease renewal failed")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Updates the gauges of open calls, the outboxes and the reconciler's lag.
+    pub async fn observe(&self) -> Result<(), GwError> {
+        let snapshot = self.calls.snapshot(Utc::now()).await?;
+        self.metrics.observe(&snapshot);
+        Ok(())
+    }
+}
