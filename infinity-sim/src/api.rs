@@ -354,8 +354,13 @@ fn schedule_callback(
             let Some(url) = url else { return };
             state.lock().callbacks_sent += 1;
             let sent = state.http.post(&url).json(&body).send().await;
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, "callback delivery failed");
+            match sent {
+                // Read to the end: the receiver has finished with it.
+                Ok(r) => {
+                    let _ = r.bytes().await;
+                    state.lock().callbacks_answered += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "callback delivery failed"),
             }
         }
     });

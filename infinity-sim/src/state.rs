@@ -82,6 +82,7 @@ pub(crate) struct Inner {
     pub requests: Vec<LoggedRequest>,
     pub bills: Vec<Map<String, Value>>,
     pub callbacks_sent: u64,
+    pub callbacks_answered: u64,
     /// When true, HangupCall answers like a server without it (`ret 400`, unknown service).
     pub hangup_unsupported: bool,
     pub next_id: i64,
@@ -222,6 +223,11 @@ impl SimState {
     /// Callbacks posted so far (successfully or not).
     pub fn callbacks_sent(&self) -> u64 {
         self.lock().callbacks_sent
+    }
+
+    /// Callbacks the receiver has answered (whatever the answer): it is done with them.
+    pub fn callbacks_answered(&self) -> u64 {
+        self.lock().callbacks_answered
     }
 
     /// Clears the log, the records and the scripts.

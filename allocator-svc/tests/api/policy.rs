@@ -2,17 +2,14 @@
 //! the allocator follows the gateway's policy, presents its peer key, reports inactive and
 //! unknown tenants, serves a cached policy while the gateway is down, and answers UNAVAILABLE
 //! when nothing is cached. Run on both backends.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use allocator_svc::settings::PolicySourceKind;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as gpb;
-use common::*;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 

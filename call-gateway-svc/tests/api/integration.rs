@@ -1,12 +1,9 @@
 //! TestConnection against the simulator and the real allocator, and the allocator following
 //! the gateway's tenant configs end to end. PostgreSQL and SQLite.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::*;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
-use common::*;
 use tonic::Code;
 
 fn acquire(request_id: &str) -> apb::AcquireRequest {

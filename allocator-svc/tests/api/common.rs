@@ -1,6 +1,5 @@
 //! Harness for the allocator's integration tests: real allocator instances on port 0 over a
 //! fresh database, real gRPC clients, and invariant queries on the lease history.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 

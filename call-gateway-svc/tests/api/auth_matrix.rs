@@ -2,14 +2,11 @@
 //! right code, and none of it changes anything. The RPCs are enumerated from the contracts'
 //! descriptor set, so a new RPC is covered the day it is added. Requests are built dynamically
 //! (prost-reflect) with the other tenant's ids filled in.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::*;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
 use cco_platform::auth::{Role, RoleTable};
-use common::*;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
 use tonic::Code;

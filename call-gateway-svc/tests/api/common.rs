@@ -1,7 +1,6 @@
 //! Harness for the gateway's integration tests: a real gateway (and, where needed, a real
 //! allocator wired to it both ways) on port 0 over fresh databases, the Infinity simulator,
 //! and real gRPC clients.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

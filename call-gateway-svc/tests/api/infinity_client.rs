@@ -1,7 +1,6 @@
 //! The Infinity client against the simulator, for every envelope and outcome class, both token
 //! modes, token expiry and re-login, both encodings, and the read operations. The simulator's
 //! callbacks are captured by a small HTTP server started here.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

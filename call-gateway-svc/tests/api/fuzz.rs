@@ -7,17 +7,14 @@
 //!
 //! Seeded and bounded: `FUZZ_SEED` replays a run, `FUZZ_ROUNDS` (default 40) sets the requests
 //! per RPC; the seed is printed, and shown when a test fails.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
-use common::*;
 use prost::Message;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value,

@@ -1,6 +1,5 @@
 //! The real binary: starts on SQLite with its defaults (file under ./data, created if missing),
 //! serves health, and exits cleanly on SIGTERM.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
 use std::process::{Command, Stdio};

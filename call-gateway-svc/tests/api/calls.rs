@@ -1,15 +1,12 @@
 //! The call flow end to end: real allocator, real gateway, the simulator; PostgreSQL and SQLite.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
-use common::*;
 use infinity_sim::{CallbackMode, Outcome, Recording, Script};
 use tokio::sync::Barrier;
 use tonic::Code;
@@ -247,12 +244,8 @@ async fn validation_and_preconditions(b: Backend) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let held = ctx
-        .calls
-        .make_call(req("alice", "13900139000"))
-        .await
-        .unwrap()
-        .into_inner();
+    // The one extension stays held (no callback) until the test posts Infinity's record.
+    let held = call_without_callback(&mut ctx, "alice", "13900139000").await;
     let e = ctx
         .calls
         .make_call(req("bob", "13900139001"))
@@ -260,7 +253,15 @@ async fn validation_and_preconditions(b: Backend) {
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("pool empty"), "{}", e.message());
-    ctx.settled(&held.call_id, pb::CallStatus::Completed).await;
+    let (status, _) = ctx
+        .post_callback(
+            &ctx.callback_url,
+            "application/json",
+            bill_body(&ctx, &held),
+        )
+        .await;
+    assert_eq!(status, 200);
+    ctx.settled(&held, pb::CallStatus::Completed).await;
     ctx.stack
         .configs(ADMIN)
         .await
@@ -554,23 +555,55 @@ async fn idempotent_make_call(b: Backend) {
     ctx.shutdown().await;
 }
 
-/// Callbacks: duplicates change nothing; camelCase, form and legacy bodies are read; forged
-/// ones (wrong secret, wrong IP) and garbage write nothing; unmatched ones are stored.
-async fn callback_variants(b: Backend) {
-    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002"], |_| {}).await;
+/// Waits (bounded) until the simulator's callbacks have all been answered by the gateway.
+async fn callbacks_answered(ctx: &Ctx, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ctx.sim.state().callbacks_answered() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} callbacks answered",
+            ctx.sim.state().callbacks_answered()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Places a call whose own callback is lost; returns its id.
+async fn call_without_callback(ctx: &mut Ctx, collector: &str, dest: &str) -> String {
+    ctx.sim.state().set_script(
+        Some(dest),
+        Script {
+            callback: CallbackMode::Lost,
+            ..Script::default()
+        },
+    );
+    ctx.calls
+        .make_call(req(collector, dest))
+        .await
+        .unwrap()
+        .into_inner()
+        .call_id
+}
+
+/// Infinity's record for `call_id` as the simulator keeps it, as a JSON body.
+fn bill_body(ctx: &Ctx, call_id: &str) -> String {
+    let bill = ctx
+        .sim
+        .state()
+        .bills()
+        .into_iter()
+        .find(|b| b["customuuid"] == call_id)
+        .unwrap();
+    serde_json::Value::Object(bill).to_string()
+}
+
+/// The same record pushed twice completes the call once; the second changes nothing.
+async fn duplicate_callbacks_change_nothing(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
     ctx.sim.state().set_script(
         Some("13900139000"),
         Script {
             callback: CallbackMode::Duplicated,
-            ..Script::default()
-        },
-    );
-    ctx.sim.state().set_script(
-        Some("13900139001"),
-        Script {
-            callback: CallbackMode::CamelCase,
-            numbers_as_strings: true,
-            outcome: Outcome::Busy,
             ..Script::default()
         },
     );
@@ -580,39 +613,48 @@ async fn callback_variants(b: Backend) {
         .await
         .unwrap()
         .into_inner();
+    let first = ctx.settled(&dup.call_id, pb::CallStatus::Completed).await;
+    callbacks_answered(&ctx, 2).await;
+    let after = ctx.get(&dup.call_id).await;
+    assert_eq!(
+        after.updated_at, first.updated_at,
+        "the duplicate changed nothing"
+    );
+    ctx.shutdown().await;
+}
+
+/// The camelCase variant with numbers as strings is read like the documented one.
+async fn camel_case_callbacks_with_numbers_as_strings(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
+    ctx.sim.state().set_script(
+        Some("13900139001"),
+        Script {
+            callback: CallbackMode::CamelCase,
+            numbers_as_strings: true,
+            outcome: Outcome::Busy,
+            ..Script::default()
+        },
+    );
     let camel = ctx
         .calls
         .make_call(req("bob", "13900139001"))
         .await
         .unwrap()
         .into_inner();
-    let first = ctx.settled(&dup.call_id, pb::CallStatus::Completed).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while ctx.sim.state().callbacks_sent() < 3 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let rec = ctx.settled(&camel.call_id, pb::CallStatus::Completed).await;
     assert_eq!(
         (rec.result, rec.hangup_cause, rec.talk_seconds),
         (pb::CallResult::Busy as i32, 10006, 0)
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = ctx.get(&dup.call_id).await;
-    assert_eq!(
-        after.updated_at, first.updated_at,
-        "the duplicate changed nothing"
-    );
+    ctx.shutdown().await;
+}
 
-    // Forged: wrong secret in the path, wrong secret on the generic URL, no secret at all.
-    let bill = ctx
-        .sim
-        .state()
-        .bills()
-        .into_iter()
-        .find(|b| b["customuuid"] == dup.call_id.as_str())
-        .unwrap();
-    let body = serde_json::Value::Object(bill.clone()).to_string();
+/// A wrong secret in the path or the query, no secret, or an unknown tenant: 401, nothing
+/// written; the generic URL with the right secret is accepted.
+async fn forged_callbacks_are_refused(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
+    let id = call_without_callback(&mut ctx, "alice", "13900139002").await;
+    let body = bill_body(&ctx, &id);
     let base = format!("http://{}/api/v1/infinity/callback", ctx.stack.gateway_http);
     for url in [
         format!("{base}/t1/wrong-secret-000000"),
@@ -625,16 +667,28 @@ async fn callback_variants(b: Backend) {
             .await;
         assert_eq!(status, 401, "{url}");
     }
-    // The generic URL with the right secret works (a duplicate here).
+    assert_eq!(
+        ctx.get(&id).await.status,
+        pb::CallStatus::Ringing as i32,
+        "nothing written"
+    );
     let (status, text) = ctx
         .post_callback(
             &format!("{base}/call-record?k={SECRET}"),
             "application/json",
-            body.clone(),
+            body,
         )
         .await;
     assert_eq!((status, text.as_str()), (200, "1"));
-    // Garbage and oversize bodies.
+    ctx.settled(&id, pb::CallStatus::Completed).await;
+    let rows = raw_rows(&ctx.stack.gateway_db.url, "unmatched_callbacks").await;
+    assert!(rows.is_empty(), "forged callbacks are not stored: {rows:?}");
+    ctx.shutdown().await;
+}
+
+/// An unreadable body gets 400 and one over 64 KiB 413.
+async fn unreadable_and_oversized_callbacks(b: Backend) {
+    let ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
     let (status, _) = ctx
         .post_callback(&ctx.callback_url, "application/json", "{not json".into())
         .await;
@@ -647,7 +701,12 @@ async fn callback_variants(b: Backend) {
         )
         .await;
     assert_eq!(status, 413);
-    // Unmatched: stored and acknowledged.
+    ctx.shutdown().await;
+}
+
+/// A callback that matches no call is stored for audit and acknowledged.
+async fn unmatched_callbacks_are_kept(b: Backend) {
+    let ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
     let (status, text) = ctx
         .post_callback(
             &ctx.callback_url,
@@ -656,40 +715,34 @@ async fn callback_variants(b: Backend) {
         )
         .await;
     assert_eq!((status, text.as_str()), (200, "1"));
-    // Form data and the legacy CCO shape, on a call whose own callback was lost.
-    ctx.sim.state().set_script(
-        Some("13900139002"),
-        Script {
-            callback: CallbackMode::Lost,
-            ..Script::default()
-        },
+    let rows = raw_rows(&ctx.stack.gateway_db.url, "unmatched_callbacks").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].contains("0123456789abcdef0123456789abcdef"),
+        "{rows:?}"
     );
-    let lost = ctx
-        .calls
-        .make_call(req("alice", "13900139002"))
-        .await
-        .unwrap()
-        .into_inner();
-    let (status, _) = ctx.post_callback(&ctx.callback_url, "application/json", format!(r#"{{"call_uuid":"{}","call_duration":"12","is_connected":true,"call_record_url":"http://rec/x.mp3"}}"#, lost.call_id)).await;
+    ctx.shutdown().await;
+}
+
+/// The legacy CCO shape `{call_uuid, call_duration, is_connected, call_record_url}` completes
+/// a call.
+async fn legacy_cco_callbacks(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
+    let id = call_without_callback(&mut ctx, "alice", "13900139002").await;
+    let (status, _) = ctx.post_callback(&ctx.callback_url, "application/json", format!(r#"{{"call_uuid":"{id}","call_duration":"12","is_connected":true,"call_record_url":"http://rec/x.mp3"}}"#)).await;
     assert_eq!(status, 200);
-    let rec = ctx.settled(&lost.call_id, pb::CallStatus::Completed).await;
+    let rec = ctx.settled(&id, pb::CallStatus::Completed).await;
     assert_eq!(
         (rec.result, rec.talk_seconds, rec.record_url.as_str()),
         (pb::CallResult::Connected as i32, 12, "http://rec/x.mp3")
     );
-    ctx.sim.state().set_script(
-        Some("13900139003"),
-        Script {
-            callback: CallbackMode::Lost,
-            ..Script::default()
-        },
-    );
-    let form = ctx
-        .calls
-        .make_call(req("bob", "13900139003"))
-        .await
-        .unwrap()
-        .into_inner();
+    ctx.shutdown().await;
+}
+
+/// A form-encoded callback completes a call; its local times are read in the tenant's zone.
+async fn form_callbacks_in_the_tenant_zone(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
+    let id = call_without_callback(&mut ctx, "bob", "13900139003").await;
     // Start times are taken only near the call: use this minute, written in Shanghai time.
     let started = chrono::Utc::now().timestamp() / 60 * 60;
     let local = chrono::DateTime::from_timestamp(started, 0)
@@ -700,21 +753,24 @@ async fn callback_variants(b: Backend) {
         .post_callback(
             &ctx.callback_url,
             "application/x-www-form-urlencoded",
-            format!(
-                "customuuid={}&billsec=0&hangupcause=10016&uuid=form-1&starttime={local}",
-                form.call_id
-            ),
+            format!("customuuid={id}&billsec=0&hangupcause=10016&uuid=form-1&starttime={local}"),
         )
         .await;
     assert_eq!(status, 200);
-    let rec = ctx.settled(&form.call_id, pb::CallStatus::Completed).await;
+    let rec = ctx.settled(&id, pb::CallStatus::Completed).await;
     assert_eq!(rec.result, pb::CallResult::NoAnswer as i32);
     assert_eq!(
         rec.start_time.unwrap().seconds,
         started,
         "the local time read in Shanghai's zone"
     );
-    // IP allow-list: only 203.0.113.0/24 may post now.
+    ctx.shutdown().await;
+}
+
+/// With an IP allow-list, a callback from another address gets 403 and changes nothing.
+async fn callbacks_from_outside_the_allow_list(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
+    let id = call_without_callback(&mut ctx, "alice", "13900139002").await;
     let mut c = ctx.stack.configs(ADMIN).await;
     let v = c
         .get_config(pb::GetConfigRequest {
@@ -735,15 +791,10 @@ async fn callback_variants(b: Backend) {
     .await
     .unwrap();
     let (status, _) = ctx
-        .post_callback(&ctx.callback_url, "application/json", body)
+        .post_callback(&ctx.callback_url, "application/json", bill_body(&ctx, &id))
         .await;
     assert_eq!(status, 403);
-    let rows = raw_rows(&ctx.stack.gateway_db.url, "unmatched_callbacks").await;
-    assert_eq!(
-        rows.len(),
-        1,
-        "only the genuine unmatched callback was stored: {rows:?}"
-    );
+    assert_eq!(ctx.get(&id).await.status, pb::CallStatus::Ringing as i32);
     ctx.shutdown().await;
 }
 
@@ -1031,8 +1082,8 @@ async fn reconciler_closes_lost_calls(b: Backend) {
     ctx.shutdown().await;
 }
 
-/// ListCalls filters and pages; HangUp maps Infinity's answers.
-async fn list_and_hang_up(b: Backend) {
+/// Five completed calls of two collectors and two cases.
+async fn five_completed_calls(b: Backend) -> (Ctx, Vec<String>) {
     let mut ctx = setup(
         b,
         pb::CallMode::DoubleCall,
@@ -1048,20 +1099,29 @@ async fn list_and_hang_up(b: Backend) {
         ctx.settled(&resp.call_id, pb::CallStatus::Completed).await;
         ids.push(resp.call_id);
     }
+    (ctx, ids)
+}
+
+async fn list(ctx: &mut Ctx, r: pb::ListCallsRequest) -> pb::ListCallsResponse {
+    ctx.calls.list_calls(r).await.unwrap().into_inner()
+}
+
+/// ListCalls pages newest first without missing or repeating a call.
+async fn list_calls_pages_newest_first(b: Backend) {
+    let (mut ctx, mut ids) = five_completed_calls(b).await;
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let page = ctx
-            .calls
-            .list_calls(pb::ListCallsRequest {
+        let page = list(
+            &mut ctx,
+            pb::ListCallsRequest {
                 tenant_id: "t1".into(),
                 page_size: 2,
                 page_token: token.clone(),
                 ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+            },
+        )
+        .await;
         seen.extend(page.calls.into_iter().map(|c| c.call_id));
         if page.next_page_token.is_empty() {
             break;
@@ -1070,92 +1130,32 @@ async fn list_and_hang_up(b: Backend) {
     }
     ids.reverse();
     assert_eq!(seen, ids, "newest first, nothing missed");
-    let alice = ctx
-        .calls
-        .list_calls(pb::ListCallsRequest {
-            tenant_id: "t1".into(),
-            collector_id: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    ctx.shutdown().await;
+}
+
+/// ListCalls filters by collector, case and status.
+async fn list_calls_filters(b: Backend) {
+    let (mut ctx, _) = five_completed_calls(b).await;
+    let by = |collector: &str, case: &str, status: pb::CallStatus| pb::ListCallsRequest {
+        tenant_id: "t1".into(),
+        collector_id: collector.into(),
+        case_id: case.into(),
+        status: status.into(),
+        ..Default::default()
+    };
+    let alice = list(&mut ctx, by("alice", "", pb::CallStatus::Unspecified)).await;
     assert_eq!(alice.calls.len(), 3);
-    let case1 = ctx
-        .calls
-        .list_calls(pb::ListCallsRequest {
-            tenant_id: "t1".into(),
-            case_id: "case-1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let case1 = list(&mut ctx, by("", "case-1", pb::CallStatus::Unspecified)).await;
     assert_eq!(case1.calls.len(), 2);
-    let failed = ctx
-        .calls
-        .list_calls(pb::ListCallsRequest {
-            tenant_id: "t1".into(),
-            status: pb::CallStatus::Failed.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let failed = list(&mut ctx, by("", "", pb::CallStatus::Failed)).await;
     assert!(failed.calls.is_empty());
-    let e = ctx
-        .calls
-        .hang_up(pb::HangUpRequest {
-            tenant_id: "t1".into(),
-            call_id: ids[0].clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        e.code(),
-        Code::FailedPrecondition,
-        "completed calls cannot be hung up"
-    );
-    ctx.sim.state().set_script(
-        Some("13900139009"),
-        Script {
-            callback: CallbackMode::Lost,
-            ..Script::default()
-        },
-    );
-    let open = ctx
-        .calls
-        .make_call(req("alice", "13900139009"))
-        .await
-        .unwrap()
-        .into_inner();
-    let e = ctx
-        .calls
-        .hang_up(pb::HangUpRequest {
-            tenant_id: "t1".into(),
-            call_id: open.call_id.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("not in a call"), "{}", e.message());
-    // An Infinity without HangupCall: UNIMPLEMENTED, said plainly.
-    ctx.sim.state().set_hangup_supported(false);
-    let e = ctx
-        .calls
-        .hang_up(pb::HangUpRequest {
-            tenant_id: "t1".into(),
-            call_id: open.call_id.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
-    assert!(
-        e.message()
-            .contains("does not support App.Sip_Call.HangupCall"),
-        "{}",
-        e.message()
-    );
+    ctx.shutdown().await;
+}
+
+/// GetCall names the field of a malformed id, and a key of another tenant gets
+/// PERMISSION_DENIED.
+async fn get_call_checks_the_id_and_the_tenant(b: Backend) {
+    let (mut ctx, ids) = five_completed_calls(b).await;
     let e = ctx
         .calls
         .get_call(pb::GetCallRequest {
@@ -1165,12 +1165,11 @@ async fn list_and_hang_up(b: Backend) {
         .await
         .unwrap_err();
     assert!(e.message().starts_with("call_id:"), "{}", e.message());
-    let scoped = pb::calls_client::CallsClient::with_interceptor(
+    let mut scoped = pb::calls_client::CallsClient::with_interceptor(
         ctx.stack.gateway.channel().await,
         cco_platform::auth::BearerInterceptor::new(SCOPED_CALLER),
     );
     let e = scoped
-        .clone()
         .get_call(pb::GetCallRequest {
             tenant_id: "t1".into(),
             call_id: ids[0].clone(),
@@ -1178,6 +1177,44 @@ async fn list_and_hang_up(b: Backend) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+    ctx.shutdown().await;
+}
+
+async fn hang_up(ctx: &mut Ctx, call_id: &str) -> tonic::Status {
+    ctx.calls
+        .hang_up(pb::HangUpRequest {
+            tenant_id: "t1".into(),
+            call_id: call_id.into(),
+        })
+        .await
+        .unwrap_err()
+}
+
+/// A completed call cannot be hung up.
+async fn hang_up_refuses_completed_calls(b: Backend) {
+    let (mut ctx, ids) = five_completed_calls(b).await;
+    let e = hang_up(&mut ctx, &ids[0]).await;
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    ctx.shutdown().await;
+}
+
+/// HangUp passes on Infinity's "extension not in a call" (1015), and says plainly when the
+/// tenant's Infinity has no HangupCall (UNIMPLEMENTED).
+async fn hang_up_maps_infinitys_answers(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001"], |_| {}).await;
+    let open = call_without_callback(&mut ctx, "alice", "13900139009").await;
+    let e = hang_up(&mut ctx, &open).await;
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("not in a call"), "{}", e.message());
+    ctx.sim.state().set_hangup_supported(false);
+    let e = hang_up(&mut ctx, &open).await;
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert!(
+        e.message()
+            .contains("does not support App.Sip_Call.HangupCall"),
+        "{}",
+        e.message()
+    );
     ctx.shutdown().await;
 }
 
@@ -1404,12 +1441,23 @@ cco_platform::on_every_backend!(
     retry_on_another_extension,
     unknown_then_callback,
     idempotent_make_call,
-    callback_variants,
+    duplicate_callbacks_change_nothing,
+    camel_case_callbacks_with_numbers_as_strings,
+    forged_callbacks_are_refused,
+    unreadable_and_oversized_callbacks,
+    unmatched_callbacks_are_kept,
+    legacy_cco_callbacks,
+    form_callbacks_in_the_tenant_zone,
+    callbacks_from_outside_the_allow_list,
     late_callback_after_release,
     callback_before_make_call_returns,
     allocator_down_during_callback,
     reconciler_closes_lost_calls,
-    list_and_hang_up,
+    list_calls_pages_newest_first,
+    list_calls_filters,
+    get_call_checks_the_id_and_the_tenant,
+    hang_up_refuses_completed_calls,
+    hang_up_maps_infinitys_answers,
     two_replicas_reconcile_once,
     signed_callbacks,
     retry_after_released_lease,

@@ -1,15 +1,12 @@
 //! Hostile input, one defect class per test (docs/reliability.md, "Hostile input"). Every test
 //! goes through the real gRPC and HTTP ports of a running gateway (and allocator), with the
 //! simulator as Infinity.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
-use common::*;
 use prost_reflect::DescriptorPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -4,7 +4,6 @@
 //! A batch is formed on purpose: the test holds a row lock that the running statement waits on, queues requests
 //! behind it (counting them in the queue, not sleeping), then lets go and checks every
 //! request's own answer from the one statement that served them.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::sync::Arc;

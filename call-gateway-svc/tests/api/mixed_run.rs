@@ -2,15 +2,12 @@
 //! lost callbacks, duplicated and camelCase callbacks, HTTP 500) over 20 extensions and 25
 //! concurrent clients. Afterwards every record is terminal, every lease released, the pool is
 //! fully available, and the allocator's lease history shows no extension leased twice at once.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
+use crate::common::*;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
-use common::*;
 use infinity_sim::{CallbackMode, Outcome, Script};
 use sqlx::Row;
 use tonic::Code;

@@ -8,9 +8,6 @@
 //! released; no idempotency key was dialled twice; the allocator's lease history shows no
 //! extension leased twice at once; the pool is fully available; nothing was lost. The figures
 //! are printed (`figures:` line) and recorded in docs/reliability.md.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -235,18 +232,18 @@ async fn thousand_calls_through_kills_and_disconnects() {
             .set_script(Some(&format!("139001390{i:02}")), script(i));
     }
     let ch = |port: u16| {
-        common::endpoint(port)
+        crate::common::endpoint(port)
             .timeout(Duration::from_secs(10))
             .connect_lazy()
     };
     let admin = BearerInterceptor::new("dev-admin-key");
-    common::tenant(
+    crate::common::tenant(
         ch(g1),
         ch(a1),
         pb::ConfigInput {
             max_concurrent_calls: Some(100),
             api_timeout_ms: Some(1_000),
-            ..common::config(&sim, SECRET)
+            ..crate::common::config(&sim, SECRET)
         },
         WORKERS,
         &numbers,
@@ -517,7 +514,7 @@ async fn place(gateway: u16, collector: &str, dest: &str) -> String {
 
 /// A lazily connected channel to 127.0.0.1:`port`, without a request timeout.
 fn lazy(port: u16) -> tonic::transport::Channel {
-    common::endpoint(port).connect_lazy()
+    crate::common::endpoint(port).connect_lazy()
 }
 
 /// The paused-gateway and SIGTERM scenarios' config: leases of `lease_ttl` seconds.
@@ -526,7 +523,7 @@ fn tenant_config(sim: &Simulator, lease_ttl: u32) -> pb::ConfigInput {
         max_concurrent_calls: Some(200),
         api_timeout_ms: Some(5_000),
         lease_ttl_seconds: Some(lease_ttl),
-        ..common::config(sim, SECRET)
+        ..crate::common::config(sim, SECRET)
     }
 }
 
@@ -613,7 +610,7 @@ async fn paused_gateway_cannot_free_a_re_leased_extension() {
             ..Script::default()
         },
     );
-    common::tenant(
+    crate::common::tenant(
         lazy(g2),
         lazy(a),
         tenant_config(&sim, 10),
@@ -749,7 +746,7 @@ async fn sigterm_during_fifty_in_flight_calls() {
     sim.state().set_callback_url(Some(format!(
         "http://127.0.0.1:{h2}/api/v1/infinity/callback/t1/{SECRET}"
     )));
-    common::tenant(lazy(g1), lazy(a), tenant_config(&sim, 600), 50, &numbers).await;
+    crate::common::tenant(lazy(g1), lazy(a), tenant_config(&sim, 600), 50, &numbers).await;
     let mut in_flight = Vec::new();
     for w in 0..50 {
         in_flight.push(tokio::spawn(async move {

@@ -2,7 +2,6 @@
 //! gateway, with certificates generated here (rcgen): a whole call goes through; a plaintext
 //! client, a client without a certificate and a client with a certificate from another CA are
 //! refused.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::time::Duration;

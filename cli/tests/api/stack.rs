@@ -1,6 +1,5 @@
 //! Smoke test of the README's first command: `cco stack` starts, a demo call placed with the CLI
 //! completes, the pool is back to full, Ctrl-C stops everything, and a second run reuses the data.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

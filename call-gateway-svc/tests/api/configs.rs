@@ -1,17 +1,15 @@
 //! Tenant configs, policies and collectors through the real gateway, on PostgreSQL and SQLite.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::*;
 use cco_contracts::gateway::v1 as pb;
-use common::*;
 use tonic::Code;
 
 const API: &str = "http://127.0.0.1:9/openapi";
 
-/// Create, read (by tenant and by id), partial update, toggle, delete; secrets come back masked,
-/// and a generated callback secret is shown once.
-async fn config_crud(b: Backend) {
+/// A created config: defaults applied, numbers normalised and deduplicated, secrets masked,
+/// the generated callback secret shown once; readable by tenant and by id; a second config of
+/// the tenant is ALREADY_EXISTS.
+async fn create_and_read_a_config(b: Backend) {
     let stack = Stack::pair(b).await;
     let mut c = stack.configs(ADMIN).await;
     let created = create(&mut c, valid_input("t1", API)).await;
@@ -47,13 +45,7 @@ async fn config_crud(b: Backend) {
                 .new_callback_secret
                 .ends_with(&secret_view.mask[4..])
     );
-    let got = c
-        .get_config(pb::GetConfigRequest {
-            tenant_id: "t1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get(&mut c).await;
     assert!(got.new_callback_secret.is_empty(), "never shown again");
     let by_id = c
         .get_config_by_id(pb::GetConfigByIdRequest {
@@ -70,8 +62,23 @@ async fn config_crud(b: Backend) {
         .await
         .unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
+    stack.shutdown().await;
+}
 
-    // Partial update: only the fields given change.
+async fn get(c: &mut Configs) -> pb::TenantConfig {
+    c.get_config(pb::GetConfigRequest {
+        tenant_id: "t1".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// A partial update changes only the fields given.
+async fn partial_update_changes_only_the_fields_given(b: Backend) {
+    let stack = Stack::pair(b).await;
+    let mut c = stack.configs(ADMIN).await;
+    let created = create(&mut c, valid_input("t1", API)).await;
     let upd = c
         .update_config(pb::UpdateConfigRequest {
             tenant_id: "t1".into(),
@@ -98,48 +105,46 @@ async fn config_crud(b: Backend) {
     assert_eq!(upd.caller_number_pool, created.caller_number_pool);
     assert_eq!(upd.credentials, created.credentials);
     assert_eq!(upd.callback_secret, created.callback_secret);
+    stack.shutdown().await;
+}
 
-    // Two admins read version 2; the second write loses.
-    c.update_config(pb::UpdateConfigRequest {
+/// Two admins read the same version: the second write is ABORTED and changes nothing.
+async fn stale_updates_lose(b: Backend) {
+    let stack = Stack::pair(b).await;
+    let mut c = stack.configs(ADMIN).await;
+    create(&mut c, valid_input("t1", API)).await;
+    let write = |supplier: &str| pb::UpdateConfigRequest {
         tenant_id: "t1".into(),
-        version: 2,
-        supplier_id: Some("sup-2".into()),
+        version: 1,
+        supplier_id: Some(supplier.into()),
         ..Default::default()
-    })
-    .await
-    .unwrap();
-    let stale = c
-        .update_config(pb::UpdateConfigRequest {
-            tenant_id: "t1".into(),
-            version: 2,
-            supplier_id: Some("sup-3".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    };
+    c.update_config(write("sup-2")).await.unwrap();
+    let stale = c.update_config(write("sup-3")).await.unwrap_err();
     assert_eq!(stale.code(), Code::Aborted);
     assert!(
         stale.message().starts_with("version:"),
         "{}",
         stale.message()
     );
-    let now = c
-        .get_config(pb::GetConfigRequest {
-            tenant_id: "t1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let now = get(&mut c).await;
     assert_eq!(
         (now.supplier_id.as_str(), now.version),
-        ("sup-2", 3),
+        ("sup-2", 2),
         "the losing write changed nothing"
     );
+    stack.shutdown().await;
+}
 
+/// regenerate_callback_secret shows a new secret once.
+async fn callback_secret_rotation(b: Backend) {
+    let stack = Stack::pair(b).await;
+    let mut c = stack.configs(ADMIN).await;
+    let created = create(&mut c, valid_input("t1", API)).await;
     let rotated = c
         .update_config(pb::UpdateConfigRequest {
             tenant_id: "t1".into(),
-            version: 3,
+            version: 1,
             regenerate_callback_secret: true,
             ..Default::default()
         })
@@ -148,34 +153,36 @@ async fn config_crud(b: Backend) {
         .into_inner();
     assert_eq!(rotated.new_callback_secret.len(), 64);
     assert_ne!(rotated.new_callback_secret, created.new_callback_secret);
+    stack.shutdown().await;
+}
 
-    let off = c
-        .toggle_config(pb::ToggleConfigRequest {
-            tenant_id: "t1".into(),
-            version: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+/// ToggleConfig flips is_active, version-checked when a version is given.
+async fn toggle_flips_is_active(b: Backend) {
+    let stack = Stack::pair(b).await;
+    let mut c = stack.configs(ADMIN).await;
+    create(&mut c, valid_input("t1", API)).await;
+    let toggle = |version| pb::ToggleConfigRequest {
+        tenant_id: "t1".into(),
+        version,
+    };
+    let off = c.toggle_config(toggle(0)).await.unwrap().into_inner();
     assert!(!off.is_active);
-    let stale_toggle = c
-        .toggle_config(pb::ToggleConfigRequest {
-            tenant_id: "t1".into(),
-            version: 1,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(stale_toggle.code(), Code::Aborted);
+    let stale = c.toggle_config(toggle(1)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
     let on = c
-        .toggle_config(pb::ToggleConfigRequest {
-            tenant_id: "t1".into(),
-            version: off.version,
-        })
+        .toggle_config(toggle(off.version))
         .await
         .unwrap()
         .into_inner();
     assert!(on.is_active);
+    stack.shutdown().await;
+}
 
+/// DeleteConfig of a tenant without live calls deletes it.
+async fn delete_a_config(b: Backend) {
+    let stack = Stack::pair(b).await;
+    let mut c = stack.configs(ADMIN).await;
+    create(&mut c, valid_input("t1", API)).await;
     let del = c
         .delete_config(pb::DeleteConfigRequest {
             tenant_id: "t1".into(),
@@ -184,7 +191,7 @@ async fn config_crud(b: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert!(del.deleted);
+    assert_eq!((del.deleted, del.calls_ended), (true, 0));
     let gone = c
         .get_config(pb::GetConfigRequest {
             tenant_id: "t1".into(),
@@ -371,9 +378,8 @@ async fn secrets_encrypted_at_rest(b: Backend) {
     stack.shutdown().await;
 }
 
-/// Keys: no key and wrong keys are refused; callers cannot administer configs; a key scoped to
-/// t-a never reads or changes t-b's config, policy or collectors.
-async fn keys_roles_and_tenant_scopes(b: Backend) {
+/// Tenants t-a and t-b with configs, and collector bob in t-b.
+async fn two_tenants(b: Backend) -> (Stack, pb::TenantConfig) {
     let stack = Stack::gateway_only(b).await;
     let mut admin = stack.configs(ADMIN).await;
     create(&mut admin, valid_input("t-a", API)).await;
@@ -388,6 +394,13 @@ async fn keys_roles_and_tenant_scopes(b: Backend) {
     })
     .await
     .unwrap();
+    (stack, tb)
+}
+
+/// No key and wrong keys are UNAUTHENTICATED; caller keys cannot administer configs, policies
+/// or collectors.
+async fn keys_and_roles(b: Backend) {
+    let (stack, _) = two_tenants(b).await;
     for key in ["", "nope-nope-nope"] {
         let e = stack
             .configs(key)
@@ -428,6 +441,13 @@ async fn keys_roles_and_tenant_scopes(b: Backend) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+    stack.shutdown().await;
+}
+
+/// A key scoped to t-a never reads or changes t-b's config or collectors, and t-b is untouched.
+async fn scoped_keys_stay_in_their_tenant(b: Backend) {
+    let (stack, tb) = two_tenants(b).await;
+    let mut admin = stack.configs(ADMIN).await;
     let mut scoped = stack.configs(SCOPED_ADMIN).await;
     scoped
         .get_config(pb::GetConfigRequest {
@@ -505,6 +525,12 @@ async fn keys_roles_and_tenant_scopes(b: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!((still.version, still.is_active), (1, true), "t-b untouched");
+    stack.shutdown().await;
+}
+
+/// A peer reads a tenant's policy; a tenant without a config is NOT_FOUND.
+async fn peers_read_policies(b: Backend) {
+    let (stack, tb) = two_tenants(b).await;
     let p = stack
         .policies(PEER)
         .await
@@ -756,10 +782,17 @@ async fn delete_refused_while_live(b: Backend) {
 }
 
 cco_platform::on_every_backend!(
-    config_crud,
+    create_and_read_a_config,
+    partial_update_changes_only_the_fields_given,
+    stale_updates_lose,
+    callback_secret_rotation,
+    toggle_flips_is_active,
+    delete_a_config,
     validation_names_every_field,
     secrets_encrypted_at_rest,
-    keys_roles_and_tenant_scopes,
+    keys_and_roles,
+    scoped_keys_stay_in_their_tenant,
+    peers_read_policies,
     collectors_crud,
     delete_refused_while_live,
 );

@@ -3,9 +3,6 @@
 //! runs the allocator and the gateway on it, stops the server, and checks that callers get
 //! UNAVAILABLE within their deadline (no panic, no hang), then starts it again and checks the
 //! services recover without a restart of their own.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -117,7 +114,7 @@ fn new_cluster() -> Cluster {
 }
 
 fn chan(port: u16) -> tonic::transport::Channel {
-    common::endpoint(port)
+    crate::common::endpoint(port)
         .timeout(Duration::from_secs(10))
         .connect_lazy()
 }
@@ -186,10 +183,10 @@ async fn services_ride_out_a_postgres_restart() {
     })
     .await
     .unwrap();
-    common::tenant(
+    crate::common::tenant(
         chan(g),
         chan(a),
-        common::config(&sim, "pg-restart-secret-0001"),
+        crate::common::config(&sim, "pg-restart-secret-0001"),
         1,
         &["8001".into(), "8002".into()],
     )

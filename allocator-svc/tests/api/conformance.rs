@@ -1,14 +1,11 @@
 //! The allocator's conformance suite: every scenario runs against PostgreSQL and SQLite
 //! through the real gRPC server (`conformance!` instantiates each one per backend).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::common::*;
 use cco_contracts::allocator::v1 as pb;
-use common::*;
 use tokio::sync::Barrier;
 use tonic::Code;
 

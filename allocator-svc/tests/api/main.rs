@@ -1,0 +1,8 @@
+//! The integration tests of allocator-svc: one binary, one module per area, one scenario per test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod binary;
+mod common;
+mod conformance;
+mod pg_store;
+mod policy;

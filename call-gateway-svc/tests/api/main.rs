@@ -1,0 +1,14 @@
+//! The integration tests of call-gateway-svc: one binary, one module per area, one scenario per test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth_matrix;
+mod calls;
+mod common;
+mod configs;
+mod fuzz;
+mod hostile;
+mod infinity_client;
+mod integration;
+mod log_secrets;
+mod mixed_run;
+mod tls;

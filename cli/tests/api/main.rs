@@ -1,0 +1,7 @@
+//! The integration tests of cli: one binary, one module per area, one scenario per test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod faults;
+mod pg_restart;
+mod stack;
