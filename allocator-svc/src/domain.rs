@@ -1,7 +1,5 @@
 //! Validated domain types and the service error. Nothing here knows about tonic or sqlx.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -46,56 +44,29 @@ impl AllocError {
     }
 }
 
-fn check_id(field: &'static str, value: &str, max: usize) -> Result<(), AllocError> {
-    cco_platform::validate::id(value, max).map_err(|m| AllocError::invalid(field, m))
-}
-
-macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $max:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
-
-        impl $name {
-            /// Validates `value` as this id; errors name `field`.
-            pub fn parse(field: &'static str, value: &str) -> Result<Self, AllocError> {
-                check_id(field, value, $max)?;
-                Ok(Self(value.to_owned()))
-            }
-
-            /// The id as text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-id_type!(
+cco_platform::id_type!(
     /// A tenant id: 1-64 characters of `[A-Za-z0-9_.:-]`.
     TenantId,
-    64
+    64,
+    AllocError
 );
-id_type!(
+cco_platform::id_type!(
     /// A collector id: 1-64 characters of `[A-Za-z0-9_.:-]`.
     CollectorId,
-    64
+    64,
+    AllocError
 );
-id_type!(
+cco_platform::id_type!(
     /// A caller's request id for an idempotent acquire: 1-128 characters of `[A-Za-z0-9_.:-]`.
     RequestId,
-    128
+    128,
+    AllocError
 );
-id_type!(
+cco_platform::id_type!(
     /// A tenant's Infinity config id: up to 64 characters of `[A-Za-z0-9_.:-]`.
     ConfigId,
-    64
+    64,
+    AllocError
 );
 
 impl ConfigId {

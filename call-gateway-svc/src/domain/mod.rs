@@ -26,8 +26,6 @@ pub mod collector;
 pub mod config;
 pub mod phone;
 
-use std::fmt;
-
 /// The gateway's error: what went wrong, in terms a client can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum GwError {
@@ -86,52 +84,29 @@ impl GwError {
     }
 }
 
-macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $max:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
-
-        impl $name {
-            /// Validates `value`; errors name `field`.
-            pub fn parse(field: &'static str, value: &str) -> Result<Self, GwError> {
-                cco_platform::validate::id(value, $max).map_err(|m| GwError::invalid(field, m))?;
-                Ok(Self(value.to_owned()))
-            }
-
-            /// The id as text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-id_type!(
+cco_platform::id_type!(
     /// A tenant id: 1-64 characters of `[A-Za-z0-9_.:-]`.
     TenantId,
-    64
+    64,
+    GwError
 );
-id_type!(
+cco_platform::id_type!(
     /// A collector id: 1-64 characters of `[A-Za-z0-9_.:-]`.
     CollectorId,
-    64
+    64,
+    GwError
 );
-id_type!(
+cco_platform::id_type!(
     /// A case id: 1-64 characters of `[A-Za-z0-9_.:-]`.
     CaseId,
-    64
+    64,
+    GwError
 );
-id_type!(
+cco_platform::id_type!(
     /// An idempotency key: 1-128 characters of `[A-Za-z0-9_.:-]`.
     IdempotencyKey,
-    128
+    128,
+    GwError
 );
 
 /// Parses a UUID field.
