@@ -130,6 +130,14 @@ struct Report {
     /// Percentiles of one phase of the operation (e.g. Acquire alone), in milliseconds.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     phases: BTreeMap<String, f64>,
+    /// calls: transactions committed per completed call, per database (`gateway`,
+    /// `allocator`, `total`), from PostgreSQL's own counters (`pg_stat_database`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    db_commits_per_call: BTreeMap<String, f64>,
+    /// calls: statements executed per completed call, per database, from
+    /// `pg_stat_statements` (when the server loads it; empty otherwise).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    db_round_trips_per_call: BTreeMap<String, f64>,
 }
 
 /// Collects latencies (microseconds) and errors.
@@ -208,18 +216,20 @@ async fn analyze_all() -> anyhow::Result<()> {
 
 /// Runs `op(client, seq)` closed-loop on `clients` tasks, or open-loop at `rate`: first for
 /// `--warmup-seconds` (not measured; the databases are analysed afterwards), then measured.
-async fn drive<F, Fut>(cli: &Cli, op: F) -> (Arc<Sink>, f64)
+async fn drive<F, Fut>(cli: &Cli, op: F) -> (Arc<Sink>, f64, u64)
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     let mut first = 0;
+    let mut warm_ok = 0;
     let mut warm_errors = BTreeMap::new();
     if cli.warmup_seconds > 0.0 && cli.count.is_none() {
         MEASURING.store(false, Ordering::Relaxed);
         let (warm, _, next) = drive_for(cli, op.clone(), cli.warmup_seconds, 0).await;
         MEASURING.store(true, Ordering::Relaxed);
         first = next;
+        warm_ok = warm.micros.lock().map(|m| m.len() as u64).unwrap_or(0);
         if let Err(e) = analyze_all().await {
             eprintln!("loadgen: analyze after warm-up: {e}");
             warm_errors.insert("warmup_analyze".to_owned(), 1);
@@ -233,7 +243,7 @@ where
     if let Ok(mut e) = sink.errors.lock() {
         e.extend(warm_errors);
     }
-    (sink, secs)
+    (sink, secs, warm_ok)
 }
 
 /// One closed- or open-loop phase of `seconds`; sequence numbers start at `first`. Returns the
@@ -330,7 +340,101 @@ fn report(cli: &Cli, sink: &Sink, seconds: f64, pool_full_after: Option<bool>) -
         errors: sink.errors.lock().map(|e| e.clone()).unwrap_or_default(),
         pool_full_after,
         phases: BTreeMap::new(),
+        db_commits_per_call: BTreeMap::new(),
+        db_round_trips_per_call: BTreeMap::new(),
     }
+}
+
+/// A database's own counters: transactions committed, and statements executed when
+/// `pg_stat_statements` is loaded. PostgreSQL only (SQLite keeps no such counters).
+#[derive(Debug, Clone, Copy)]
+struct DbCounters {
+    commits: i64,
+    statements: Option<i64>,
+}
+
+async fn db_counters(url: &str) -> anyhow::Result<Option<DbCounters>> {
+    use sqlx::Connection;
+    if !url.starts_with("postgres") {
+        return Ok(None);
+    }
+    let mut c = sqlx::PgConnection::connect(url).await?;
+    sqlx::query("select pg_stat_clear_snapshot()")
+        .execute(&mut c)
+        .await?;
+    let commits: i64 = sqlx::query_scalar(
+        "select xact_commit from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(&mut c)
+    .await?;
+    // Statements of this database, ours excluded (none while the services are stopped).
+    let statements: Option<i64> = sqlx::query_scalar(
+        "select coalesce(sum(calls), 0)::bigint from pg_stat_statements \
+         where dbid = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(&mut c)
+    .await
+    .ok();
+    c.close().await?;
+    Ok(Some(DbCounters {
+        commits,
+        statements,
+    }))
+}
+
+/// Enables `pg_stat_statements` in a database when the server loads it.
+async fn enable_statement_counts(url: &str) {
+    use sqlx::Connection;
+    if !url.starts_with("postgres") {
+        return;
+    }
+    if let Ok(mut c) = sqlx::PgConnection::connect(url).await {
+        let _ = sqlx::query("create extension if not exists pg_stat_statements")
+            .execute(&mut c)
+            .await;
+        let _ = c.close().await;
+    }
+}
+
+/// The mean of each part of the gateway's MakeCall latency, read from its `/metrics`.
+async fn make_call_parts(http_port: u16) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(body) = http_get(&format!("http://127.0.0.1:{http_port}/metrics")).await else {
+        return out;
+    };
+    for part in ["total", "acquire", "infinity", "own"] {
+        let value = |suffix: &str| {
+            body.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "gateway_make_call_duration_seconds_{suffix}{{part=\"{part}\"}}"
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        if let (Some(sum), Some(count)) = (value("sum"), value("count"))
+            && count > 0.0
+        {
+            out.insert(format!("make_call_{part}_mean_ms"), sum / count * 1000.0);
+        }
+    }
+    out
+}
+
+/// A plain HTTP GET on loopback (no client library needed for one request).
+async fn http_get(url: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    Ok(buf)
 }
 
 fn lazy(port: u16) -> Channel {
@@ -436,7 +540,7 @@ async fn acquire_release(
     let tenants = cli.tenants;
     let acquire_us: Arc<Mutex<Vec<u32>>> = Arc::default();
     let acq = acquire_us.clone();
-    let (sink, secs) = drive(cli, move |c, n| {
+    let (sink, secs, _) = drive(cli, move |c, n| {
         let mut client = clients[c % clients.len()].clone();
         let acq = acq.clone();
         async move {
@@ -521,7 +625,7 @@ async fn raw_sql(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Re
     let pool = cco_platform::db::DbPool::connect(&settings).await?;
     let tenants = cli.tenants;
     let p2 = pool.clone();
-    let (sink, secs) = drive(cli, move |c, _| {
+    let (sink, secs, _) = drive(cli, move |c, _| {
         let pool = p2.clone();
         async move {
             let tenant = format!("t{}", c % tenants);
@@ -600,7 +704,7 @@ async fn stats(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Resu
         BearerInterceptor::new("dev-peer-key"),
     );
     let expected = u32::try_from(cli.stats_extensions).unwrap_or(u32::MAX);
-    let (sink, secs) = drive(cli, move |_, _| {
+    let (sink, secs, _) = drive(cli, move |_, _| {
         let mut c = client.clone();
         async move {
             let s = c
@@ -625,6 +729,12 @@ async fn stats(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Resu
 async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow::Result<Report> {
     let gw_db = test_db(backend).await;
     let al_db = test_db(backend).await;
+    for db in [&gw_db, &al_db] {
+        enable_statement_counts(&db.url).await;
+    }
+    // The services stop before the counters are read, so every backend has flushed its
+    // statistics (PostgreSQL reports a backend's counts when it exits at the latest).
+    let services = stop.child_token();
     let numbers: Vec<String> = (0..cli.extensions.max(cli.clients * 2))
         .map(|i| format!("{}", 10_000 + i))
         .collect();
@@ -659,15 +769,15 @@ async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow:
     als.database.max_connections = db_connections();
     als.policy.gateway_url = format!("http://127.0.0.1:{g}");
     als.auth.rate_limit_per_second = 0;
-    tokio::spawn(
+    let gateway = tokio::spawn(
         call_gateway_svc::app::Application::build_with(gs, Some((gl, hl)))
             .await?
-            .run_until_stopped(stop.clone()),
+            .run_until_stopped(services.clone()),
     );
-    tokio::spawn(
+    let allocator = tokio::spawn(
         allocator_svc::app::Application::build_with(als, Some((al, None)))
             .await?
-            .run_until_stopped(stop.clone()),
+            .run_until_stopped(services.clone()),
     );
     let admin = BearerInterceptor::new("dev-admin-key");
     gpb::tenant_configs_client::TenantConfigsClient::with_interceptor(lazy(g), admin.clone())
@@ -703,6 +813,10 @@ async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow:
         .await?;
     }
     import(a, "t0", numbers.clone()).await?;
+    let before = [
+        db_counters(&gw_db.url).await?,
+        db_counters(&al_db.url).await?,
+    ];
     let clients: Arc<Vec<_>> = Arc::new(
         (0..cli.clients)
             .map(|_| {
@@ -715,7 +829,7 @@ async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow:
     );
     let busy = Arc::new(AtomicBool::new(false));
     let b2 = busy.clone();
-    let (sink, secs) = drive(cli, move |c, n| {
+    let (sink, secs, warm_ok) = drive(cli, move |c, n| {
         let mut client = clients[c % clients.len()].clone();
         let busy = b2.clone();
         async move {
@@ -753,8 +867,51 @@ async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut r = report(cli, &sink, secs, Some(full));
+    r.phases = make_call_parts(h).await;
+    services.cancel();
+    let _ = gateway.await;
+    let _ = allocator.await;
     sim.stop().await;
-    Ok(report(cli, &sink, secs, Some(full)))
+    let after = [
+        db_counters(&gw_db.url).await?,
+        db_counters(&al_db.url).await?,
+    ];
+    // Every completed call (warm-up included) against every commit and statement of the run.
+    let completed = (r.operations + warm_ok).max(1) as f64;
+    let mut commits = 0;
+    let mut statements = Some(0);
+    for (name, (b, a)) in ["gateway", "allocator"]
+        .into_iter()
+        .zip(before.iter().zip(&after))
+    {
+        if let (Some(b), Some(a)) = (b, a) {
+            let c = a.commits - b.commits;
+            commits += c;
+            r.db_commits_per_call
+                .insert(name.into(), c as f64 / completed);
+            match (b.statements, a.statements) {
+                (Some(sb), Some(sa)) => {
+                    statements = statements.map(|t| t + sa - sb);
+                    r.db_round_trips_per_call
+                        .insert(name.into(), (sa - sb) as f64 / completed);
+                }
+                _ => statements = None,
+            }
+        }
+    }
+    if !r.db_commits_per_call.is_empty() {
+        r.db_commits_per_call
+            .insert("total".into(), commits as f64 / completed);
+    }
+    match statements {
+        Some(t) if !r.db_round_trips_per_call.is_empty() => {
+            r.db_round_trips_per_call
+                .insert("total".into(), t as f64 / completed);
+        }
+        _ => r.db_round_trips_per_call.clear(),
+    }
+    Ok(r)
 }
 
 fn print(r: &Report, json: bool) -> anyhow::Result<()> {
@@ -785,6 +942,12 @@ fn print(r: &Report, json: bool) -> anyhow::Result<()> {
     );
     for (k, v) in &r.phases {
         println!("    {k}: {v:.3}");
+    }
+    for (k, v) in &r.db_commits_per_call {
+        println!("    db commits per call, {k}: {v:.2}");
+    }
+    for (k, v) in &r.db_round_trips_per_call {
+        println!("    db round trips per call, {k}: {v:.2}");
     }
     Ok(())
 }
