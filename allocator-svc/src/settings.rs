@@ -2,6 +2,7 @@
 //! `ALLOCATOR_CONFIG_FILE`, then `ALLOCATOR__SECTION__KEY` environment variables.
 
 use cco_platform::auth::AuthSettings;
+pub use cco_platform::coalesce::CoalesceSettings;
 use cco_platform::db::DatabaseSettings;
 use cco_platform::listen::{GrpcListener, HttpListener};
 use cco_platform::telemetry::LogSettings;
@@ -131,36 +132,6 @@ impl Default for ReaperSettings {
     }
 }
 
-/// Coalescing: on PostgreSQL, concurrent LRU acquires of one tenant (capped or not) run as one
-/// statement, and so do concurrent releases. A lone request is never held back.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CoalesceSettings {
-    /// Most requests in one statement; 1 turns coalescing off.
-    pub max_batch: u32,
-    /// Statements of one tenant's acquires (or of releases) running at once.
-    pub in_flight: u32,
-}
-
-impl Default for CoalesceSettings {
-    fn default() -> Self {
-        Self {
-            max_batch: 32,
-            in_flight: 2,
-        }
-    }
-}
-
-impl CoalesceSettings {
-    /// The limits the store applies.
-    pub fn limits(&self) -> crate::store::coalesce::Limits {
-        crate::store::coalesce::Limits {
-            max_batch: self.max_batch as usize,
-            in_flight: self.in_flight as usize,
-        }
-    }
-}
-
 impl Settings {
     /// Loads defaults, the optional file and the environment, then validates.
     ///
@@ -203,12 +174,7 @@ impl Settings {
                 .gateway_tls
                 .validate("policy.gateway_tls", &self.policy.gateway_url)?;
         }
-        if !(1..=1_000).contains(&self.coalesce.max_batch) {
-            anyhow::bail!("coalesce.max_batch: must be 1-1000 (1 turns coalescing off)");
-        }
-        if !(1..=64).contains(&self.coalesce.in_flight) {
-            anyhow::bail!("coalesce.in_flight: must be 1-64");
-        }
+        self.coalesce.check()?;
         if self.reaper.batch_size == 0 {
             anyhow::bail!("reaper.batch_size: must be positive");
         }

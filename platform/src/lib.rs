@@ -18,6 +18,7 @@
 //! - [`tls`]: TLS and mutual TLS settings for servers and clients.
 
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod db;
 pub mod grpc;

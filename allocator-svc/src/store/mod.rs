@@ -21,7 +21,6 @@
 //!
 //! SQLite serialises all writers with `begin immediate`, which gives the same guarantees.
 
-pub mod coalesce;
 pub mod postgres;
 pub mod sqlite;
 

@@ -10,7 +10,6 @@ use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::{Row, Transaction};
 use uuid::Uuid;
 
-use super::coalesce::{Batcher, Limits};
 use super::{
     AcquireCmd, AcquireOutcome, DeleteOutcome, ExtUpdate, LeaseChange, ListFilter, RowRead, Store,
     UpdateOutcome, counts_from, db_err, ext_cols, extension_from, is_unique_violation, lease_cols,
@@ -20,6 +19,7 @@ use crate::domain::{
     AllocError, CollectorId, ExtStatus, Extension, ExtensionNumber, ExtensionUsage, Lease,
     PoolCounts, ReleaseReason, Strategy, TenantId,
 };
+use cco_platform::coalesce::{Batcher, Limits};
 
 /// An LRU acquire waiting to be coalesced, with the lease id it will get.
 struct AcquireJob {
@@ -712,21 +712,10 @@ impl Store for PgStore {
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        for (op, statements, jobs) in [
-            ("acquire", &self.acquires.statements, &self.acquires.jobs),
-            ("release", &self.releases.statements, &self.releases.jobs),
-        ] {
-            registry.register(
-                format!("allocator_coalesced_{op}_statements"),
-                format!("Statements that served coalesced {op} requests"),
-                statements.clone(),
-            );
-            registry.register(
-                format!("allocator_coalesced_{op}_requests"),
-                format!("{op} requests served by coalesced statements"),
-                jobs.clone(),
-            );
-        }
+        self.acquires
+            .register(registry, "allocator_coalesced_acquire", "acquire requests");
+        self.releases
+            .register(registry, "allocator_coalesced_release", "release requests");
     }
 
     fn coalescing(&self) -> Vec<(&'static str, u64, u64)> {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use allocator_svc::domain::{
     CollectorId, ExtStatus, ExtensionNumber, ReleaseReason, RequestId, Strategy, TenantId,
 };
-use allocator_svc::store::coalesce::Limits;
 use allocator_svc::store::postgres::PgStore;
 use allocator_svc::store::{AcquireCmd, AcquireOutcome, ExtUpdate, LeaseChange, Store};
+use cco_platform::coalesce::Limits;
 use cco_platform::db::{DatabaseSettings, DbPool};
 use cco_platform::testing::{Backend, TestDb};
 use sqlx::PgPool;

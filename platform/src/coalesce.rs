@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
-/// How requests are gathered (`ALLOCATOR__COALESCE__*`).
+/// How requests are gathered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Most requests in one statement; 1 turns coalescing off.
@@ -26,19 +26,62 @@ pub struct Limits {
     pub in_flight: usize,
 }
 
+/// The coalescing settings of a service (`<SERVICE>__COALESCE__*`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoalesceSettings {
+    /// Most requests in one statement (or transaction); 1 turns coalescing off.
+    pub max_batch: u32,
+    /// Batches of one key running at once.
+    pub in_flight: u32,
+}
+
+impl Default for CoalesceSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            in_flight: 2,
+        }
+    }
+}
+
+impl CoalesceSettings {
+    /// The limits a batcher applies.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_batch: self.max_batch as usize,
+            in_flight: self.in_flight as usize,
+        }
+    }
+
+    /// Checks the ranges; the error names the setting.
+    ///
+    /// # Errors
+    /// When a value is out of range.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(1..=1_000).contains(&self.max_batch) {
+            anyhow::bail!("coalesce.max_batch: must be 1-1000 (1 turns coalescing off)");
+        }
+        if !(1..=64).contains(&self.in_flight) {
+            anyhow::bail!("coalesce.in_flight: must be 1-64");
+        }
+        Ok(())
+    }
+}
+
 struct Queue<J, R> {
     pending: VecDeque<(J, oneshot::Sender<R>)>,
     running: usize,
 }
 
 /// Gathers jobs `J` by key `K`; each job gets its own result `R`.
-pub(crate) struct Batcher<K, J, R> {
+pub struct Batcher<K, J, R> {
     queues: Mutex<HashMap<K, Queue<J, R>>>,
     limits: Limits,
     twin: fn(&J) -> &str,
     /// Batches run, and the jobs they carried (jobs / statements = the mean batch).
-    pub(crate) statements: Counter,
-    pub(crate) jobs: Counter,
+    pub statements: Counter,
+    pub jobs: Counter,
 }
 
 impl<K, J, R> Batcher<K, J, R>
@@ -48,7 +91,7 @@ where
     R: Send + 'static,
 {
     /// A batcher; `twin` names what may not appear twice in one batch.
-    pub(crate) fn new(limits: Limits, twin: fn(&J) -> &str) -> Self {
+    pub fn new(limits: Limits, twin: fn(&J) -> &str) -> Self {
         Self {
             queues: Mutex::new(HashMap::new()),
             limits,
@@ -66,15 +109,35 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Registers the batch counters as `<name>_statements` (batches run) and `<name>_requests`
+    /// (jobs they carried; requests / statements is the mean batch).
+    pub fn register(
+        &self,
+        registry: &mut prometheus_client::registry::Registry,
+        name: &str,
+        what: &str,
+    ) {
+        registry.register(
+            format!("{name}_statements"),
+            format!("Statements (or transactions) that served coalesced {what}"),
+            self.statements.clone(),
+        );
+        registry.register(
+            format!("{name}_requests"),
+            format!("{what} served by coalesced statements (or transactions)"),
+            self.jobs.clone(),
+        );
+    }
+
     /// Jobs of `key` waiting for a batch (not counting those running).
-    pub(crate) fn queued(&self, key: &K) -> usize {
+    pub fn queued(&self, key: &K) -> usize {
         self.lock().get(key).map_or(0, |q| q.pending.len())
     }
 
     /// Queues `job` under `key` and waits for its result. `run` executes one batch and returns
     /// one result per job, in order; it is called only if this request starts a batch task.
     /// `None` means the batch task ended without answering (it does not, short of a panic).
-    pub(crate) async fn submit<F, Fut>(self: &Arc<Self>, key: K, job: J, run: F) -> Option<R>
+    pub async fn submit<F, Fut>(self: &Arc<Self>, key: K, job: J, run: F) -> Option<R>
     where
         F: Fn(K, Vec<J>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send + 'static,
