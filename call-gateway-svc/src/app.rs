@@ -54,6 +54,7 @@ pub struct Application {
     settings: Settings,
     db: DbPool,
     services: Services,
+    changes: Arc<dyn ConfigStore>,
     registry: Registry,
     metrics: GatewayMetrics,
     grpc_listener: TcpListener,
@@ -96,6 +97,7 @@ impl Application {
         let (store, calls) = stores_for(&db);
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
+        let changes = store.clone();
         let infinity = InfinityClient::new()?.with_allowed_hosts(settings.allowed_hosts()?);
         let services = Services::new(
             store,
@@ -103,9 +105,10 @@ impl Application {
             settings.cipher()?,
             Arc::new(MeteredPbx::new(Arc::new(infinity), metrics.clone())),
             Arc::new(AllocatorClient::new(&settings.allocator)?),
-            settings.calls.tuning(),
+            settings.tuning(),
             metrics.clone(),
         );
+        services.register_metrics(&mut registry);
         let (grpc_listener, http_listener) = match listeners {
             Some(l) => l,
             None => (
@@ -119,6 +122,7 @@ impl Application {
             settings,
             db,
             services,
+            changes,
             registry,
             metrics,
             grpc_listener,
@@ -160,6 +164,9 @@ impl Application {
             self.settings.http.tls.http("http.tls").await?,
             background.clone(),
         ));
+        let changes = self.changes.clone();
+        let feed = background.clone();
+        let follower = tokio::spawn(async move { changes.follow_changes(feed).await });
         let workers = tokio::spawn(crate::background::run(
             self.services.settling.clone(),
             Duration::from_millis(self.settings.calls.outbox_interval_ms),
@@ -189,6 +196,7 @@ impl Application {
             .await;
         background.cancel();
         let _ = workers.await;
+        let _ = follower.await;
         let _ = http_task.await;
         self.db.close().await;
         tracing::info!("gateway stopped");

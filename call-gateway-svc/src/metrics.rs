@@ -12,6 +12,9 @@
 //! | `gateway_outbox_depth`, `gateway_outbox_oldest_seconds` | lease releases still owed to the allocator, and the age of the oldest |
 //! | `gateway_pool_purges_pending` | pools of deleted configs the allocator has still to delete |
 //! | `gateway_reconciler_lag_seconds` | how long the oldest open call due for reconciliation has waited |
+//! | `gateway_cache_lookups_total{cache,outcome}` | reads of the `config` and `collector` caches: `hit`, `miss`, `off` (cache disabled or the change feed down) |
+//! | `gateway_coalesced_ringing_statements`, `..._requests` | transactions that marked accepted dials ringing, and the dials they carried |
+//! | `gateway_coalesced_release_confirmations_statements`, `..._requests` | transactions that cleared confirmed releases from the outbox, and the releases |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +52,12 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: &'static str,
 }
@@ -64,6 +73,7 @@ pub struct GatewayMetrics {
     outbox_oldest: Gauge,
     purges: Gauge,
     reconciler_lag: Gauge,
+    cache: Family<CacheLabels, Counter>,
 }
 
 fn latency() -> Histogram {
@@ -98,6 +108,7 @@ impl GatewayMetrics {
             outbox_oldest: Gauge::default(),
             purges: Gauge::default(),
             reconciler_lag: Gauge::default(),
+            cache: Family::default(),
         };
         registry.register(
             "gateway_make_call_duration_seconds",
@@ -139,6 +150,11 @@ impl GatewayMetrics {
             "How long the oldest open call due for reconciliation has waited",
             m.reconciler_lag.clone(),
         );
+        registry.register(
+            "gateway_cache_lookups",
+            "Reads of the config and collector caches by outcome",
+            m.cache.clone(),
+        );
         m
     }
 
@@ -160,6 +176,13 @@ impl GatewayMetrics {
                 .get_or_create(&PartLabel { part })
                 .observe(d.as_secs_f64());
         }
+    }
+
+    /// Counts one read of a cache by outcome (`hit`, `miss`, `off`).
+    pub fn cache_lookup(&self, cache: &'static str, outcome: &'static str) {
+        self.cache
+            .get_or_create(&CacheLabels { cache, outcome })
+            .inc();
     }
 
     /// Counts one callback by outcome.

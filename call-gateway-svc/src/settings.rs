@@ -2,6 +2,7 @@
 //! `GATEWAY_CONFIG_FILE`, then `GATEWAY__SECTION__KEY` environment variables.
 
 use cco_platform::auth::AuthSettings;
+pub use cco_platform::coalesce::CoalesceSettings;
 use cco_platform::db::DatabaseSettings;
 use cco_platform::listen::{GrpcListener, HttpListener};
 use cco_platform::telemetry::LogSettings;
@@ -31,6 +32,9 @@ pub struct Settings {
     pub calls: CallSettings,
     /// Which Infinity servers tenant configs may point at.
     pub infinity: InfinitySettings,
+    /// Coalescing of concurrent call-path writes: dials accepted (marked ringing) and releases
+    /// confirmed (cleared from the outbox), each group in one transaction.
+    pub coalesce: CoalesceSettings,
     /// Logging.
     pub log: LogSettings,
     /// Seconds in-flight requests get to finish after SIGTERM.
@@ -48,6 +52,7 @@ impl Default for Settings {
             allocator: AllocatorSettings::default(),
             calls: CallSettings::default(),
             infinity: InfinitySettings::default(),
+            coalesce: CoalesceSettings::default(),
             log: LogSettings::default(),
             shutdown_grace_seconds: 30,
         }
@@ -128,6 +133,9 @@ pub struct CallSettings {
     /// A signed callback (`x-cco-timestamp` / `x-cco-signature`) is accepted this many seconds
     /// either side of its timestamp.
     pub signature_tolerance_seconds: u64,
+    /// Tenant configs and collectors read by calls and callbacks are cached this long at most
+    /// (every replica drops its cache when either changes anywhere); 0 turns the cache off.
+    pub cache_ttl_seconds: u64,
 }
 
 impl Default for CallSettings {
@@ -139,26 +147,28 @@ impl Default for CallSettings {
             reconcile_every_seconds: 30,
             max_call_age_seconds: 7_200,
             signature_tolerance_seconds: 300,
-        }
-    }
-}
-
-impl CallSettings {
-    /// The timings as the service uses them.
-    pub fn tuning(&self) -> crate::service::CallTuning {
-        // Validated to at most 30 days (see `Settings::validate`), far inside TimeDelta's range.
-        let secs = |s: u64| {
-            chrono::Duration::try_seconds(i64::try_from(s).unwrap_or(0)).unwrap_or_default()
-        };
-        crate::service::CallTuning {
-            reconcile_after: secs(self.reconcile_after_seconds),
-            max_call_age: secs(self.max_call_age_seconds),
-            reconcile_every: secs(self.reconcile_every_seconds.max(1)),
+            cache_ttl_seconds: 60,
         }
     }
 }
 
 impl Settings {
+    /// The call flow's tuning as the services use it.
+    pub fn tuning(&self) -> crate::service::CallTuning {
+        let c = &self.calls;
+        // Validated to at most 30 days (see `Settings::validate`), far inside TimeDelta's range.
+        let secs = |s: u64| {
+            chrono::Duration::try_seconds(i64::try_from(s).unwrap_or(0)).unwrap_or_default()
+        };
+        crate::service::CallTuning {
+            reconcile_after: secs(c.reconcile_after_seconds),
+            max_call_age: secs(c.max_call_age_seconds),
+            reconcile_every: secs(c.reconcile_every_seconds.max(1)),
+            cache_ttl: std::time::Duration::from_secs(c.cache_ttl_seconds),
+            coalesce: self.coalesce.limits(),
+        }
+    }
+
     /// Loads defaults, the optional file and the environment, then validates.
     ///
     /// # Errors
@@ -218,6 +228,7 @@ impl Settings {
                 1,
                 DAY,
             ),
+            ("calls.cache_ttl_seconds", c.cache_ttl_seconds, 0, DAY),
             (
                 "allocator.timeout_ms",
                 self.allocator.timeout_ms,
@@ -233,6 +244,7 @@ impl Settings {
         ] {
             cco_platform::config::check_range(name, v, lo, hi)?;
         }
+        self.coalesce.check()?;
         if !self.http.enabled {
             anyhow::bail!("http.enabled: the callback port cannot be turned off");
         }

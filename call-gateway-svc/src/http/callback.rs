@@ -30,12 +30,12 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use crate::domain::GwError;
-use crate::domain::call::{Call, CallId};
+use crate::domain::call::{Call, CallId, Completion};
 use crate::domain::config::TenantConfig;
+use crate::domain::{GwError, TenantId};
 use crate::infinity::record::{TimeWindow, completion, customuuid, field, flatten, vendor_text};
 use crate::metrics::GatewayMetrics;
-use crate::service::{CallbackMatch, Settling};
+use crate::service::{CallbackOutcome, Settling};
 use crate::store::calls::{Completed, Unmatched};
 
 /// The most a callback body may weigh.
@@ -223,24 +223,42 @@ impl Shim {
         reply(StatusCode::INTERNAL_SERVER_ERROR, "0")
     }
 
+    /// Settles the call the callback names (in one transaction with the completion) and
+    /// answers; a callback that names no call of the tenant is kept as unmatched.
+    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
-        call: &Call,
+        tenant: &TenantId,
         cfg: &TenantConfig,
+        customuuid: Option<&str>,
+        memberid: Option<&str>,
         fields: &HashMap<String, String>,
         raw: String,
+        peer: SocketAddr,
     ) -> Response {
-        let window = TimeWindow::around(call.created_at, Utc::now());
-        let c = completion(fields, cfg.callback_time_zone, window, raw);
-        match self.settling.settle(call, &c).await {
-            Ok(Completed::Applied) => {
+        // The record is read from the call as locked in the completing transaction: its
+        // creation time bounds the plausible times.
+        let record = |call: &Call| -> Completion {
+            let window = TimeWindow::around(call.created_at, Utc::now());
+            completion(fields, cfg.callback_time_zone, window, raw.clone())
+        };
+        match self
+            .settling
+            .settle_callback(tenant, customuuid, memberid, &record)
+            .await
+        {
+            Ok(CallbackOutcome::Settled(_, Completed::Applied)) => {
                 self.count("completed");
                 reply(StatusCode::OK, "1")
             }
-            Ok(Completed::AlreadyCompleted) => {
-                tracing::info!(call_id = %call.id, "duplicate callback ignored");
+            Ok(CallbackOutcome::Settled(id, Completed::AlreadyCompleted)) => {
+                tracing::info!(call_id = %id, "duplicate callback ignored");
                 self.count("duplicate");
                 reply(StatusCode::OK, "1")
+            }
+            Ok(CallbackOutcome::Unmatched(why)) => {
+                self.unmatched(tenant.as_str(), fields, raw, peer, why)
+                    .await
             }
             Err(e) => self.internal(&e),
         }
@@ -308,19 +326,16 @@ async fn per_tenant(
             return reply(StatusCode::BAD_REQUEST, "0");
         }
     };
-    let found = shim
-        .settling
-        .match_callback(
-            &cfg.tenant_id,
-            customuuid(&fields),
-            field(&fields, "memberid"),
-        )
-        .await;
-    match found {
-        Ok(CallbackMatch::Call(call)) => shim.settle(&call, &cfg, &fields, raw).await,
-        Ok(CallbackMatch::Unmatched(why)) => shim.unmatched(&tenant, &fields, raw, peer, why).await,
-        Err(e) => shim.internal(&e),
-    }
+    shim.settle(
+        &cfg.tenant_id,
+        &cfg,
+        customuuid(&fields),
+        field(&fields, "memberid"),
+        &fields,
+        raw,
+        peer,
+    )
+    .await
 }
 
 async fn generic(
@@ -374,7 +389,19 @@ async fn generic(
         return shim.refuse(r);
     }
     match record {
-        Some(r) => shim.settle(&r, &cfg, &fields, raw).await,
+        // The generic URL matches by customuuid only.
+        Some(r) => {
+            shim.settle(
+                &r.tenant_id,
+                &cfg,
+                Some(r.id.as_str()),
+                None,
+                &fields,
+                raw,
+                peer,
+            )
+            .await
+        }
         None => {
             let why = format!(
                 "no call matches customuuid {}",

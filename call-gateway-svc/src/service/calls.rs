@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cco_platform::coalesce::Batcher;
 use chrono::Utc;
 
 use super::CallTuning;
@@ -24,7 +25,10 @@ use crate::domain::phone::Phone;
 use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey, TenantId};
 use crate::metrics::GatewayMetrics;
 use crate::ports::{Dial, LeaseError, Leases, Pbx, PbxError};
-use crate::store::calls::{CallFilter, CallStore};
+use crate::store::calls::{Accepted, CallFilter, CallStore, Rung};
+
+/// Dials Infinity accepted, waiting to be marked ringing together.
+type Ringing = Batcher<(), Accepted, Result<Rung, GwError>>;
 
 /// A validated MakeCall request.
 #[derive(Debug, Clone)]
@@ -92,6 +96,7 @@ pub struct Calls {
     settling: Settling,
     tuning: CallTuning,
     metrics: GatewayMetrics,
+    ringing: Arc<Ringing>,
 }
 
 impl std::fmt::Debug for Calls {
@@ -120,6 +125,9 @@ impl Calls {
         metrics: GatewayMetrics,
     ) -> Self {
         Self {
+            ringing: Arc::new(Batcher::new(tuning.coalesce, |a: &Accepted| {
+                a.call_id.as_str()
+            })),
             tenants,
             collectors,
             calls,
@@ -128,6 +136,58 @@ impl Calls {
             settling,
             tuning,
             metrics,
+        }
+    }
+
+    pub(super) fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.ringing
+            .register(registry, "gateway_coalesced_ringing", "accepted dials");
+    }
+
+    /// Marks an accepted dial ringing (and the collector's last extension), in one transaction
+    /// with the other dials accepted meanwhile; or finds the call moved on (a callback
+    /// completed it first).
+    async fn accepted(&self, a: Accepted) -> Result<Rung, GwError> {
+        let store = self.calls.clone();
+        let run = move |(), jobs: Vec<Accepted>| {
+            let store = store.clone();
+            async move {
+                match store.mark_ringing(&jobs).await {
+                    Ok(changed) => changed.into_iter().map(Ok).collect(),
+                    // One bad dial must not fail the others: each again on its own.
+                    Err(_) if jobs.len() > 1 => {
+                        let mut out = Vec::with_capacity(jobs.len());
+                        for j in &jobs {
+                            out.push(store.mark_ringing(std::slice::from_ref(j)).await.and_then(
+                                |c| {
+                                    c.into_iter().next().ok_or_else(|| {
+                                        GwError::Internal(anyhow::anyhow!(
+                                            "mark_ringing answered nothing"
+                                        ))
+                                    })
+                                },
+                            ));
+                        }
+                        out
+                    }
+                    Err(e) => vec![Err(e)],
+                }
+            }
+        };
+        let one = a.clone();
+        match self.ringing.submit((), a, run).await {
+            // Held by a callback's transaction: wait for it alone, outside the batch.
+            Some(Ok(Rung::Busy)) => self
+                .calls
+                .mark_ringing(std::slice::from_ref(&one))
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| GwError::Internal(anyhow::anyhow!("mark_ringing answered nothing"))),
+            Some(r) => r,
+            None => Err(GwError::Internal(anyhow::anyhow!(
+                "the ringing batch ended without an answer"
+            ))),
         }
     }
 
@@ -232,7 +292,10 @@ impl Calls {
                 input.tenant
             )));
         }
-        let collector = self.collectors.get(&input.tenant, &input.collector).await?;
+        let collector = self
+            .collectors
+            .for_call(&input.tenant, &input.collector)
+            .await?;
         if !collector.active {
             return Err(GwError::FailedPrecondition(format!(
                 "collector {} is inactive",
@@ -370,18 +433,26 @@ impl Calls {
             let release = |c: &Call| c.owed_release(ReleaseReason::DialFailed);
             match sent {
                 Ok(_) => {
-                    self.calls.mark_ringing(&call.id).await?;
-                    if collector.last_extension_number.as_deref() != Some(extension.as_str()) {
-                        self.calls
-                            .set_last_extension(
-                                call.tenant_id.as_str(),
-                                call.collector_id.as_str(),
-                                &extension,
-                            )
-                            .await?;
-                    }
+                    let rung = self
+                        .accepted(Accepted {
+                            call_id: call.id.clone(),
+                            tenant_id: call.tenant_id.clone(),
+                            collector_id: call.collector_id.clone(),
+                            extension,
+                        })
+                        .await?;
                     tracing::info!(call_id = %call.id, "Infinity accepted the dial");
-                    return self.current(call).await;
+                    return Ok(match rung {
+                        Rung::Ringing => {
+                            call.status = CallStatus::Ringing;
+                            call.updated_at = Utc::now();
+                            call
+                        }
+                        // A callback settled it first: report what it is now.
+                        Rung::MovedOn(now) => *now,
+                        // Not answered by a lone mark; read what it is.
+                        Rung::Busy => self.current(call).await?,
+                    });
                 }
                 Err(e) if e.is_extension_error() => {
                     let code = e.code().unwrap_or_default().to_owned();

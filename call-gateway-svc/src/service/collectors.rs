@@ -1,13 +1,16 @@
 //! Collectors (催员) and their callback numbers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 
+use super::cache::Cache;
 use super::tenants::Tenants;
 use crate::domain::collector::Collector;
 use crate::domain::phone::Phone;
 use crate::domain::{CollectorId, GwError, TenantId};
+use crate::metrics::GatewayMetrics;
 use crate::store::ConfigStore;
 
 /// Most collectors in one page.
@@ -18,6 +21,7 @@ pub const MAX_PAGE: u32 = 1_000;
 pub struct Collectors {
     tenants: Tenants,
     store: Arc<dyn ConfigStore>,
+    cache: Arc<Cache<(TenantId, CollectorId), Collector>>,
 }
 
 impl std::fmt::Debug for Collectors {
@@ -33,8 +37,17 @@ fn not_found(tenant: &TenantId, collector: &CollectorId) -> GwError {
 }
 
 impl Collectors {
-    pub(super) fn new(tenants: Tenants, store: Arc<dyn ConfigStore>) -> Self {
-        Self { tenants, store }
+    pub(super) fn new(
+        tenants: Tenants,
+        store: Arc<dyn ConfigStore>,
+        cache_ttl: Duration,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Self {
+            cache: Arc::new(Cache::new("collector", cache_ttl, store.clone(), metrics)),
+            tenants,
+            store,
+        }
     }
 
     /// Creates or replaces a collector; the callback number is read in the tenant's region
@@ -79,7 +92,22 @@ impl Collectors {
             .await
     }
 
-    /// One collector.
+    /// A collector as a call needs it (active, callback number), read through the cache: its
+    /// last extension may be behind.
+    pub async fn for_call(
+        &self,
+        tenant: &TenantId,
+        collector: &CollectorId,
+    ) -> Result<Collector, GwError> {
+        self.cache
+            .get(&(tenant.clone(), collector.clone()), || {
+                self.store.collector(tenant.as_str(), collector.as_str())
+            })
+            .await?
+            .ok_or_else(|| not_found(tenant, collector))
+    }
+
+    /// One collector, as stored now.
     pub async fn get(
         &self,
         tenant: &TenantId,

@@ -100,7 +100,7 @@ impl Configs {
 
     /// The tenant's config.
     pub async fn get(&self, tenant: &TenantId) -> Result<TenantConfig, GwError> {
-        self.tenants.config(tenant).await
+        self.tenants.fresh(tenant).await
     }
 
     /// A config by id.
@@ -134,7 +134,7 @@ impl Configs {
         if let Some(s) = &generated {
             fields.callback_secret = Some(s.clone());
         }
-        let mut cfg = self.tenants.config(tenant).await?;
+        let mut cfg = self.tenants.fresh(tenant).await?;
         if cfg.version != version {
             return Err(stale(tenant, version, cfg.version));
         }
@@ -155,7 +155,7 @@ impl Configs {
     /// Flips `is_active`; `version` 0 skips the version check (still atomic).
     pub async fn toggle(&self, tenant: &TenantId, version: i64) -> Result<TenantConfig, GwError> {
         for _ in 0..5 {
-            let current = self.tenants.config(tenant).await?;
+            let current = self.tenants.fresh(tenant).await?;
             if version != 0 && current.version != version {
                 return Err(stale(tenant, version, current.version));
             }

@@ -12,6 +12,7 @@
 //! They reach the outside through the ports ([`crate::ports::Leases`], [`crate::ports::Pbx`])
 //! and the stores.
 
+mod cache;
 mod calls;
 mod collectors;
 mod configs;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 pub use calls::{Calls, MakeCall, Recording};
 pub use collectors::{Collectors, MAX_PAGE};
 pub use configs::{Configs, TestReport};
-pub use settling::{CallbackMatch, Settling};
+pub use settling::{CallbackOutcome, Settling};
 pub use tenants::Tenants;
 
 use crate::crypto::Cipher;
@@ -32,7 +33,7 @@ use crate::ports::{Leases, Pbx};
 use crate::store::ConfigStore;
 use crate::store::calls::CallStore;
 
-/// Timings of the call flow's background work.
+/// Tuning of the call flow: its background work, caches and coalescing.
 #[derive(Debug, Clone)]
 pub struct CallTuning {
     /// Open calls are first looked up with GetBill this long after they were created.
@@ -41,6 +42,10 @@ pub struct CallTuning {
     pub max_call_age: chrono::Duration,
     /// How often a claimed open call is looked at again.
     pub reconcile_every: chrono::Duration,
+    /// Longest use of a cached config or collector (zero: no cache).
+    pub cache_ttl: std::time::Duration,
+    /// Coalescing of accepted dials and release confirmations.
+    pub coalesce: cco_platform::coalesce::Limits,
 }
 
 /// The gateway's services, wired once at start-up.
@@ -57,6 +62,12 @@ pub struct Services {
 }
 
 impl Services {
+    /// Registers the coalescing counters.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.calls.register_metrics(registry);
+        self.settling.register_metrics(registry);
+    }
+
     /// Wires the services over the stores and the ports.
     pub fn new(
         configs: Arc<dyn ConfigStore>,
@@ -67,7 +78,7 @@ impl Services {
         tuning: CallTuning,
         metrics: GatewayMetrics,
     ) -> Self {
-        let tenants = Tenants::new(configs.clone(), cipher);
+        let tenants = Tenants::new(configs.clone(), cipher, tuning.cache_ttl, metrics.clone());
         let settling = Settling::new(
             tenants.clone(),
             calls.clone(),
@@ -76,7 +87,12 @@ impl Services {
             tuning.clone(),
             metrics.clone(),
         );
-        let collectors = Collectors::new(tenants.clone(), configs.clone());
+        let collectors = Collectors::new(
+            tenants.clone(),
+            configs.clone(),
+            tuning.cache_ttl,
+            metrics.clone(),
+        );
         Self {
             configs: Configs::new(
                 tenants.clone(),

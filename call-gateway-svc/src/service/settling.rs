@@ -5,25 +5,50 @@
 //! and every step is idempotent.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
+use cco_platform::coalesce::Batcher;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 
 use super::CallTuning;
 use super::tenants::Tenants;
-use crate::domain::call::{Call, CallId, Completion, Release, ReleaseReason};
+use crate::domain::call::{Call, CallId, Release, ReleaseReason};
 use crate::domain::config::TenantConfig;
 use crate::domain::{CaseId, GwError, TenantId};
 use crate::metrics::GatewayMetrics;
 use crate::ports::{LeaseError, Leases, Pbx};
-use crate::store::calls::{CallStore, Completed, PoolPurge, Unmatched};
+use crate::store::calls::{CallStore, Completed, PoolPurge, RecordOf, ReleaseNow, Unmatched};
 
-/// The call a callback names, if any.
-#[derive(Debug, Clone)]
-pub enum CallbackMatch {
-    /// The call (by customuuid, or the open call of the case by memberid).
-    Call(Box<Call>),
+/// What a callback did to the call it names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallbackOutcome {
+    /// The call (by customuuid, or the open call of the case by memberid) took the record, or
+    /// had taken one already.
+    Settled(CallId, Completed),
     /// No call matches; the reason says what was looked for.
     Unmatched(String),
+}
+
+/// Releases the allocator confirmed, waiting to be cleared from the outbox together.
+type Confirmations = Batcher<(), (String, CallId), ()>;
+
+/// The longest a completing transaction waits for the allocator to confirm a release before
+/// it queues the release in the outbox instead.
+pub const RELEASE_IN_TX_DEADLINE: Duration = Duration::from_millis(500);
+
+/// After a release failed or timed out, completions queue their releases without trying for
+/// this long, so an allocator outage does not hold every callback's transaction open.
+const ALLOCATOR_DOWN_FOR_MS: i64 = 5_000;
+
+fn allocator_down(until: &AtomicI64) {
+    until.store(
+        Utc::now()
+            .timestamp_millis()
+            .saturating_add(ALLOCATOR_DOWN_FOR_MS),
+        Ordering::Relaxed,
+    );
 }
 
 /// Settling calls and their leases.
@@ -35,6 +60,9 @@ pub struct Settling {
     pbx: Arc<dyn Pbx>,
     tuning: CallTuning,
     metrics: GatewayMetrics,
+    confirmations: Arc<Confirmations>,
+    /// Until when (Unix milliseconds) releases are not tried inside a transaction.
+    allocator_down_until: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for Settling {
@@ -57,6 +85,10 @@ impl Settling {
         metrics: GatewayMetrics,
     ) -> Self {
         Self {
+            confirmations: Arc::new(Batcher::new(tuning.coalesce, |j: &(String, CallId)| {
+                j.0.as_str()
+            })),
+            allocator_down_until: Arc::default(),
             tenants,
             calls,
             leases,
@@ -64,6 +96,14 @@ impl Settling {
             tuning,
             metrics,
         }
+    }
+
+    pub(super) fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.confirmations.register(
+            registry,
+            "gateway_coalesced_release_confirmations",
+            "release confirmations",
+        );
     }
 
     /// The tenant's config for checking a callback; `None` when the tenant has none (or the
@@ -81,34 +121,36 @@ impl Settling {
         self.calls.call(id).await
     }
 
-    /// The call a tenant's callback names: by `customuuid` (our call id), else the newest open
-    /// call of the case in `memberid`.
-    pub async fn match_callback(
+    /// Settles the call a tenant's callback names with the record `record` makes of it: by
+    /// `customuuid` (our call id), else the newest open call of the case in `memberid`.
+    pub async fn settle_callback(
         &self,
         tenant: &TenantId,
         customuuid: Option<&str>,
         memberid: Option<&str>,
-    ) -> Result<CallbackMatch, GwError> {
-        let case = memberid.and_then(|m| CaseId::parse("memberid", m).ok());
-        let found = match customuuid.and_then(|c| CallId::parse("customuuid", c).ok()) {
-            Some(id) => self
-                .calls
-                .call(&id)
-                .await?
-                .filter(|c| &c.tenant_id == tenant),
-            None => match &case {
-                Some(c) => self.calls.open_call_for_case(tenant, c.as_str()).await?,
+        record: RecordOf<'_>,
+    ) -> Result<CallbackOutcome, GwError> {
+        let id = match customuuid.and_then(|c| CallId::parse("customuuid", c).ok()) {
+            Some(id) => Some(id),
+            None => match memberid.and_then(|m| CaseId::parse("memberid", m).ok()) {
+                Some(case) => self
+                    .calls
+                    .open_call_for_case(tenant, case.as_str())
+                    .await?
+                    .map(|c| c.id),
                 None => None,
             },
         };
-        Ok(match found {
-            Some(c) => CallbackMatch::Call(Box::new(c)),
-            None => CallbackMatch::Unmatched(format!(
-                "no call matches customuuid {} or memberid {}",
-                cco_platform::validate::quote(customuuid.unwrap_or_default()),
-                cco_platform::validate::quote(memberid.unwrap_or_default())
-            )),
-        })
+        if let Some(id) = id
+            && let Some(done) = self.settle(tenant, &id, record).await?
+        {
+            return Ok(CallbackOutcome::Settled(id, done));
+        }
+        Ok(CallbackOutcome::Unmatched(format!(
+            "no call matches customuuid {} or memberid {}",
+            cco_platform::validate::quote(customuuid.unwrap_or_default()),
+            cco_platform::validate::quote(memberid.unwrap_or_default())
+        )))
     }
 
     /// Keeps a callback that matched no call, for audit and reconciliation.
@@ -116,23 +158,62 @@ impl Settling {
         self.calls.insert_unmatched(u).await
     }
 
-    /// Applies Infinity's record of a finished call (callback or GetBill) and frees the lease.
-    #[tracing::instrument(skip_all, fields(call_id = %call.id, tenant_id = %call.tenant_id))]
-    pub async fn settle(&self, call: &Call, c: &Completion) -> Result<Completed, GwError> {
-        let release = call.owed_release(ReleaseReason::CallEnded);
-        let outcome = self.calls.complete(&call.id, c, release.as_ref()).await?;
-        if outcome == Completed::Applied {
-            tracing::info!(result = %c.result.as_str(), talk_seconds = c.talk_seconds, "call completed");
-            if let Some(r) = &release {
+    /// Applies Infinity's record of a finished call (callback or GetBill) and frees the lease,
+    /// in one transaction. On PostgreSQL the release is sent while the transaction holds the
+    /// call (at most [`RELEASE_IN_TX_DEADLINE`]); only if the allocator does not confirm it at
+    /// once is it queued in the outbox, in the same transaction. On SQLite (whose write
+    /// transaction locks the whole database) it is queued and sent after the commit. `None`
+    /// when the tenant has no such call.
+    #[tracing::instrument(skip_all, fields(call_id = %id, tenant_id = %tenant))]
+    pub async fn settle(
+        &self,
+        tenant: &TenantId,
+        id: &CallId,
+        record: RecordOf<'_>,
+    ) -> Result<Option<Completed>, GwError> {
+        let leases = self.leases.clone();
+        let down_until = self.allocator_down_until.clone();
+        let release_now = move |r: Release| -> BoxFuture<'static, bool> {
+            let (leases, down_until) = (leases.clone(), down_until.clone());
+            Box::pin(async move {
+                if Utc::now().timestamp_millis() < down_until.load(Ordering::Relaxed) {
+                    return false;
+                }
+                match tokio::time::timeout(RELEASE_IN_TX_DEADLINE, leases.release(&r)).await {
+                    Ok(Ok(_) | Err(LeaseError::Refused(_))) => true,
+                    Ok(Err(LeaseError::Unreachable(e))) => {
+                        tracing::warn!(lease_id = %r.lease_id, error = %e, "release failed; queued in the outbox");
+                        allocator_down(&down_until);
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!(lease_id = %r.lease_id, "allocator slow to release; queued in the outbox");
+                        allocator_down(&down_until);
+                        false
+                    }
+                }
+            })
+        };
+        let in_tx: Option<ReleaseNow<'_>> = self.calls.locks_rows().then_some(&release_now);
+        let Some(done) = self
+            .calls
+            .complete(tenant, id, record, ReleaseReason::CallEnded, in_tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if done.outcome == Completed::Applied {
+            tracing::info!(result = ?done.call.result.map(|r| r.as_str()), talk_seconds = ?done.call.talk_seconds, "call completed");
+            if let (Some(r), false) = (&done.release, done.tried) {
                 self.flush_release(r).await;
             }
         }
-        Ok(outcome)
+        Ok(Some(done.outcome))
     }
 
     /// Sends one owed release to the allocator now; on success (or when the allocator knows no
-    /// such lease) the outbox row goes, otherwise it stays for the background worker. Never
-    /// fails the caller.
+    /// such lease) the outbox row goes (confirmations arriving together are cleared in one
+    /// transaction), otherwise it stays for the background worker. Never fails the caller.
     pub async fn flush_release(&self, r: &Release) {
         let done = match self.leases.release(r).await {
             Ok(_) | Err(LeaseError::Refused(_)) => true,
@@ -143,8 +224,21 @@ impl Settling {
                 false
             }
         };
-        if done && let Err(e) = self.calls.outbox_done(&r.lease_id, &r.call_id).await {
-            tracing::warn!(error = %e, "could not clear the outbox row; it will be retried");
+        if done {
+            let calls = self.calls.clone();
+            let run = move |(), jobs: Vec<(String, CallId)>| {
+                let calls = calls.clone();
+                async move {
+                    if let Err(e) = calls.outbox_done(&jobs).await {
+                        tracing::warn!(error = %e, releases = jobs.len(), "could not clear confirmed releases from the outbox; they will be sent again");
+                    }
+                    vec![(); jobs.len()]
+                }
+            };
+            let _ = self
+                .confirmations
+                .submit((), (r.lease_id.clone(), r.call_id.clone()), run)
+                .await;
         }
     }
 
@@ -215,7 +309,8 @@ impl Settling {
         if let Some(cfg) = &cfg {
             match self.pbx.find_record(cfg, call, now).await {
                 Ok(Some(c)) => {
-                    self.settle(call, &c).await?;
+                    self.settle(&call.tenant_id, &call.id, &|_| c.clone())
+                        .await?;
                     return Ok(());
                 }
                 Ok(None) => {}

@@ -3,23 +3,27 @@
 //! handles a clear one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use uuid::Uuid;
 
+use super::cache::Cache;
 use crate::crypto::Cipher;
 use crate::domain::config::{
     ApiEncoding, CallMode, CallerSelection, Credentials, Strategy, TenantConfig,
 };
 use crate::domain::phone::{NumberKind, Phone, parse_region};
 use crate::domain::{GwError, TenantId};
+use crate::metrics::GatewayMetrics;
 use crate::store::{ConfigRow, ConfigStore, Versioned};
 
-/// Tenant configs in and out of the store.
+/// Tenant configs in and out of the store, the call path's reads through a cache.
 #[derive(Clone)]
 pub struct Tenants {
     store: Arc<dyn ConfigStore>,
     cipher: Cipher,
+    cache: Arc<Cache<TenantId, TenantConfig>>,
 }
 
 impl std::fmt::Debug for Tenants {
@@ -42,9 +46,19 @@ pub(crate) fn no_config(tenant: &TenantId) -> GwError {
 }
 
 impl Tenants {
-    /// Over `store`, sealing with `cipher`.
-    pub fn new(store: Arc<dyn ConfigStore>, cipher: Cipher) -> Self {
-        Self { store, cipher }
+    /// Over `store`, sealing with `cipher`; configs read on the call path are cached for at
+    /// most `cache_ttl` (zero: not cached).
+    pub fn new(
+        store: Arc<dyn ConfigStore>,
+        cipher: Cipher,
+        cache_ttl: Duration,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Self {
+            cache: Arc::new(Cache::new("config", cache_ttl, store.clone(), metrics)),
+            store,
+            cipher,
+        }
     }
 
     fn seal(&self, s: &SecretString, tenant: &str, field: &str) -> Result<String, GwError> {
@@ -205,23 +219,29 @@ impl Tenants {
             .await
     }
 
-    /// The tenant's config; `NotFound` when it has none.
+    /// The tenant's config, read through the cache (the call path); `NotFound` when it has
+    /// none.
     pub async fn config(&self, tenant: &TenantId) -> Result<TenantConfig, GwError> {
-        let row = self
-            .store
-            .config_by_tenant(tenant.as_str())
-            .await?
-            .ok_or_else(|| no_config(tenant))?;
-        self.open_row(row)
+        self.find(tenant).await?.ok_or_else(|| no_config(tenant))
     }
 
-    /// The tenant's config, or `None`.
+    /// The tenant's config through the cache, or `None`.
     pub async fn find(&self, tenant: &TenantId) -> Result<Option<TenantConfig>, GwError> {
-        match self.config(tenant).await {
-            Ok(c) => Ok(Some(c)),
-            Err(GwError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.cache.get(tenant, || self.stored(tenant)).await
+    }
+
+    /// The tenant's config as stored now (administration reads it past the cache), or `None`.
+    pub async fn stored(&self, tenant: &TenantId) -> Result<Option<TenantConfig>, GwError> {
+        self.store
+            .config_by_tenant(tenant.as_str())
+            .await?
+            .map(|row| self.open_row(row))
+            .transpose()
+    }
+
+    /// The tenant's config as stored now; `NotFound` when it has none.
+    pub async fn fresh(&self, tenant: &TenantId) -> Result<TenantConfig, GwError> {
+        self.stored(tenant).await?.ok_or_else(|| no_config(tenant))
     }
 
     /// A config by id.

@@ -9,7 +9,55 @@ use sqlx::Row;
 use super::rows::{call_from, record_from, row_from};
 use super::{PgGatewayStore, SqliteGatewayStore, db_err};
 use crate::domain::call::{Call, CallId, CallStatus, Completion, Lease, Release, ReleaseReason};
-use crate::domain::{GwError, TenantId};
+use crate::domain::{CollectorId, GwError, TenantId};
+
+/// An outbox row is due for the background worker this long after it was written: whoever
+/// writes it sends the release at once, and the row is deleted when the allocator confirms, so
+/// the worker only sees rows whose immediate release failed or whose writer went away.
+pub const RELEASE_GRACE: chrono::Duration = chrono::Duration::seconds(5);
+
+/// A dial Infinity accepted: the call goes dialing -> ringing, and the collector's last
+/// extension is written if it changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub call_id: CallId,
+    pub tenant_id: TenantId,
+    pub collector_id: CollectorId,
+    pub extension: String,
+}
+
+/// What marking an accepted dial ringing found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rung {
+    /// dialing -> ringing.
+    Ringing,
+    /// The call had moved on (a callback completed it first): here it is.
+    MovedOn(Box<Call>),
+    /// Another transaction holds the call (a callback completing it): not waited for inside a
+    /// batch, so that one call cannot hold up the others; mark it again on its own.
+    Busy,
+}
+
+/// What completing a call did.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub outcome: Completed,
+    /// The call as it stands afterwards.
+    pub call: Call,
+    /// The release still owed and queued in the outbox with the completion, if any.
+    pub release: Option<Release>,
+    /// Whether the release was already tried inside the transaction (then the outbox row is
+    /// left to the background worker instead of being sent again at once).
+    pub tried: bool,
+}
+
+/// Builds a call's completion from the call as locked in the completing transaction.
+pub type RecordOf<'a> = &'a (dyn Fn(&Call) -> Completion + Send + Sync);
+
+/// Sends a release while the completing transaction holds the call; true when the allocator
+/// confirmed it (or knows no such lease), so no outbox row is written at all.
+pub type ReleaseNow<'a> =
+    &'a (dyn Fn(Release) -> futures::future::BoxFuture<'static, bool> + Send + Sync);
 
 /// A callback that matched no call.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,8 +149,13 @@ pub trait CallStore: Send + Sync + 'static {
         tenant: &TenantId,
         case_id: &str,
     ) -> Result<Option<Call>, GwError>;
-    /// dialing -> ringing (only from dialing); returns whether it changed.
-    async fn mark_ringing(&self, id: &CallId) -> Result<bool, GwError>;
+    /// Whether a transaction locks only the rows it touches (PostgreSQL), so it may stay open
+    /// across a short request to the allocator; SQLite locks the whole database.
+    fn locks_rows(&self) -> bool;
+    /// dialing -> ringing (only from dialing) for every accepted dial, and each collector's
+    /// last extension, in one transaction; returns, per dial, what it found (a callback may
+    /// have completed the call already).
+    async fn mark_ringing(&self, accepted: &[Accepted]) -> Result<Vec<Rung>, GwError>;
     /// Records a new dial attempt on another extension.
     async fn set_attempt(&self, id: &CallId, lease: &Lease, attempts: u32) -> Result<(), GwError>;
     /// dialing -> failed with the reason; queues the release unless `release` is none.
@@ -115,13 +168,19 @@ pub trait CallStore: Send + Sync + 'static {
     ) -> Result<(), GwError>;
     /// dialing -> unknown (lease kept).
     async fn mark_unknown(&self, id: &CallId, message: &str) -> Result<bool, GwError>;
-    /// Completes an open (or expired) record and queues the release, in one transaction.
+    /// Completes a tenant's open (or expired) call with the record `record` makes of it, in one
+    /// transaction that locks the call first. The release it owes (reason `reason`) is sent by
+    /// `release_now` inside the transaction when given (see [`Self::locks_rows`]); whatever
+    /// is still owed after that is queued in the outbox in the same transaction. `None` when
+    /// the tenant has no such call.
     async fn complete(
         &self,
+        tenant: &TenantId,
         id: &CallId,
-        c: &Completion,
-        release: Option<&Release>,
-    ) -> Result<Completed, GwError>;
+        record: RecordOf<'_>,
+        reason: ReleaseReason,
+        release_now: Option<ReleaseNow<'_>>,
+    ) -> Result<Option<Settled>, GwError>;
     /// open -> expired and queues the release, in one transaction; false if no longer open.
     async fn expire(&self, id: &CallId, release: Option<&Release>) -> Result<bool, GwError>;
     /// Open calls whose reconcile time has come; claims them until `claim_until`.
@@ -146,8 +205,9 @@ pub trait CallStore: Send + Sync + 'static {
         claim_until: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Release>, GwError>;
-    /// The allocator confirmed: drop the row and mark the call's lease released.
-    async fn outbox_done(&self, lease_id: &str, call: &CallId) -> Result<(), GwError>;
+    /// The allocator confirmed these releases (lease id, call): drop their rows and mark the
+    /// calls' leases released, in one transaction.
+    async fn outbox_done(&self, done: &[(String, CallId)]) -> Result<(), GwError>;
     /// The allocator could not be reached: try again at `next`.
     async fn outbox_retry(
         &self,
@@ -179,13 +239,6 @@ pub trait CallStore: Send + Sync + 'static {
     ) -> Result<(), GwError>;
     /// The next caller-number index of a tenant (0, 1, 2, ...).
     async fn next_caller_index(&self, tenant_id: &str) -> Result<i64, GwError>;
-    /// Writes the collector's last extension.
-    async fn set_last_extension(
-        &self,
-        tenant_id: &str,
-        collector_id: &str,
-        ext: &str,
-    ) -> Result<(), GwError>;
 }
 
 macro_rules! record_cols {
@@ -220,7 +273,7 @@ where
 }
 
 macro_rules! call_store {
-    ($name:ident, $db:ty, $begin_write:literal) => {
+    ($name:ident, $db:ty, $begin_write:literal, $lock:literal, $skip_locked:literal, $row_locks:literal) => {
         impl $name {
             async fn write_tx(&self) -> Result<sqlx::Transaction<'static, $db>, GwError> {
                 if $begin_write.is_empty() {
@@ -233,30 +286,28 @@ macro_rules! call_store {
 
         async fn queue_release<'c>(tx: &mut sqlx::Transaction<'c, $db>, o: &Release, now: DateTime<Utc>) -> Result<(), GwError> {
             // The same lease is queued once; a second completion of the same call cannot add it again.
-            let exists: Option<String> = sqlx::query_scalar("select lease_id from lease_release_outbox where lease_id = $1")
-                .bind(&o.lease_id)
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(db_err)?;
-            if exists.is_none() {
-                sqlx::query(
-                    "insert into lease_release_outbox (lease_id, call_id, fencing_token, reason, attempts, next_attempt_at, created_at, updated_at) \
-                     values ($1, $2, $3, $4, 0, $5, $5, $5)",
-                )
-                .bind(&o.lease_id)
-                .bind(o.call_id.as_str())
-                .bind(o.fencing_token)
-                .bind(o.reason.as_str())
-                .bind(now)
-                .execute(&mut **tx)
-                .await
-                .map_err(db_err)?;
-            }
+            sqlx::query(
+                "insert into lease_release_outbox (lease_id, call_id, fencing_token, reason, attempts, next_attempt_at, created_at, updated_at) \
+                 values ($1, $2, $3, $4, 0, $5, $6, $6) on conflict (lease_id) do nothing",
+            )
+            .bind(&o.lease_id)
+            .bind(o.call_id.as_str())
+            .bind(o.fencing_token)
+            .bind(o.reason.as_str())
+            .bind(now + RELEASE_GRACE)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
             Ok(())
         }
 
         #[async_trait]
         impl CallStore for $name {
+            fn locks_rows(&self) -> bool {
+                $row_locks
+            }
+
             async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
                 let r = &row_from(call)?;
                 let res = sqlx::query(concat!(
@@ -330,15 +381,74 @@ macro_rules! call_store {
             // the planner cannot prove them to imply the partial index of open calls and walk
             // that index (every open call, and every dead entry since the last vacuum) instead
             // of the primary key. Same meaning: status is never null.
-            async fn mark_ringing(&self, id: &CallId) -> Result<bool, GwError> {
-                let n = sqlx::query("update communication_records set status = 'ringing', updated_at = $2 where call_id = $1 and coalesce(status = 'dialing', false)")
-                    .bind(id.as_str())
-                    .bind(Utc::now())
-                    .execute(&self.pool)
+            async fn mark_ringing(&self, accepted: &[Accepted]) -> Result<Vec<Rung>, GwError> {
+                // A batch skips calls another transaction holds; a lone dial waits for them.
+                let skip = accepted.len() > 1;
+                let now = Utc::now();
+                let mut rung = vec![Rung::Ringing; accepted.len()];
+                // Rows are taken in one order (calls by id, then collectors by key), so two
+                // batches never wait on each other in a cycle.
+                let mut calls: Vec<(usize, &Accepted)> = accepted.iter().enumerate().collect();
+                calls.sort_by(|a, b| a.1.call_id.as_str().cmp(b.1.call_id.as_str()));
+                let mut collectors: Vec<&Accepted> = accepted.iter().collect();
+                // Stable: of one collector's dials, the last accepted comes last and is kept.
+                collectors.sort_by(|a, b| (a.tenant_id.as_str(), a.collector_id.as_str()).cmp(&(b.tenant_id.as_str(), b.collector_id.as_str())));
+                let mut tx = self.write_tx().await?;
+                for (i, a) in calls {
+                    let n = if skip {
+                        sqlx::query(concat!(
+                            "update communication_records set status = 'ringing', updated_at = $2 where call_id = \
+                             (select call_id from communication_records where call_id = $1", $skip_locked, ") \
+                             and coalesce(status = 'dialing', false)"
+                        ))
+                    } else {
+                        sqlx::query("update communication_records set status = 'ringing', updated_at = $2 where call_id = $1 and coalesce(status = 'dialing', false)")
+                    }
+                    .bind(a.call_id.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
                     .await
                     .map_err(db_err)?
                     .rows_affected();
-                Ok(n == 1)
+                    if n == 0 {
+                        // Read in the same transaction: no second round of commits for it.
+                        let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where call_id = $1"))
+                            .bind(a.call_id.as_str())
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                        let call = call_from(record_from(&row).map_err(db_err)?)?;
+                        if let Some(r) = rung.get_mut(i) {
+                            // Still dialing, yet not updated: skipped, being completed.
+                            *r = if call.status == CallStatus::Dialing {
+                                Rung::Busy
+                            } else {
+                                Rung::MovedOn(Box::new(call))
+                            };
+                        }
+                    }
+                }
+                for (k, a) in collectors.iter().enumerate() {
+                    let same_next = collectors.get(k + 1).is_some_and(|b| b.tenant_id == a.tenant_id && b.collector_id == a.collector_id);
+                    if same_next {
+                        continue;
+                    }
+                    // Written only when it changed: most calls of a collector reuse nothing,
+                    // but an unchanged row is not rewritten.
+                    sqlx::query(
+                        "update collectors set last_extension_number = $3, updated_at = $4 where tenant_id = $1 and collector_id = $2 \
+                         and (last_extension_number is null or last_extension_number <> $3)",
+                    )
+                    .bind(a.tenant_id.as_str())
+                    .bind(a.collector_id.as_str())
+                    .bind(&a.extension)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(rung)
             }
 
             async fn set_attempt(&self, id: &CallId, l: &Lease, attempts: u32) -> Result<(), GwError> {
@@ -387,39 +497,86 @@ macro_rules! call_store {
                 Ok(n == 1)
             }
 
-            async fn complete(&self, id: &CallId, c: &Completion, release: Option<&Release>) -> Result<Completed, GwError> {
+            async fn complete(
+                &self,
+                tenant: &TenantId,
+                id: &CallId,
+                record: RecordOf<'_>,
+                reason: ReleaseReason,
+                release_now: Option<ReleaseNow<'_>>,
+            ) -> Result<Option<Settled>, GwError> {
                 let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
                 let now = Utc::now();
                 let mut tx = self.write_tx().await?;
-                // Only an open or expired record takes a completion: a duplicate (same Infinity uuid,
-                // or any second report) finds it completed and changes nothing.
-                let res = sqlx::query(
+                let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where call_id = $1", $lock))
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let call = call_from(record_from(&row).map_err(db_err)?)?;
+                if &call.tenant_id != tenant {
+                    return Ok(None);
+                }
+                // Only an open or expired record takes a completion: a duplicate (same Infinity
+                // uuid, or any second report) finds it completed and changes nothing.
+                if !(call.status.is_open() || call.status == CallStatus::Expired) {
+                    return Ok(Some(Settled { outcome: Completed::AlreadyCompleted, call, release: None, tried: false }));
+                }
+                let c = record(&call);
+                let owed = call.owed_release(reason);
+                let res = sqlx::query(concat!(
                     "update communication_records set status = 'completed', result = $2, start_time = $3, answer_time = $4, \
                      end_time = $5, talk_seconds = $6, total_seconds = $7, hangup_cause = $8, hangup_side = $9, \
                      record_url = $10, record_filename = $11, infinity_uuid = $12, infinity_cdr_id = $13, raw_callback = $14, \
                      error_code = null, error_message = null, updated_at = $15 \
-                     where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown', 'expired'), false)",
-                )
+                     where call_id = $1 returning ", record_cols!()
+                ))
                 .bind(id.as_str()).bind(c.result.as_str()).bind(c.start_time).bind(c.answer_time).bind(c.end_time)
                 .bind(int(c.talk_seconds)).bind(int(c.total_seconds)).bind(c.hangup_cause.map(int)).bind(c.hangup_side.map(|h| h.as_str()))
                 .bind(&c.record_url).bind(&c.record_filename).bind(&c.infinity_uuid).bind(c.infinity_cdr_id.and_then(|v| i64::try_from(v).ok()))
                 .bind(&c.raw).bind(now)
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await;
-                let n = match res {
-                    Ok(r) => r.rows_affected(),
-                    // The same Infinity uuid already completed another record: a duplicate.
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(Completed::AlreadyCompleted),
+                let updated = match res {
+                    Ok(r) => call_from(record_from(&r).map_err(db_err)?)?,
+                    // The same Infinity uuid already completed another call of the tenant: a
+                    // duplicate (the transaction is rolled back).
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                        return Ok(Some(Settled { outcome: Completed::AlreadyCompleted, call, release: None, tried: false }));
+                    }
                     Err(e) => return Err(db_err(e)),
                 };
-                if n == 0 {
-                    return Ok(Completed::AlreadyCompleted);
-                }
-                if let Some(o) = release {
-                    queue_release(&mut tx, o, now).await?;
-                }
+                // Only now that the completion is written (it can still turn out a duplicate
+                // above) may the lease go: it is sent while this transaction holds the call. If
+                // the commit failed afterwards, the call would stay open with its lease already
+                // free; the callback's retry completes it and the second release changes nothing.
+                let tried = owed.is_some() && release_now.is_some();
+                let released = match (&owed, release_now) {
+                    (Some(r), Some(send)) => send(r.clone()).await,
+                    _ => false,
+                };
+                let mut updated = updated;
+                let release = match owed {
+                    Some(_) if released => {
+                        sqlx::query("update communication_records set lease_released = true where call_id = $1")
+                            .bind(id.as_str())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                        updated.lease_released = true;
+                        None
+                    }
+                    Some(o) => {
+                        queue_release(&mut tx, &o, now).await?;
+                        Some(o)
+                    }
+                    None => None,
+                };
                 tx.commit().await.map_err(db_err)?;
-                Ok(Completed::Applied)
+                Ok(Some(Settled { outcome: Completed::Applied, call: updated, release, tried }))
             }
 
             async fn expire(&self, id: &CallId, release: Option<&Release>) -> Result<bool, GwError> {
@@ -570,21 +727,26 @@ macro_rules! call_store {
                 Ok(out)
             }
 
-            async fn outbox_done(&self, lease_id: &str, call: &CallId) -> Result<(), GwError> {
+            async fn outbox_done(&self, done: &[(String, CallId)]) -> Result<(), GwError> {
+                let now = Utc::now();
+                let mut sorted: Vec<&(String, CallId)> = done.iter().collect();
+                sorted.sort_by(|a, b| a.0.cmp(&b.0));
                 let mut tx = self.write_tx().await?;
-                sqlx::query("delete from lease_release_outbox where lease_id = $1")
-                    .bind(lease_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                // Once: the request path and the background worker may both confirm one release.
-                sqlx::query("update communication_records set lease_released = true, updated_at = $3 where call_id = $1 and lease_id = $2 and lease_released = false")
-                    .bind(call.as_str())
-                    .bind(lease_id)
-                    .bind(Utc::now())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                for (lease_id, call) in sorted {
+                    sqlx::query("delete from lease_release_outbox where lease_id = $1")
+                        .bind(lease_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    // Once: the request path and the background worker may both confirm one release.
+                    sqlx::query("update communication_records set lease_released = true, updated_at = $3 where call_id = $1 and lease_id = $2 and lease_released = false")
+                        .bind(call.as_str())
+                        .bind(lease_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
                 tx.commit().await.map_err(db_err)
             }
 
@@ -602,13 +764,14 @@ macro_rules! call_store {
 
             async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, GwError> {
                 // Open calls are counted through the partial index of open calls; the outboxes
-                // are small. Read outside any transaction: a gauge, not an invariant.
+                // are small. One read-only transaction: one commit for the three reads.
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
                 let rows = sqlx::query(
                     "select status, count(*) as n, min(case when reconcile_after <= $1 then reconcile_after end) as due \
                      from communication_records where status in ('dialing', 'ringing', 'unknown') group by status",
                 )
                 .bind(now)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(db_err)?;
                 let mut open = Vec::new();
@@ -626,13 +789,14 @@ macro_rules! call_store {
                     }
                 }
                 let outbox = sqlx::query("select count(*) as n, min(created_at) as oldest from lease_release_outbox")
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *tx)
                     .await
                     .map_err(db_err)?;
                 let pool_purges: i64 = sqlx::query_scalar("select count(*) from pool_purge_outbox")
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *tx)
                     .await
                     .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
                 Ok(Snapshot {
                     now,
                     open,
@@ -689,6 +853,7 @@ macro_rules! call_store {
                 .await
                 .map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
+                self.feed.bump();
                 Ok(Some(DeletedConfig {
                     config_id,
                     calls_ended: u32::try_from(open.len()).unwrap_or(u32::MAX),
@@ -768,27 +933,30 @@ macro_rules! call_store {
                 .map_err(db_err)
             }
 
-            async fn set_last_extension(&self, tenant_id: &str, collector_id: &str, ext: &str) -> Result<(), GwError> {
-                sqlx::query("update collectors set last_extension_number = $3, updated_at = $4 where tenant_id = $1 and collector_id = $2")
-                    .bind(tenant_id)
-                    .bind(collector_id)
-                    .bind(ext)
-                    .bind(Utc::now())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            }
         }
     };
 }
 
 mod pg {
     use super::*;
-    call_store!(PgGatewayStore, sqlx::Postgres, "");
+    call_store!(
+        PgGatewayStore,
+        sqlx::Postgres,
+        "",
+        " for update",
+        " for update skip locked",
+        true
+    );
 }
 
 mod lite {
     use super::*;
-    call_store!(SqliteGatewayStore, sqlx::Sqlite, "begin immediate");
+    call_store!(
+        SqliteGatewayStore,
+        sqlx::Sqlite,
+        "begin immediate",
+        "",
+        "",
+        false
+    );
 }

@@ -7,10 +7,15 @@
 pub mod calls;
 mod rows;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
 use async_trait::async_trait;
 use cco_platform::db::DbError;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
+use tokio_util::sync::CancellationToken;
 
 use self::rows::{collector_from, collector_row, collector_row_from};
 use crate::domain::GwError;
@@ -93,6 +98,117 @@ pub trait ConfigStore: Send + Sync + 'static {
     ) -> Result<Vec<Collector>, GwError>;
     /// Deletes a collector; false when there was none.
     async fn delete_collector(&self, tenant_id: &str, collector_id: &str) -> Result<bool, GwError>;
+    /// A number that moves whenever a config or a collector changes, on any replica: a value
+    /// cached under one epoch may be used while the epoch is unchanged. `None` while this
+    /// replica cannot tell (its change feed is down): nothing cached may be used then.
+    async fn cache_epoch(&self) -> Result<Option<u64>, GwError>;
+    /// Follows the changes other replicas make until `stop`, keeping [`Self::cache_epoch`]
+    /// true: PostgreSQL LISTENs on `gateway_cache` (migration 0005 notifies at commit).
+    /// Returns at once on SQLite, whose epoch is a counter in the database itself.
+    async fn follow_changes(&self, stop: CancellationToken);
+}
+
+/// The channel the triggers of migration 0005 notify on.
+const CHANGES_CHANNEL: &str = "gateway_cache";
+
+/// What this replica knows of changes to configs and collectors (PostgreSQL): an epoch bumped
+/// by every notification, by every reconnection of the listener (notifications may have been
+/// missed meanwhile) and by this replica's own writes (so it never waits for its own
+/// notification); and whether the listener is connected.
+#[derive(Debug, Default)]
+pub(crate) struct Feed {
+    epoch: AtomicU64,
+    live: AtomicBool,
+}
+
+impl Feed {
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn current(&self) -> Option<u64> {
+        self.live
+            .load(Ordering::SeqCst)
+            .then(|| self.epoch.load(Ordering::SeqCst))
+    }
+
+    fn set_live(&self, live: bool) {
+        // Bumped on both edges: whatever was cached before a gap is not trusted after it.
+        self.bump();
+        self.live.store(live, Ordering::SeqCst);
+    }
+}
+
+impl PgGatewayStore {
+    async fn epoch(&self) -> Result<Option<u64>, GwError> {
+        Ok(self.feed.current())
+    }
+
+    /// LISTENs on a connection of its own (not one of the pool's), reconnecting with a
+    /// backoff; the cache is not trusted while the listener is down.
+    async fn follow(&self, stop: CancellationToken) {
+        let mut delay = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let listener = async {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .max_lifetime(None)
+                    .idle_timeout(None)
+                    .connect_with((*self.pool.connect_options()).clone())
+                    .await?;
+                let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                l.ignore_pool_close_event(true);
+                l.listen(CHANGES_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = tokio::select! {
+                () = stop.cancelled() => break,
+                l = listener => match l {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for config changes; caches off until it can");
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
+            delay = Duration::from_millis(100);
+            self.feed.set_live(true);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    n = listener.try_recv() => match n {
+                        Ok(Some(_)) => self.feed.bump(),
+                        // Lost and already reconnected: what happened in between is unknown.
+                        Ok(None) => self.feed.bump(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "config change listener lost; caches off until it is back");
+                            self.feed.set_live(false);
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+        self.feed.set_live(false);
+    }
+}
+
+impl SqliteGatewayStore {
+    async fn epoch(&self) -> Result<Option<u64>, GwError> {
+        let n: i64 = sqlx::query_scalar("select n from cache_epoch where id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(Some(n.unsigned_abs()))
+    }
+
+    #[allow(clippy::unused_async)]
+    async fn follow(&self, _stop: CancellationToken) {}
 }
 
 /// A stored value that does not parse: a bug or a hand-edited row, reported as internal.
@@ -180,12 +296,13 @@ macro_rules! sql_store {
         #[derive(Debug, Clone)]
         pub struct $name {
             pool: $pool,
+            feed: Arc<Feed>,
         }
 
         impl $name {
             /// Wraps a migrated pool.
             pub fn new(pool: $pool) -> Self {
-                Self { pool }
+                Self { pool, feed: Arc::default() }
             }
         }
 
@@ -193,6 +310,14 @@ macro_rules! sql_store {
         impl ConfigStore for $name {
             fn backend(&self) -> &'static str {
                 $backend
+            }
+
+            async fn cache_epoch(&self) -> Result<Option<u64>, GwError> {
+                self.epoch().await
+            }
+
+            async fn follow_changes(&self, stop: CancellationToken) {
+                self.follow(stop).await;
             }
 
             async fn insert_config(&self, c: &ConfigRow) -> Result<(), GwError> {
@@ -213,7 +338,10 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await;
                 match res {
-                    Ok(_) => Ok(()),
+                    Ok(_) => {
+                        self.feed.bump();
+                        Ok(())
+                    }
                     Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(GwError::AlreadyExists(format!(
                         "tenant_id: tenant {} already has an Infinity call config",
                         c.tenant_id
@@ -267,6 +395,7 @@ macro_rules! sql_store {
                 .map_err(db_err)?
                 .rows_affected();
                 if done == 1 {
+                    self.feed.bump();
                     return Ok(Versioned::Updated);
                 }
                 let current: Option<i64> = sqlx::query_scalar("select version from infinity_call_configs where tenant_id = $1")
@@ -290,6 +419,7 @@ macro_rules! sql_store {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(db_err)?;
+                self.feed.bump();
                 collector_from(collector_row(&row).map_err(db_err)?)
             }
 
@@ -335,6 +465,7 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_err)?
                     .rows_affected();
+                self.feed.bump();
                 Ok(n == 1)
             }
         }

@@ -106,6 +106,16 @@ impl Stack {
         with_allocator: bool,
         tweak: impl FnOnce(&mut Settings),
     ) -> Self {
+        Self::start_tuned(backend, with_allocator, tweak, |_| {}).await
+    }
+
+    /// [`Stack::start`] with the allocator's settings tweaked too.
+    pub async fn start_tuned(
+        backend: Backend,
+        with_allocator: bool,
+        tweak: impl FnOnce(&mut Settings),
+        tweak_allocator: impl FnOnce(&mut allocator_svc::settings::Settings),
+    ) -> Self {
         cco_platform::telemetry::init_for_tests();
         let gw_grpc = listener().await;
         let gw_http = listener().await;
@@ -122,6 +132,7 @@ impl Stack {
             s.policy.cache_ttl_ms = 0;
             s.reaper.interval_ms = 200;
             s.shutdown_grace_seconds = 5;
+            tweak_allocator(&mut s);
             let app = allocator_svc::app::Application::build_with(s, Some((al_grpc, None)))
                 .await
                 .unwrap();
@@ -334,15 +345,31 @@ pub async fn setup(
     extensions: &[&str],
     tweak: impl FnOnce(&mut call_gateway_svc::settings::Settings),
 ) -> Ctx {
+    setup_tuned(b, mode, extensions, tweak, |_| {}).await
+}
+
+/// [`setup`] with the allocator's settings tweaked too.
+pub async fn setup_tuned(
+    b: Backend,
+    mode: pb::CallMode,
+    extensions: &[&str],
+    tweak: impl FnOnce(&mut call_gateway_svc::settings::Settings),
+    tweak_allocator: impl FnOnce(&mut allocator_svc::settings::Settings),
+) -> Ctx {
     let sim = sim().await;
-    let stack = Stack::start(b, true, |s| {
-        s.calls.outbox_interval_ms = 100;
-        s.calls.reconcile_interval_ms = 100;
-        s.calls.reconcile_after_seconds = 1;
-        s.calls.reconcile_every_seconds = 1;
-        s.calls.max_call_age_seconds = 600;
-        tweak(s);
-    })
+    let stack = Stack::start_tuned(
+        b,
+        true,
+        |s| {
+            s.calls.outbox_interval_ms = 100;
+            s.calls.reconcile_interval_ms = 100;
+            s.calls.reconcile_after_seconds = 1;
+            s.calls.reconcile_every_seconds = 1;
+            s.calls.max_call_age_seconds = 600;
+            tweak(s);
+        },
+        tweak_allocator,
+    )
     .await;
     let mut c = stack.configs(ADMIN).await;
     let mut input = valid_input("t1", &sim.api_url());
@@ -569,4 +596,52 @@ pub async fn send_raw(
     grpc.unary(req, path, Raw)
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// Runs one statement on a database directly: an operator (or another program) writing a row
+/// behind the services' back.
+pub async fn exec_sql(db_url: &str, sql: &str) -> u64 {
+    let mut s = cco_platform::db::DatabaseSettings::sqlite_default("x");
+    s.url = db_url.to_owned();
+    let pool = cco_platform::db::DbPool::connect(&s).await.unwrap();
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    let n = match &pool {
+        cco_platform::db::DbPool::Postgres(p) => {
+            sqlx::query(sql).execute(p).await.unwrap().rows_affected()
+        }
+        cco_platform::db::DbPool::Sqlite(p) => {
+            sqlx::query(sql).execute(p).await.unwrap().rows_affected()
+        }
+    };
+    pool.close().await;
+    n
+}
+
+/// A second gateway replica on the stack's database and allocator; returns it with a Calls
+/// client (caller key) and an admin Collectors client of its own.
+pub async fn second_replica(
+    stack: &Stack,
+    tweak: impl FnOnce(&mut Settings),
+) -> (Running, CallsClient, Collectors) {
+    let mut s = gateway_settings(
+        &stack.gateway_db.url,
+        &format!("http://{}", stack.allocator.as_ref().unwrap().addr),
+    );
+    tweak(&mut s);
+    let grpc = listener().await;
+    let addr = grpc.local_addr().unwrap();
+    let app = Application::build_with(s, Some((grpc, listener().await)))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let running = Running { addr, stop, handle };
+    let ch = running.channel().await;
+    let calls =
+        pb::calls_client::CallsClient::with_interceptor(ch.clone(), BearerInterceptor::new(CALLER));
+    let admin = pb::collectors_client::CollectorsClient::with_interceptor(
+        ch,
+        BearerInterceptor::new(ADMIN),
+    );
+    (running, calls, admin)
 }

@@ -12,3 +12,4 @@ mod integration;
 mod log_secrets;
 mod mixed_run;
 mod tls;
+mod work_per_call;
