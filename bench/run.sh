@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 if [ -n "${BENCH_DATABASE_URL:-}" ]; then
   export TEST_DATABASE_URL="$BENCH_DATABASE_URL"
 else
-  pg_start
+  # pg_stat_statements: loadgen's calls mode reports statements per call from it.
+  pg_start "shared_preload_libraries=pg_stat_statements"
   export TEST_DATABASE_URL="$PG_URL"
 fi
 secs="${SECONDS_PER_POINT:-10}"
@@ -45,6 +46,13 @@ for db in ("postgres", "sqlite"):
 for r in rows:
     if r["mode"] in ("calls", "stats"):
         print(f"{r['mode']:<9}{r['clients']:>8}  {r['per_second']:>10.0f} ops/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.2f} ms  errors {r['errors'] or 'none'}")
+for r in rows:
+    if r["mode"] == "calls":
+        parts = "  ".join(f"{k} {v:.2f}" for k, v in r.get("phases", {}).items())
+        commits = "  ".join(f"{k} {v:.2f}" for k, v in r.get("db_commits_per_call", {}).items())
+        trips = "  ".join(f"{k} {v:.2f}" for k, v in r.get("db_round_trips_per_call", {}).items())
+        print(f"calls {r['clients']} clients: {parts}")
+        print(f"    commits per call: {commits or 'n/a'}    statements per call: {trips or 'n/a'}")
 for r in rows:
     if r["mode"] == "acquire-release" and r.get("phases"):
         ph = "  ".join(f"{k} {v:.2f}" for k, v in r["phases"].items())
