@@ -24,10 +24,13 @@ fn starts_on_sqlite_defaults_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // The file is created before the port is bound; waiting for both keeps another test's
+    // listener (the freed port handed out again) from passing for ours.
+    let db = dir.path().join("data/allocator.db");
+    while !db.exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "allocator did not start listening"
+            "allocator did not create data/allocator.db and start listening"
         );
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
