@@ -302,6 +302,51 @@ macro_rules! call_store {
             Ok(())
         }
 
+        /// Claims the rows of an outbox table that are due at `now`, at most `limit`: each row
+        /// read has its due time moved to `claim_until` where it is still the one read (a
+        /// replica that read the same row loses there). Returns the rows claimed, as read.
+        async fn claim_due<'c>(
+            tx: &mut sqlx::Transaction<'c, $db>,
+            table: &'static str,
+            key: &'static str,
+            cols: &'static str,
+            now: DateTime<Utc>,
+            claim_until: DateTime<Utc>,
+            limit: u32,
+        ) -> Result<Vec<<$db as sqlx::Database>::Row>, GwError> {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "select {key}, {cols}, attempts, next_attempt_at from {table} \
+                 where next_attempt_at <= $1 order by next_attempt_at limit $2"
+            )))
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_err)?;
+            let claim = format!(
+                "update {table} set next_attempt_at = $3, attempts = attempts + 1, updated_at = $4 \
+                 where {key} = $1 and next_attempt_at = $2"
+            );
+            let mut claimed = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: String = row.try_get(key).map_err(db_err)?;
+                let due: DateTime<Utc> = row.try_get("next_attempt_at").map_err(db_err)?;
+                let n = sqlx::query(sqlx::AssertSqlSafe(claim.clone()))
+                    .bind(&id)
+                    .bind(due)
+                    .bind(claim_until)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                if n == 1 {
+                    claimed.push(row);
+                }
+            }
+            Ok(claimed)
+        }
+
         #[async_trait]
         impl CallStore for $name {
             fn locks_rows(&self) -> bool {
@@ -689,42 +734,21 @@ macro_rules! call_store {
 
             async fn claim_outbox(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<Release>, GwError> {
                 let mut tx = self.write_tx().await?;
-                let rows = sqlx::query(
-                    "select lease_id, call_id, fencing_token, reason, attempts, next_attempt_at from lease_release_outbox \
-                     where next_attempt_at <= $1 order by next_attempt_at limit $2",
-                )
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let lease_id: String = row.try_get("lease_id").map_err(db_err)?;
-                    let due: DateTime<Utc> = row.try_get("next_attempt_at").map_err(db_err)?;
-                    let n = sqlx::query("update lease_release_outbox set next_attempt_at = $3, attempts = attempts + 1, updated_at = $4 where lease_id = $1 and next_attempt_at = $2")
-                        .bind(&lease_id)
-                        .bind(due)
-                        .bind(claim_until)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?
-                        .rows_affected();
-                    if n == 1 {
+                let rows = claim_due(&mut tx, "lease_release_outbox", "lease_id", "call_id, fencing_token, reason", now, claim_until, limit).await?;
+                tx.commit().await.map_err(db_err)?;
+                rows.iter()
+                    .map(|row| {
                         let call_id: String = row.try_get("call_id").map_err(db_err)?;
                         let reason: String = row.try_get("reason").map_err(db_err)?;
-                        out.push(Release {
-                            lease_id,
+                        Ok(Release {
+                            lease_id: row.try_get("lease_id").map_err(db_err)?,
                             call_id: CallId::parse("call_id", &call_id).map_err(|_| crate::store::corrupt("outbox call_id"))?,
                             fencing_token: row.try_get("fencing_token").map_err(db_err)?,
                             reason: ReleaseReason::parse(&reason).ok_or_else(|| crate::store::corrupt("outbox reason"))?,
                             attempts: row.try_get::<i32, _>("attempts").map_err(db_err)?.saturating_add(1),
-                        });
-                    }
-                }
-                tx.commit().await.map_err(db_err)?;
-                Ok(out)
+                        })
+                    })
+                    .collect()
             }
 
             async fn outbox_done(&self, done: &[(String, CallId)]) -> Result<(), GwError> {
@@ -863,39 +887,17 @@ macro_rules! call_store {
 
             async fn claim_pool_purges(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<PoolPurge>, GwError> {
                 let mut tx = self.write_tx().await?;
-                let rows = sqlx::query(
-                    "select config_id, tenant_id, attempts, next_attempt_at from pool_purge_outbox \
-                     where next_attempt_at <= $1 order by next_attempt_at limit $2",
-                )
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let config_id: String = row.try_get("config_id").map_err(db_err)?;
-                    let due: DateTime<Utc> = row.try_get("next_attempt_at").map_err(db_err)?;
-                    // Claim by moving the due time; a replica that read the same row loses here.
-                    let n = sqlx::query("update pool_purge_outbox set next_attempt_at = $3, attempts = attempts + 1, updated_at = $4 where config_id = $1 and next_attempt_at = $2")
-                        .bind(&config_id)
-                        .bind(due)
-                        .bind(claim_until)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?
-                        .rows_affected();
-                    if n == 1 {
-                        out.push(PoolPurge {
-                            config_id,
+                let rows = claim_due(&mut tx, "pool_purge_outbox", "config_id", "tenant_id", now, claim_until, limit).await?;
+                tx.commit().await.map_err(db_err)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(PoolPurge {
+                            config_id: row.try_get("config_id").map_err(db_err)?,
                             tenant_id: row.try_get("tenant_id").map_err(db_err)?,
                             attempts: row.try_get::<i32, _>("attempts").map_err(db_err)?.saturating_add(1),
-                        });
-                    }
-                }
-                tx.commit().await.map_err(db_err)?;
-                Ok(out)
+                        })
+                    })
+                    .collect()
             }
 
             async fn pool_purge_done(&self, config_id: &str) -> Result<(), GwError> {
