@@ -149,6 +149,7 @@ impl Settings {
     /// Names the setting that is wrong.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.auth.keys()?;
+        self.log.validate("log")?;
         if Strategy::parse(&self.policy.static_strategy).is_none() {
             anyhow::bail!(
                 "policy.static_strategy: must be lru, round_robin or collector_affinity, got {:?}",

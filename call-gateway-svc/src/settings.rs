@@ -188,6 +188,7 @@ impl Settings {
         self.cipher()?;
         self.grpc.validate("grpc")?;
         self.http.validate("http")?;
+        self.log.validate("log")?;
         self.allowed_hosts()?;
         let c = &self.calls;
         const DAY: u64 = 86_400;
@@ -272,5 +273,42 @@ impl Settings {
     pub fn cipher(&self) -> anyhow::Result<Cipher> {
         Cipher::from_settings(self.crypto.keys.expose_secret(), &self.crypto.active_key_id)
             .map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    type Spoil = fn(&mut Settings);
+
+    /// Out-of-range values of the call path's settings are refused with the key named.
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: [(&str, Spoil); 5] = [
+            ("calls.cache_ttl_seconds", |s| {
+                s.calls.cache_ttl_seconds = 86_401;
+            }),
+            ("coalesce.max_batch", |s| s.coalesce.max_batch = 0),
+            ("coalesce.in_flight", |s| s.coalesce.in_flight = 65),
+            ("log.otlp_endpoint", |s| {
+                s.log.otlp_endpoint = "collector:4317".into();
+            }),
+            ("log.otlp_endpoint", |s| {
+                s.log.otlp_endpoint = "http://".into();
+            }),
+        ];
+        for (key, spoil) in cases {
+            let mut s = Settings::default();
+            s.validate().unwrap();
+            spoil(&mut s);
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "want {key} named, got {err}");
+        }
+        let mut s = Settings::default();
+        s.calls.cache_ttl_seconds = 0;
+        s.log.otlp_endpoint = "https://collector.example:4317".into();
+        s.validate().unwrap();
     }
 }

@@ -47,10 +47,10 @@ pub enum ServiceName {
 pub async fn serve(service: ServiceName) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn(cco_platform::grpc::shutdown_signal(stop.clone()));
-    match service {
+    let served = match service {
         ServiceName::Allocator => {
             let s = allocator_svc::settings::Settings::load()?;
-            cco_platform::telemetry::init(&s.log);
+            cco_platform::telemetry::init(&s.log, "allocator-svc");
             allocator_svc::app::Application::build(s)
                 .await?
                 .run_until_stopped(stop)
@@ -58,20 +58,22 @@ pub async fn serve(service: ServiceName) -> anyhow::Result<()> {
         }
         ServiceName::Gateway => {
             let s = call_gateway_svc::settings::Settings::load()?;
-            cco_platform::telemetry::init(&s.log);
+            cco_platform::telemetry::init(&s.log, "call-gateway-svc");
             call_gateway_svc::app::Application::build(s)
                 .await?
                 .run_until_stopped(stop)
                 .await
         }
-    }
+    };
+    cco_platform::telemetry::shutdown().await;
+    served
 }
 
 /// Runs the stack until Ctrl-C or SIGTERM.
 pub async fn run(args: StackArgs) -> anyhow::Result<()> {
     let mut alloc = allocator_svc::settings::Settings::load()?;
     let mut gw = call_gateway_svc::settings::Settings::load()?;
-    cco_platform::telemetry::init(&gw.log);
+    cco_platform::telemetry::init(&gw.log, "cco-stack");
 
     let sim = Simulator::start(SimConfig {
         host: "127.0.0.1".into(),
@@ -162,6 +164,7 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
     let a = alloc_task.await;
     let g = gw_task.await;
     sim.stop().await;
+    cco_platform::telemetry::shutdown().await;
     for r in [a, g] {
         r.map_err(|e| anyhow::anyhow!("service task failed: {e}"))??;
     }

@@ -442,7 +442,8 @@ impl fmt::Debug for BearerInterceptor {
 }
 
 impl BearerInterceptor {
-    /// Builds the interceptor; an empty or non-ASCII key sends no header.
+    /// Builds the interceptor (it also carries the trace context, see
+    /// [`crate::telemetry::inject`]); an empty or non-ASCII key sends no header.
     pub fn new(key: &str) -> Self {
         let value = if key.is_empty() {
             None
@@ -458,6 +459,7 @@ impl tonic::service::Interceptor for BearerInterceptor {
         if let Some(v) = &self.value {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        crate::telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }

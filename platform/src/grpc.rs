@@ -343,7 +343,9 @@ pub type RpcTraceLayer = tower_http::trace::TraceLayer<
 /// A trace layer that opens one span per RPC, named after the gRPC path.
 pub fn trace_layer() -> RpcTraceLayer {
     fn make_span(req: &http::Request<tonic::body::Body>) -> tracing::Span {
-        tracing::info_span!("rpc", path = %req.uri().path())
+        let span = tracing::info_span!("rpc", path = %req.uri().path());
+        crate::telemetry::adopt_parent(&span, req.headers());
+        span
     }
     // Non-OK gRPC codes are mostly the client's business (INVALID_ARGUMENT, NOT_FOUND, ...):
     // the services log their own internal errors, so the layer reports failures at debug.

@@ -53,7 +53,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let settings = (spec.load)()?;
-    crate::telemetry::init((spec.log)(&settings));
+    crate::telemetry::init((spec.log)(&settings), spec.name);
     match command {
         ServiceCommand::CheckConfig => {
             println!("configuration ok");
@@ -69,7 +69,9 @@ where
         ServiceCommand::Serve => {
             let token = CancellationToken::new();
             tokio::spawn(crate::grpc::shutdown_signal(token.clone()));
-            serve(settings, token).await
+            let served = serve(settings, token).await;
+            crate::telemetry::shutdown().await;
+            served
         }
     }
 }

@@ -77,7 +77,7 @@ fn starts_on_sqlite_defaults_and_stops_on_sigterm() {
 
 #[test]
 fn bad_settings_fail_with_the_key_named() {
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
         (
             &[("ALLOCATOR__POLICY__STATIC_STRATEGY", "fastest")],
             "policy.static_strategy",
@@ -98,6 +98,10 @@ fn bad_settings_fail_with_the_key_named() {
             "coalesce.in_flight",
         ),
         (&[("ALLOCATOR__COALESCE__MAX_BATCH", "many")], "max_batch"),
+        (
+            &[("ALLOCATOR__LOG__OTLP_ENDPOINT", "collector:4317")],
+            "log.otlp_endpoint",
+        ),
     ];
     for (env, key) in cases {
         let dir = tempfile::tempdir().unwrap();

@@ -5,3 +5,4 @@ mod common;
 mod faults;
 mod pg_restart;
 mod stack;
+mod tracing;
