@@ -1336,13 +1336,11 @@ async fn invalid_input_names_the_field(b: Backend) {
     app.shutdown().await;
 }
 
-/// Every RPC needs a key; pool administration needs admin; a scoped key never reaches another
-/// tenant's data; health and reflection stay open.
-async fn auth_keys_roles_and_scopes(b: Backend) {
+/// Every RPC needs a key: none or a wrong one is UNAUTHENTICATED.
+async fn every_rpc_needs_a_key(b: Backend) {
     let (_db, app) = start(b, |_| {}).await;
     let mut admin = app.pool(ADMIN).await;
     import(&mut admin, "t-a", &["1"]).await;
-    let ids_b = import(&mut admin, "t-b", &["2"]).await;
     // No key / wrong key.
     for key in ["", "wrong-key-123"] {
         let mut c = app.alloc(key).await;
@@ -1358,6 +1356,14 @@ async fn auth_keys_roles_and_scopes(b: Backend) {
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
     }
+    app.shutdown().await;
+}
+
+/// Pool administration needs the admin role; a peer key may lease.
+async fn only_admin_keys_administer_the_pool(b: Backend) {
+    let (_db, app) = start(b, |_| {}).await;
+    let mut admin = app.pool(ADMIN).await;
+    import(&mut admin, "t-a", &["1"]).await;
     // Wrong role: caller and peer keys cannot administer the pool.
     for key in [CALLER, PEER] {
         let mut p = app.pool(key).await;
@@ -1375,6 +1381,16 @@ async fn auth_keys_roles_and_scopes(b: Backend) {
     let mut peer = app.alloc(PEER).await;
     let pl = lease(&mut peer, "t-a", "c", LRU).await;
     release(&mut peer, &pl).await;
+    app.shutdown().await;
+}
+
+/// A key scoped to a tenant leases there, and never reaches another tenant's data: acquire,
+/// stats, release and renew of its leases, its extensions; the other tenant's lease stays live.
+async fn scoped_keys_never_reach_another_tenant(b: Backend) {
+    let (_db, app) = start(b, |_| {}).await;
+    let mut admin = app.pool(ADMIN).await;
+    import(&mut admin, "t-a", &["1"]).await;
+    let ids_b = import(&mut admin, "t-b", &["2"]).await;
     // Scoped keys: their tenant works, the other is refused and untouched.
     let mut scoped = app.alloc(SCOPED).await;
     let mine = lease(&mut scoped, "t-a", "c", LRU).await;
@@ -1452,6 +1468,12 @@ async fn auth_keys_roles_and_scopes(b: Backend) {
         .into_inner();
     assert_eq!(ext.current_lease_id, theirs.lease_id);
     release(&mut scoped, &mine).await;
+    app.shutdown().await;
+}
+
+/// Health and reflection stay open without a key.
+async fn health_and_reflection_need_no_key(b: Backend) {
+    let (_db, app) = start(b, |_| {}).await;
     // Health and reflection need no key.
     let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
     let h = health
@@ -1543,6 +1565,9 @@ cco_platform::on_every_backend!(
     stats_match_the_rows_after_concurrent_changes,
     opposite_batch_deletes_and_releases_do_not_deadlock,
     invalid_input_names_the_field,
-    auth_keys_roles_and_scopes,
+    every_rpc_needs_a_key,
+    only_admin_keys_administer_the_pool,
+    scoped_keys_never_reach_another_tenant,
+    health_and_reflection_need_no_key,
     metrics_endpoint_reports_outcomes,
 );

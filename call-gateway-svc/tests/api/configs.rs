@@ -556,27 +556,36 @@ async fn peers_read_policies(b: Backend) {
     stack.shutdown().await;
 }
 
-/// Collectors: numbers normalised in the tenant's region, pagination, filters, delete; a tenant
-/// without a config cannot have collectors.
-async fn collectors_crud(b: Backend) {
+/// A gateway with tenant `t-mx` (region MX) and an admin Collectors client.
+async fn mx_tenant(b: Backend) -> (Stack, Collectors) {
     let stack = Stack::gateway_only(b).await;
     let mut admin = stack.configs(ADMIN).await;
     let mut mx = valid_input("t-mx", API);
     mx.phone_region = "MX".into();
     mx.caller_number_pool = vec!["55 1234 5678".into()];
     create(&mut admin, mx).await;
-    let mut c = stack.collectors(ADMIN).await;
-    let ana = c
-        .upsert_collector(pb::UpsertCollectorRequest {
-            tenant_id: "t-mx".into(),
-            collector_id: "ana".into(),
-            callback_number: "55 8765 4321".into(),
-            display_name: "Ana".into(),
-            active: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let c = stack.collectors(ADMIN).await;
+    (stack, c)
+}
+
+async fn upsert(c: &mut Collectors, id: &str, number: &str) -> pb::Collector {
+    c.upsert_collector(pb::UpsertCollectorRequest {
+        tenant_id: "t-mx".into(),
+        collector_id: id.into(),
+        callback_number: number.into(),
+        display_name: String::new(),
+        active: None,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// A collector's number is read in the tenant's region; an upsert replaces name, number and
+/// state; any caller of the tenant reads it back.
+async fn collectors_are_read_in_the_tenants_region_and_replaced(b: Backend) {
+    let (stack, mut c) = mx_tenant(b).await;
+    let ana = upsert(&mut c, "ana", "55 8765 4321").await;
     assert_eq!(
         (ana.callback_number.as_str(), ana.active),
         ("+525587654321", true)
@@ -600,16 +609,34 @@ async fn collectors_crud(b: Backend) {
         ),
         ("", "Ana M", false)
     );
-    for i in 0..12 {
-        c.upsert_collector(pb::UpsertCollectorRequest {
+    upsert(&mut c, "c00", "5512345678").await;
+    let caller_view = stack
+        .collectors(CALLER)
+        .await
+        .get_collector(pb::GetCollectorRequest {
             tenant_id: "t-mx".into(),
-            collector_id: format!("c{i:02}"),
-            callback_number: "5512345678".into(),
-            display_name: String::new(),
-            active: None,
+            collector_id: "c00".into(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(caller_view.callback_number, "+525512345678");
+    stack.shutdown().await;
+}
+
+/// Listing pages through every collector in id order, and filters by state.
+async fn collectors_page_and_filter_by_state(b: Backend) {
+    let (stack, mut c) = mx_tenant(b).await;
+    c.upsert_collector(pb::UpsertCollectorRequest {
+        tenant_id: "t-mx".into(),
+        collector_id: "ana".into(),
+        active: Some(false),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..12 {
+        upsert(&mut c, &format!("c{i:02}"), "5512345678").await;
     }
     let mut ids = Vec::new();
     let mut token = String::new();
@@ -643,17 +670,13 @@ async fn collectors_crud(b: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(active.collectors.len(), 12);
-    let caller_view = stack
-        .collectors(CALLER)
-        .await
-        .get_collector(pb::GetCollectorRequest {
-            tenant_id: "t-mx".into(),
-            collector_id: "c00".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(caller_view.callback_number, "+525512345678");
+    stack.shutdown().await;
+}
+
+/// A bad number or id is refused with the field named; a tenant without a config cannot have
+/// collectors.
+async fn bad_collectors_are_refused(b: Backend) {
+    let (stack, mut c) = mx_tenant(b).await;
     let bad = c
         .upsert_collector(pb::UpsertCollectorRequest {
             tenant_id: "t-mx".into(),
@@ -691,6 +714,13 @@ async fn collectors_crud(b: Backend) {
         .await
         .unwrap_err();
     assert_eq!(none.code(), Code::FailedPrecondition);
+    stack.shutdown().await;
+}
+
+/// A deleted collector is gone; deleting it again is NOT_FOUND.
+async fn deleted_collectors_are_gone(b: Backend) {
+    let (stack, mut c) = mx_tenant(b).await;
+    upsert(&mut c, "ana", "55 8765 4321").await;
     c.delete_collector(pb::DeleteCollectorRequest {
         tenant_id: "t-mx".into(),
         collector_id: "ana".into(),
@@ -793,6 +823,9 @@ cco_platform::on_every_backend!(
     keys_and_roles,
     scoped_keys_stay_in_their_tenant,
     peers_read_policies,
-    collectors_crud,
+    collectors_are_read_in_the_tenants_region_and_replaced,
+    collectors_page_and_filter_by_state,
+    bad_collectors_are_refused,
+    deleted_collectors_are_gone,
     delete_refused_while_live,
 );

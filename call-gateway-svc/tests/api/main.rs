@@ -10,6 +10,7 @@ mod hostile;
 mod infinity_client;
 mod integration;
 mod log_secrets;
+mod metrics;
 mod mixed_run;
 mod tls;
 mod work_per_call;
