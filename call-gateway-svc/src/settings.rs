@@ -286,7 +286,7 @@ mod tests {
     /// Out-of-range values of the call path's settings are refused with the key named.
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(&str, Spoil); 5] = [
+        let cases: [(&str, Spoil); 6] = [
             ("calls.cache_ttl_seconds", |s| {
                 s.calls.cache_ttl_seconds = 86_401;
             }),
@@ -298,6 +298,9 @@ mod tests {
             ("log.otlp_endpoint", |s| {
                 s.log.otlp_endpoint = "http://".into();
             }),
+            ("log.otlp_endpoint", |s| {
+                s.log.otlp_endpoint = "https://collector.example:4317".into();
+            }),
         ];
         for (key, spoil) in cases {
             let mut s = Settings::default();
@@ -308,7 +311,7 @@ mod tests {
         }
         let mut s = Settings::default();
         s.calls.cache_ttl_seconds = 0;
-        s.log.otlp_endpoint = "https://collector.example:4317".into();
+        s.log.otlp_endpoint = "http://collector.example:4317".into();
         s.validate().unwrap();
     }
 }

@@ -440,8 +440,18 @@ impl Calls {
                             collector_id: call.collector_id.clone(),
                             extension,
                         })
-                        .await?;
+                        .await;
                     tracing::info!(call_id = %call.id, "Infinity accepted the dial");
+                    let rung = match rung {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // The dial went out: the caller must get its call id, never an
+                            // error it might retry into a second dial. The record stays
+                            // dialing with its lease; the callback or the reconciler settles it.
+                            tracing::warn!(call_id = %call.id, error = %e, "could not mark the accepted dial ringing");
+                            return Ok(call);
+                        }
+                    };
                     return Ok(match rung {
                         Rung::Ringing => {
                             call.status = CallStatus::Ringing;

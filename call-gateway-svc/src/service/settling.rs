@@ -38,7 +38,11 @@ type Confirmations = Batcher<(), (String, CallId), ()>;
 /// it queues the release in the outbox instead.
 pub const RELEASE_IN_TX_DEADLINE: Duration = Duration::from_millis(500);
 
-/// After a release failed or timed out, completions queue their releases without trying for
+/// A release confirmed slower than this also sends the next completions' releases through the
+/// outbox for a while (see [`ALLOCATOR_DOWN_FOR_MS`]).
+const RELEASE_IN_TX_SLOW: Duration = Duration::from_millis(100);
+
+/// After a release failed, timed out or was slow, completions queue their releases without trying for
 /// this long, so an allocator outage does not hold every callback's transaction open.
 const ALLOCATOR_DOWN_FOR_MS: i64 = 5_000;
 
@@ -179,8 +183,17 @@ impl Settling {
                 if Utc::now().timestamp_millis() < down_until.load(Ordering::Relaxed) {
                     return false;
                 }
+                let started = std::time::Instant::now();
                 match tokio::time::timeout(RELEASE_IN_TX_DEADLINE, leases.release(&r)).await {
-                    Ok(Ok(_) | Err(LeaseError::Refused(_))) => true,
+                    Ok(Ok(_) | Err(LeaseError::Refused(_))) => {
+                        if started.elapsed() > RELEASE_IN_TX_SLOW {
+                            // Confirmed, but slowly: while the allocator is this slow, do not
+                            // hold callbacks' transactions (and connections) open for it.
+                            tracing::warn!(lease_id = %r.lease_id, ms = started.elapsed().as_millis(), "allocator slow to release; releases go through the outbox for a while");
+                            allocator_down(&down_until);
+                        }
+                        true
+                    }
                     Ok(Err(LeaseError::Unreachable(e))) => {
                         tracing::warn!(lease_id = %r.lease_id, error = %e, "release failed; queued in the outbox");
                         allocator_down(&down_until);

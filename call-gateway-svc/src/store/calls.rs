@@ -753,20 +753,26 @@ macro_rules! call_store {
 
             async fn outbox_done(&self, done: &[(String, CallId)]) -> Result<(), GwError> {
                 let now = Utc::now();
-                let mut sorted: Vec<&(String, CallId)> = done.iter().collect();
-                sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                // Calls first, then outbox rows, each in key order: the order every other
+                // transaction that touches both takes them in.
+                let mut by_call: Vec<&(String, CallId)> = done.iter().collect();
+                by_call.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+                let mut by_lease: Vec<&(String, CallId)> = done.iter().collect();
+                by_lease.sort_by(|a, b| a.0.cmp(&b.0));
                 let mut tx = self.write_tx().await?;
-                for (lease_id, call) in sorted {
-                    sqlx::query("delete from lease_release_outbox where lease_id = $1")
-                        .bind(lease_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
+                for (lease_id, call) in by_call {
                     // Once: the request path and the background worker may both confirm one release.
                     sqlx::query("update communication_records set lease_released = true, updated_at = $3 where call_id = $1 and lease_id = $2 and lease_released = false")
                         .bind(call.as_str())
                         .bind(lease_id)
                         .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                for (lease_id, _) in by_lease {
+                    sqlx::query("delete from lease_release_outbox where lease_id = $1")
+                        .bind(lease_id)
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;
@@ -842,11 +848,7 @@ macro_rules! call_store {
                 let Some(config_id) = config_id else {
                     return Ok(None);
                 };
-                sqlx::query("delete from collectors where tenant_id = $1")
-                    .bind(tenant_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                // Calls before collectors: the order the ringing marks take rows in.
                 let open = sqlx::query(concat!(
                     "update communication_records set status = 'failed', error_code = $2, \
                      error_message = 'the tenant''s Infinity config was deleted while the call was open', updated_at = $3 \
@@ -858,6 +860,11 @@ macro_rules! call_store {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(db_err)?;
+                sqlx::query("delete from collectors where tenant_id = $1")
+                    .bind(tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
                 let mut releases = Vec::new();
                 for row in &open {
                     let call = call_from(record_from(row).map_err(db_err)?)?;

@@ -145,7 +145,10 @@ impl PgGatewayStore {
     }
 
     /// LISTENs on a connection of its own (not one of the pool's), reconnecting with a
-    /// backoff; the cache is not trusted while the listener is down.
+    /// backoff; the cache is not trusted while the listener is down. The connection is
+    /// pinged every [`LISTENER_PING`], so a half-open one (a failover, a partition) is noticed
+    /// instead of silently missing notifications; a lost connection is re-established here,
+    /// not inside sqlx, so nothing counts as live before its LISTEN has succeeded.
     async fn follow(&self, stop: CancellationToken) {
         let mut delay = Duration::from_millis(100);
         while !stop.is_cancelled() {
@@ -154,10 +157,12 @@ impl PgGatewayStore {
                     .max_connections(1)
                     .max_lifetime(None)
                     .idle_timeout(None)
+                    .acquire_timeout(Duration::from_secs(5))
                     .connect_with((*self.pool.connect_options()).clone())
                     .await?;
                 let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
                 l.ignore_pool_close_event(true);
+                l.eager_reconnect(false);
                 l.listen(CHANGES_CHANNEL).await?;
                 Ok::<_, sqlx::Error>(l)
             };
@@ -178,15 +183,29 @@ impl PgGatewayStore {
             };
             delay = Duration::from_millis(100);
             self.feed.set_live(true);
+            let mut ping = tokio::time::interval(LISTENER_PING);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ping.tick().await;
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
+                    _ = ping.tick() => {
+                        let alive = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            sqlx::query("select 1").execute(&mut listener),
+                        )
+                        .await;
+                        if !matches!(alive, Ok(Ok(_))) {
+                            tracing::warn!("config change listener does not answer; caches off until it is back");
+                            self.feed.set_live(false);
+                            break;
+                        }
+                    }
                     n = listener.try_recv() => match n {
                         Ok(Some(_)) => self.feed.bump(),
-                        // Lost and already reconnected: what happened in between is unknown.
-                        Ok(None) => self.feed.bump(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "config change listener lost; caches off until it is back");
+                        // Ok(None): the connection was lost (not re-established: see above).
+                        Ok(None) | Err(_) => {
+                            tracing::warn!("config change listener lost; caches off until it is back");
                             self.feed.set_live(false);
                             break;
                         }
@@ -197,6 +216,9 @@ impl PgGatewayStore {
         self.feed.set_live(false);
     }
 }
+
+/// How often the change listener's connection is checked.
+const LISTENER_PING: Duration = Duration::from_secs(15);
 
 impl SqliteGatewayStore {
     async fn epoch(&self) -> Result<Option<u64>, GwError> {

@@ -241,3 +241,79 @@ cco_platform::on_every_backend!(
     caches_follow_changes_made_elsewhere,
     no_cache_reads_every_time
 );
+
+/// The sessions of the gateway's change listener on its database.
+async fn listener_sessions(db_url: &str) -> Vec<i32> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(db_url).await.unwrap();
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "select pid from pg_stat_activity where datname = current_database() \
+         and (query like 'LISTEN%' or query = 'select 1')",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    pids
+}
+
+/// The change listener's connection is killed: the replica listens again on a new one, and a
+/// change made by hand afterwards still reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caches_follow_changes_after_the_listener_reconnects() {
+    let mut ctx = setup(
+        Backend::Postgres,
+        pb::CallMode::DoubleCall,
+        &["8001", "8002", "8003", "8004"],
+        |_| {},
+    )
+    .await;
+    let url = ctx.stack.gateway_db.url.clone();
+    ctx.calls
+        .make_call(req("alice", "13900139001"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let pids = listener_sessions(&url).await;
+        if let [pid] = pids[..] {
+            break pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no listener: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    exec_sql(&url, &format!("select pg_terminate_backend({first})")).await;
+    loop {
+        let pids = listener_sessions(&url).await;
+        if let [pid] = pids[..]
+            && pid != first
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener never came back: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ctx.calls
+        .make_call(req("alice", "13900139002"))
+        .await
+        .unwrap();
+    exec_sql(
+        &url,
+        "update collectors set active = false where collector_id = 'alice'",
+    )
+    .await;
+    refused_soon(
+        &mut ctx.calls,
+        "alice",
+        Code::FailedPrecondition,
+        "inactive",
+    )
+    .await;
+    ctx.shutdown().await;
+}
