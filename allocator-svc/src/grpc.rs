@@ -37,21 +37,31 @@ impl From<AllocError> for Status {
     }
 }
 
-/// Which roles may call each method; pool administration is admin-only.
+/// Which roles may call each method; pool administration is admin-only. People (JWTs):
+/// admin administers their tenants' pools; supervisor reads them and force-releases
+/// (Release of any lease, ReleaseExtension, ForceReleaseCollector); collectors never call the
+/// allocator (the gateway leases for them).
 pub fn roles(path: &str) -> Option<&'static [Role]> {
-    const ANY: &[Role] = &[Role::Admin, Role::Caller, Role::Peer];
-    const ADMIN: &[Role] = &[Role::Admin];
+    use Role::{Admin, Caller, Peer, Supervisor};
+    const SERVICES: &[Role] = &[Admin, Caller, Peer];
+    const RELEASE: &[Role] = &[Admin, Caller, Peer, Supervisor];
+    const ADMIN: &[Role] = &[Admin];
+    const FORCE: &[Role] = &[Admin, Supervisor];
     // The gateway (peer) reads the pool for TestConnection and takes extensions offline when
     // Infinity reports them broken (codes 1010-1014); it never imports or deletes.
-    const ADMIN_OR_PEER: &[Role] = &[Role::Admin, Role::Peer];
-    if path.starts_with("/cco.infinity.allocator.v1.ExtensionAllocator/") {
-        Some(ANY)
+    const ADMIN_OR_PEER: &[Role] = &[Admin, Peer];
+    const READ_POOL: &[Role] = &[Admin, Peer, Supervisor];
+    if let Some(method) = path.strip_prefix("/cco.infinity.allocator.v1.ExtensionAllocator/") {
+        match method {
+            "Release" | "Stats" => Some(RELEASE),
+            _ => Some(SERVICES),
+        }
     } else if let Some(method) = path.strip_prefix("/cco.infinity.allocator.v1.ExtensionPool/") {
         match method {
+            "ListExtensions" | "GetExtension" => Some(READ_POOL),
             // DeleteConfigPool: the gateway removes a deleted config's pool.
-            "ListExtensions" | "GetExtension" | "UpdateExtension" | "DeleteConfigPool" => {
-                Some(ADMIN_OR_PEER)
-            }
+            "UpdateExtension" | "DeleteConfigPool" => Some(ADMIN_OR_PEER),
+            "ReleaseExtension" | "ForceReleaseCollector" => Some(FORCE),
             _ => Some(ADMIN),
         }
     } else {

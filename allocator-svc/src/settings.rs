@@ -149,6 +149,7 @@ impl Settings {
     /// Names the setting that is wrong.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.auth.keys()?;
+        self.auth.jwt.verifier()?;
         self.log.validate("log")?;
         if Strategy::parse(&self.policy.static_strategy).is_none() {
             anyhow::bail!(

@@ -6,8 +6,12 @@
 //! prints it). Only SHA-256 digests are kept in memory, and a presented key is compared
 //! against every digest in constant time.
 //!
+//! People sign in with JWTs instead (see [`crate::jwt`]): a bearer token shaped like a JWT is
+//! verified as one and gives a person's role (`admin`, `supervisor`, `collector`), tenants and
+//! collector id.
+//!
 //! [`AuthLayer`] runs before any handler: it rejects a call without a valid
-//! `authorization: Bearer <key>` (`UNAUTHENTICATED`) or whose key's role may not call the
+//! `authorization: Bearer <key or token>` (`UNAUTHENTICATED`, with the reason) or whose key's role may not call the
 //! method (`PERMISSION_DENIED`), and puts the [`Principal`] into the request extensions, where
 //! handlers read it to enforce tenant scopes. Health and reflection stay open.
 
@@ -35,6 +39,8 @@ pub struct AuthSettings {
     pub rate_limit_per_second: u32,
     /// Requests one key may make in a burst.
     pub rate_limit_burst: u32,
+    /// People's JWTs (`*__AUTH__JWT__*`).
+    pub jwt: crate::jwt::JwtSettings,
 }
 
 impl Default for AuthSettings {
@@ -43,6 +49,7 @@ impl Default for AuthSettings {
             api_keys: secrecy::SecretString::from(DEV_API_KEYS),
             rate_limit_per_second: 2_000,
             rate_limit_burst: 4_000,
+            jwt: crate::jwt::JwtSettings::default(),
         }
     }
 }
@@ -63,7 +70,8 @@ impl AuthSettings {
     /// As [`AuthSettings::keys`].
     pub fn layer(&self, roles: RoleTable) -> anyhow::Result<AuthLayer> {
         Ok(AuthLayer::new(self.keys()?, roles)
-            .with_rate_limit(self.rate_limit_per_second, self.rate_limit_burst))
+            .with_rate_limit(self.rate_limit_per_second, self.rate_limit_burst)
+            .with_jwt(self.jwt.verifier()?))
     }
 }
 
@@ -76,10 +84,15 @@ pub enum Role {
     Caller,
     /// Service-to-service calls (the allocator and the gateway talking to each other).
     Peer,
+    /// A person (JWT only) who reads everything of their tenants, force-releases extensions
+    /// and hangs up calls.
+    Supervisor,
+    /// A person (JWT only) who places calls as themselves and reads and watches their own calls.
+    Collector,
 }
 
 impl Role {
-    /// Parses `admin`, `caller` or `peer`.
+    /// Parses an API key's role: `admin`, `caller` or `peer` (people's roles come from tokens).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "admin" => Some(Self::Admin),
@@ -95,6 +108,8 @@ impl Role {
             Self::Admin => "admin",
             Self::Caller => "caller",
             Self::Peer => "peer",
+            Self::Supervisor => "supervisor",
+            Self::Collector => "collector",
         }
     }
 }
@@ -106,8 +121,11 @@ pub struct Principal {
     pub role: Role,
     /// The tenants the key is limited to; `None` means every tenant.
     pub tenants: Option<Arc<BTreeSet<String>>>,
-    /// A short, non-secret id of the key for logs (first 8 hex characters of its digest).
+    /// A short, non-secret id of the key for logs (first 8 hex characters of its digest), or
+    /// `jwt:<sub>` for a person.
     pub key_id: String,
+    /// A collector's own id (collector tokens only): they act as this collector and no other.
+    pub collector_id: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Principal {
@@ -116,6 +134,7 @@ impl fmt::Debug for Principal {
             .field("role", &self.role)
             .field("tenants", &self.tenants)
             .field("key_id", &self.key_id)
+            .field("collector_id", &self.collector_id)
             .finish()
     }
 }
@@ -124,6 +143,26 @@ impl Principal {
     /// Returns whether the key may touch `tenant_id`.
     pub fn may_access(&self, tenant_id: &str) -> bool {
         self.tenants.as_ref().is_none_or(|t| t.contains(tenant_id))
+    }
+
+    /// Whether the principal may act as (or read the calls of) `collector_id`: every
+    /// principal except a collector, who is only themselves.
+    pub fn may_act_as(&self, collector_id: &str) -> bool {
+        self.collector_id
+            .as_deref()
+            .is_none_or(|own| own == collector_id)
+    }
+
+    /// Fails with `PERMISSION_DENIED` (naming `field`) unless [`Principal::may_act_as`].
+    pub fn check_collector(&self, field: &str, collector_id: &str) -> Result<(), tonic::Status> {
+        if self.may_act_as(collector_id) {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "{field}: a collector acts only as themselves, not as {}",
+                crate::validate::quote(collector_id)
+            )))
+        }
     }
 
     /// Fails with `PERMISSION_DENIED` unless the key may touch `tenant_id`.
@@ -240,6 +279,7 @@ impl KeyStore {
                     role,
                     tenants,
                     key_id: hex::encode(&d[..4]),
+                    collector_id: None,
                 },
             });
         }
@@ -319,6 +359,7 @@ pub struct AuthLayer {
     keys: KeyStore,
     roles: RoleTable,
     limit: Option<RateLimit>,
+    jwt: Option<crate::jwt::JwtVerifier>,
 }
 
 impl AuthLayer {
@@ -328,7 +369,14 @@ impl AuthLayer {
             keys,
             roles,
             limit: None,
+            jwt: None,
         }
+    }
+
+    /// Accepts people's JWTs too, verified by `jwt` (`None`: API keys only).
+    pub fn with_jwt(mut self, jwt: Option<crate::jwt::JwtVerifier>) -> Self {
+        self.jwt = jwt;
+        self
     }
 
     /// Limits every key to `per_second` requests (bursts up to `burst`); 0 means no limit. A
@@ -348,6 +396,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             keys: self.keys.clone(),
             roles: self.roles,
             limit: self.limit.clone(),
+            jwt: self.jwt.clone(),
         }
     }
 }
@@ -359,6 +408,7 @@ pub struct AuthService<S> {
     keys: KeyStore,
     roles: RoleTable,
     limit: Option<RateLimit>,
+    jwt: Option<crate::jwt::JwtVerifier>,
 }
 
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {
@@ -382,10 +432,18 @@ impl<S> AuthService<S> {
         let token = bearer(req.headers()).ok_or_else(|| {
             tonic::Status::unauthenticated("missing API key: send `authorization: Bearer <key>`")
         })?;
-        let principal = self
-            .keys
-            .authenticate(token)
-            .ok_or_else(|| tonic::Status::unauthenticated("invalid API key"))?;
+        let principal = match (&self.jwt, crate::jwt::looks_like_jwt(token)) {
+            (Some(jwt), true) => jwt.verify(token).map_err(tonic::Status::unauthenticated)?,
+            (None, true) => self.keys.authenticate(token).ok_or_else(|| {
+                tonic::Status::unauthenticated(
+                    "invalid token: this service accepts no JWTs (auth.jwt is not configured)",
+                )
+            })?,
+            (_, false) => self
+                .keys
+                .authenticate(token)
+                .ok_or_else(|| tonic::Status::unauthenticated("invalid API key"))?,
+        };
         if !allowed.contains(&principal.role) {
             return Err(tonic::Status::permission_denied(format!(
                 "role {} may not call {path}",

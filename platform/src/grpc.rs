@@ -127,7 +127,10 @@ impl GrpcServer {
             .add_service(health)
             .add_service(reflection(&self.names).build_v1()?)
             .add_service(reflection(&self.names).build_v1alpha()?);
+        let origins = settings.web.origins("grpc")?;
+        // HTTP/1.1 too: browsers' gRPC-Web over plaintext cannot negotiate HTTP/2.
         let mut builder = tonic::transport::Server::builder()
+            .accept_http1(true)
             .max_concurrent_streams(settings.max_concurrent_streams)
             .http2_keepalive_interval(crate::listen::seconds(settings.keepalive_interval_seconds))
             .http2_keepalive_timeout(crate::listen::seconds(settings.keepalive_timeout_seconds));
@@ -141,6 +144,8 @@ impl GrpcServer {
             metrics: m,
         });
         let server = builder
+            .layer(cors(origins))
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(trace_layer())
             .layer(RpcLayer {
                 metrics: accounting,
@@ -165,6 +170,40 @@ impl GrpcServer {
             );
         serve_with_grace(server, shutdown, grace).await
     }
+}
+
+/// The headers a gRPC-Web client sends, allowed by preflight answers.
+pub const WEB_REQUEST_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "traceparent",
+];
+
+/// The response headers and trailers a browser script may read.
+pub const WEB_EXPOSED_HEADERS: &[&str] = &[
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-call-id",
+];
+
+/// CORS for gRPC-Web: the listed origins only (none when empty), POST, the headers our clients
+/// send, and the gRPC status headers and our trailers exposed. No credentials mode: clients
+/// authenticate with a bearer token, never a cookie.
+fn cors(origins: Vec<http::HeaderValue>) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let names = |l: &[&'static str]| -> Vec<http::HeaderName> {
+        l.iter().map(|h| http::HeaderName::from_static(h)).collect()
+    };
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([http::Method::POST])
+        .allow_headers(names(WEB_REQUEST_HEADERS))
+        .expose_headers(names(WEB_EXPOSED_HEADERS))
+        .max_age(Duration::from_secs(600))
 }
 
 /// Reflection over the workspace's contracts, listing `services` (and health and reflection).
@@ -193,8 +232,9 @@ fn clean_status(headers: &mut http::HeaderMap) {
             Code::InvalidArgument,
             format!("the request could not be read: {}", status.message()),
         ),
-        // Only the framework says OUT_OF_RANGE: a request over the 4 MiB message limit.
-        Code::OutOfRange => (
+        // The framework says OUT_OF_RANGE for a request over the 4 MiB message limit (the
+        // services' own OUT_OF_RANGE, an event id past the retention, stays).
+        Code::OutOfRange if status.message().contains("too large") => (
             Code::ResourceExhausted,
             format!("the request is too large: {}", status.message()),
         ),

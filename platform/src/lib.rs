@@ -3,6 +3,7 @@
 //! - [`config`]: layered settings (defaults, optional TOML file, environment).
 //! - [`telemetry`]: the tracing subscriber, quiet in tests unless `TEST_LOG` is set.
 //! - [`auth`]: API keys with roles and tenant scopes, enforced by a tower layer on every RPC.
+//! - [`jwt`]: people's JWTs (HS256 secret, RS256/ES256 from a JWKS file reloaded on change).
 //! - [`grpc`]: [`grpc::GrpcServer`], one server build for every gRPC port (health flipped per
 //!   service, reflection v1 and v1alpha of the port's own services, request hygiene, auth), the
 //!   per-RPC trace span and the shutdown signal.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod http;
+pub mod jwt;
 pub mod listen;
 pub mod mask;
 pub mod metrics;

@@ -60,6 +60,57 @@ pub struct GrpcListener {
     pub keepalive_interval_seconds: u64,
     /// A ping not answered within this long closes the connection.
     pub keepalive_timeout_seconds: u64,
+    /// gRPC-Web for browsers (`*__GRPC__WEB__*`).
+    pub web: GrpcWeb,
+}
+
+/// gRPC-Web (binary and text, over HTTP/1.1 or HTTP/2) is always served beside native gRPC;
+/// this lists the web origins a browser may call it from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcWeb {
+    /// Comma-separated origins (`https://console.example.com,http://localhost:5173`) allowed
+    /// to call the port from a browser; empty (the default) allows no cross-origin call.
+    /// `*` is refused: origins are always listed.
+    pub allowed_origins: String,
+}
+
+impl GrpcWeb {
+    /// The allowed origins, checked.
+    ///
+    /// # Errors
+    /// Names `{prefix}.web.allowed_origins` and the entry that is not an origin.
+    pub fn origins(&self, prefix: &str) -> anyhow::Result<Vec<http::HeaderValue>> {
+        let mut out = Vec::new();
+        for raw in self.allowed_origins.split(',') {
+            let o = raw.trim();
+            if o.is_empty() {
+                continue;
+            }
+            let field = format!("{prefix}.web.allowed_origins");
+            if o == "*" {
+                anyhow::bail!("{field}: `*` is not allowed; list each origin");
+            }
+            http::Uri::try_from(o)
+                .ok()
+                .filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+                        && u.path_and_query()
+                            .is_none_or(|p| p.as_str() == "/" && !o.ends_with('/'))
+                })
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{field}: {o:?} is not an origin (scheme://host[:port], no path)"
+                    )
+                })?;
+            out.push(
+                http::HeaderValue::from_str(o)
+                    .map_err(|_| anyhow::anyhow!("{field}: {o:?} is not an origin"))?,
+            );
+        }
+        Ok(out)
+    }
 }
 
 impl GrpcListener {
@@ -76,6 +127,7 @@ impl GrpcListener {
             request_timeout_seconds: 120,
             keepalive_interval_seconds: 60,
             keepalive_timeout_seconds: 20,
+            web: GrpcWeb::default(),
         }
     }
 
@@ -93,6 +145,7 @@ impl GrpcListener {
     /// A value out of range.
     pub fn validate(&self, prefix: &str) -> anyhow::Result<()> {
         self.tls.validate(&format!("{prefix}.tls"))?;
+        self.web.origins(prefix)?;
         check_max_connections(prefix, self.max_connections)?;
         for (name, v) in [
             ("max_concurrent_streams", self.max_concurrent_streams),
