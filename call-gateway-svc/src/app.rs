@@ -173,6 +173,13 @@ impl Application {
             Duration::from_millis(self.settings.calls.reconcile_interval_ms),
             background.clone(),
         ));
+        // Watch streams end on `shutdown` itself, so that the drain does not wait for them.
+        let hub = tokio::spawn(self.services.events.clone().run(shutdown.clone()));
+        let relay = crate::relay::spawn(
+            &self.settings.events,
+            self.services.events.clone(),
+            background.clone(),
+        );
         let configs = ConfigsGrpc::new(self.services.configs.clone());
         tracing::info!(addr = %self.grpc_addr, http = %self.http_addr, backend = self.db.backend(), "gateway serving");
         let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
@@ -184,6 +191,7 @@ impl Application {
             )))
             .add_service(CallsServer::new(CallsGrpc::new(
                 self.services.calls.clone(),
+                self.services.events.clone(),
             )))
             .with_metrics(rpc_metrics)
             .serve(
@@ -196,6 +204,10 @@ impl Application {
             .await;
         background.cancel();
         let _ = workers.await;
+        let _ = hub.await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
         let _ = follower.await;
         let _ = http_task.await;
         self.db.close().await;

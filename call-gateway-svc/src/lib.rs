@@ -27,6 +27,7 @@ pub mod http;
 pub mod infinity;
 pub mod metrics;
 pub mod ports;
+pub mod relay;
 pub mod service;
 pub mod settings;
 pub mod store;

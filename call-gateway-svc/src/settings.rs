@@ -35,6 +35,8 @@ pub struct Settings {
     /// Coalescing of concurrent call-path writes: dials accepted (marked ringing) and releases
     /// confirmed (cleared from the outbox), each group in one transaction.
     pub coalesce: CoalesceSettings,
+    /// Live call events (WatchCalls) and their relay to NATS JetStream.
+    pub events: EventsSettings,
     /// Logging.
     pub log: LogSettings,
     /// Seconds in-flight requests get to finish after SIGTERM.
@@ -53,6 +55,7 @@ impl Default for Settings {
             calls: CallSettings::default(),
             infinity: InfinitySettings::default(),
             coalesce: CoalesceSettings::default(),
+            events: EventsSettings::default(),
             log: LogSettings::default(),
             shutdown_grace_seconds: 30,
         }
@@ -101,6 +104,86 @@ impl Default for AllocatorSettings {
             tls: cco_platform::tls::ClientTls::default(),
             timeout_ms: 3_000,
         }
+    }
+}
+
+/// Live call events and their relay to NATS JetStream (`GATEWAY__EVENTS__*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsSettings {
+    /// Events are kept this many hours for resuming watchers and the relay (24-8,760).
+    pub retention_hours: u64,
+    /// Events a watcher may fall behind before its stream ends with RESOURCE_EXHAUSTED
+    /// (16-65,536).
+    pub watch_buffer: u32,
+    /// How often a replica with watchers looks for events other replicas wrote (50-5,000 ms).
+    pub poll_interval_ms: u64,
+    /// The NATS server to publish events to (`nats://host:4222`); empty turns the relay off.
+    pub nats_url: String,
+    /// The JetStream stream, created when missing with the subjects `<prefix>.>`.
+    pub nats_stream: String,
+    /// Events go to `<prefix>.<tenant>.<event type>` (dots in a tenant id become `_`).
+    pub nats_subject_prefix: String,
+    /// `protobuf` (the `CallEvent` message) or `json` (its proto3 JSON form).
+    pub nats_payload: String,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            retention_hours: 72,
+            watch_buffer: 1_024,
+            poll_interval_ms: 200,
+            nats_url: String::new(),
+            nats_stream: "CCO_CALLS".into(),
+            nats_subject_prefix: "cco.calls".into(),
+            nats_payload: "protobuf".into(),
+        }
+    }
+}
+
+impl EventsSettings {
+    fn validate(&self) -> anyhow::Result<()> {
+        cco_platform::config::check_range(
+            "events.retention_hours",
+            self.retention_hours,
+            24,
+            8_760,
+        )?;
+        cco_platform::config::check_range(
+            "events.watch_buffer",
+            u64::from(self.watch_buffer),
+            16,
+            65_536,
+        )?;
+        cco_platform::config::check_range(
+            "events.poll_interval_ms",
+            self.poll_interval_ms,
+            50,
+            5_000,
+        )?;
+        if !self.nats_url.is_empty() && !self.nats_url.starts_with("nats://") {
+            anyhow::bail!(
+                "events.nats_url: must be nats://host:port (or empty to turn the relay off)"
+            );
+        }
+        let token_ok = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !token_ok(&self.nats_stream) {
+            anyhow::bail!("events.nats_stream: letters, digits, _ and - only");
+        }
+        if !self.nats_subject_prefix.split('.').all(token_ok) {
+            anyhow::bail!(
+                "events.nats_subject_prefix: dot-separated tokens of letters, digits, _ and -"
+            );
+        }
+        if !matches!(self.nats_payload.as_str(), "protobuf" | "json") {
+            anyhow::bail!("events.nats_payload: must be protobuf or json");
+        }
+        Ok(())
     }
 }
 
@@ -166,6 +249,14 @@ impl Settings {
             reconcile_every: secs(c.reconcile_every_seconds.max(1)),
             cache_ttl: std::time::Duration::from_secs(c.cache_ttl_seconds),
             coalesce: self.coalesce.limits(),
+            events: crate::service::EventSettings {
+                retention: chrono::Duration::try_hours(
+                    i64::try_from(self.events.retention_hours).unwrap_or(72),
+                )
+                .unwrap_or_default(),
+                buffer: usize::try_from(self.events.watch_buffer).unwrap_or(1_024),
+                poll: std::time::Duration::from_millis(self.events.poll_interval_ms),
+            },
         }
     }
 
@@ -185,11 +276,13 @@ impl Settings {
     /// Names the setting that is wrong.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.auth.keys()?;
+        self.auth.jwt.verifier()?;
         self.cipher()?;
         self.grpc.validate("grpc")?;
         self.http.validate("http")?;
         self.log.validate("log")?;
         self.allowed_hosts()?;
+        self.events.validate()?;
         let c = &self.calls;
         const DAY: u64 = 86_400;
         for (name, v, lo, hi) in [

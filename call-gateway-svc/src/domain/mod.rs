@@ -24,6 +24,7 @@ macro_rules! names {
 pub mod call;
 pub mod collector;
 pub mod config;
+pub mod event;
 pub mod phone;
 
 /// The gateway's error: what went wrong, in terms a client can act on.
@@ -55,6 +56,9 @@ pub enum GwError {
     /// The caller's key may not touch this tenant.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A position outside what is kept (an event id past the retention).
+    #[error("{0}")]
+    OutOfRange(String),
     /// A dependency (database, allocator, Infinity) cannot be reached.
     #[error("{0}")]
     Unavailable(String),

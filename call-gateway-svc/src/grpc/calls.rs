@@ -7,9 +7,11 @@ use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
 use super::{done, opt_text, strategy_from_pb, tenant_of};
+use crate::domain::TenantId;
 use crate::domain::call::{Call, CallId, CallResult, CallStatus};
+use crate::domain::event::{CallEvent, EventType};
 use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey};
-use crate::service::{Calls, MakeCall};
+use crate::service::{Calls, Events, MakeCall, WatchRequest};
 use crate::store::calls::CallFilter;
 
 /// The most bytes of records in one ListCalls page.
@@ -19,12 +21,76 @@ pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct CallsGrpc {
     calls: Calls,
+    events: Events,
 }
 
 impl CallsGrpc {
-    /// Serves `calls`.
-    pub fn new(calls: Calls) -> Self {
-        Self { calls }
+    /// Serves `calls` and their `events`.
+    pub fn new(calls: Calls, events: Events) -> Self {
+        Self { calls, events }
+    }
+
+    /// The call, if the principal may read it: a collector reads only their own calls.
+    async fn readable(
+        &self,
+        p: &Principal,
+        tenant: &TenantId,
+        id: &CallId,
+    ) -> Result<Call, GwError> {
+        let call = self.calls.get(tenant, id).await?;
+        own(p, "call_id", call.collector_id.as_str())?;
+        Ok(call)
+    }
+}
+
+/// Fails unless the principal may act as `collector` (a collector only as themselves).
+fn own(p: &Principal, field: &'static str, collector: &str) -> Result<(), GwError> {
+    if p.may_act_as(collector) {
+        Ok(())
+    } else {
+        Err(GwError::PermissionDenied(format!(
+            "{field}: a collector acts only for themselves; this belongs to another collector"
+        )))
+    }
+}
+
+/// The collector filter of a listing or watch: a collector's own id whatever they asked
+/// (another collector's is refused), anyone else's request as given.
+fn collector_filter(p: &Principal, asked: Option<String>) -> Result<Option<String>, GwError> {
+    match (&p.collector_id, asked) {
+        (Some(own_id), Some(a)) if a != **own_id => Err(GwError::PermissionDenied(
+            "collector_id: a collector sees only their own calls".into(),
+        )),
+        (Some(own_id), _) => Ok(Some(own_id.to_string())),
+        (None, a) => Ok(a),
+    }
+}
+
+/// The protobuf form of an event (also the NATS payload).
+pub fn event_to_pb(e: &CallEvent) -> pb::CallEvent {
+    let kind = match e.kind {
+        EventType::Created => pb::CallEventType::Created,
+        EventType::Dialing => pb::CallEventType::Dialing,
+        EventType::Ringing => pb::CallEventType::Ringing,
+        EventType::Unknown => pb::CallEventType::Unknown,
+        EventType::Completed => pb::CallEventType::Completed,
+        EventType::Failed => pb::CallEventType::Failed,
+        EventType::Expired => pb::CallEventType::Expired,
+    };
+    pb::CallEvent {
+        event_id: e.event_id,
+        tenant_id: e.tenant_id.clone(),
+        call_id: e.call_id.clone(),
+        r#type: kind.into(),
+        status: status_to_pb(e.status).into(),
+        collector_id: e.collector_id.clone(),
+        case_id: e.case_id.clone(),
+        extension_number: e.extension_number.clone().unwrap_or_default(),
+        result: result_to_pb(e.result).into(),
+        talk_seconds: e.talk_seconds.unwrap_or(0),
+        error_code: e.error_code.clone().unwrap_or_default(),
+        error_message: e.error_message.clone().unwrap_or_default(),
+        occurred_at: to_valid_timestamp(e.occurred_at),
     }
 }
 
@@ -164,9 +230,11 @@ impl pb::calls_server::Calls for CallsGrpc {
         let r = req.into_inner();
         done(
             async {
+                let collector = CollectorId::parse("collector_id", &r.collector_id)?;
+                own(&p, "collector_id", collector.as_str())?;
                 let input = MakeCall {
                     tenant: tenant_of(&p, &r.tenant_id)?,
-                    collector: CollectorId::parse("collector_id", &r.collector_id)?,
+                    collector,
                     case_id: CaseId::parse("case_id", &r.case_id)?,
                     destination: if r.destination_number.trim().is_empty() {
                         return Err(GwError::invalid("destination_number", "is required"));
@@ -223,7 +291,7 @@ impl pb::calls_server::Calls for CallsGrpc {
             async {
                 let tenant = tenant_of(&p, &r.tenant_id)?;
                 let id = CallId::parse("call_id", &r.call_id)?;
-                Ok(call_to_pb(&self.calls.get(&tenant, &id).await?))
+                Ok(call_to_pb(&self.readable(&p, &tenant, &id).await?))
             }
             .await,
         )
@@ -250,11 +318,15 @@ impl pb::calls_server::Calls for CallsGrpc {
                 };
                 let filter = CallFilter {
                     tenant_id: tenant,
-                    collector_id: opt_text(r.collector_id)
-                        .map(|c| {
-                            CollectorId::parse("collector_id", &c).map(|c| c.as_str().to_owned())
-                        })
-                        .transpose()?,
+                    collector_id: collector_filter(
+                        &p,
+                        opt_text(r.collector_id)
+                            .map(|c| {
+                                CollectorId::parse("collector_id", &c)
+                                    .map(|c| c.as_str().to_owned())
+                            })
+                            .transpose()?,
+                    )?,
                     case_id: opt_text(r.case_id)
                         .map(|c| CaseId::parse("case_id", &c).map(|c| c.as_str().to_owned()))
                         .transpose()?,
@@ -300,6 +372,9 @@ impl pb::calls_server::Calls for CallsGrpc {
             async {
                 let tenant = tenant_of(&p, &r.tenant_id)?;
                 let id = CallId::parse("call_id", &r.call_id)?;
+                if p.collector_id.is_some() {
+                    self.readable(&p, &tenant, &id).await?;
+                }
                 let rec = self.calls.recording(&tenant, &id).await?;
                 Ok(pb::GetRecordingResponse {
                     url: rec.url,
@@ -327,5 +402,44 @@ impl pb::calls_server::Calls for CallsGrpc {
             }
             .await,
         )
+    }
+
+    type WatchCallsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::CallEvent, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_calls(
+        &self,
+        req: Request<pb::WatchCallsRequest>,
+    ) -> Result<Response<Self::WatchCallsStream>, Status> {
+        use futures::StreamExt;
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        let request = (|| {
+            Ok::<_, GwError>(WatchRequest {
+                tenant: tenant_of(&p, &r.tenant_id)?,
+                collector_id: collector_filter(
+                    &p,
+                    opt_text(r.collector_id.clone())
+                        .map(|c| {
+                            CollectorId::parse("collector_id", &c).map(|c| c.as_str().to_owned())
+                        })
+                        .transpose()?,
+                )?,
+                call_id: opt_text(r.call_id.clone())
+                    .map(|c| CallId::parse("call_id", &c).map(|c| c.as_str().to_owned()))
+                    .transpose()?,
+                after: if r.from_start {
+                    None
+                } else {
+                    Some(r.after_event_id)
+                },
+            })
+        })()
+        .map_err(Status::from)?;
+        let rx = self.events.watch(request).await.map_err(Status::from)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|item| item.map(|e| event_to_pb(&e)).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 }

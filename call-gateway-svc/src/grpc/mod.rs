@@ -7,7 +7,7 @@ mod calls;
 mod collectors;
 mod configs;
 
-pub use calls::CallsGrpc;
+pub use calls::{CallsGrpc, event_to_pb};
 pub use collectors::CollectorsGrpc;
 pub use configs::ConfigsGrpc;
 
@@ -32,6 +32,7 @@ impl From<GwError> for Status {
             GwError::Unavailable(m) => status(Code::Unavailable, &m),
             GwError::Unimplemented(m) => status(Code::Unimplemented, &m),
             GwError::ResourceExhausted(m) => status(Code::ResourceExhausted, &m),
+            GwError::OutOfRange(m) => status(Code::OutOfRange, &m),
             GwError::WithCall { call_id, inner } => {
                 let inner = Status::from(*inner);
                 let message = cap_message(&format!("{} (call_id {call_id})", inner.message()));
@@ -49,20 +50,36 @@ impl From<GwError> for Status {
     }
 }
 
-/// Which roles may call each method.
+/// Which roles may call each method. Service keys: admin, caller, peer; people (JWTs): admin
+/// (everything of their tenants), supervisor (reads everything of their tenants, hangs up),
+/// collector (places, reads and watches their own calls; reads their own collector record;
+/// the handlers hold them to their own collector id).
 pub fn roles(path: &str) -> Option<&'static [Role]> {
-    const ADMIN: &[Role] = &[Role::Admin];
-    const ADMIN_OR_PEER: &[Role] = &[Role::Admin, Role::Peer];
-    const ADMIN_OR_CALLER: &[Role] = &[Role::Admin, Role::Caller];
-    if path.starts_with("/cco.infinity.gateway.v1.TenantConfigs/") {
-        Some(ADMIN)
+    use Role::{Admin, Caller, Collector, Peer, Supervisor};
+    const ADMIN: &[Role] = &[Admin];
+    const ADMIN_OR_SUPERVISOR: &[Role] = &[Admin, Supervisor];
+    const POLICY: &[Role] = &[Admin, Peer, Supervisor];
+    const PLACE: &[Role] = &[Admin, Caller, Collector];
+    const READ_CALLS: &[Role] = &[Admin, Caller, Supervisor, Collector];
+    const HANG_UP: &[Role] = &[Admin, Caller, Supervisor];
+    const READ_COLLECTORS: &[Role] = &[Admin, Caller, Supervisor];
+    if let Some(m) = path.strip_prefix("/cco.infinity.gateway.v1.TenantConfigs/") {
+        match m {
+            "GetConfig" | "GetConfigById" => Some(ADMIN_OR_SUPERVISOR),
+            _ => Some(ADMIN),
+        }
     } else if path.starts_with("/cco.infinity.gateway.v1.TenantPolicies/") {
-        Some(ADMIN_OR_PEER)
-    } else if path.starts_with("/cco.infinity.gateway.v1.Calls/") {
-        Some(ADMIN_OR_CALLER)
+        Some(POLICY)
+    } else if let Some(m) = path.strip_prefix("/cco.infinity.gateway.v1.Calls/") {
+        match m {
+            "MakeCall" => Some(PLACE),
+            "HangUp" => Some(HANG_UP),
+            _ => Some(READ_CALLS),
+        }
     } else if let Some(m) = path.strip_prefix("/cco.infinity.gateway.v1.Collectors/") {
         match m {
-            "GetCollector" | "ListCollectors" => Some(ADMIN_OR_CALLER),
+            "GetCollector" => Some(READ_CALLS),
+            "ListCollectors" => Some(READ_COLLECTORS),
             _ => Some(ADMIN),
         }
     } else {

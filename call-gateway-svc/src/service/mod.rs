@@ -7,6 +7,7 @@
 //! - [`Calls`]: MakeCall and the call queries (GetCall, ListCalls, GetRecording, HangUp).
 //! - [`Settling`]: what ends a call and frees its lease: Infinity's record (callback or
 //!   reconciler), the release and pool-deletion outboxes, expiry.
+//! - [`Events`]: live call events (WatchCalls).
 //! - [`Tenants`]: reading and writing configs (sealing secrets), shared by all of them.
 //!
 //! They reach the outside through the ports ([`crate::ports::Leases`], [`crate::ports::Pbx`])
@@ -16,6 +17,7 @@ mod cache;
 mod calls;
 mod collectors;
 mod configs;
+mod events;
 mod settling;
 mod tenants;
 
@@ -24,6 +26,7 @@ use std::sync::Arc;
 pub use calls::{Calls, MakeCall, Recording};
 pub use collectors::{Collectors, MAX_PAGE};
 pub use configs::{Configs, TestReport};
+pub use events::{EventSettings, Events, WatchRequest};
 pub use settling::{CallbackOutcome, Settling};
 pub use tenants::Tenants;
 
@@ -46,6 +49,8 @@ pub struct CallTuning {
     pub cache_ttl: std::time::Duration,
     /// Coalescing of accepted dials and release confirmations.
     pub coalesce: cco_platform::coalesce::Limits,
+    /// Live call events.
+    pub events: EventSettings,
 }
 
 /// The gateway's services, wired once at start-up.
@@ -59,6 +64,8 @@ pub struct Services {
     pub calls: Calls,
     /// Settling calls and their leases.
     pub settling: Settling,
+    /// Live call events.
+    pub events: Events,
 }
 
 impl Services {
@@ -78,6 +85,7 @@ impl Services {
         tuning: CallTuning,
         metrics: GatewayMetrics,
     ) -> Self {
+        let events = Events::new(calls.clone(), tuning.events.clone());
         let tenants = Tenants::new(configs.clone(), cipher, tuning.cache_ttl, metrics.clone());
         let settling = Settling::new(
             tenants.clone(),
@@ -113,6 +121,7 @@ impl Services {
             ),
             collectors,
             settling,
+            events,
         }
     }
 }

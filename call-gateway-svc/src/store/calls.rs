@@ -8,13 +8,19 @@ use sqlx::Row;
 
 use super::rows::{call_from, record_from, row_from};
 use super::{PgGatewayStore, SqliteGatewayStore, db_err};
-use crate::domain::call::{Call, CallId, CallStatus, Completion, Lease, Release, ReleaseReason};
+use crate::domain::call::{
+    Call, CallId, CallResult, CallStatus, Completion, Lease, Release, ReleaseReason,
+};
+use crate::domain::event::{CallEvent, EventType};
 use crate::domain::{CollectorId, GwError, TenantId};
 
 /// An outbox row is due for the background worker this long after it was written: whoever
 /// writes it sends the release at once, and the row is deleted when the allocator confirms, so
 /// the worker only sees rows whose immediate release failed or whose writer went away.
 pub const RELEASE_GRACE: chrono::Duration = chrono::Duration::seconds(5);
+
+/// How long a replica relaying a tenant's events to NATS holds the tenant.
+const RELAY_CLAIM: chrono::Duration = chrono::Duration::seconds(30);
 
 /// A dial Infinity accepted: the call goes dialing -> ringing, and the collector's last
 /// extension is written if it changed.
@@ -239,6 +245,88 @@ pub trait CallStore: Send + Sync + 'static {
     ) -> Result<(), GwError>;
     /// The next caller-number index of a tenant (0, 1, 2, ...).
     async fn next_caller_index(&self, tenant_id: &str) -> Result<i64, GwError>;
+
+    /// Tenants this process has just written events of (after the commit); other replicas'
+    /// events are found by polling [`CallStore::event_heads`].
+    fn event_wakes(&self) -> tokio::sync::broadcast::Receiver<String>;
+
+    /// Every tenant's last event id (one small table: a row per tenant).
+    async fn event_heads(&self) -> Result<Vec<(String, u64)>, GwError>;
+
+    /// A tenant's events after `after`, in id order, at most `limit`.
+    async fn events(
+        &self,
+        tenant_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<CallEvent>, GwError>;
+
+    /// A tenant's event bounds: the last id deleted by retention, and the last id written
+    /// (both 0 before its first event).
+    async fn event_bounds(&self, tenant_id: &str) -> Result<EventBounds, GwError>;
+
+    /// Deletes every tenant's events written before `before` (a prefix of each tenant's ids);
+    /// returns how many.
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, GwError>;
+
+    /// Publishes the events of up to `tenants` tenants that the relay has not published yet,
+    /// through `publish` (the events of one tenant in id order, at most `batch` of them), and
+    /// records how far each got. A tenant another replica is relaying is skipped. Returns the
+    /// number of events published.
+    async fn relay_events(
+        &self,
+        tenants: u32,
+        batch: u32,
+        publish: Publish<'_>,
+    ) -> Result<u64, GwError>;
+}
+
+/// A tenant's event ids: `pruned_through < id <= last_id` are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventBounds {
+    pub pruned_through: u64,
+    pub last_id: u64,
+}
+
+/// Publishes one tenant's events in order; returns how many of them (a prefix) were
+/// acknowledged.
+pub type Publish<'a> =
+    &'a (dyn Fn(Vec<CallEvent>) -> futures::future::BoxFuture<'static, usize> + Send + Sync);
+
+const EVENT_COLS: &str = "tenant_id, event_id, call_id, event_type, status, collector_id, case_id, \
+     extension_number, result, talk_seconds, error_code, error_message, occurred_at";
+
+fn event_from<R: Row>(r: &R) -> Result<CallEvent, GwError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i32>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let kind: String = r.try_get("event_type").map_err(db_err)?;
+    let status: String = r.try_get("status").map_err(db_err)?;
+    let result: Option<String> = r.try_get("result").map_err(db_err)?;
+    let id: i64 = r.try_get("event_id").map_err(db_err)?;
+    Ok(CallEvent {
+        event_id: u64::try_from(id).map_err(|_| crate::store::corrupt("event_id"))?,
+        tenant_id: r.try_get("tenant_id").map_err(db_err)?,
+        call_id: r.try_get("call_id").map_err(db_err)?,
+        kind: EventType::parse(&kind).ok_or_else(|| crate::store::corrupt("event_type"))?,
+        status: CallStatus::parse(&status).ok_or_else(|| crate::store::corrupt("event status"))?,
+        collector_id: r.try_get("collector_id").map_err(db_err)?,
+        case_id: r.try_get("case_id").map_err(db_err)?,
+        extension_number: r.try_get("extension_number").map_err(db_err)?,
+        result: result.as_deref().and_then(CallResult::parse),
+        talk_seconds: r
+            .try_get::<Option<i32>, _>("talk_seconds")
+            .map_err(db_err)?
+            .and_then(|t| u32::try_from(t).ok()),
+        error_code: r.try_get("error_code").map_err(db_err)?,
+        error_message: r.try_get("error_message").map_err(db_err)?,
+        occurred_at: r.try_get("occurred_at").map_err(db_err)?,
+    })
 }
 
 macro_rules! record_cols {
@@ -282,6 +370,57 @@ macro_rules! call_store {
                     self.pool.begin_with($begin_write).await.map_err(db_err)
                 }
             }
+        }
+
+        /// Writes `events` (of calls this transaction changed) as its last statements: each
+        /// takes the next id of its tenant from the tenant's counter row, which stays locked
+        /// until the commit, so a tenant's events commit in id order. Tenants are taken in one
+        /// order, after every other row of the transaction, so two transactions never wait on
+        /// each other's counters in a cycle.
+        async fn append_events<'c>(tx: &mut sqlx::Transaction<'c, $db>, mut events: Vec<CallEvent>) -> Result<Vec<String>, GwError> {
+            events.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+            let mut tenants: Vec<String> = events.iter().map(|e| e.tenant_id.clone()).collect();
+            tenants.dedup();
+            for e in &mut events {
+                let id: i64 = sqlx::query_scalar(
+                    "insert into call_event_seq (tenant_id, last_id, pruned_through) values ($1, 1, 0) \
+                     on conflict (tenant_id) do update set last_id = call_event_seq.last_id + 1 returning last_id",
+                )
+                .bind(&e.tenant_id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db_err)?;
+                e.event_id = u64::try_from(id).map_err(|_| crate::store::corrupt("call_event_seq"))?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "insert into call_events ({EVENT_COLS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                )))
+                .bind(&e.tenant_id).bind(id).bind(&e.call_id).bind(e.kind.as_str()).bind(e.status.as_str())
+                .bind(&e.collector_id).bind(&e.case_id).bind(&e.extension_number).bind(e.result.map(|r| r.as_str()))
+                .bind(e.talk_seconds.map(|t| i32::try_from(t).unwrap_or(i32::MAX))).bind(&e.error_code)
+                .bind(&e.error_message).bind(e.occurred_at)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+            }
+            Ok(tenants)
+        }
+
+        impl $name {
+            /// Commits a transaction that wrote events of `tenants`, then wakes this process's
+            /// watchers of them (other replicas hear of them through the database).
+            async fn commit_waking(&self, tx: sqlx::Transaction<'static, $db>, tenants: Vec<String>) -> Result<(), GwError> {
+                tx.commit().await.map_err(db_err)?;
+                for t in &tenants {
+                    self.feed.events_written(t);
+                }
+                Ok(())
+            }
+        }
+
+        /// The call a `returning record_cols` statement returned, with its event.
+        fn changed(row: &<$db as sqlx::Database>::Row, kind: EventType, now: DateTime<Utc>) -> Result<CallEvent, GwError> {
+            let call = call_from(record_from(row).map_err(db_err)?)?;
+            Ok(CallEvent::of(&call, kind, now))
         }
 
         async fn queue_release<'c>(tx: &mut sqlx::Transaction<'c, $db>, o: &Release, now: DateTime<Utc>) -> Result<(), GwError> {
@@ -355,6 +494,7 @@ macro_rules! call_store {
 
             async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
                 let r = &row_from(call)?;
+                let mut tx = self.write_tx().await?;
                 let res = sqlx::query(concat!(
                     "insert into communication_records (", record_cols!(), ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
                      $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
@@ -369,11 +509,16 @@ macro_rules! call_store {
                 .bind(&r.record_url).bind(&r.record_filename).bind(&r.custom_params).bind(&r.infinity_uuid)
                 .bind(r.infinity_cdr_id).bind(&r.error_code).bind(&r.error_message).bind(&r.idempotency_key)
                 .bind(r.attempts).bind(&r.raw_callback).bind(r.reconcile_after).bind(r.created_at).bind(r.updated_at)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await;
                 match res {
-                    Ok(_) => Ok(None),
+                    Ok(_) => {
+                        let woken = append_events(&mut tx, vec![CallEvent::of(call, EventType::Created, call.created_at)]).await?;
+                        self.commit_waking(tx, woken).await?;
+                        Ok(None)
+                    }
                     Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                        tx.rollback().await.map_err(db_err)?;
                         let existing = match self.call(&call.id).await?.filter(|c| c.tenant_id == call.tenant_id) {
                             Some(e) => Some(e),
                             None => match &r.idempotency_key {
@@ -439,23 +584,28 @@ macro_rules! call_store {
                 // Stable: of one collector's dials, the last accepted comes last and is kept.
                 collectors.sort_by(|a, b| (a.tenant_id.as_str(), a.collector_id.as_str()).cmp(&(b.tenant_id.as_str(), b.collector_id.as_str())));
                 let mut tx = self.write_tx().await?;
+                let mut events = Vec::with_capacity(accepted.len());
                 for (i, a) in calls {
-                    let n = if skip {
+                    let updated = if skip {
                         sqlx::query(concat!(
                             "update communication_records set status = 'ringing', updated_at = $2 where call_id = \
                              (select call_id from communication_records where call_id = $1", $skip_locked, ") \
-                             and coalesce(status = 'dialing', false)"
+                             and coalesce(status = 'dialing', false) returning ", record_cols!()
                         ))
                     } else {
-                        sqlx::query("update communication_records set status = 'ringing', updated_at = $2 where call_id = $1 and coalesce(status = 'dialing', false)")
+                        sqlx::query(concat!(
+                            "update communication_records set status = 'ringing', updated_at = $2 where call_id = $1 \
+                             and coalesce(status = 'dialing', false) returning ", record_cols!()
+                        ))
                     }
                     .bind(a.call_id.as_str())
                     .bind(now)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await
-                    .map_err(db_err)?
-                    .rows_affected();
-                    if n == 0 {
+                    .map_err(db_err)?;
+                    if let Some(row) = &updated {
+                        events.push(changed(row, EventType::Ringing, now)?);
+                    } else {
                         // Read in the same transaction: no second round of commits for it.
                         let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where call_id = $1"))
                             .bind(a.call_id.as_str())
@@ -492,54 +642,70 @@ macro_rules! call_store {
                     .await
                     .map_err(db_err)?;
                 }
-                tx.commit().await.map_err(db_err)?;
+                let woken = append_events(&mut tx, events).await?;
+                self.commit_waking(tx, woken).await?;
                 Ok(rung)
             }
 
             async fn set_attempt(&self, id: &CallId, l: &Lease, attempts: u32) -> Result<(), GwError> {
-                sqlx::query(
+                let now = Utc::now();
+                let mut tx = self.write_tx().await?;
+                let row = sqlx::query(concat!(
                     "update communication_records set extension_number = $2, extension_id = $3, lease_id = $4, fencing_token = $5, \
                      lease_expires_at = $6, lease_released = false, attempts = $7, error_code = null, error_message = null, updated_at = $8 \
-                     where call_id = $1 and coalesce(status = 'dialing', false)",
-                )
+                     where call_id = $1 and coalesce(status = 'dialing', false) returning ", record_cols!()
+                ))
                 .bind(id.as_str()).bind(&l.extension_number).bind(&l.extension_id).bind(&l.lease_id).bind(l.fencing_token)
-                .bind(l.expires_at).bind(i32::try_from(attempts).unwrap_or(i32::MAX)).bind(Utc::now())
-                .execute(&self.pool)
+                .bind(l.expires_at).bind(i32::try_from(attempts).unwrap_or(i32::MAX)).bind(now)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
-                Ok(())
+                let woken = match &row {
+                    Some(row) => append_events(&mut tx, vec![changed(row, EventType::Dialing, now)?]).await?,
+                    None => Vec::new(),
+                };
+                self.commit_waking(tx, woken).await
             }
 
             async fn mark_failed(&self, id: &CallId, code: &str, message: &str, release: Option<&Release>) -> Result<(), GwError> {
                 let now = Utc::now();
                 let mut tx = self.write_tx().await?;
-                let n = sqlx::query(
+                let row = sqlx::query(concat!(
                     "update communication_records set status = 'failed', error_code = $2, error_message = $3, \
                      lease_released = case when $4 then lease_released else true end, updated_at = $5 \
-                     where call_id = $1 and coalesce(status = 'dialing', false)",
-                )
+                     where call_id = $1 and coalesce(status = 'dialing', false) returning ", record_cols!()
+                ))
                 .bind(id.as_str()).bind(code).bind(message).bind(release.is_some()).bind(now)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(db_err)?
-                .rows_affected();
-                if let (1, Some(o)) = (n, release) {
-                    queue_release(&mut tx, o, now).await?;
+                .map_err(db_err)?;
+                let mut woken = Vec::new();
+                if let Some(row) = &row {
+                    if let Some(o) = release {
+                        queue_release(&mut tx, o, now).await?;
+                    }
+                    woken = append_events(&mut tx, vec![changed(row, EventType::Failed, now)?]).await?;
                 }
-                tx.commit().await.map_err(db_err)
+                self.commit_waking(tx, woken).await
             }
 
             async fn mark_unknown(&self, id: &CallId, message: &str) -> Result<bool, GwError> {
-                let n = sqlx::query(
+                let now = Utc::now();
+                let mut tx = self.write_tx().await?;
+                let row = sqlx::query(concat!(
                     "update communication_records set status = 'unknown', error_code = 'ambiguous', error_message = $2, updated_at = $3 \
-                     where call_id = $1 and coalesce(status = 'dialing', false)",
-                )
-                .bind(id.as_str()).bind(message).bind(Utc::now())
-                .execute(&self.pool)
+                     where call_id = $1 and coalesce(status = 'dialing', false) returning ", record_cols!()
+                ))
+                .bind(id.as_str()).bind(message).bind(now)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(db_err)?
-                .rows_affected();
-                Ok(n == 1)
+                .map_err(db_err)?;
+                let woken = match &row {
+                    Some(row) => append_events(&mut tx, vec![changed(row, EventType::Unknown, now)?]).await?,
+                    None => Vec::new(),
+                };
+                self.commit_waking(tx, woken).await?;
+                Ok(row.is_some())
             }
 
             async fn complete(
@@ -620,29 +786,33 @@ macro_rules! call_store {
                     }
                     None => None,
                 };
-                tx.commit().await.map_err(db_err)?;
+                let woken = append_events(&mut tx, vec![CallEvent::of(&updated, EventType::Completed, now)]).await?;
+                self.commit_waking(tx, woken).await?;
                 Ok(Some(Settled { outcome: Completed::Applied, call: updated, release, tried }))
             }
 
             async fn expire(&self, id: &CallId, release: Option<&Release>) -> Result<bool, GwError> {
                 let now = Utc::now();
                 let mut tx = self.write_tx().await?;
-                let n = sqlx::query(
+                let row = sqlx::query(concat!(
                     "update communication_records set status = 'expired', error_code = 'expired', \
                      error_message = 'no call record from Infinity within the maximum age', updated_at = $2 \
-                     where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown'), false)",
-                )
+                     where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown'), false) returning ", record_cols!()
+                ))
                 .bind(id.as_str())
                 .bind(now)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(db_err)?
-                .rows_affected();
-                if n == 1 && let Some(o) = release {
-                    queue_release(&mut tx, o, now).await?;
+                .map_err(db_err)?;
+                let mut woken = Vec::new();
+                if let Some(row) = &row {
+                    if let Some(o) = release {
+                        queue_release(&mut tx, o, now).await?;
+                    }
+                    woken = append_events(&mut tx, vec![changed(row, EventType::Expired, now)?]).await?;
                 }
-                tx.commit().await.map_err(db_err)?;
-                Ok(n == 1)
+                self.commit_waking(tx, woken).await?;
+                Ok(row.is_some())
             }
 
             async fn claim_open(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<Call>, GwError> {
@@ -866,12 +1036,14 @@ macro_rules! call_store {
                     .await
                     .map_err(db_err)?;
                 let mut releases = Vec::new();
+                let mut events = Vec::with_capacity(open.len());
                 for row in &open {
                     let call = call_from(record_from(row).map_err(db_err)?)?;
                     if let Some(o) = call.owed_release(ReleaseReason::Cancelled) {
                         queue_release(&mut tx, &o, now).await?;
                         releases.push(o);
                     }
+                    events.push(CallEvent::of(&call, EventType::Failed, now));
                 }
                 sqlx::query(
                     "insert into pool_purge_outbox (config_id, tenant_id, attempts, next_attempt_at, created_at, updated_at) \
@@ -883,7 +1055,8 @@ macro_rules! call_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
+                let woken = append_events(&mut tx, events).await?;
+                self.commit_waking(tx, woken).await?;
                 self.feed.bump();
                 Ok(Some(DeletedConfig {
                     config_id,
@@ -942,6 +1115,168 @@ macro_rules! call_store {
                 .map_err(db_err)
             }
 
+            fn event_wakes(&self) -> tokio::sync::broadcast::Receiver<String> {
+                self.feed.events.subscribe()
+            }
+
+            async fn events(&self, tenant_id: &str, after: u64, limit: u32) -> Result<Vec<CallEvent>, GwError> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "select {EVENT_COLS} from call_events where tenant_id = $1 and event_id > $2 order by event_id limit $3"
+                )))
+                .bind(tenant_id)
+                .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(event_from).collect()
+            }
+
+            async fn event_heads(&self) -> Result<Vec<(String, u64)>, GwError> {
+                let rows = sqlx::query("select tenant_id, last_id from call_event_seq")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let last: i64 = r.try_get("last_id").map_err(db_err)?;
+                        Ok((r.try_get("tenant_id").map_err(db_err)?, u64::try_from(last).unwrap_or(0)))
+                    })
+                    .collect()
+            }
+
+            async fn event_bounds(&self, tenant_id: &str) -> Result<EventBounds, GwError> {
+                let row = sqlx::query("select pruned_through, last_id from call_event_seq where tenant_id = $1")
+                    .bind(tenant_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let Some(row) = row else {
+                    return Ok(EventBounds::default());
+                };
+                let get = |c: &str| -> Result<u64, GwError> {
+                    let v: i64 = row.try_get(c).map_err(db_err)?;
+                    u64::try_from(v).map_err(|_| crate::store::corrupt("call_event_seq"))
+                };
+                Ok(EventBounds { pruned_through: get("pruned_through")?, last_id: get("last_id")? })
+            }
+
+            async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, GwError> {
+                // Per tenant, everything up to its newest event older than `before` goes: a
+                // prefix of its ids, whatever the replicas' clocks did in between.
+                let mut tx = self.write_tx().await?;
+                sqlx::query(
+                    "update call_event_seq set pruned_through = (select max(e.event_id) from call_events e \
+                     where e.tenant_id = call_event_seq.tenant_id and e.occurred_at < $1) \
+                     where exists (select 1 from call_events e where e.tenant_id = call_event_seq.tenant_id \
+                     and e.occurred_at < $1 and e.event_id > call_event_seq.pruned_through)",
+                )
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let n = sqlx::query(
+                    "delete from call_events where event_id <= (select s.pruned_through from call_event_seq s \
+                     where s.tenant_id = call_events.tenant_id)",
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                tx.commit().await.map_err(db_err)?;
+                Ok(n)
+            }
+
+            async fn relay_events(&self, tenants: u32, batch: u32, publish: Publish<'_>) -> Result<u64, GwError> {
+                let now = Utc::now();
+                // Every tenant with events gets its relay row, so that it can be locked.
+                sqlx::query(
+                    "insert into call_event_relay (tenant_id, relayed_through, updated_at) \
+                     select s.tenant_id, 0, $1 from call_event_seq s \
+                     where not exists (select 1 from call_event_relay r where r.tenant_id = s.tenant_id) \
+                     on conflict (tenant_id) do nothing",
+                )
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let mut published = 0u64;
+                let pending = sqlx::query(
+                    "select r.tenant_id from call_event_relay r join call_event_seq s on s.tenant_id = r.tenant_id \
+                     where s.last_id > r.relayed_through order by r.updated_at limit $1",
+                )
+                .bind(i64::from(tenants))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                for row in pending {
+                    let tenant: String = row.try_get("tenant_id").map_err(db_err)?;
+                    // Claimed for a while rather than locked: publishing waits on NATS, and
+                    // no transaction stays open across it. A replica that finds the tenant
+                    // claimed skips it.
+                    let claimed = sqlx::query(
+                        "update call_event_relay set claimed_until = $2 where tenant_id = $1 \
+                         and (claimed_until is null or claimed_until < $3)",
+                    )
+                    .bind(&tenant)
+                    .bind(now + RELAY_CLAIM)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                    if claimed == 0 {
+                        continue;
+                    }
+                    let marks = sqlx::query(
+                        "select r.relayed_through, s.pruned_through from call_event_relay r \
+                         join call_event_seq s on s.tenant_id = r.tenant_id where r.tenant_id = $1",
+                    )
+                    .bind(&tenant)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    let through: i64 = marks.try_get("relayed_through").map_err(db_err)?;
+                    let pruned: i64 = marks.try_get("pruned_through").map_err(db_err)?;
+                    if pruned > through {
+                        tracing::error!(tenant = %tenant, from = through + 1, to = pruned,
+                            "call events deleted by retention before the relay published them");
+                    }
+                    let start = through.max(pruned);
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "select {EVENT_COLS} from call_events where tenant_id = $1 and event_id > $2 order by event_id limit $3"
+                    )))
+                    .bind(&tenant)
+                    .bind(start)
+                    .bind(i64::from(batch))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
+                    let ids: Vec<u64> = events.iter().map(|e| e.event_id).collect();
+                    let acked = publish(events).await;
+                    let last = match acked.checked_sub(1).and_then(|i| ids.get(i)) {
+                        Some(id) => i64::try_from(*id).unwrap_or(i64::MAX),
+                        None => start,
+                    };
+                    // Only forward: a replica whose claim ran out cannot move it back.
+                    sqlx::query(
+                        "update call_event_relay set relayed_through = case when relayed_through < $2 then $2 else relayed_through end, \
+                         claimed_until = null, updated_at = $3 where tenant_id = $1",
+                    )
+                    .bind(&tenant)
+                    .bind(last)
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    published += u64::try_from(acked).unwrap_or(0);
+                    if acked < ids.len() {
+                        break;
+                    }
+                }
+                Ok(published)
+            }
         }
     };
 }

@@ -115,13 +115,31 @@ const CHANGES_CHANNEL: &str = "gateway_cache";
 /// by every notification, by every reconnection of the listener (notifications may have been
 /// missed meanwhile) and by this replica's own writes (so it never waits for its own
 /// notification); and whether the listener is connected.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Feed {
     epoch: AtomicU64,
     live: AtomicBool,
+    /// Tenants with new call events written by this process (see `CallStore::event_wakes`).
+    pub(crate) events: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self {
+            epoch: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            events: tokio::sync::broadcast::channel(4_096).0,
+        }
+    }
 }
 
 impl Feed {
+    /// Wakes this process's watchers of `tenant` (empty: of every tenant).
+    pub(crate) fn events_written(&self, tenant: &str) {
+        // No receiver (nobody watching) is not an error.
+        let _ = self.events.send(tenant.to_owned());
+    }
+
     fn bump(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }

@@ -1,5 +1,6 @@
 //! Every RPC of both services x (no key, wrong key, wrong role, a key of another tenant) gets the
-//! right code, and none of it changes anything. The RPCs are enumerated from the contracts'
+//! right code, and so does every RPC x every person role (a token of another tenant, a role
+//! the RPC is not for, a collector acting for another collector); none of it changes anything. The RPCs are enumerated from the contracts'
 //! descriptor set, so a new RPC is covered the day it is added. Requests are built dynamically
 //! (prost-reflect) with the other tenant's ids filled in.
 
@@ -59,8 +60,16 @@ fn key_for(role: Role, scoped: bool) -> &'static str {
         (Role::Admin, true) => SCOPED_ADMIN,
         (Role::Caller, true) => SCOPED_CALLER,
         (Role::Peer, true) => SCOPED_PEER,
+        (Role::Supervisor | Role::Collector, _) => unreachable!("people have tokens, not keys"),
     }
 }
+
+/// The people of the matrix: each role, and the collector id its token carries.
+const PEOPLE: [(Role, &str, Option<&str>); 3] = [
+    (Role::Admin, "admin", None),
+    (Role::Supervisor, "supervisor", None),
+    (Role::Collector, "collector", Some("carol")),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_rpc_refuses_missing_wrong_and_foreign_keys() {
@@ -183,13 +192,46 @@ async fn every_rpc_refuses_missing_wrong_and_foreign_keys() {
                     "{path}: role {wrong:?}"
                 );
             }
-            let scoped = key_for(allowed[0], true);
-            let code = send(ch, &path, body, Some(scoped)).await;
+            let scoped = key_for(
+                allowed
+                    .iter()
+                    .copied()
+                    .find(|r| matches!(r, Role::Admin | Role::Caller | Role::Peer))
+                    .unwrap_or(Role::Admin),
+                true,
+            );
+            let code = send(ch.clone(), &path, body.clone(), Some(scoped)).await;
             assert_eq!(
                 code,
                 Code::PermissionDenied,
                 "{path}: key of tenant t-a on t-b's data"
             );
+            for (role, name, collector) in PEOPLE {
+                if allowed.contains(&role) {
+                    let other_tenant = person(name, "t-a", collector);
+                    assert_eq!(
+                        send(ch.clone(), &path, body.clone(), Some(&other_tenant)).await,
+                        Code::PermissionDenied,
+                        "{path}: {name} of tenant t-a on t-b's data"
+                    );
+                    if role == Role::Collector {
+                        // carol of t-b, on bob's call, collector record and leases.
+                        let carol = person(name, "t-b", collector);
+                        assert_eq!(
+                            send(ch.clone(), &path, body.clone(), Some(&carol)).await,
+                            Code::PermissionDenied,
+                            "{path}: collector carol acting for bob"
+                        );
+                    }
+                } else {
+                    let own_tenant = person(name, "t-b", collector);
+                    assert_eq!(
+                        send(ch.clone(), &path, body.clone(), Some(&own_tenant)).await,
+                        Code::PermissionDenied,
+                        "{path}: role {name} is not for it"
+                    );
+                }
+            }
             checked += 1;
         }
     }

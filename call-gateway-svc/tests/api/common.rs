@@ -35,6 +35,25 @@ pub const SCOPED_PEER: &str = "scoped-peer-key";
 pub const KEYS: &str = "admin:dev-admin-key;caller:dev-caller-key;peer:dev-peer-key;\
      admin:scoped-admin-key:t-a;caller:scoped-caller-key:t-a;peer:scoped-peer-key:t-a";
 pub const SIM_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+/// The HS256 secret both services of a test stack accept people's tokens with.
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123";
+
+/// A person's HS256 token (an hour) for `tenant`: `collector` names a collector's own id.
+pub fn person(role: &str, tenant: &str, collector: Option<&str>) -> String {
+    cco_platform::jwt::mint_person(
+        JWT_SECRET,
+        &cco_platform::jwt::Person {
+            tenants: vec![tenant.to_owned()],
+            role: role.to_owned(),
+            collector_id: collector.map(str::to_owned),
+            sub: None,
+            issuer: String::new(),
+            audience: String::new(),
+            ttl_seconds: 3_600,
+        },
+    )
+    .unwrap()
+}
 
 type Ch = InterceptedService<Channel, BearerInterceptor>;
 pub type Configs = pb::tenant_configs_client::TenantConfigsClient<Ch>;
@@ -53,6 +72,7 @@ pub fn gateway_settings(db_url: &str, allocator_url: &str) -> Settings {
     s.http.host = "127.0.0.1".into();
     s.database.url = db_url.to_owned();
     s.auth.api_keys = SecretString::from(KEYS);
+    s.auth.jwt.secret = SecretString::from(JWT_SECRET);
     s.allocator.url = allocator_url.to_owned();
     s.allocator.timeout_ms = 5_000;
     s.shutdown_grace_seconds = 5;
@@ -127,6 +147,7 @@ impl Stack {
             let mut s = allocator_svc::settings::Settings::default();
             s.database.url = db.url.clone();
             s.auth.api_keys = SecretString::from(KEYS);
+            s.auth.jwt.secret = SecretString::from(JWT_SECRET);
             s.policy.source = PolicySourceKind::Grpc;
             s.policy.gateway_url = format!("http://{gw_addr}");
             s.policy.cache_ttl_ms = 0;
@@ -585,6 +606,23 @@ pub async fn send_raw(
     body: Vec<u8>,
     key: Option<&str>,
 ) -> Result<Vec<u8>, tonic::Status> {
+    let (mut grpc, req, path) = raw_request(channel, path, body, key).await;
+    grpc.unary(req, path, Raw)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A ready client, the request carrying `body` (and the key), and the path.
+async fn raw_request(
+    channel: Channel,
+    path: &str,
+    body: Vec<u8>,
+    key: Option<&str>,
+) -> (
+    tonic::client::Grpc<Channel>,
+    tonic::Request<Vec<u8>>,
+    http::uri::PathAndQuery,
+) {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let mut req = tonic::Request::new(body);
@@ -592,10 +630,19 @@ pub async fn send_raw(
         req.metadata_mut()
             .insert("authorization", format!("Bearer {k}").parse().unwrap());
     }
-    let path: http::uri::PathAndQuery = path.parse().unwrap();
-    grpc.unary(req, path, Raw)
-        .await
-        .map(tonic::Response::into_inner)
+    (grpc, req, path.parse().unwrap())
+}
+
+/// Opens a server stream with a raw request: Ok once the server accepted it (its headers came),
+/// the status when it refused.
+pub async fn open_raw_stream(
+    channel: Channel,
+    path: &str,
+    body: Vec<u8>,
+    key: Option<&str>,
+) -> Result<(), tonic::Status> {
+    let (mut grpc, req, path) = raw_request(channel, path, body, key).await;
+    grpc.server_streaming(req, path, Raw).await.map(|_| ())
 }
 
 /// Runs one statement on a database directly: an operator (or another program) writing a row

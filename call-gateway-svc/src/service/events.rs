@@ -1,0 +1,348 @@
+//! Live call events (`WatchCalls`): every change of a call is an event written in the change's
+//! own transaction, with a per-tenant id that grows by exactly one per event (see the store).
+//!
+//! One hub per process reads each watched tenant's new events once and hands them to every
+//! watcher of that tenant through a bounded broadcast. This process's own commits wake it at
+//! once; other replicas' events are found by polling the tenants' counters (one query of a
+//! one-row-per-tenant table every [`EventSettings::poll`], only while someone watches). Polling
+//! rather than LISTEN/NOTIFY: a NOTIFY takes a database-wide lock at every commit that sends
+//! one, and every listening replica reads each notification in a transaction of its own, so
+//! the cost would grow with every call; the poll costs the same whatever the call rate. A watcher first reads what it asked to replay
+//! from the table, then follows the hub; because ids are dense, a jump in the live ids means
+//! events it has not seen, which it reads from the table before going on. A watcher that falls
+//! more than [`EventSettings::buffer`] events behind gets `RESOURCE_EXHAUSTED` and resumes
+//! from its last id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::event::CallEvent;
+use crate::domain::{GwError, TenantId};
+use crate::store::calls::CallStore;
+
+/// Tuning of live events.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// Events are kept this long (for resuming and for the NATS relay).
+    pub retention: chrono::Duration,
+    /// Events a watcher may fall behind before its stream ends with `RESOURCE_EXHAUSTED`.
+    pub buffer: usize,
+    /// How often other replicas' events are looked for while someone watches.
+    pub poll: Duration,
+}
+
+/// What a watcher wants.
+#[derive(Debug, Clone)]
+pub struct WatchRequest {
+    pub tenant: TenantId,
+    pub collector_id: Option<String>,
+    pub call_id: Option<String>,
+    /// `None`: replay everything retained; `Some(0)`: from the next event; `Some(n)`: after n.
+    pub after: Option<u64>,
+}
+
+/// Rows read from the table per query.
+const PAGE: u32 = 500;
+
+/// The hub; cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    store: Arc<dyn CallStore>,
+    tenants: Arc<Mutex<HashMap<String, Arc<TenantFeed>>>>,
+    settings: EventSettings,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+struct TenantFeed {
+    tx: broadcast::Sender<Arc<CallEvent>>,
+    /// The last id broadcast; events above it are read and sent by the next pump.
+    cursor: tokio::sync::Mutex<u64>,
+}
+
+impl Events {
+    /// A hub over `store`.
+    pub fn new(store: Arc<dyn CallStore>, settings: EventSettings) -> Self {
+        Self {
+            store,
+            tenants: Arc::default(),
+            settings,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Runs the hub until `shutdown` (then every watch ends cleanly): wakes, the
+    /// once-a-second pass, retention.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let _ends_watches = self.stop.clone().drop_guard();
+        let mut wakes = self.store.event_wakes();
+        let mut tick = tokio::time::interval(self.settings.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(Duration::from_secs(600));
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                w = wakes.recv() => match w {
+                    Ok(t) if !t.is_empty() => self.pump(&t).await,
+                    // Wakes were dropped: look at every watched tenant.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.pump_all().await,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tick.tick() => {
+                    self.forget_unwatched();
+                    self.poll().await;
+                }
+                _ = prune.tick() => {
+                    let before = chrono::Utc::now() - self.settings.retention;
+                    match self.store.prune_events(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "call events past retention deleted"),
+                        Err(e) => tracing::warn!(error = %e, "call event retention failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store the events are read from (for the NATS relay).
+    pub fn store(&self) -> Arc<dyn CallStore> {
+        self.store.clone()
+    }
+
+    fn feed(&self, tenant: &str) -> Option<Arc<TenantFeed>> {
+        self.tenants.lock().ok()?.get(tenant).cloned()
+    }
+
+    fn forget_unwatched(&self) {
+        if let Ok(mut t) = self.tenants.lock() {
+            t.retain(|_, f| f.tx.receiver_count() > 0);
+        }
+    }
+
+    /// Pumps the watched tenants whose last event id moved past the hub's cursor.
+    async fn poll(&self) {
+        let watched: HashMap<String, Arc<TenantFeed>> = match self.tenants.lock() {
+            Ok(t) if !t.is_empty() => t.clone(),
+            _ => return,
+        };
+        let heads = match self.store.event_heads().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the call event counters; watchers wait");
+                return;
+            }
+        };
+        for (tenant, last) in heads {
+            let Some(feed) = watched.get(&tenant) else {
+                continue;
+            };
+            if *feed.cursor.lock().await < last {
+                self.pump(&tenant).await;
+            }
+        }
+    }
+
+    async fn pump_all(&self) {
+        let names: Vec<String> = match self.tenants.lock() {
+            Ok(t) => t.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        for t in names {
+            self.pump(&t).await;
+        }
+    }
+
+    /// Broadcasts the tenant's events above the hub's cursor (if anyone watches it).
+    async fn pump(&self, tenant: &str) {
+        let Some(feed) = self.feed(tenant) else {
+            return;
+        };
+        let mut cursor = feed.cursor.lock().await;
+        loop {
+            let page = match self.store.events(tenant, *cursor, PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(tenant, error = %e, "cannot read call events; watchers wait");
+                    return;
+                }
+            };
+            let full = page.len() == PAGE as usize;
+            for e in page {
+                *cursor = e.event_id;
+                let _ = feed.tx.send(Arc::new(e));
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Subscribes to the tenant's live events, creating its feed at the current last id. The
+    /// receiver is taken under the map's lock, so the once-a-second clean-up (which drops
+    /// feeds nobody receives from, under the same lock) can never orphan it.
+    async fn subscribe(
+        &self,
+        tenant: &str,
+    ) -> Result<broadcast::Receiver<Arc<CallEvent>>, GwError> {
+        let poisoned = || GwError::Internal(anyhow::anyhow!("event hub lock poisoned"));
+        if let Some(f) = self.tenants.lock().map_err(|_| poisoned())?.get(tenant) {
+            return Ok(f.tx.subscribe());
+        }
+        let last = self.store.event_bounds(tenant).await?.last_id;
+        let mut map = self.tenants.lock().map_err(|_| poisoned())?;
+        let feed = map.entry(tenant.to_owned()).or_insert_with(|| {
+            Arc::new(TenantFeed {
+                tx: broadcast::channel(self.settings.buffer.max(1)).0,
+                cursor: tokio::sync::Mutex::new(last),
+            })
+        });
+        Ok(feed.tx.subscribe())
+    }
+
+    /// Starts a watch: the events it asked for, then live ones, into a bounded channel; the
+    /// stream ends on shutdown, when the client goes away, or with an error.
+    ///
+    /// # Errors
+    /// `OUT_OF_RANGE` for an id older than the retention or newer than any event.
+    pub async fn watch(
+        &self,
+        req: WatchRequest,
+    ) -> Result<mpsc::Receiver<Result<CallEvent, GwError>>, GwError> {
+        let tenant = req.tenant.as_str().to_owned();
+        let live = self.subscribe(&tenant).await?;
+        let bounds = self.store.event_bounds(&tenant).await?;
+        let start = match req.after {
+            None => bounds.pruned_through,
+            Some(0) => bounds.last_id,
+            Some(n) if n < bounds.pruned_through => {
+                return Err(GwError::OutOfRange(format!(
+                    "after_event_id: events up to {} are past the retention; resume with from_start (the oldest kept is {})",
+                    bounds.pruned_through,
+                    bounds.pruned_through.saturating_add(1)
+                )));
+            }
+            Some(n) if n > bounds.last_id => {
+                return Err(GwError::OutOfRange(format!(
+                    "after_event_id: {n} is newer than the tenant's last event ({})",
+                    bounds.last_id
+                )));
+            }
+            Some(n) => n,
+        };
+        let (tx, rx) = mpsc::channel(self.settings.buffer.clamp(1, 1024));
+        let watcher = Watcher {
+            store: self.store.clone(),
+            tenant,
+            collector_id: req.collector_id,
+            call_id: req.call_id,
+            last: start,
+            out: tx,
+        };
+        tokio::spawn(watcher.run(live, self.stop.clone()));
+        Ok(rx)
+    }
+}
+
+struct Watcher {
+    store: Arc<dyn CallStore>,
+    tenant: String,
+    collector_id: Option<String>,
+    call_id: Option<String>,
+    /// The last id handled (sent or filtered out).
+    last: u64,
+    out: mpsc::Sender<Result<CallEvent, GwError>>,
+}
+
+/// Why a watch stopped early.
+enum Stop {
+    /// The client went away or the server is stopping: end quietly.
+    Quiet,
+    /// Tell the client.
+    Error(GwError),
+}
+
+impl Watcher {
+    async fn run(mut self, mut live: broadcast::Receiver<Arc<CallEvent>>, stop: CancellationToken) {
+        let result: Result<(), Stop> = async {
+            self.catch_up(None).await?;
+            loop {
+                let ev = tokio::select! {
+                    () = stop.cancelled() => return Err(Stop::Quiet),
+                    () = self.out.closed() => return Err(Stop::Quiet),
+                    ev = live.recv() => ev,
+                };
+                match ev {
+                    Ok(e) if e.event_id <= self.last => {}
+                    Ok(e) => {
+                        if e.event_id > self.last.saturating_add(1) {
+                            // Ids are dense: the ones in between were committed before the
+                            // hub caught up with us; read them from the table.
+                            self.catch_up(Some(e.event_id - 1)).await?;
+                        }
+                        if e.event_id == self.last.saturating_add(1) {
+                            self.send(&e).await?;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        return Err(Stop::Error(GwError::ResourceExhausted(format!(
+                            "the watcher fell {n} events behind; reconnect with after_event_id {} (the last event received)",
+                            self.last
+                        ))));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(Stop::Quiet),
+                }
+            }
+        }
+        .await;
+        if let Err(Stop::Error(e)) = result {
+            let _ = self.out.send(Err(e)).await;
+        }
+    }
+
+    /// Reads and sends the stored events after `last` (up to `until`, or all).
+    async fn catch_up(&mut self, until: Option<u64>) -> Result<(), Stop> {
+        loop {
+            let page = self
+                .store
+                .events(&self.tenant, self.last, PAGE)
+                .await
+                .map_err(Stop::Error)?;
+            let full = page.len() == PAGE as usize;
+            for e in page {
+                if until.is_some_and(|u| e.event_id > u) {
+                    return Ok(());
+                }
+                self.send(&e).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send(&mut self, e: &CallEvent) -> Result<(), Stop> {
+        self.last = e.event_id;
+        let wanted = self
+            .collector_id
+            .as_ref()
+            .is_none_or(|c| *c == e.collector_id)
+            && self.call_id.as_ref().is_none_or(|c| *c == e.call_id);
+        if wanted {
+            self.out
+                .send(Ok(e.clone()))
+                .await
+                .map_err(|_| Stop::Quiet)?;
+        }
+        Ok(())
+    }
+}
