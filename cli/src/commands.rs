@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as gpb;
@@ -344,7 +344,8 @@ pub enum CallCmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Follows a call until it is completed, failed or expired, printing each status change.
+    /// Follows a call until it is completed, failed or expired, printing each of its events
+    /// (WatchCalls), then its record.
     Watch {
         #[arg(long)]
         tenant: String,
@@ -353,6 +354,21 @@ pub enum CallCmd {
         /// Give up after this many seconds (exit code 4).
         #[arg(long, default_value_t = 300)]
         max_wait: u64,
+    },
+    /// Prints every call event of a tenant as it happens (Ctrl-C stops); resumable with
+    /// --after <last event id printed>.
+    Tail {
+        #[arg(long)]
+        tenant: String,
+        /// Only this collector's calls.
+        #[arg(long)]
+        collector: Option<String>,
+        /// Resume after this event id (0: from the next event).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Replay every retained event first.
+        #[arg(long)]
+        from_start: bool,
     },
     /// Prints a download link for the call's recording.
     Recording {
@@ -829,6 +845,42 @@ const TERMINAL: [i32; 3] = [
     gpb::CallStatus::Expired as i32,
 ];
 
+/// One event per line: id, time, call, type, status, and what is worth knowing.
+fn print_event(e: &gpb::CallEvent, out: Out) -> anyhow::Result<()> {
+    if out.json {
+        return line(&serde_json::to_string(e)?);
+    }
+    let at = e
+        .occurred_at
+        .as_ref()
+        .and_then(cco_contracts::time::from_timestamp)
+        .map(|t| t.format("%H:%M:%S%.3f").to_string())
+        .unwrap_or_default();
+    let kind = gpb::CallEventType::try_from(e.r#type).map_or("?", |t| t.as_str_name());
+    let mut detail = String::new();
+    if let Ok(r) = gpb::CallResult::try_from(e.result)
+        && r != gpb::CallResult::Unspecified
+    {
+        detail = format!(
+            "  {} talk {} s",
+            r.as_str_name().trim_start_matches("CALL_RESULT_"),
+            e.talk_seconds
+        );
+    }
+    if !e.error_code.is_empty() {
+        detail.push_str(&format!("  {}: {}", e.error_code, e.error_message));
+    }
+    line(&format!(
+        "#{:<6} {at}  {}  {}  {}  collector {}{}",
+        e.event_id,
+        e.call_id,
+        kind.trim_start_matches("CALL_EVENT_TYPE_"),
+        status_name(e.status).trim_start_matches("CALL_STATUS_"),
+        e.collector_id,
+        detail
+    ))
+}
+
 fn status_name(v: i32) -> &'static str {
     gpb::CallStatus::try_from(v).map_or("?", |s| s.as_str_name())
 }
@@ -930,41 +982,67 @@ pub async fn call(cmd: CallCmd, t: &Target, out: Out) -> anyhow::Result<()> {
             id,
             max_wait,
         } => {
-            let started = Instant::now();
-            let mut last = -1;
-            loop {
-                let r = c
-                    .get_call(gpb::GetCallRequest {
+            let watch = async {
+                let mut events = c
+                    .watch_calls(gpb::WatchCallsRequest {
                         tenant_id: tenant.clone(),
                         call_id: id.clone(),
+                        from_start: true,
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();
-                if r.status != last {
-                    last = r.status;
-                    let at = chrono::Utc::now().format("%H:%M:%S");
-                    if out.json {
-                        line(&serde_json::to_string(&r)?)?;
-                    } else {
-                        line(&format!("{at}  {}", status_name(r.status)))?;
+                while let Some(e) = events.message().await? {
+                    print_event(&e, out)?;
+                    if TERMINAL.contains(&e.status) {
+                        return Ok(true);
                     }
                 }
-                if TERMINAL.contains(&r.status) {
-                    if !out.json {
-                        line("")?;
-                        out.one(&r)?;
-                    }
-                    return Ok(());
-                }
-                if started.elapsed() > Duration::from_secs(max_wait) {
-                    return Err(tonic::Status::deadline_exceeded(format!(
-                        "call {id} is still {} after {max_wait} s",
-                        status_name(r.status)
+                Ok::<_, anyhow::Error>(false)
+            };
+            let ended = tokio::time::timeout(Duration::from_secs(max_wait), watch)
+                .await
+                .map_err(|_| {
+                    tonic::Status::deadline_exceeded(format!(
+                        "call {id} has not ended after {max_wait} s"
                     ))
-                    .into());
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                })??;
+            if !ended {
+                anyhow::bail!("the server ended the watch before call {id} ended; run watch again");
             }
+            if !out.json {
+                let r = c
+                    .get_call(gpb::GetCallRequest {
+                        tenant_id: tenant,
+                        call_id: id,
+                    })
+                    .await?
+                    .into_inner();
+                line("")?;
+                out.one(&r)?;
+            }
+            Ok(())
+        }
+        CallCmd::Tail {
+            tenant,
+            collector,
+            after,
+            from_start,
+        } => {
+            let mut events = c
+                .watch_calls(gpb::WatchCallsRequest {
+                    tenant_id: tenant,
+                    collector_id: collector.unwrap_or_default(),
+                    after_event_id: after,
+                    from_start,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            while let Some(e) = events.message().await? {
+                print_event(&e, out)?;
+            }
+            Ok(())
         }
         CallCmd::Recording { tenant, id } => out.one(
             &c.get_recording(gpb::GetRecordingRequest {

@@ -36,7 +36,7 @@ struct Cli {
         default_value = "http://127.0.0.1:50052"
     )]
     gateway: String,
-    /// The API key (the development admin key by default).
+    /// The API key, or a person's JWT (the development admin key by default).
     #[arg(
         long,
         global = true,
@@ -84,11 +84,52 @@ enum Command {
         /// The key.
         key: String,
     },
+    /// People's JWTs.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Checks a service's gRPC health (exit 0 when SERVING): for container health checks.
     Health {
         /// The endpoint, e.g. http://127.0.0.1:50051.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         endpoint: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Mints an HS256 token for development and tests, signed with the services' configured
+    /// secret (`GATEWAY__AUTH__JWT__SECRET`; `cco stack` uses the development secret).
+    Mint {
+        /// A tenant the person works for (repeat for several).
+        #[arg(long = "tenant", required = true)]
+        tenants: Vec<String>,
+        /// admin, supervisor or collector.
+        #[arg(long)]
+        role: String,
+        /// The collector's own id (collectors).
+        #[arg(long)]
+        collector: Option<String>,
+        /// Lifetime: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The subject (the person's id); the collector id or `dev-<role>` by default.
+        #[arg(long)]
+        sub: Option<String>,
+        /// `iss`, when the services check it.
+        #[arg(long, env = "GATEWAY__AUTH__JWT__ISSUER", default_value = "")]
+        issuer: String,
+        /// `aud`, when the services check it.
+        #[arg(long, env = "GATEWAY__AUTH__JWT__AUDIENCE", default_value = "")]
+        audience: String,
+        /// The HS256 secret.
+        #[arg(
+            long,
+            env = "GATEWAY__AUTH__JWT__SECRET",
+            default_value = cco_platform::jwt::DEV_JWT_SECRET,
+            hide_default_value = true,
+            hide_env_values = true
+        )]
+        secret: String,
     },
 }
 
@@ -113,6 +154,31 @@ async fn main() -> ExitCode {
             "sha256:{}",
             cco_platform::auth::key_digest_hex(&key)
         )),
+        Command::Token(TokenCmd::Mint {
+            tenants,
+            role,
+            collector,
+            ttl,
+            sub,
+            issuer,
+            audience,
+            secret,
+        }) => cco_platform::jwt::ttl_seconds(&ttl)
+            .and_then(|ttl| {
+                cco_platform::jwt::mint_person(
+                    &secret,
+                    &cco_platform::jwt::Person {
+                        tenants,
+                        role,
+                        collector_id: collector,
+                        sub,
+                        issuer,
+                        audience,
+                        ttl_seconds: ttl,
+                    },
+                )
+            })
+            .and_then(|t| output::line(&t)),
         Command::Health { endpoint } => commands::health(&endpoint, target.timeout).await,
     };
     match result {

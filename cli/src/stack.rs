@@ -99,6 +99,16 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|l| l.local_addr().map(|a| a.port()))
         .transpose()?;
+    // People's tokens: the development secret unless one is configured.
+    use secrecy::ExposeSecret;
+    for jwt in [&mut gw.auth.jwt, &mut alloc.auth.jwt] {
+        if jwt.secret.expose_secret().is_empty() && jwt.jwks_path.is_empty() {
+            jwt.secret = cco_platform::jwt::DEV_JWT_SECRET.into();
+        }
+    }
+    let jwt_secret = gw.auth.jwt.secret.expose_secret().to_owned();
+    let jwt_issuer = gw.auth.jwt.issuer.clone();
+    let jwt_audience = gw.auth.jwt.audience.clone();
     // Wire the two services to each other's bound ports.
     alloc.policy.gateway_url = format!("http://127.0.0.1:{gw_port}");
     gw.allocator.url = format!("http://127.0.0.1:{alloc_port}");
@@ -157,6 +167,26 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
             "    cargo run -q -p cco-cli -- call make --tenant {DEMO_TENANT} --collector alice --case case-1 --to 13900139000"
         );
         println!("    cargo run -q -p cco-cli -- call watch --tenant {DEMO_TENANT} --id <call_id>");
+        let mint = |role: &str, collector: Option<&str>| {
+            cco_platform::jwt::mint_person(
+                &jwt_secret,
+                &cco_platform::jwt::Person {
+                    tenants: vec![DEMO_TENANT.into()],
+                    role: role.into(),
+                    collector_id: collector.map(str::to_owned),
+                    sub: None,
+                    issuer: jwt_issuer.clone(),
+                    audience: jwt_audience.clone(),
+                    ttl_seconds: 12 * 3_600,
+                },
+            )
+        };
+        if !jwt_secret.is_empty() {
+            println!();
+            println!("  people's tokens (12 h; `cco token mint` makes more; pass with --api-key):");
+            println!("    demo admin       {}", mint("admin", None)?);
+            println!("    alice            {}", mint("collector", Some("alice"))?);
+        }
     }
     println!("  Ctrl-C stops everything.");
     println!();

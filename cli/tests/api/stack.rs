@@ -14,7 +14,12 @@ struct Stack {
     child: Child,
     gateway: String,
     allocator: String,
+    /// The collector alice's token, as printed.
+    alice: String,
 }
+
+/// The browser origin the stack is started to allow (gRPC-Web CORS).
+const WEB_ORIGIN: &str = "http://localhost:5173";
 
 fn port_of(line: &str, label: &str) -> Option<u16> {
     let rest = line.trim().strip_prefix(label)?.trim();
@@ -37,6 +42,7 @@ fn start(dir: &std::path::Path) -> Stack {
         .env("GATEWAY__GRPC__PORT", "0")
         .env("GATEWAY__HTTP__PORT", "0")
         .env("CCO_SIM_PORT", "0")
+        .env("GATEWAY__GRPC__WEB__ALLOWED_ORIGINS", WEB_ORIGIN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -49,13 +55,19 @@ fn start(dir: &std::path::Path) -> Stack {
             let _ = tx.send(line);
         }
     });
-    let (mut gw, mut al) = (None, None);
+    let (mut gw, mut al, mut alice) = (None, None, None);
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("stack printed its endpoints");
         al = al.or_else(|| port_of(&line, "allocator gRPC"));
         gw = gw.or_else(|| port_of(&line, "gateway gRPC"));
+        alice = alice.or_else(|| {
+            line.trim()
+                .strip_prefix("alice")
+                .map(|t| t.trim().to_owned())
+                .filter(|t| t.starts_with("eyJ"))
+        });
         if line.contains("Ctrl-C stops everything") {
             break;
         }
@@ -66,6 +78,7 @@ fn start(dir: &std::path::Path) -> Stack {
         child,
         gateway: format!("http://127.0.0.1:{}", gw.expect("gateway port")),
         allocator: format!("http://127.0.0.1:{}", al.expect("allocator port")),
+        alice: alice.expect("a token for alice printed"),
     }
 }
 
@@ -183,5 +196,50 @@ fn readme_stack_places_a_demo_call() {
         1,
         "the first run's record is still there"
     );
+    stack.stop();
+}
+
+/// A client written with a mainstream gRPC-Web library from npm (Connect + protobuf-es, code
+/// generated from proto/ by buf; `clients/web`) places a call as alice with her printed token,
+/// watches it to completion and reads the record, in gRPC-Web binary and text, with CORS.
+#[test]
+fn a_web_client_calls_watches_and_reads_through_grpc_web() {
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/web");
+    assert!(
+        web.join("node_modules").is_dir() && web.join("gen").is_dir(),
+        "clients/web is not set up: run `npm ci && npm run generate` there (.ci/run does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path());
+    let out = Command::new("node")
+        .arg("test.mjs")
+        .current_dir(&web)
+        .env("GATEWAY_URL", &stack.gateway)
+        .env("TOKEN", &stack.alice)
+        .env("ORIGIN", WEB_ORIGIN)
+        .output()
+        .expect("node is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("web client: all checks passed"),
+        "web client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same token through the CLI: alice may not act for bob.
+    let refused = stack.cco(&[
+        "--api-key",
+        &stack.alice,
+        "call",
+        "make",
+        "--tenant",
+        "demo",
+        "--collector",
+        "bob",
+        "--case",
+        "case-9",
+        "--to",
+        "13900139000",
+    ]);
+    assert_eq!(refused.status.code(), Some(7), "PERMISSION_DENIED exits 7");
     stack.stop();
 }
