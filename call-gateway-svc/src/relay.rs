@@ -5,7 +5,8 @@
 //! `<tenant>:<event id>` (so a redelivery after a crash or a retry is dropped by JetStream's
 //! duplicate window), awaiting each acknowledgement before the next so that a call's events
 //! are stored in order, and moves the mark past what was acknowledged. NATS being down only
-//! delays the relay: calls never wait on it, and nothing is skipped when it comes back.
+//! delays the relay: calls never wait on it, and nothing is skipped when it comes back, unless
+//! it stays down longer than the events' retention (then the ids lost are logged).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,11 +38,13 @@ pub fn spawn(
     Some(tokio::spawn(run(settings.clone(), events.store(), stop)))
 }
 
-/// The subject of an event: `<prefix>.<tenant>.<type>`, dots of the tenant id made `_`.
+/// The subject of an event: `<prefix>.<tenant>.<type>`. A dot separates subject tokens, so
+/// the dots of a tenant id become `~`, a character tenant ids never hold: no two tenants share
+/// a subject.
 pub fn subject(prefix: &str, e: &CallEvent) -> String {
     format!(
         "{prefix}.{}.{}",
-        e.tenant_id.replace('.', "_"),
+        e.tenant_id.replace('.', "~"),
         e.kind.as_str()
     )
 }
@@ -152,5 +155,42 @@ fn publisher(
             acked
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::call::CallStatus;
+    use crate::domain::event::EventType;
+
+    fn event(tenant: &str) -> CallEvent {
+        CallEvent {
+            event_id: 1,
+            tenant_id: tenant.into(),
+            call_id: "c".into(),
+            kind: EventType::Completed,
+            status: CallStatus::Completed,
+            collector_id: "a".into(),
+            case_id: "k".into(),
+            extension_number: None,
+            result: None,
+            talk_seconds: None,
+            error_code: None,
+            error_message: None,
+            occurred_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn tenants_never_share_a_subject() {
+        assert_eq!(
+            subject("cco.calls", &event("acme")),
+            "cco.calls.acme.completed"
+        );
+        let dotted = subject("cco.calls", &event("a.b"));
+        assert_eq!(dotted, "cco.calls.a~b.completed");
+        assert_ne!(dotted, subject("cco.calls", &event("a_b")));
+        assert_eq!(dotted.split('.').count(), 4, "one token for the tenant");
     }
 }

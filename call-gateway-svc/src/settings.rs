@@ -118,6 +118,11 @@ pub struct EventsSettings {
     pub watch_buffer: u32,
     /// How often a replica with watchers looks for events other replicas wrote (50-5,000 ms).
     pub poll_interval_ms: u64,
+    /// Watches (WatchCalls streams) one replica serves at once (1-100,000); keep it under
+    /// `grpc.max_in_flight`, since each open stream holds one of those slots.
+    pub max_watches: u32,
+    /// Watches one API key or person may have open on one replica (1-10,000).
+    pub max_watches_per_principal: u32,
     /// The NATS server to publish events to (`nats://host:4222`); empty turns the relay off.
     pub nats_url: String,
     /// The JetStream stream, created when missing with the subjects `<prefix>.>`.
@@ -134,6 +139,8 @@ impl Default for EventsSettings {
             retention_hours: 72,
             watch_buffer: 1_024,
             poll_interval_ms: 200,
+            max_watches: 1_024,
+            max_watches_per_principal: 8,
             nats_url: String::new(),
             nats_stream: "CCO_CALLS".into(),
             nats_subject_prefix: "cco.calls".into(),
@@ -161,6 +168,18 @@ impl EventsSettings {
             self.poll_interval_ms,
             50,
             5_000,
+        )?;
+        cco_platform::config::check_range(
+            "events.max_watches",
+            u64::from(self.max_watches),
+            1,
+            100_000,
+        )?;
+        cco_platform::config::check_range(
+            "events.max_watches_per_principal",
+            u64::from(self.max_watches_per_principal),
+            1,
+            10_000,
         )?;
         if !self.nats_url.is_empty() && !self.nats_url.starts_with("nats://") {
             anyhow::bail!(
@@ -256,6 +275,9 @@ impl Settings {
                 .unwrap_or_default(),
                 buffer: usize::try_from(self.events.watch_buffer).unwrap_or(1_024),
                 poll: std::time::Duration::from_millis(self.events.poll_interval_ms),
+                max_watches: usize::try_from(self.events.max_watches).unwrap_or(1_024),
+                max_watches_per_principal: usize::try_from(self.events.max_watches_per_principal)
+                    .unwrap_or(8),
             },
         }
     }

@@ -314,6 +314,9 @@ pub fn is_open_path(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
+/// Buckets kept before the idle, full ones are forgotten.
+const MAX_BUCKETS: usize = 10_000;
+
 /// A token bucket per API key: `per_second` requests on average, bursts up to `burst`.
 #[derive(Clone, Debug)]
 pub struct RateLimit {
@@ -338,6 +341,14 @@ impl RateLimit {
             return true;
         };
         let now = std::time::Instant::now();
+        // People bring a bucket each: forget the full ones that have been idle, so the map
+        // stays as large as the set of recent callers.
+        if buckets.len() > MAX_BUCKETS {
+            let (per_second, burst) = (self.per_second, self.burst);
+            buckets.retain(|_, (t, last)| {
+                *t + now.duration_since(*last).as_secs_f64() * per_second < burst
+            });
+        }
         let (tokens, last) = buckets
             .entry(key_id.to_owned())
             .or_insert((self.burst, now));

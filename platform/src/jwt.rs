@@ -264,6 +264,13 @@ impl JwtVerifier {
                 s.tenants_claim
             ));
         }
+        // A collector id means one person in one tenant: a collector's token names exactly one.
+        if role == Role::Collector && tenants.len() != 1 {
+            return Err(format!(
+                "token claim {}: a collector's token must name exactly one tenant",
+                s.tenants_claim
+            ));
+        }
         let collector_id = match role {
             Role::Collector => Some(
                 claims
@@ -277,7 +284,12 @@ impl JwtVerifier {
             ),
             _ => None,
         };
-        let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("-");
+        // The subject names the person for logs and their own rate-limit bucket.
+        let sub = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .ok_or("invalid token: the sub claim is missing")?;
         Ok(Principal {
             role,
             tenants: Some(Arc::new(tenants)),
@@ -305,9 +317,12 @@ struct Jwks {
 
 struct JwksState {
     keys: Arc<KeyMap>,
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<Stamp>,
     checked: Instant,
 }
+
+/// What tells a changed JWKS file: modification time, size, inode.
+type Stamp = (SystemTime, u64, u64);
 
 /// How often the file is looked at for a change.
 const JWKS_CHECK: Duration = Duration::from_secs(1);
@@ -341,14 +356,23 @@ impl Jwks {
         st.keys.get(kid).cloned()
     }
 
-    /// Re-reads the file when its modification time or size changed; a file that no longer
-    /// parses keeps the keys read before (and is logged).
+    /// Re-reads the file when its modification time, size or inode changed; a file that no
+    /// longer parses keeps the keys read before (and is logged). The stat happens outside the
+    /// lock, and the write lock is taken only for a changed file, so a flood of unknown kids
+    /// costs a stat each and never serialises verification.
     fn refresh(&self) {
+        let stamp = file_stamp(&self.path);
+        let unchanged = self.state.read().is_ok_and(|st| st.stamp == stamp);
+        if unchanged {
+            if let Ok(mut st) = self.state.try_write() {
+                st.checked = Instant::now();
+            }
+            return;
+        }
         let Ok(mut st) = self.state.write() else {
             return;
         };
         st.checked = Instant::now();
-        let stamp = file_stamp(&self.path);
         if stamp == st.stamp {
             return;
         }
@@ -365,12 +389,16 @@ impl Jwks {
     }
 }
 
-fn file_stamp(path: &str) -> Option<(SystemTime, u64)> {
+fn file_stamp(path: &str) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((m.modified().ok()?, m.len(), ino))
 }
 
-fn read_jwks(path: &str) -> Result<(KeyMap, Option<(SystemTime, u64)>), String> {
+fn read_jwks(path: &str) -> Result<(KeyMap, Option<Stamp>), String> {
     let stamp = file_stamp(path);
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let set: jsonwebtoken::jwk::JwkSet =
@@ -533,20 +561,20 @@ mod tests {
         let t = mint_hs256(
             SECRET,
             &serde_json::json!({"iss": "cco", "exp": now() + 60, "sub": "u1", "role": "collector",
-                "tenants": "t1, t2", "collector_id": "alice"}),
+                "tenants": "t1", "collector_id": "alice"}),
         )
         .expect("signed");
         let p = verifier().verify(&t).expect("valid token");
         assert_eq!(p.role, Role::Collector);
         assert_eq!(p.collector_id.as_deref(), Some("alice"));
-        assert!(p.may_access("t2") && !p.may_access("t3"));
+        assert!(p.may_access("t1") && !p.may_access("t3"));
     }
 
     #[test]
     fn refuses_bad_tokens_with_a_reason() {
         let v = verifier();
         let claims = |extra: serde_json::Value| {
-            let mut c = serde_json::json!({"iss": "cco", "exp": now() + 60, "role": "admin", "tenants": ["t1"]});
+            let mut c = serde_json::json!({"iss": "cco", "exp": now() + 60, "sub": "u1", "role": "admin", "tenants": ["t1"]});
             if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
                 c.extend(e.clone());
             }
@@ -564,6 +592,13 @@ mod tests {
             (
                 claims(serde_json::json!({"role": "collector"})),
                 "collector_id",
+            ),
+            (claims(serde_json::json!({"sub": ""})), "sub"),
+            (
+                claims(
+                    serde_json::json!({"role": "collector", "collector_id": "a", "tenants": ["t1", "t2"]}),
+                ),
+                "exactly one tenant",
             ),
         ];
         for (c, reason) in cases {

@@ -417,6 +417,7 @@ impl pb::calls_server::Calls for CallsGrpc {
         let r = req.into_inner();
         let request = (|| {
             Ok::<_, GwError>(WatchRequest {
+                principal: p.key_id.clone(),
                 tenant: tenant_of(&p, &r.tenant_id)?,
                 collector_id: collector_filter(
                     &p,

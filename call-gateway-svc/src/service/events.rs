@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::event::CallEvent;
 use crate::domain::{GwError, TenantId};
-use crate::store::calls::CallStore;
+use crate::store::calls::{CallStore, EventFilter};
 
 /// Tuning of live events.
 #[derive(Debug, Clone)]
@@ -33,11 +33,17 @@ pub struct EventSettings {
     pub buffer: usize,
     /// How often other replicas' events are looked for while someone watches.
     pub poll: Duration,
+    /// Watches open at once on this replica.
+    pub max_watches: usize,
+    /// Watches open at once per key or person on this replica.
+    pub max_watches_per_principal: usize,
 }
 
 /// What a watcher wants.
 #[derive(Debug, Clone)]
 pub struct WatchRequest {
+    /// Who watches (the principal's key id), for the per-principal cap.
+    pub principal: String,
     pub tenant: TenantId,
     pub collector_id: Option<String>,
     pub call_id: Option<String>,
@@ -53,6 +59,8 @@ const PAGE: u32 = 500;
 pub struct Events {
     store: Arc<dyn CallStore>,
     tenants: Arc<Mutex<HashMap<String, Arc<TenantFeed>>>>,
+    /// Open watches by principal.
+    open: Arc<Mutex<HashMap<String, usize>>>,
     settings: EventSettings,
     stop: CancellationToken,
 }
@@ -75,6 +83,7 @@ impl Events {
         Self {
             store,
             tenants: Arc::default(),
+            open: Arc::default(),
             settings,
             stop: CancellationToken::new(),
         }
@@ -169,7 +178,11 @@ impl Events {
         };
         let mut cursor = feed.cursor.lock().await;
         loop {
-            let page = match self.store.events(tenant, *cursor, PAGE).await {
+            let page = match self
+                .store
+                .events(tenant, *cursor, PAGE, &EventFilter::default())
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(tenant, error = %e, "cannot read call events; watchers wait");
@@ -209,6 +222,32 @@ impl Events {
         Ok(feed.tx.subscribe())
     }
 
+    /// Counts a new watch of `principal`, or refuses it over the caps (each stream holds a slot
+    /// of the port's requests in progress for its whole life, so watches are bounded apart).
+    fn take_slot(&self, principal: &str) -> Result<Slot, GwError> {
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| GwError::Internal(anyhow::anyhow!("watch count lock poisoned")))?;
+        let total: usize = open.values().sum();
+        if total >= self.settings.max_watches {
+            return Err(GwError::ResourceExhausted(format!(
+                "this replica already serves {total} watches (events.max_watches); retry shortly"
+            )));
+        }
+        let mine = open.entry(principal.to_owned()).or_insert(0);
+        if *mine >= self.settings.max_watches_per_principal {
+            return Err(GwError::ResourceExhausted(format!(
+                "{mine} watches are already open with these credentials (events.max_watches_per_principal); close one first"
+            )));
+        }
+        *mine += 1;
+        Ok(Slot {
+            open: self.open.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+
     /// Starts a watch: the events it asked for, then live ones, into a bounded channel; the
     /// stream ends on shutdown, when the client goes away, or with an error.
     ///
@@ -218,6 +257,7 @@ impl Events {
         &self,
         req: WatchRequest,
     ) -> Result<mpsc::Receiver<Result<CallEvent, GwError>>, GwError> {
+        let slot = self.take_slot(&req.principal)?;
         let tenant = req.tenant.as_str().to_owned();
         let live = self.subscribe(&tenant).await?;
         let bounds = self.store.event_bounds(&tenant).await?;
@@ -243,10 +283,13 @@ impl Events {
         let watcher = Watcher {
             store: self.store.clone(),
             tenant,
-            collector_id: req.collector_id,
-            call_id: req.call_id,
+            filter: EventFilter {
+                call_id: req.call_id,
+                collector_id: req.collector_id,
+            },
             last: start,
             out: tx,
+            _slot: slot,
         };
         tokio::spawn(watcher.run(live, self.stop.clone()));
         Ok(rx)
@@ -256,11 +299,30 @@ impl Events {
 struct Watcher {
     store: Arc<dyn CallStore>,
     tenant: String,
-    collector_id: Option<String>,
-    call_id: Option<String>,
-    /// The last id handled (sent or filtered out).
+    filter: EventFilter,
+    /// The last id handled (sent, filtered out, or known to hold nothing for this filter).
     last: u64,
     out: mpsc::Sender<Result<CallEvent, GwError>>,
+    _slot: Slot,
+}
+
+/// One open watch, counted until it ends.
+struct Slot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    principal: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(n) = open.get_mut(&self.principal)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.principal);
+            }
+        }
+    }
 }
 
 /// Why a watch stopped early.
@@ -309,12 +371,13 @@ impl Watcher {
         }
     }
 
-    /// Reads and sends the stored events after `last` (up to `until`, or all).
+    /// Reads and sends the stored events of the filter after `last` (up to `until`, or all);
+    /// with `until`, everything up to it counts as handled afterwards, matching or not.
     async fn catch_up(&mut self, until: Option<u64>) -> Result<(), Stop> {
         loop {
             let page = self
                 .store
-                .events(&self.tenant, self.last, PAGE)
+                .events(&self.tenant, self.last, PAGE, &self.filter)
                 .await
                 .map_err(Stop::Error)?;
             let full = page.len() == PAGE as usize;
@@ -325,6 +388,9 @@ impl Watcher {
                 self.send(&e).await?;
             }
             if !full {
+                if let Some(u) = until {
+                    self.last = self.last.max(u);
+                }
                 return Ok(());
             }
         }
@@ -332,11 +398,9 @@ impl Watcher {
 
     async fn send(&mut self, e: &CallEvent) -> Result<(), Stop> {
         self.last = e.event_id;
-        let wanted = self
-            .collector_id
-            .as_ref()
-            .is_none_or(|c| *c == e.collector_id)
-            && self.call_id.as_ref().is_none_or(|c| *c == e.call_id);
+        let f = &self.filter;
+        let wanted = f.collector_id.as_ref().is_none_or(|c| *c == e.collector_id)
+            && f.call_id.as_ref().is_none_or(|c| *c == e.call_id);
         if wanted {
             self.out
                 .send(Ok(e.clone()))

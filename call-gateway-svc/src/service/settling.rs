@@ -177,11 +177,14 @@ impl Settling {
     ) -> Result<Option<Completed>, GwError> {
         let leases = self.leases.clone();
         let down_until = self.allocator_down_until.clone();
-        let release_now = move |r: Release| -> BoxFuture<'static, bool> {
+        let release_now = move |r: Release| -> BoxFuture<'static, Option<bool>> {
             let (leases, down_until) = (leases.clone(), down_until.clone());
             Box::pin(async move {
+                // The allocator was slow or down a moment ago: do not hold the transaction for
+                // it; the release is sent after the commit instead (and retried from the
+                // outbox if that fails too).
                 if Utc::now().timestamp_millis() < down_until.load(Ordering::Relaxed) {
-                    return false;
+                    return None;
                 }
                 let started = std::time::Instant::now();
                 match tokio::time::timeout(RELEASE_IN_TX_DEADLINE, leases.release(&r)).await {
@@ -192,17 +195,17 @@ impl Settling {
                             tracing::warn!(lease_id = %r.lease_id, ms = started.elapsed().as_millis(), "allocator slow to release; releases go through the outbox for a while");
                             allocator_down(&down_until);
                         }
-                        true
+                        Some(true)
                     }
                     Ok(Err(LeaseError::Unreachable(e))) => {
                         tracing::warn!(lease_id = %r.lease_id, error = %e, "release failed; queued in the outbox");
                         allocator_down(&down_until);
-                        false
+                        Some(false)
                     }
                     Err(_) => {
                         tracing::warn!(lease_id = %r.lease_id, "allocator slow to release; queued in the outbox");
                         allocator_down(&down_until);
-                        false
+                        Some(false)
                     }
                 }
             })

@@ -60,10 +60,12 @@ pub struct Settled {
 /// Builds a call's completion from the call as locked in the completing transaction.
 pub type RecordOf<'a> = &'a (dyn Fn(&Call) -> Completion + Send + Sync);
 
-/// Sends a release while the completing transaction holds the call; true when the allocator
-/// confirmed it (or knows no such lease), so no outbox row is written at all.
+/// Sends a release while the completing transaction holds the call: `Some(true)` when the
+/// allocator confirmed it (or knows no such lease), so no outbox row is written at all;
+/// `Some(false)` when it was tried and failed (the outbox row waits for the worker); `None`
+/// when it was not tried (the caller sends it after the commit).
 pub type ReleaseNow<'a> =
-    &'a (dyn Fn(Release) -> futures::future::BoxFuture<'static, bool> + Send + Sync);
+    &'a (dyn Fn(Release) -> futures::future::BoxFuture<'static, Option<bool>> + Send + Sync);
 
 /// A callback that matched no call.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,12 +255,14 @@ pub trait CallStore: Send + Sync + 'static {
     /// Every tenant's last event id (one small table: a row per tenant).
     async fn event_heads(&self) -> Result<Vec<(String, u64)>, GwError>;
 
-    /// A tenant's events after `after`, in id order, at most `limit`.
+    /// A tenant's events after `after` (of one call or one collector when `filter` says so),
+    /// in id order, at most `limit`.
     async fn events(
         &self,
         tenant_id: &str,
         after: u64,
         limit: u32,
+        filter: &EventFilter,
     ) -> Result<Vec<CallEvent>, GwError>;
 
     /// A tenant's event bounds: the last id deleted by retention, and the last id written
@@ -279,6 +283,14 @@ pub trait CallStore: Send + Sync + 'static {
         batch: u32,
         publish: Publish<'_>,
     ) -> Result<u64, GwError>;
+}
+
+/// Which of a tenant's events to read (indexed: a call's or a collector's events are found
+/// without reading the others).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub call_id: Option<String>,
+    pub collector_id: Option<String>,
 }
 
 /// A tenant's event ids: `pruned_through < id <= last_id` are stored.
@@ -764,11 +776,14 @@ macro_rules! call_store {
                 // above) may the lease go: it is sent while this transaction holds the call. If
                 // the commit failed afterwards, the call would stay open with its lease already
                 // free; the callback's retry completes it and the second release changes nothing.
-                let tried = owed.is_some() && release_now.is_some();
-                let released = match (&owed, release_now) {
+                // `None` from the sender: it did not try (the allocator is known to be slow or
+                // down), so the caller sends the release after the commit.
+                let sent = match (&owed, release_now) {
                     (Some(r), Some(send)) => send(r.clone()).await,
-                    _ => false,
+                    _ => None,
                 };
+                let tried = sent.is_some();
+                let released = sent.unwrap_or(false);
                 let mut updated = updated;
                 let release = match owed {
                     Some(_) if released => {
@@ -1119,17 +1134,29 @@ macro_rules! call_store {
                 self.feed.events.subscribe()
             }
 
-            async fn events(&self, tenant_id: &str, after: u64, limit: u32) -> Result<Vec<CallEvent>, GwError> {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "select {EVENT_COLS} from call_events where tenant_id = $1 and event_id > $2 order by event_id limit $3"
-                )))
-                .bind(tenant_id)
-                .bind(i64::try_from(after).unwrap_or(i64::MAX))
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-                rows.iter().map(event_from).collect()
+            async fn events(&self, tenant_id: &str, after: u64, limit: u32, filter: &EventFilter) -> Result<Vec<CallEvent>, GwError> {
+                // One statement per shape (not `$4 is null or ...`), so each uses its index.
+                let (column, value) = match (&filter.call_id, &filter.collector_id) {
+                    (Some(c), _) => (" and call_id = $4", Some(c)),
+                    (None, Some(c)) => (" and collector_id = $4", Some(c)),
+                    (None, None) => ("", None),
+                };
+                let sql = format!(
+                    "select {EVENT_COLS} from call_events where tenant_id = $1 and event_id > $2{column} order by event_id limit $3"
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                    .bind(i64::from(limit));
+                if let Some(v) = value {
+                    q = q.bind(v);
+                }
+                let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
+                let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
+                Ok(events
+                    .into_iter()
+                    .filter(|e| filter.collector_id.as_ref().is_none_or(|c| *c == e.collector_id))
+                    .collect())
             }
 
             async fn event_heads(&self) -> Result<Vec<(String, u64)>, GwError> {
@@ -1163,27 +1190,37 @@ macro_rules! call_store {
 
             async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, GwError> {
                 // Per tenant, everything up to its newest event older than `before` goes: a
-                // prefix of its ids, whatever the replicas' clocks did in between.
-                let mut tx = self.write_tx().await?;
-                sqlx::query(
-                    "update call_event_seq set pruned_through = (select max(e.event_id) from call_events e \
-                     where e.tenant_id = call_event_seq.tenant_id and e.occurred_at < $1) \
-                     where exists (select 1 from call_events e where e.tenant_id = call_event_seq.tenant_id \
-                     and e.occurred_at < $1 and e.event_id > call_event_seq.pruned_through)",
+                // prefix of its ids, whatever the replicas' clocks did in between. Each mark is
+                // its own short statement (a counter row is locked for one update, never across
+                // the delete), and the delete locks no counter.
+                let marks = sqlx::query(
+                    "select tenant_id, max(event_id) as through from call_events where occurred_at < $1 group by tenant_id",
                 )
                 .bind(before)
-                .execute(&mut *tx)
+                .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
+                for m in &marks {
+                    let tenant: String = m.try_get("tenant_id").map_err(db_err)?;
+                    let through: i64 = m.try_get("through").map_err(db_err)?;
+                    sqlx::query("update call_event_seq set pruned_through = $2 where tenant_id = $1 and pruned_through < $2")
+                        .bind(&tenant)
+                        .bind(through)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                }
+                if marks.is_empty() {
+                    return Ok(0);
+                }
                 let n = sqlx::query(
                     "delete from call_events where event_id <= (select s.pruned_through from call_event_seq s \
                      where s.tenant_id = call_events.tenant_id)",
                 )
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await
                 .map_err(db_err)?
                 .rows_affected();
-                tx.commit().await.map_err(db_err)?;
                 Ok(n)
             }
 
@@ -1214,12 +1251,14 @@ macro_rules! call_store {
                     // Claimed for a while rather than locked: publishing waits on NATS, and
                     // no transaction stays open across it. A replica that finds the tenant
                     // claimed skips it.
+                    let now = Utc::now();
+                    let claim = now + RELAY_CLAIM;
                     let claimed = sqlx::query(
                         "update call_event_relay set claimed_until = $2 where tenant_id = $1 \
                          and (claimed_until is null or claimed_until < $3)",
                     )
                     .bind(&tenant)
-                    .bind(now + RELAY_CLAIM)
+                    .bind(claim)
                     .bind(now)
                     .execute(&self.pool)
                     .await
@@ -1259,14 +1298,17 @@ macro_rules! call_store {
                         Some(id) => i64::try_from(*id).unwrap_or(i64::MAX),
                         None => start,
                     };
-                    // Only forward: a replica whose claim ran out cannot move it back.
+                    // Only forward: a replica whose claim ran out cannot move it back; and only
+                    // its own claim is given up (another replica may hold the tenant by now).
                     sqlx::query(
                         "update call_event_relay set relayed_through = case when relayed_through < $2 then $2 else relayed_through end, \
-                         claimed_until = null, updated_at = $3 where tenant_id = $1",
+                         claimed_until = case when claimed_until = $4 then null else claimed_until end, updated_at = $3 \
+                         where tenant_id = $1",
                     )
                     .bind(&tenant)
                     .bind(last)
                     .bind(Utc::now())
+                    .bind(claim)
                     .execute(&self.pool)
                     .await
                     .map_err(db_err)?;

@@ -497,3 +497,52 @@ async fn failed_unknown_retried_and_expired_calls_have_their_events() {
     ctx.stack.shutdown().await;
     ctx.sim.stop().await;
 }
+
+/// Each open watch holds a request slot of the port for its life: one key or person may hold
+/// only so many, and a closed watch gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_are_capped_per_principal() {
+    let stack = Stack::start(Backend::Sqlite, false, |s| {
+        s.events.max_watches_per_principal = 2;
+    })
+    .await;
+    let calls = |key: &'static str| {
+        let stack = &stack;
+        async move {
+            pb::calls_client::CallsClient::with_interceptor(
+                stack.gateway.channel().await,
+                BearerInterceptor::new(key),
+            )
+        }
+    };
+    let mut caller = calls(CALLER).await;
+    let req = || pb::WatchCallsRequest {
+        tenant_id: "t-a".into(),
+        ..Default::default()
+    };
+    let first = watch(&mut caller, req()).await;
+    let _second = watch(&mut caller, req()).await;
+    let err = caller.watch_calls(req()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message().contains("max_watches_per_principal"),
+        "{}",
+        err.message()
+    );
+    // Another key is not held back by this one's watches.
+    let mut admin = calls(ADMIN).await;
+    let _other = watch(&mut admin, req()).await;
+    // Closing one gives its slot back (the server notices the client went away).
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match caller.watch_calls(req()).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the closed watch's slot never came back: {e:?}"),
+        }
+    }
+    stack.shutdown().await;
+}

@@ -248,3 +248,99 @@ async fn every_event_reaches_jetstream_once_in_order_through_an_outage() {
     ctx.stack.shutdown().await;
     ctx.sim.stop().await;
 }
+
+/// With `nats_payload = json`, the payload is the event's proto3 JSON form (on the machine's
+/// shared NATS server, in a stream of this test's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_payloads_carry_the_proto3_json_form() {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let unique = format!("t{}", uuid::Uuid::new_v4().simple());
+    let stream_name = format!("CCO_TEST_{unique}");
+    let prefix = format!("cco.test.{unique}");
+    let (stream_s, prefix_s) = (stream_name.clone(), prefix.clone());
+    let ctx = setup(
+        Backend::Sqlite,
+        pb::CallMode::DoubleCall,
+        &["8001"],
+        move |s| {
+            s.events.nats_url = url;
+            s.events.nats_stream = stream_s;
+            s.events.nats_subject_prefix = prefix_s;
+            s.events.nats_payload = "json".into();
+        },
+    )
+    .await;
+    let r = ctx
+        .calls
+        .clone()
+        .make_call(pb::MakeCallRequest {
+            tenant_id: "t1".into(),
+            collector_id: "alice".into(),
+            case_id: "case-json".into(),
+            destination_number: "13900139000".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let client = async_nats::connect(
+        std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+    )
+    .await
+    .expect("the shared NATS server answers (scripts/ensure-nats.sh)");
+    let js = async_nats::jetstream::new(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stream = loop {
+        if let Ok(s) = js.get_stream(&stream_name).await {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never created {stream_name}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut types = Vec::new();
+    while types
+        .last()
+        .is_none_or(|t| t != "CALL_EVENT_TYPE_COMPLETED")
+    {
+        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("the call's events within 30 s")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(
+            v["callId"].as_str().or(v["call_id"].as_str()),
+            Some(r.call_id.as_str()),
+            "{v}"
+        );
+        let t = v["type"].as_str().unwrap().to_owned();
+        assert_eq!(
+            m.subject.as_str(),
+            format!(
+                "{prefix}.t1.{}",
+                t.trim_start_matches("CALL_EVENT_TYPE_").to_lowercase()
+            )
+        );
+        types.push(t);
+        m.ack().await.unwrap();
+    }
+    assert_eq!(
+        types,
+        [
+            "CALL_EVENT_TYPE_CREATED",
+            "CALL_EVENT_TYPE_RINGING",
+            "CALL_EVENT_TYPE_COMPLETED"
+        ]
+    );
+    js.delete_stream(&stream_name).await.unwrap();
+    ctx.stack.shutdown().await;
+    ctx.sim.stop().await;
+}

@@ -160,6 +160,49 @@ fn readme_stack_places_a_demo_call() {
         "{}",
         String::from_utf8_lossy(&watched.stderr)
     );
+    let events = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        events.contains("CREATED") && events.contains("RINGING") && events.contains("COMPLETED"),
+        "watch prints the call's events: {events}"
+    );
+    // `call tail` replays the tenant's events and keeps following (stopped here by a kill).
+    let mut tail = Command::new(CCO)
+        .args([
+            "--gateway",
+            &stack.gateway,
+            "--json",
+            "call",
+            "tail",
+            "--tenant",
+            "demo",
+            "--from-start",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut types = Vec::new();
+    for line in lines {
+        let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_eq!(e["call_id"], call_id.as_str());
+        types.push(e["type"].as_str().unwrap().to_owned());
+        if types
+            .last()
+            .is_some_and(|t| t == "CALL_EVENT_TYPE_COMPLETED")
+        {
+            break;
+        }
+    }
+    tail.kill().unwrap();
+    let _ = tail.wait();
+    assert_eq!(
+        types,
+        [
+            "CALL_EVENT_TYPE_CREATED",
+            "CALL_EVENT_TYPE_RINGING",
+            "CALL_EVENT_TYPE_COMPLETED"
+        ]
+    );
     let record = stack.json(&["call", "get", "--tenant", "demo", "--id", &call_id]);
     assert_eq!(record["status"], "CALL_STATUS_COMPLETED");
     assert_eq!(record["result"], "CALL_RESULT_CONNECTED");

@@ -19,6 +19,9 @@ create table if not exists call_events (
     primary key (tenant_id, event_id)
 );
 create index if not exists call_events_by_time on call_events (occurred_at);
+-- A watch of one call, or of one collector, reads only its events.
+create index if not exists call_events_by_call on call_events (tenant_id, call_id, event_id);
+create index if not exists call_events_by_collector on call_events (tenant_id, collector_id, event_id);
 
 create table if not exists call_event_seq (
     tenant_id      text primary key,
