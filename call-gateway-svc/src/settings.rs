@@ -118,6 +118,9 @@ pub struct EventsSettings {
     pub watch_buffer: u32,
     /// How often a replica with watchers looks for events other replicas wrote (50-5,000 ms).
     pub poll_interval_ms: u64,
+    /// How often events nobody on this replica watches get their ids (PostgreSQL; 50-3,600,000
+    /// ms): the delay before the NATS relay can publish them.
+    pub sequence_interval_ms: u64,
     /// Watches (WatchCalls streams) one replica serves at once (1-100,000); keep it under
     /// `grpc.max_in_flight`, since each open stream holds one of those slots.
     pub max_watches: u32,
@@ -139,6 +142,7 @@ impl Default for EventsSettings {
             retention_hours: 72,
             watch_buffer: 1_024,
             poll_interval_ms: 200,
+            sequence_interval_ms: 1_000,
             max_watches: 1_024,
             max_watches_per_principal: 8,
             nats_url: String::new(),
@@ -168,6 +172,12 @@ impl EventsSettings {
             self.poll_interval_ms,
             50,
             5_000,
+        )?;
+        cco_platform::config::check_range(
+            "events.sequence_interval_ms",
+            self.sequence_interval_ms,
+            50,
+            3_600_000,
         )?;
         cco_platform::config::check_range(
             "events.max_watches",
@@ -275,6 +285,7 @@ impl Settings {
                 .unwrap_or_default(),
                 buffer: usize::try_from(self.events.watch_buffer).unwrap_or(1_024),
                 poll: std::time::Duration::from_millis(self.events.poll_interval_ms),
+                sequence_every: std::time::Duration::from_millis(self.events.sequence_interval_ms),
                 max_watches: usize::try_from(self.events.max_watches).unwrap_or(1_024),
                 max_watches_per_principal: usize::try_from(self.events.max_watches_per_principal)
                     .unwrap_or(8),

@@ -1,6 +1,11 @@
 //! Live call events (`WatchCalls`): every change of a call is an event written in the change's
 //! own transaction, with a per-tenant id that grows by exactly one per event (see the store).
 //!
+//! Events are written without their id where rows lock (PostgreSQL); the hub numbers them
+//! after the commit ([`CallStore::sequence_events`]): at once for tenants someone here watches,
+//! on a sweep every [`EventSettings::sequence_every`] for the rest (the NATS relay, later
+//! watchers, events of a replica that went away).
+//!
 //! One hub per process reads each watched tenant's new events once and hands them to every
 //! watcher of that tenant through a bounded broadcast. This process's own commits wake it at
 //! once; other replicas' events are found by polling the tenants' counters (one query of a
@@ -33,6 +38,8 @@ pub struct EventSettings {
     pub buffer: usize,
     /// How often other replicas' events are looked for while someone watches.
     pub poll: Duration,
+    /// How often events nobody here watches are numbered.
+    pub sequence_every: Duration,
     /// Watches open at once on this replica.
     pub max_watches: usize,
     /// Watches open at once per key or person on this replica.
@@ -98,11 +105,29 @@ impl Events {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(Duration::from_secs(600));
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(self.settings.sequence_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 w = wakes.recv() => match w {
-                    Ok(t) if !t.is_empty() => self.pump(&t).await,
+                    Ok(t) if !t.is_empty() => {
+                        // This process committed events of `t` (and maybe of others since):
+                        // the watched ones are numbered and sent now, the rest by the sweep.
+                        let mut woken = vec![t];
+                        while let Ok(more) = wakes.try_recv() {
+                            if !woken.contains(&more) {
+                                woken.push(more);
+                            }
+                        }
+                        woken.retain(|t| self.feed(t).is_some());
+                        if !woken.is_empty() {
+                            self.sequence(&woken).await;
+                            for t in &woken {
+                                self.pump(t).await;
+                            }
+                        }
+                    }
                     // Wakes were dropped: look at every watched tenant.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.pump_all().await,
                     Err(broadcast::error::RecvError::Closed) => break,
@@ -110,6 +135,11 @@ impl Events {
                 _ = tick.tick() => {
                     self.forget_unwatched();
                     self.poll().await;
+                }
+                _ = sweep.tick() => {
+                    // Events nobody here watches still get their ids soon (for the relay, for
+                    // later watchers, and for replicas that went away before numbering them).
+                    self.sequence(&[]).await;
                 }
                 _ = prune.tick() => {
                     let before = chrono::Utc::now() - self.settings.retention;
@@ -138,12 +168,22 @@ impl Events {
         }
     }
 
-    /// Pumps the watched tenants whose last event id moved past the hub's cursor.
+    /// Numbers the committed events of `tenants` (every tenant with some, when empty).
+    async fn sequence(&self, tenants: &[String]) {
+        if let Err(e) = self.store.sequence_events(tenants).await {
+            tracing::warn!(error = %e, "cannot number call events; retrying on the next pass");
+        }
+    }
+
+    /// Numbers the watched tenants' new events (other replicas' too), then pumps those whose
+    /// last event id moved past the hub's cursor.
     async fn poll(&self) {
         let watched: HashMap<String, Arc<TenantFeed>> = match self.tenants.lock() {
             Ok(t) if !t.is_empty() => t.clone(),
             _ => return,
         };
+        let names: Vec<String> = watched.keys().cloned().collect();
+        self.sequence(&names).await;
         let heads = match self.store.event_heads().await {
             Ok(h) => h,
             Err(e) => {

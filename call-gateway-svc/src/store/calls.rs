@@ -19,6 +19,9 @@ use crate::domain::{CollectorId, GwError, TenantId};
 /// the worker only sees rows whose immediate release failed or whose writer went away.
 pub const RELEASE_GRACE: chrono::Duration = chrono::Duration::seconds(5);
 
+/// Events numbered by one sequencer transaction at most.
+const SEQUENCE_BATCH: i64 = 5_000;
+
 /// How long a replica relaying a tenant's events to NATS holds the tenant.
 const RELAY_CLAIM: chrono::Duration = chrono::Duration::seconds(30);
 
@@ -252,6 +255,13 @@ pub trait CallStore: Send + Sync + 'static {
     /// events are found by polling [`CallStore::event_heads`].
     fn event_wakes(&self) -> tokio::sync::broadcast::Receiver<String>;
 
+    /// Numbers the committed events that have no id yet, for `tenants` (or, when empty, for
+    /// every tenant that has such events, at most 100), each tenant in its own short
+    /// transaction that holds the tenant's counter row to its commit; a tenant another replica
+    /// is numbering is skipped. Returns the tenants that got new ids. A no-op where events are
+    /// numbered in their own transaction (SQLite).
+    async fn sequence_events(&self, tenants: &[String]) -> Result<Vec<String>, GwError>;
+
     /// Every tenant's last event id (one small table: a row per tenant).
     async fn event_heads(&self) -> Result<Vec<(String, u64)>, GwError>;
 
@@ -384,25 +394,31 @@ macro_rules! call_store {
             }
         }
 
-        /// Writes `events` (of calls this transaction changed) as its last statements: each
-        /// takes the next id of its tenant from the tenant's counter row, which stays locked
-        /// until the commit, so a tenant's events commit in id order. Tenants are taken in one
-        /// order, after every other row of the transaction, so two transactions never wait on
-        /// each other's counters in a cycle.
+        /// Writes `events` (of calls this transaction changed) as its last statements. Where
+        /// rows lock (PostgreSQL) they are written without an id, and the sequencer
+        /// ([`CallStore::sequence_events`]) numbers them after the commit, so that no call's
+        /// transaction ever waits on another's for its tenant's counter. On SQLite, whose write
+        /// transactions run one at a time anyway, each takes the next id of its tenant from
+        /// the counter at once (ids commit in order by construction).
         async fn append_events<'c>(tx: &mut sqlx::Transaction<'c, $db>, mut events: Vec<CallEvent>) -> Result<Vec<String>, GwError> {
             events.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
             let mut tenants: Vec<String> = events.iter().map(|e| e.tenant_id.clone()).collect();
             tenants.dedup();
             for e in &mut events {
-                let id: i64 = sqlx::query_scalar(
+                let id: Option<i64> = if $row_locks {
+                    None
+                } else {
+                    let id: i64 = sqlx::query_scalar(
                     "insert into call_event_seq (tenant_id, last_id, pruned_through) values ($1, 1, 0) \
                      on conflict (tenant_id) do update set last_id = call_event_seq.last_id + 1 returning last_id",
                 )
-                .bind(&e.tenant_id)
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(db_err)?;
-                e.event_id = u64::try_from(id).map_err(|_| crate::store::corrupt("call_event_seq"))?;
+                    .bind(&e.tenant_id)
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+                    e.event_id = u64::try_from(id).map_err(|_| crate::store::corrupt("call_event_seq"))?;
+                    Some(id)
+                };
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "insert into call_events ({EVENT_COLS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
                 )))
@@ -1157,6 +1173,69 @@ macro_rules! call_store {
                     .into_iter()
                     .filter(|e| filter.collector_id.as_ref().is_none_or(|c| *c == e.collector_id))
                     .collect())
+            }
+
+            async fn sequence_events(&self, tenants: &[String]) -> Result<Vec<String>, GwError> {
+                if !$row_locks {
+                    return Ok(Vec::new());
+                }
+                let tenants: Vec<String> = if tenants.is_empty() {
+                    sqlx::query_scalar(
+                        "select distinct tenant_id from call_events where event_id is null limit 100",
+                    )
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                } else {
+                    tenants.to_vec()
+                };
+                let mut advanced = Vec::new();
+                for tenant in tenants {
+                    sqlx::query(
+                        "insert into call_event_seq (tenant_id, last_id, pruned_through) values ($1, 0, 0) \
+                         on conflict (tenant_id) do nothing",
+                    )
+                    .bind(&tenant)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    let mut tx = self.write_tx().await?;
+                    let last: Option<i64> = sqlx::query_scalar(concat!(
+                        "select last_id from call_event_seq where tenant_id = $1", $skip_locked
+                    ))
+                    .bind(&tenant)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    let Some(last) = last else {
+                        continue;
+                    };
+                    // The committed events without an id, oldest first, numbered from last + 1.
+                    let numbered: Vec<i64> = sqlx::query_scalar(
+                        "update call_events e set event_id = $2 + p.n from \
+                         (select seq, row_number() over (order by seq) as n from \
+                          (select seq from call_events where tenant_id = $1 and event_id is null order by seq limit $3) s) p \
+                         where e.seq = p.seq returning e.event_id",
+                    )
+                    .bind(&tenant)
+                    .bind(last)
+                    .bind(SEQUENCE_BATCH)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    let Some(top) = numbered.iter().max().copied() else {
+                        continue;
+                    };
+                    sqlx::query("update call_event_seq set last_id = $2 where tenant_id = $1")
+                        .bind(&tenant)
+                        .bind(top)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)?;
+                    advanced.push(tenant);
+                }
+                Ok(advanced)
             }
 
             async fn event_heads(&self) -> Result<Vec<(String, u64)>, GwError> {

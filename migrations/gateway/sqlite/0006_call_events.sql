@@ -1,9 +1,11 @@
 -- Live call events (see the PostgreSQL migration of the same number for the design). SQLite
--- has one writer at a time, so ids commit in order by construction; watchers in the process
--- are woken by an in-process broadcast.
+-- has one writer at a time, so the id is taken from the tenant's counter in the change's own
+-- transaction (ids commit in order by construction); watchers in the process are woken by an
+-- in-process broadcast.
 create table if not exists call_events (
+    seq              integer primary key autoincrement,
     tenant_id        text not null,
-    event_id         integer not null,
+    event_id         integer,
     call_id          text not null,
     event_type       text not null
                      check (event_type in ('created', 'dialing', 'ringing', 'unknown', 'completed', 'failed', 'expired')),
@@ -15,13 +17,11 @@ create table if not exists call_events (
     talk_seconds     integer,
     error_code       text,
     error_message    text,
-    occurred_at      text not null,
-    primary key (tenant_id, event_id)
+    occurred_at      text not null
 );
+create unique index if not exists call_events_by_id on call_events (tenant_id, event_id) where event_id is not null;
 create index if not exists call_events_by_time on call_events (occurred_at);
--- A watch of one call, or of one collector, reads only its events.
 create index if not exists call_events_by_call on call_events (tenant_id, call_id, event_id);
-create index if not exists call_events_by_collector on call_events (tenant_id, collector_id, event_id);
 
 create table if not exists call_event_seq (
     tenant_id      text primary key,
