@@ -8,11 +8,12 @@
 //!
 //! One hub per process reads each watched tenant's new events once and hands them to every
 //! watcher of that tenant through a bounded broadcast. This process's own commits wake it at
-//! once; other replicas' events are found by polling the tenants' counters (one query of a
-//! one-row-per-tenant table every [`EventSettings::poll`], only while someone watches). Polling
-//! rather than LISTEN/NOTIFY: a NOTIFY takes a database-wide lock at every commit that sends
-//! one, and every listening replica reads each notification in a transaction of its own, so
-//! the cost would grow with every call; the poll costs the same whatever the call rate. A watcher first reads what it asked to replay
+//! once; other replicas' events are found by polling every [`EventSettings::poll`], only while
+//! someone watches: one query for events still to number (numbering the watched tenants'),
+//! one of the one-row-per-tenant counter table. Polling rather than LISTEN/NOTIFY: a NOTIFY
+//! takes a database-wide lock at every commit that sends one, and every listening replica reads
+//! each notification in a transaction of its own, so the cost would grow with every call; the
+//! poll costs the same whatever the call rate. A watcher first reads what it asked to replay
 //! from the table, then follows the hub; because ids are dense, a jump in the live ids means
 //! events it has not seen, which it reads from the table before going on. A watcher that falls
 //! more than [`EventSettings::buffer`] events behind gets `RESOURCE_EXHAUSTED` and resumes
@@ -96,8 +97,8 @@ impl Events {
         }
     }
 
-    /// Runs the hub until `shutdown` (then every watch ends cleanly): wakes, the
-    /// once-a-second pass, retention.
+    /// Runs the hub until `shutdown` (then every watch ends cleanly): wakes, the poll of
+    /// watched tenants, the numbering sweep, retention.
     pub async fn run(self, shutdown: CancellationToken) {
         let _ends_watches = self.stop.clone().drop_guard();
         let mut wakes = self.store.event_wakes();
@@ -128,8 +129,8 @@ impl Events {
                             }
                         }
                     }
-                    // Wakes were dropped: look at every watched tenant.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.pump_all().await,
+                    // Wakes were dropped: number and look at every watched tenant.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.poll().await,
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = tick.tick() => {
@@ -198,16 +199,6 @@ impl Events {
             if *feed.cursor.lock().await < last {
                 self.pump(&tenant).await;
             }
-        }
-    }
-
-    async fn pump_all(&self) {
-        let names: Vec<String> = match self.tenants.lock() {
-            Ok(t) => t.keys().cloned().collect(),
-            Err(_) => return,
-        };
-        for t in names {
-            self.pump(&t).await;
         }
     }
 

@@ -22,6 +22,9 @@ pub const RELEASE_GRACE: chrono::Duration = chrono::Duration::seconds(5);
 /// Events numbered by one sequencer transaction at most.
 const SEQUENCE_BATCH: i64 = 5_000;
 
+/// Tenants one sequencer pass looks at, at most (those waiting longest first).
+const SEQUENCE_TENANTS: i64 = 1_000;
+
 /// How long a replica relaying a tenant's events to NATS holds the tenant.
 const RELAY_CLAIM: chrono::Duration = chrono::Duration::seconds(30);
 
@@ -256,8 +259,8 @@ pub trait CallStore: Send + Sync + 'static {
     fn event_wakes(&self) -> tokio::sync::broadcast::Receiver<String>;
 
     /// Numbers the committed events that have no id yet, for `tenants` (or, when empty, for
-    /// every tenant that has such events, at most 100), each tenant in its own short
-    /// transaction that holds the tenant's counter row to its commit; a tenant another replica
+    /// every tenant that has such events, at most 1,000, longest waiting first), each tenant in
+    /// its own short transaction that holds the tenant's counter row to its commit; a tenant another replica
     /// is numbering is skipped. Returns the tenants that got new ids. A no-op where events are
     /// numbered in their own transaction (SQLite).
     async fn sequence_events(&self, tenants: &[String]) -> Result<Vec<String>, GwError>;
@@ -434,6 +437,55 @@ macro_rules! call_store {
         }
 
         impl $name {
+            /// Numbers one tenant's committed events that have no id yet, in one short
+            /// transaction holding the tenant's counter row; false when there was nothing to
+            /// number or another replica holds the tenant.
+            async fn sequence_tenant(&self, tenant: &str) -> Result<bool, GwError> {
+                sqlx::query(
+                    "insert into call_event_seq (tenant_id, last_id, pruned_through) values ($1, 0, 0) \
+                     on conflict (tenant_id) do nothing",
+                )
+                .bind(tenant)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let mut tx = self.write_tx().await?;
+                let last: Option<i64> = sqlx::query_scalar(concat!(
+                    "select last_id from call_event_seq where tenant_id = $1", $skip_locked
+                ))
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let Some(last) = last else {
+                    return Ok(false);
+                };
+                // The committed events without an id, oldest first, numbered from last + 1.
+                let numbered: Vec<i64> = sqlx::query_scalar(
+                    "update call_events e set event_id = $2 + p.n from \
+                     (select seq, row_number() over (order by seq) as n from \
+                      (select seq from call_events where tenant_id = $1 and event_id is null order by seq limit $3) s) p \
+                     where e.seq = p.seq returning e.event_id",
+                )
+                .bind(tenant)
+                .bind(last)
+                .bind(SEQUENCE_BATCH)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let Some(top) = numbered.iter().max().copied() else {
+                    return Ok(false);
+                };
+                sqlx::query("update call_event_seq set last_id = $2 where tenant_id = $1")
+                    .bind(tenant)
+                    .bind(top)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(true)
+            }
+
             /// Commits a transaction that wrote events of `tenants`, then wakes this process's
             /// watchers of them (other replicas hear of them through the database).
             async fn commit_waking(&self, tx: sqlx::Transaction<'static, $db>, tenants: Vec<String>) -> Result<(), GwError> {
@@ -1179,61 +1231,30 @@ macro_rules! call_store {
                 if !$row_locks {
                     return Ok(Vec::new());
                 }
-                let tenants: Vec<String> = if tenants.is_empty() {
-                    sqlx::query_scalar(
-                        "select distinct tenant_id from call_events where event_id is null limit 100",
-                    )
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_err)?
+                // The tenants with events still to number, those waiting longest first (so no
+                // tenant is starved by busier ones); one indexed query, nothing locked when
+                // there is no work.
+                let waiting: Vec<String> = sqlx::query_scalar(
+                    "select tenant_id from call_events where event_id is null \
+                     group by tenant_id order by min(seq) limit $1",
+                )
+                .bind(SEQUENCE_TENANTS)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let todo: Vec<String> = if tenants.is_empty() {
+                    waiting
                 } else {
-                    tenants.to_vec()
+                    waiting.into_iter().filter(|t| tenants.contains(t)).collect()
                 };
                 let mut advanced = Vec::new();
-                for tenant in tenants {
-                    sqlx::query(
-                        "insert into call_event_seq (tenant_id, last_id, pruned_through) values ($1, 0, 0) \
-                         on conflict (tenant_id) do nothing",
-                    )
-                    .bind(&tenant)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                    let mut tx = self.write_tx().await?;
-                    let last: Option<i64> = sqlx::query_scalar(concat!(
-                        "select last_id from call_event_seq where tenant_id = $1", $skip_locked
-                    ))
-                    .bind(&tenant)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    let Some(last) = last else {
-                        continue;
-                    };
-                    // The committed events without an id, oldest first, numbered from last + 1.
-                    let numbered: Vec<i64> = sqlx::query_scalar(
-                        "update call_events e set event_id = $2 + p.n from \
-                         (select seq, row_number() over (order by seq) as n from \
-                          (select seq from call_events where tenant_id = $1 and event_id is null order by seq limit $3) s) p \
-                         where e.seq = p.seq returning e.event_id",
-                    )
-                    .bind(&tenant)
-                    .bind(last)
-                    .bind(SEQUENCE_BATCH)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    let Some(top) = numbered.iter().max().copied() else {
-                        continue;
-                    };
-                    sqlx::query("update call_event_seq set last_id = $2 where tenant_id = $1")
-                        .bind(&tenant)
-                        .bind(top)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                    tx.commit().await.map_err(db_err)?;
-                    advanced.push(tenant);
+                for tenant in todo {
+                    // One tenant's failure does not hold up the others.
+                    match self.sequence_tenant(&tenant).await {
+                        Ok(true) => advanced.push(tenant),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(tenant = %tenant, error = %e, "cannot number call events"),
+                    }
                 }
                 Ok(advanced)
             }
@@ -1273,7 +1294,8 @@ macro_rules! call_store {
                 // its own short statement (a counter row is locked for one update, never across
                 // the delete), and the delete locks no counter.
                 let marks = sqlx::query(
-                    "select tenant_id, max(event_id) as through from call_events where occurred_at < $1 group by tenant_id",
+                    "select tenant_id, max(event_id) as through from call_events \
+                     where occurred_at < $1 and event_id is not null group by tenant_id",
                 )
                 .bind(before)
                 .fetch_all(&self.pool)
@@ -1281,7 +1303,9 @@ macro_rules! call_store {
                 .map_err(db_err)?;
                 for m in &marks {
                     let tenant: String = m.try_get("tenant_id").map_err(db_err)?;
-                    let through: i64 = m.try_get("through").map_err(db_err)?;
+                    let Some(through) = m.try_get::<Option<i64>, _>("through").map_err(db_err)? else {
+                        continue;
+                    };
                     sqlx::query("update call_event_seq set pruned_through = $2 where tenant_id = $1 and pruned_through < $2")
                         .bind(&tenant)
                         .bind(through)
