@@ -217,6 +217,31 @@ async fn events_come_in_order_and_resume_exactly(b: Backend) {
     ctx.sim.stop().await;
 }
 
+/// A second gateway on the stack's database and allocator, and a caller's client of it.
+async fn second_replica(
+    ctx: &Ctx,
+) -> (
+    CallsClient,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let allocator_url = format!("http://{}", ctx.stack.allocator.as_ref().unwrap().addr);
+    let b = Application::build(gateway_settings(&ctx.stack.gateway_db.url, &allocator_url))
+        .await
+        .unwrap();
+    let b_addr = b.grpc_addr();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(b.run_until_stopped(stop.clone()));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{b_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client =
+        pb::calls_client::CallsClient::with_interceptor(channel, BearerInterceptor::new(CALLER));
+    (client, stop, task)
+}
+
 /// Two gateways on one PostgreSQL: the callback lands on replica A, the watcher sits on B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_on_another_replica_sees_every_event() {
@@ -227,19 +252,7 @@ async fn a_watcher_on_another_replica_sees_every_event() {
         |_| {},
     )
     .await;
-    let allocator_url = format!("http://{}", ctx.stack.allocator.as_ref().unwrap().addr);
-    let settings = gateway_settings(&ctx.stack.gateway_db.url, &allocator_url);
-    let b = Application::build(settings).await.unwrap();
-    let b_addr = b.grpc_addr();
-    let b_stop = CancellationToken::new();
-    let b_task = tokio::spawn(b.run_until_stopped(b_stop.clone()));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{b_addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut on_b =
-        pb::calls_client::CallsClient::with_interceptor(channel, BearerInterceptor::new(CALLER));
+    let (mut on_b, b_stop, b_task) = second_replica(&ctx).await;
     let mut watcher = watch(
         &mut on_b,
         pb::WatchCallsRequest {
@@ -559,20 +572,7 @@ async fn two_replicas_number_concurrent_calls_once() {
         |_| {},
     )
     .await;
-    let allocator_url = format!("http://{}", ctx.stack.allocator.as_ref().unwrap().addr);
-    let b = Application::build(gateway_settings(&ctx.stack.gateway_db.url, &allocator_url))
-        .await
-        .unwrap();
-    let b_addr = b.grpc_addr();
-    let b_stop = CancellationToken::new();
-    let b_task = tokio::spawn(b.run_until_stopped(b_stop.clone()));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{b_addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let on_b =
-        pb::calls_client::CallsClient::with_interceptor(channel, BearerInterceptor::new(CALLER));
+    let (on_b, b_stop, b_task) = second_replica(&ctx).await;
     let on_a = ctx.calls.clone();
     let all = || pb::WatchCallsRequest {
         tenant_id: "t1".into(),
