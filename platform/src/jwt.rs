@@ -264,6 +264,17 @@ impl JwtVerifier {
                 s.tenants_claim
             ));
         }
+        // The same rule as every tenant id in a request: nothing a request could not name.
+        if let Some((t, why)) = tenants
+            .iter()
+            .find_map(|t| crate::validate::id(t, 64).err().map(|e| (t, e)))
+        {
+            return Err(format!(
+                "token claim {}: tenant {} {why}",
+                s.tenants_claim,
+                crate::validate::quote(t)
+            ));
+        }
         // A collector id means one person in one tenant: a collector's token names exactly one.
         if role == Role::Collector && tenants.len() != 1 {
             return Err(format!(
@@ -279,11 +290,26 @@ impl JwtVerifier {
                     .filter(|c| !c.is_empty())
                     .ok_or_else(|| {
                         format!("a collector's token needs the {} claim", s.collector_claim)
+                    })
+                    .and_then(|c| {
+                        // As a collector id in a request: 1-64 of [A-Za-z0-9_.:-].
+                        crate::validate::id(c, 64)
+                            .map(|()| c)
+                            .map_err(|why| format!("token claim {}: {why}", s.collector_claim))
                     })?
                     .into(),
             ),
             _ => None,
         };
+        // A token issued in the future (beyond the allowed skew) is refused like one not yet
+        // valid: the issuer's clock or the token is wrong.
+        if let Some(iat) = claims.get("iat").and_then(serde_json::Value::as_i64) {
+            let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
+            let skew = i64::try_from(s.clock_skew_seconds).unwrap_or(0);
+            if iat > now.saturating_add(skew) {
+                return Err("token not yet valid (iat is in the future)".into());
+            }
+        }
         // The subject names the person for logs and their own rate-limit bucket.
         let sub = claims
             .get("sub")
@@ -594,6 +620,15 @@ mod tests {
                 "collector_id",
             ),
             (claims(serde_json::json!({"sub": ""})), "sub"),
+            (claims(serde_json::json!({"iat": now() + 3600})), "iat"),
+            (
+                claims(serde_json::json!({"tenants": ["t 1"]})),
+                "may contain only",
+            ),
+            (
+                claims(serde_json::json!({"role": "collector", "collector_id": "bob\n"})),
+                "may contain only",
+            ),
             (
                 claims(
                     serde_json::json!({"role": "collector", "collector_id": "a", "tenants": ["t1", "t2"]}),
