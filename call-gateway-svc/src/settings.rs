@@ -412,9 +412,31 @@ mod tests {
     /// Out-of-range values of the call path's settings are refused with the key named.
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(&str, Spoil); 6] = [
+        let cases: [(&str, Spoil); 16] = [
             ("calls.cache_ttl_seconds", |s| {
                 s.calls.cache_ttl_seconds = 86_401;
+            }),
+            ("events.retention_hours", |s| s.events.retention_hours = 23),
+            ("events.watch_buffer", |s| s.events.watch_buffer = 8),
+            ("events.poll_interval_ms", |s| {
+                s.events.poll_interval_ms = 10
+            }),
+            ("events.sequence_interval_ms", |s| {
+                s.events.sequence_interval_ms = 0;
+            }),
+            ("events.max_watches", |s| s.events.max_watches = 0),
+            ("events.max_watches_per_principal", |s| {
+                s.events.max_watches_per_principal = 0;
+            }),
+            ("events.nats_url", |s| {
+                s.events.nats_url = "http://127.0.0.1:4222".into();
+            }),
+            ("events.nats_subject_prefix", |s| {
+                s.events.nats_subject_prefix = "cco.*".into();
+            }),
+            ("auth.jwt.secret", |s| s.auth.jwt.secret = "short".into()),
+            ("auth.jwt.jwks_path", |s| {
+                s.auth.jwt.jwks_path = "/nonexistent/jwks.json".into();
             }),
             ("coalesce.max_batch", |s| s.coalesce.max_batch = 0),
             ("coalesce.in_flight", |s| s.coalesce.in_flight = 65),
