@@ -153,18 +153,6 @@ impl Principal {
             .is_none_or(|own| own == collector_id)
     }
 
-    /// Fails with `PERMISSION_DENIED` (naming `field`) unless [`Principal::may_act_as`].
-    pub fn check_collector(&self, field: &str, collector_id: &str) -> Result<(), tonic::Status> {
-        if self.may_act_as(collector_id) {
-            Ok(())
-        } else {
-            Err(tonic::Status::permission_denied(format!(
-                "{field}: a collector acts only as themselves, not as {}",
-                crate::validate::quote(collector_id)
-            )))
-        }
-    }
-
     /// Fails with `PERMISSION_DENIED` unless the key may touch `tenant_id`.
     pub fn check_tenant(&self, tenant_id: &str) -> Result<(), tonic::Status> {
         if self.may_access(tenant_id) {

@@ -6,7 +6,7 @@ use cco_platform::auth::Principal;
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
-use super::{done, opt_text, strategy_from_pb, tenant_of};
+use super::{done, opt_text, own, strategy_from_pb, tenant_of};
 use crate::domain::TenantId;
 use crate::domain::call::{Call, CallId, CallResult, CallStatus};
 use crate::domain::event::{CallEvent, EventType};
@@ -40,17 +40,6 @@ impl CallsGrpc {
         let call = self.calls.get(tenant, id).await?;
         own(p, "call_id", call.collector_id.as_str())?;
         Ok(call)
-    }
-}
-
-/// Fails unless the principal may act as `collector` (a collector only as themselves).
-fn own(p: &Principal, field: &'static str, collector: &str) -> Result<(), GwError> {
-    if p.may_act_as(collector) {
-        Ok(())
-    } else {
-        Err(GwError::PermissionDenied(format!(
-            "{field}: a collector acts only for themselves; this belongs to another collector"
-        )))
     }
 }
 

@@ -88,11 +88,7 @@ impl pb::collectors_server::Collectors for CollectorsGrpc {
             async {
                 let tenant = tenant_of(&p, &r.tenant_id)?;
                 let collector = CollectorId::parse("collector_id", &r.collector_id)?;
-                if !p.may_act_as(collector.as_str()) {
-                    return Err(GwError::PermissionDenied(
-                        "collector_id: a collector reads only their own record".into(),
-                    ));
-                }
+                super::own(&p, "collector_id", collector.as_str())?;
                 Ok(collector_to_pb(
                     &self.collectors.get(&tenant, &collector).await?,
                 ))

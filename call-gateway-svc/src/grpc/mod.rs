@@ -99,6 +99,17 @@ fn tenant_of(p: &Principal, raw: &str) -> Result<TenantId, GwError> {
     }
 }
 
+/// Fails unless the principal may act as `collector` (a collector only as themselves).
+fn own(p: &Principal, field: &'static str, collector: &str) -> Result<(), GwError> {
+    if p.may_act_as(collector) {
+        Ok(())
+    } else {
+        Err(GwError::PermissionDenied(format!(
+            "{field}: a collector acts only for themselves; this belongs to another collector"
+        )))
+    }
+}
+
 fn done<T>(r: Result<T, GwError>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
 }
