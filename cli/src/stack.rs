@@ -1,8 +1,9 @@
 //! `cco stack`: the whole stack in one process, on the embedded default (SQLite files under
 //! `./data`): the Infinity simulator, the allocator, the gateway, and a demo tenant (a config
-//! pointing at the simulator, 5 extensions, 2 collectors with callback numbers). Settings come
-//! from the usual `ALLOCATOR__*` / `GATEWAY__*` variables; the two services are wired to each
-//! other's bound ports. Ctrl-C (or SIGTERM) stops everything; running it again reuses the data.
+//! pointing at the simulator, 5 extensions, 2 collectors with callback numbers), and the web
+//! console (http://127.0.0.1:8081) with a development sign-in for the demo people. Settings
+//! come from the usual `ALLOCATOR__*` / `GATEWAY__*` / `CONSOLE__*` variables; the services
+//! are wired to each other's bound ports. Ctrl-C (or SIGTERM) stops everything; running it again reuses the data.
 
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use tonic::Code;
 
 /// The demo tenant's id.
 pub const DEMO_TENANT: &str = "demo";
+/// A second tenant of the demo administrator, left without a config (to set one up in the
+/// console).
+pub const TRIAL_TENANT: &str = "trial";
 const DEMO_SECRET: &str = "demo-callback-secret-0001";
 
 /// Options of `cco stack`.
@@ -92,6 +96,9 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
     };
     let gw_grpc = bind(&gw.grpc.host, gw.grpc.port).await?;
     let gw_http = bind(&gw.http.host, gw.http.port).await?;
+    let mut console: cco_console::settings::Settings = cco_platform::config::load("CONSOLE")?;
+    let console_listener = bind(&console.http.host, console.http.port).await?;
+    let console_port = console_listener.local_addr()?.port();
     let alloc_port = alloc_grpc.local_addr()?.port();
     let gw_port = gw_grpc.local_addr()?.port();
     let gw_http_port = gw_http.local_addr()?.port();
@@ -109,9 +116,21 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
     let jwt_secret = gw.auth.jwt.secret.expose_secret().to_owned();
     let jwt_issuer = gw.auth.jwt.issuer.clone();
     let jwt_audience = gw.auth.jwt.audience.clone();
-    // Wire the two services to each other's bound ports.
+    // Wire the two services to each other's bound ports, and the console to both.
     alloc.policy.gateway_url = format!("http://127.0.0.1:{gw_port}");
     gw.allocator.url = format!("http://127.0.0.1:{alloc_port}");
+    console.gateway.url = format!("http://127.0.0.1:{gw_port}");
+    console.allocator.url = format!("http://127.0.0.1:{alloc_port}");
+    if console.public_url == cco_console::settings::Settings::default().public_url {
+        console.public_url = format!("http://127.0.0.1:{console_port}");
+    }
+    if console.callback_base_url.is_empty() {
+        console.callback_base_url = format!("http://127.0.0.1:{gw_http_port}");
+    }
+    if console.session.secret.expose_secret().is_empty() {
+        // A fresh secret per run: signing in again after a restart is fine for a local stack.
+        console.session.secret = cco_console::session::token().repeat(2).into();
+    }
 
     let stop = CancellationToken::new();
     let alloc_app =
@@ -119,8 +138,53 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
             .await?;
     let gw_app =
         call_gateway_svc::app::Application::build_with(gw, Some((gw_grpc, gw_http))).await?;
+    let mint = |tenants: &[&str], role: &str, collector: Option<&str>| {
+        cco_platform::jwt::mint_person(
+            &jwt_secret,
+            &cco_platform::jwt::Person {
+                tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+                role: role.into(),
+                collector_id: collector.map(str::to_owned),
+                sub: None,
+                issuer: jwt_issuer.clone(),
+                audience: jwt_audience.clone(),
+                ttl_seconds: 12 * 3_600,
+            },
+        )
+    };
+    // The console's development sign-in: the demo people, with tokens minted here. Only a
+    // local stack offers it (the console binary never does).
+    let dev_people = if jwt_secret.is_empty() || args.no_demo {
+        Vec::new()
+    } else {
+        let person = |label: &str, token: String| cco_console::app::DevPerson {
+            label: label.into(),
+            token,
+        };
+        vec![
+            person(
+                "admin (demo, trial)",
+                mint(&[DEMO_TENANT, TRIAL_TENANT], "admin", None)?,
+            ),
+            person(
+                "sam (supervisor)",
+                mint(&[DEMO_TENANT], "supervisor", None)?,
+            ),
+            person(
+                "alice (collector)",
+                mint(&[DEMO_TENANT], "collector", Some("alice"))?,
+            ),
+            person(
+                "bob (collector)",
+                mint(&[DEMO_TENANT], "collector", Some("bob"))?,
+            ),
+        ]
+    };
+    let console_app =
+        cco_console::app::Console::build(console, Some(console_listener), dev_people).await?;
     let alloc_task = tokio::spawn(alloc_app.run_until_stopped(stop.clone()));
     let gw_task = tokio::spawn(gw_app.run_until_stopped(stop.clone()));
+    let console_task = tokio::spawn(console_app.run_until_stopped(stop.clone()));
     tokio::spawn(cco_platform::grpc::shutdown_signal(stop.clone()));
 
     if !args.no_demo {
@@ -154,6 +218,7 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
         sim.api_url(),
         sim.addr()
     );
+    println!("  console          http://127.0.0.1:{console_port}");
     println!(
         "  dev API keys     admin: dev-admin-key   caller: dev-caller-key   peer: dev-peer-key"
     );
@@ -167,25 +232,17 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
             "    cargo run -q -p cco-cli -- call make --tenant {DEMO_TENANT} --collector alice --case case-1 --to 13900139000"
         );
         println!("    cargo run -q -p cco-cli -- call watch --tenant {DEMO_TENANT} --id <call_id>");
-        let mint = |role: &str, collector: Option<&str>| {
-            cco_platform::jwt::mint_person(
-                &jwt_secret,
-                &cco_platform::jwt::Person {
-                    tenants: vec![DEMO_TENANT.into()],
-                    role: role.into(),
-                    collector_id: collector.map(str::to_owned),
-                    sub: None,
-                    issuer: jwt_issuer.clone(),
-                    audience: jwt_audience.clone(),
-                    ttl_seconds: 12 * 3_600,
-                },
-            )
-        };
         if !jwt_secret.is_empty() {
             println!();
             println!("  people's tokens (12 h; `cco token mint` makes more; pass with --api-key):");
-            println!("    demo admin       {}", mint("admin", None)?);
-            println!("    alice            {}", mint("collector", Some("alice"))?);
+            println!(
+                "    demo admin       {}",
+                mint(&[DEMO_TENANT], "admin", None)?
+            );
+            println!(
+                "    alice            {}",
+                mint(&[DEMO_TENANT], "collector", Some("alice"))?
+            );
         }
     }
     println!("  Ctrl-C stops everything.");
@@ -193,9 +250,10 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
 
     let a = alloc_task.await;
     let g = gw_task.await;
+    let c = console_task.await;
     sim.stop().await;
     cco_platform::telemetry::shutdown().await;
-    for r in [a, g] {
+    for r in [a, g, c] {
         r.map_err(|e| anyhow::anyhow!("service task failed: {e}"))??;
     }
     println!("stack stopped");

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod console;
 mod faults;
 mod pg_restart;
 mod stack;

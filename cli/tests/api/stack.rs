@@ -10,12 +10,16 @@ use serde_json::Value;
 
 const CCO: &str = env!("CARGO_BIN_EXE_cco");
 
-struct Stack {
+pub(crate) struct Stack {
     child: Child,
-    gateway: String,
-    allocator: String,
+    pub(crate) gateway: String,
+    pub(crate) allocator: String,
     /// The collector alice's token, as printed.
     alice: String,
+    /// The console's URL.
+    pub(crate) console: String,
+    /// The simulator's API URL (its control API is at the same host).
+    pub(crate) sim_api: String,
 }
 
 /// The browser origin the stack is started to allow (gRPC-Web CORS).
@@ -31,7 +35,7 @@ fn port_of(line: &str, label: &str) -> Option<u16> {
         .ok()
 }
 
-fn start(dir: &std::path::Path) -> Stack {
+pub(crate) fn start(dir: &std::path::Path) -> Stack {
     let mut child = Command::new(CCO)
         .arg("stack")
         .current_dir(dir)
@@ -42,6 +46,7 @@ fn start(dir: &std::path::Path) -> Stack {
         .env("GATEWAY__GRPC__PORT", "0")
         .env("GATEWAY__HTTP__PORT", "0")
         .env("CCO_SIM_PORT", "0")
+        .env("CONSOLE__HTTP__PORT", "0")
         .env("GATEWAY__GRPC__WEB__ALLOWED_ORIGINS", WEB_ORIGIN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -55,13 +60,18 @@ fn start(dir: &std::path::Path) -> Stack {
             let _ = tx.send(line);
         }
     });
-    let (mut gw, mut al, mut alice) = (None, None, None);
+    let (mut gw, mut al, mut alice, mut console, mut sim) = (None, None, None, None, None);
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("stack printed its endpoints");
         al = al.or_else(|| port_of(&line, "allocator gRPC"));
         gw = gw.or_else(|| port_of(&line, "gateway gRPC"));
+        console = console.or_else(|| port_of(&line, "console"));
+        sim = sim.or_else(|| {
+            let rest = line.trim().strip_prefix("Infinity sim")?;
+            rest.split_whitespace().next().map(str::to_owned)
+        });
         alice = alice.or_else(|| {
             line.trim()
                 .strip_prefix("alice")
@@ -79,11 +89,23 @@ fn start(dir: &std::path::Path) -> Stack {
         gateway: format!("http://127.0.0.1:{}", gw.expect("gateway port")),
         allocator: format!("http://127.0.0.1:{}", al.expect("allocator port")),
         alice: alice.expect("a token for alice printed"),
+        console: format!("http://127.0.0.1:{}", console.expect("console port")),
+        sim_api: sim.expect("simulator URL"),
+    }
+}
+
+impl Drop for Stack {
+    /// A test that panics midway still leaves no stack running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
 impl Stack {
-    fn cco(&self, args: &[&str]) -> Output {
+    pub(crate) fn cco(&self, args: &[&str]) -> Output {
         Command::new(CCO)
             .args(["--gateway", &self.gateway, "--allocator", &self.allocator])
             .args(args)
@@ -91,7 +113,7 @@ impl Stack {
             .unwrap()
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.cco(&all);
@@ -103,7 +125,7 @@ impl Stack {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let status = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status()
