@@ -4,12 +4,12 @@
 1. Every YAML file parses.
 2. Kubernetes manifests pass `kubernetes-validate --strict` (bundled schemas, no cluster).
 3. Every file a kustomization names exists, and every patch targets a resource of the base.
-4. Every environment variable a manifest or the compose file gives a service is real: the
-   service binary's `check-config` loads it with the same settings code as production
+4. Every environment variable a manifest or the compose file gives a service (or the console)
+   is real: the binary's `check-config` loads it with the same settings code as production
    (unknown keys and bad values are errors), using the example ConfigMap/Secret values.
-5. The Dockerfile copies the four binaries that exist in the workspace.
+5. The Dockerfile copies the five binaries that exist in the workspace.
 
-Usage: python3 deploy/validate.py <dir with allocator-svc and call-gateway-svc binaries>
+Usage: python3 deploy/validate.py <dir with allocator-svc, call-gateway-svc and cco-console binaries>
 """
 
 import os
@@ -21,7 +21,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent
 BIN = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/debug").resolve()
-KNOWN_PREFIXES = ("ALLOCATOR__", "GATEWAY__")
+KNOWN_PREFIXES = ("ALLOCATOR__", "GATEWAY__", "CONSOLE__")
 KNOWN_PLAIN = {"HEALTH_PORT", "RUST_LOG"}
 errors = []
 
@@ -87,8 +87,11 @@ def check(where, command, env):
     for name in env:
         if not (name.startswith(KNOWN_PREFIXES) or name in KNOWN_PLAIN):
             fail(f"{where}: sets {name}, which no service reads")
-    binary = {"allocator-svc": "allocator-svc", "call-gateway-svc": "call-gateway-svc"}.get(command[0])
+    binary = command[0] if command[0] in ("allocator-svc", "call-gateway-svc", "cco-console") else None
     if binary is None:
+        return 0
+    if not (BIN / binary).exists():
+        fail(f"{where}: cannot check: {BIN / binary} is not built")
         return 0
     run_env = {"PATH": os.environ.get("PATH", "")} | {k: str(v) for k, v in env.items()}
     r = subprocess.run([str(BIN / binary), "check-config"], env=run_env, capture_output=True, text=True, cwd="/tmp")
@@ -125,16 +128,16 @@ for name, svc in compose["services"].items():
     if "cco-infinity" not in svc.get("image", ""):
         continue
     checked += check(f"docker-compose.yml service {name}", svc["command"], svc.get("environment") or {})
-print(f"ok   {checked} containers' environments accepted by the services' own settings code")
+print(f"ok   {checked} containers' environments accepted by the binaries' own settings code")
 
 # 5. The Dockerfile builds and copies binaries that exist.
 dockerfile = (ROOT / "Dockerfile").read_text()
-for b in ["allocator-svc", "call-gateway-svc", "infinity-sim", "cco"]:
+for b in ["allocator-svc", "call-gateway-svc", "cco-console", "infinity-sim", "cco"]:
     if f"target/release/{b}" not in dockerfile:
         fail(f"Dockerfile does not copy {b}")
     if not (BIN / b).exists():
         fail(f"binary {b} is not built by the workspace")
-print("ok   Dockerfile copies the workspace's four binaries")
+print("ok   Dockerfile copies the workspace's five binaries")
 
 if errors:
     print(f"{len(errors)} problem(s)")
