@@ -152,9 +152,16 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
             },
         )
     };
-    // The console's development sign-in: the demo people, with tokens minted here. Only a
-    // local stack offers it (the console binary never does).
-    let dev_people = if jwt_secret.is_empty() || args.no_demo {
+    // The console's development sign-in: the demo people, with tokens minted here (valid 12 h:
+    // restart the stack after that). Only a local stack on a loopback address offers it; the
+    // console binary never does.
+    let loopback = console.http.host == "localhost"
+        || console
+            .http
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let dev_people = if jwt_secret.is_empty() || args.no_demo || !loopback {
         Vec::new()
     } else {
         let person = |label: &str, token: String| cco_console::app::DevPerson {

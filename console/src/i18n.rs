@@ -132,7 +132,7 @@ texts! {
     DevSignIn => "Development sign-in (cco stack only)", "开发环境登录（仅 cco stack）";
     DevSignInHelp => "Demo people of this local stack; never offered in production.", "本地演示环境中的演示人员；生产环境不会提供。";
     SignInAsPerson => "Sign in as {0}", "以 {0} 身份登录";
-    HandoffWorking => "Signing you in…", "正在登录…";
+    HandoffWorking => "The CCO platform is signing you in to the call console.", "CCO 平台正在为您登录外呼控制台。";
     HandoffNoToken => "No token was passed to this page. Sign in below.", "此页面未收到令牌。请在下方登录。";
     TokenRequired => "Paste your token.", "请粘贴令牌。";
     TokenMalformed => "This is not a CCO token (a JWT has three parts separated by dots).", "这不是 CCO 令牌（JWT 由三段以点分隔的内容组成）。";
@@ -164,12 +164,16 @@ texts! {
     Filter => "Filter", "筛选";
     Clear => "Clear", "清除";
     Next => "Next page", "下一页";
+    Pages => "Pages", "分页";
+    HandoffContinue => "Continue as {0}", "以 {0} 身份继续";
+    ActionOn => "{0}: {1}", "{0}：{1}";
+    DurationHms => "{0}h {1}m {2}s", "{0}小时{1}分{2}秒";
+    DurationMs => "{0}m {1}s", "{0}分{1}秒";
+    DurationS => "{0}s", "{0}秒";
     First => "First page", "第一页";
     Any => "Any", "全部";
     Yes => "Yes", "是";
     No => "No", "否";
-    Loading => "Loading…", "加载中…";
-    Saved => "Saved.", "已保存。";
     Done => "Done.", "已完成。";
     Live => "Updates live", "实时更新";
     LiveLost => "Live updates paused; reconnecting…", "实时更新已暂停，正在重连…";
@@ -202,8 +206,6 @@ texts! {
     RefuseCollectorInactive => "Your collector account is not active. Ask your administrator.", "您的催员账号未启用，请联系管理员。";
     RefuseCollectorUnknown => "You are not set up as a collector of this tenant yet. Ask your administrator.", "您尚未被设置为该租户的催员，请联系管理员。";
     RefuseNoConfig => "This tenant has no Infinity settings yet. Ask your administrator.", "该租户尚未配置 Infinity，请联系管理员。";
-    RefuseInfinity => "Infinity refused the call ({0}): {1}", "Infinity 拒绝了此呼叫（{0}）：{1}";
-    RefuseUnknownOutcome => "We could not confirm the call with Infinity. It may still ring; watch its state below.", "无法与 Infinity 确认此呼叫，电话可能仍会响起，请查看下方状态。";
     RefuseKeyReused => "This call form was already used for another call. Reload the page.", "此呼叫表单已用于其他呼叫，请刷新页面。";
     // Config page.
     ConfigTitle => "Infinity settings", "Infinity 配置";
@@ -374,7 +376,7 @@ texts! {
     RecentCallsOf => "Recent calls of {0}", "{0} 的最近通话";
     NoCalls => "No calls.", "没有通话。";
     HangUp => "Hang up", "挂断";
-    HungUp => "Hang-up requested: {0}", "已请求挂断：{0}";
+    HungUp => "Hang-up requested; the call ends when Infinity reports it.", "已请求挂断；Infinity 回报后通话结束。";
     // Calls.
     CallsTitle => "Calls", "通话记录";
     CallId => "Call id", "通话 ID";
@@ -446,10 +448,8 @@ texts! {
     PoolToday => "Pool utilisation today, by hour", "今日分机池每小时使用率";
     TodayIn => "Today is counted in {0}.", "“今日”按 {0} 时区计算。";
     Sampled => "Counted over the latest {0} calls of today.", "按今日最近 {0} 通通话统计。";
-    Hour => "Hour", "小时";
     DataTable => "The numbers", "数据";
     RecordTitle => "Communication record", "通信记录";
-    Seconds => "{0} s", "{0} 秒";
     Milliseconds => "{0} ms", "{0} 毫秒";
     ChartOf => "Chart: {0}", "图表：{0}";
     NoData => "No data yet.", "暂无数据。";

@@ -156,7 +156,8 @@ pub struct Claims {
     pub expires: Option<i64>,
 }
 
-/// Reads the claims of a JWT (`tenants` may be a list or a comma-separated string).
+/// Reads the claims of a JWT (`tenants` may be a list, or a string separated by commas or
+/// spaces, as the services read it).
 pub fn read_claims(token: &str) -> Option<Claims> {
     let mut parts = token.split('.');
     let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
@@ -171,7 +172,7 @@ pub fn read_claims(token: &str) -> Option<Claims> {
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect(),
         Some(serde_json::Value::String(s)) => s
-            .split(',')
+            .split([',', ' '])
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .collect(),

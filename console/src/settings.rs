@@ -183,9 +183,12 @@ impl Settings {
         self.public_url.starts_with("https://")
     }
 
-    /// The origin form posts must come from (`scheme://host[:port]`).
+    /// The origin form posts must come from (`scheme://host[:port]`, as browsers send it:
+    /// lowercase host, no default port).
     pub fn origin(&self) -> String {
-        self.public_url.trim_end_matches('/').to_owned()
+        url::Url::parse(&self.public_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default()
     }
 }
 
@@ -249,7 +252,7 @@ mod tests {
     fn secure_cookies_follow_the_public_url() {
         let mut s = valid();
         assert!(!s.secure_cookies());
-        s.public_url = "https://console.example.com".into();
+        s.public_url = "https://Console.Example.com:443/".into();
         assert!(s.secure_cookies());
         assert_eq!(s.origin(), "https://console.example.com");
     }

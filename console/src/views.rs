@@ -188,15 +188,20 @@ pub struct Field<'a> {
     pub required: bool,
 }
 
+/// The ids that describe input `name`: its help and its error.
+fn described(name: &str, help: bool, error: bool) -> Option<String> {
+    match (help, error) {
+        (true, true) => Some(format!("{name}-help {name}-error")),
+        (true, false) => Some(format!("{name}-help")),
+        (false, true) => Some(format!("{name}-error")),
+        (false, false) => None,
+    }
+}
+
 impl Field<'_> {
     /// The markup.
     pub fn render(&self) -> Markup {
-        let described = match (self.help.is_some(), self.error.is_some()) {
-            (true, true) => Some(format!("{0}-help {0}-error", self.name)),
-            (true, false) => Some(format!("{}-help", self.name)),
-            (false, true) => Some(format!("{}-error", self.name)),
-            (false, false) => None,
-        };
+        let described = described(self.name, self.help.is_some(), self.error.is_some());
         html! {
             div.field.invalid[self.error.is_some()] {
                 label for=(self.name) { (self.label) }
@@ -223,7 +228,7 @@ pub fn textarea(
         div.field.invalid[error.is_some()] {
             label for=(name) { (label) }
             textarea id=(name) name=(name) rows="4" aria-invalid=[error.map(|_| "true")]
-                aria-describedby=[help.map(|_| format!("{name}-help"))] { (value) }
+                aria-describedby=[described(name, help.is_some(), error.is_some())] { (value) }
             @if let Some(h) = help { small id={ (name) "-help" } { (h) } }
             @if let Some(e) = error { p.error id={ (name) "-error" } { (e) } }
         }
@@ -241,7 +246,8 @@ pub fn select(
     html! {
         div.field.invalid[error.is_some()] {
             label for=(name) { (label) }
-            select id=(name) name=(name) aria-invalid=[error.map(|_| "true")] {
+            select id=(name) name=(name) aria-invalid=[error.map(|_| "true")]
+                aria-describedby=[described(name, false, error.is_some())] {
                 @for (v, t) in options { option value=(v) selected[v == chosen] { (t) } }
             }
             @if let Some(e) = error { p.error id={ (name) "-error" } { (e) } }
@@ -373,15 +379,23 @@ pub fn bar_chart(
     }
 }
 
-/// Seconds as `1h 02m 03s`.
-pub fn duration(seconds: f64) -> String {
+/// Seconds as `1h 02m 03s` (`1小时02分03秒`).
+pub fn duration(lang: Lang, seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
+    let two = |n: u64| format!("{n:02}");
     if s >= 3_600 {
-        format!("{}h {:02}m {:02}s", s / 3_600, (s % 3_600) / 60, s % 60)
+        lang.f(
+            T::DurationHms,
+            &[
+                &(s / 3_600).to_string(),
+                &two((s % 3_600) / 60),
+                &two(s % 60),
+            ],
+        )
     } else if s >= 60 {
-        format!("{}m {:02}s", s / 60, s % 60)
+        lang.f(T::DurationMs, &[&(s / 60).to_string(), &two(s % 60)])
     } else {
-        format!("{s}s")
+        lang.f(T::DurationS, &[&s.to_string()])
     }
 }
 
@@ -442,7 +456,8 @@ mod tests {
             Some(1.0),
         );
         assert!(c.into_string().contains("width=\"55.0\""));
-        assert_eq!(duration(3_723.0), "1h 02m 03s");
-        assert_eq!(duration(59.4), "59s");
+        assert_eq!(duration(Lang::En, 3_723.0), "1h 02m 03s");
+        assert_eq!(duration(Lang::Zh, 3_723.0), "1小时02分03秒");
+        assert_eq!(duration(Lang::En, 59.4), "59s");
     }
 }

@@ -16,6 +16,10 @@ use crate::i18n::{Lang, T};
 use crate::session::{PRE_COOKIE, Role, SESSION_COOKIE, Session, same_token};
 use crate::views;
 
+/// Sent by the console's script when it fetches a piece of a page: an ended session answers
+/// 401 instead of redirecting it to the sign-in page.
+pub const FRAGMENT_HEADER: &str = "x-console-fragment";
+
 /// The value of cookie `name`.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -117,7 +121,9 @@ impl FromRequestParts<Arc<State>> for Ctx {
         let session = cookie(&parts.headers, SESSION_COOKIE)
             .and_then(|v| state.sealer.open(v, now()))
             .ok_or_else(|| {
-                if parts.uri.path().starts_with("/live/") || parts.method != Method::GET {
+                let fragment = parts.headers.contains_key(FRAGMENT_HEADER);
+                if fragment || parts.uri.path().starts_with("/live/") || parts.method != Method::GET
+                {
                     (StatusCode::UNAUTHORIZED, lang.t(T::SessionEnded)).into_response()
                 } else {
                     Redirect::to("/sign-in").into_response()
@@ -141,11 +147,24 @@ pub fn check_form(
     origin: &str,
     lang: Lang,
 ) -> Result<(), Page> {
+    // A browser names the page's origin on every form post; a missing header (old browsers,
+    // non-browser clients) is left to the token, a different one (including `null`) is refused.
     let foreign = headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|o| o != origin && o != "null");
-    if foreign || !same_token(expected, given) {
+        .is_some_and(|o| o != origin);
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let token = same_token(expected, given);
+    if foreign || !form || !token {
+        tracing::warn!(
+            foreign_origin = foreign,
+            form_encoded = form,
+            token_matches = token,
+            "form refused"
+        );
         return Err(Page::Message {
             status: StatusCode::FORBIDDEN,
             text: lang.t(T::FormExpired).to_owned(),
@@ -300,8 +319,8 @@ impl Problem {
 }
 
 /// Security headers on every response: a Content-Security-Policy that runs only the console's
-/// own script file (no inline script or style), no framing, no sniffing, no referrer, and no
-/// caching of pages (they hold personal data).
+/// own script file (no inline script or style), no framing, no sniffing, no referrer to other
+/// sites, and no caching of pages (they hold personal data).
 pub async fn security_headers(req: Request, next: Next) -> Response {
     let is_asset = req.uri().path().starts_with("/assets/");
     let mut res = next.run(req).await;
@@ -319,9 +338,11 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // `same-origin`: nothing leaks to other sites, and the browser names our origin on our own
+    // form posts (under `no-referrer` it sends `Origin: null`, which the form check refuses).
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !is_asset {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -355,6 +376,78 @@ mod tests {
         assert!(
             p.sentence(Lang::Zh)
                 .starts_with(Lang::Zh.t(T::ErrUnavailable))
+        );
+    }
+
+    #[test]
+    fn forms_need_their_token_their_origin_and_form_encoding() {
+        let origin = "http://127.0.0.1:8081";
+        let headers = |o: Option<&'static str>, ct: &'static str| {
+            let mut h = HeaderMap::new();
+            if let Some(o) = o {
+                h.insert(header::ORIGIN, HeaderValue::from_static(o));
+            }
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            h
+        };
+        let form = "application/x-www-form-urlencoded";
+        let t = "0123456789abcdef0123456789abcdef";
+        let ok = |h: &HeaderMap, given: &str| check_form(h, t, given, origin, Lang::En).is_ok();
+        assert!(ok(&headers(Some(origin), form), t));
+        assert!(ok(&headers(None, form), t), "no Origin: the token decides");
+        assert!(!ok(&headers(Some(origin), form), "x"), "wrong token");
+        assert!(!ok(&headers(Some(origin), form), ""), "no token");
+        assert!(!ok(&headers(Some("null"), form), t), "opaque origin");
+        assert!(
+            !ok(&headers(Some("https://evil.example"), form), t),
+            "another origin"
+        );
+        assert!(!ok(&headers(Some(origin), "text/plain"), t), "not a form");
+    }
+
+    #[test]
+    fn refusals_speak_a_collectors_words() {
+        let cases = [
+            (
+                Code::ResourceExhausted,
+                "pool empty: no free extension for tenant demo (5 total)",
+                T::RefuseNoExtension,
+            ),
+            (
+                Code::ResourceExhausted,
+                "concurrency cap reached: tenant demo holds 5 live leases",
+                T::RefuseConcurrency,
+            ),
+            (
+                Code::FailedPrecondition,
+                "collector alice has no callback number; double_call rings it first",
+                T::RefuseNoCallback,
+            ),
+            (
+                Code::FailedPrecondition,
+                "tenant demo is inactive: its Infinity call config is switched off",
+                T::RefuseTenantDisabled,
+            ),
+            (
+                Code::FailedPrecondition,
+                "collector alice is inactive",
+                T::RefuseCollectorInactive,
+            ),
+        ];
+        for (code, detail, text) in cases {
+            assert_eq!(
+                Problem::local(code, detail).refusal(Lang::Zh),
+                Lang::Zh.t(text),
+                "{detail}"
+            );
+        }
+        let p = Problem::local(
+            Code::InvalidArgument,
+            "destination_number: not a phone number",
+        );
+        assert_eq!(
+            p.refusal(Lang::En),
+            "This number is not valid: not a phone number"
         );
     }
 

@@ -206,9 +206,9 @@ fn ensure(cond: bool, what: impl Into<String>) -> R {
     if cond { Ok(()) } else { Err(what.into()) }
 }
 
-/// Asks the simulator to answer calls to `number` only after `delay_ms` (so the browser sees
-/// the call live before it ends).
-async fn script(stack: &Stack, number: &str, delay_ms: u64) {
+/// Asks the simulator to answer calls to `number` (every call: None) only after `delay_ms` (so
+/// the browser sees the call live before it ends).
+async fn script(stack: &Stack, number: Option<&str>, delay_ms: u64) {
     let control = stack
         .sim_api
         .split("/openapi")
@@ -306,10 +306,35 @@ async fn scenario(ui: &Ui, stack: &Stack) -> R {
     admin_sets_up_a_tenant(ui, stack).await?;
     let (bob_call, busy_extension) = bob_holds_a_line(ui, stack).await?;
     let alice_call = alice_calls(ui, stack, &bob_call).await?;
-    supervisor_sees_it(ui, &alice_call).await?;
+    supervisor_sees_it(ui, stack, &alice_call).await?;
     admin_frees_an_extension(ui, &busy_extension).await?;
     forms_need_their_token(ui, stack).await?;
     both_languages(ui).await?;
+    handoff(ui, stack).await?;
+    Ok(())
+}
+
+/// The platform's hand-over: the token in the fragment, confirmed by the person, then gone
+/// from the address bar.
+async fn handoff(ui: &Ui, stack: &Stack) -> R {
+    ui.go(&format!("/sign-in/handoff#token={}", stack.alice))
+        .await?;
+    let go = ui.wait_text("#handoff-go", 10).await?;
+    ensure(
+        go == "Continue as alice (collector)",
+        format!("the person is named: {go}"),
+    )?;
+    let url = ui.c.current_url().await.map_err(err)?;
+    ensure(
+        url.fragment().is_none(),
+        format!("the token left the address bar: {url}"),
+    )?;
+    ui.click("#handoff-go").await?;
+    ensure(ui.path().await? == "/workbench", "signed in as alice")?;
+    ui.sign_out().await?;
+    // A broken fragment signs nobody in.
+    ui.go("/sign-in/handoff#token=%E0%A4%A").await?;
+    ui.wait_for("#handoff-missing:not([hidden])", 10).await?;
     Ok(())
 }
 
@@ -419,7 +444,7 @@ async fn admin_sets_up_a_tenant(ui: &Ui, stack: &Stack) -> R {
 
 /// Bob places a call the simulator answers only much later: it holds an extension.
 async fn bob_holds_a_line(ui: &Ui, stack: &Stack) -> R<(String, String)> {
-    script(stack, "13900139001", 600_000).await;
+    script(stack, Some("13900139001"), 600_000).await;
     ui.dev_sign_in("bob").await?;
     ensure(
         ui.path().await? == "/workbench",
@@ -442,7 +467,7 @@ async fn bob_holds_a_line(ui: &Ui, stack: &Stack) -> R<(String, String)> {
 }
 
 async fn alice_calls(ui: &Ui, stack: &Stack, bob_call: &str) -> R<String> {
-    script(stack, "13900139007", 3_000).await;
+    script(stack, Some("13900139007"), 3_000).await;
     ui.dev_sign_in("alice").await?;
     // A number that is not one: refused in a collector's words.
     ui.fill("#case_id", "case-7").await?;
@@ -541,11 +566,35 @@ async fn alice_calls(ui: &Ui, stack: &Stack, bob_call: &str) -> R<String> {
     Ok(call)
 }
 
-async fn supervisor_sees_it(ui: &Ui, call: &str) -> R {
+async fn supervisor_sees_it(ui: &Ui, stack: &Stack, call: &str) -> R {
     ui.dev_sign_in("sam").await?;
     ui.go("/calls").await?;
     ui.wait_for(&format!("tr[data-call-id='{call}']"), 10)
         .await?;
+    // A call placed elsewhere appears on the open page, without a reload.
+    ui.c.execute("window.__stillThisPage = true;", vec![])
+        .await
+        .map_err(err)?;
+    let placed = stack.json(&[
+        "call",
+        "make",
+        "--tenant",
+        "demo",
+        "--collector",
+        "alice",
+        "--case",
+        "case-live",
+        "--to",
+        "13900139003",
+    ]);
+    let live = placed["call_id"].as_str().unwrap_or_default().to_owned();
+    ui.wait_for(&format!("tr[data-call-id='{live}']"), 15)
+        .await?;
+    let same =
+        ui.c.execute("return window.__stillThisPage === true;", vec![])
+            .await
+            .map_err(err)?;
+    ensure(same == json!(true), "the new row arrived live")?;
     ui.shot("calls").await?;
     ui.go(&format!("/calls/{call}")).await?;
     ui.wait_for("#timeline li", 10).await?;
@@ -566,8 +615,13 @@ async fn supervisor_sees_it(ui: &Ui, call: &str) -> R {
         .parse()
         .map_err(|e| format!("calls today: {e}"))?;
     ensure(
-        today >= 2,
-        format!("calls today counts alice's and bob's: {today}"),
+        today == 3,
+        format!("calls today counts alice's two and bob's: {today}"),
+    )?;
+    let rate = ui.text("#connected-rate").await?;
+    ensure(
+        rate == "67%",
+        format!("alice's two of three connected: {rate}"),
     )?;
     ensure(ui.text("#live-now").await? == "1", "bob's call is live")?;
     ensure(
@@ -733,4 +787,208 @@ async fn both_languages(ui: &Ui) -> R {
         "English by the browser",
     )?;
     Ok(())
+}
+
+/// A browser-less client of the console: a cookie jar and the form token of the last page.
+struct Plain {
+    http: reqwest::Client,
+    base: String,
+    cookies: std::collections::BTreeMap<String, String>,
+    csrf: String,
+}
+
+impl Plain {
+    fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            cookies: Default::default(),
+            csrf: String::new(),
+        }
+    }
+
+    fn keep(&mut self, r: &reqwest::Response) {
+        for v in r.headers().get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            let (kv, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let (k, val) = kv.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), val.to_owned());
+            }
+        }
+    }
+
+    fn cookie(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", self.cookie())
+            .send()
+            .await
+            .unwrap();
+        self.keep(&r);
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        if let Some(t) = body.split("name=\"csrf\" value=\"").nth(1) {
+            self.csrf = t.chars().take(32).collect();
+        }
+        (status, body)
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let mut all = vec![("csrf", self.csrf.as_str())];
+        all.extend_from_slice(form);
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie())
+            .header("origin", &self.base)
+            .form(&all)
+            .send()
+            .await
+            .unwrap();
+        self.keep(&r);
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+/// Each reason the services give for not placing a call reaches the workbench as a sentence a
+/// collector understands (the services' real refusals, not copies of their messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_reach_the_workbench_in_a_collectors_words() {
+    cco_platform::tls::install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path());
+    let mut p = Plain::new(&stack.console);
+    p.get("/sign-in").await;
+    let (status, _) = p.post("/sign-in/dev", &[("person", "0")]).await;
+    assert_eq!(status, 303, "the admin signs in");
+    let call = async |p: &mut Plain, collector: &str, to: &str| {
+        p.get("/workbench").await;
+        let idem = idem();
+        let (_, body) = p
+            .post(
+                "/workbench",
+                &[
+                    ("idem", &idem),
+                    ("collector", collector),
+                    ("case_id", "case-r"),
+                    ("destination_number", to),
+                ],
+            )
+            .await;
+        body
+    };
+    let says = |body: &str, sentence: &str| {
+        let shown = body
+            .split("role=\"alert\">")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .unwrap_or("no refusal shown");
+        assert!(
+            body.contains(sentence),
+            "expected {sentence:?}, the page says {shown:?}"
+        );
+    };
+    // No callback number.
+    p.get("/collectors").await;
+    let (status, _) = p
+        .post(
+            "/collectors",
+            &[
+                ("collector_id", "dora"),
+                ("display_name", "Dora"),
+                ("active", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    says(
+        &call(&mut p, "dora", "13900139000").await,
+        "You have no callback number, so Infinity cannot ring your phone.",
+    );
+    // Not a number.
+    says(
+        &call(&mut p, "alice", "12").await,
+        "This number is not valid:",
+    );
+    // Calling switched off, then on again.
+    assert!(
+        stack
+            .cco(&["config", "toggle", "--tenant", "demo"])
+            .status
+            .success()
+    );
+    says(
+        &call(&mut p, "alice", "13900139000").await,
+        "Calling is switched off for your team right now.",
+    );
+    assert!(
+        stack
+            .cco(&["config", "toggle", "--tenant", "demo"])
+            .status
+            .success()
+    );
+    // Every call holds its line: the team's limit (5), then no free line once it is raised.
+    script(&stack, None, 600_000).await;
+    for i in 0..5 {
+        // A placed call answers with a redirect to its panel: no page, no refusal.
+        let body = call(&mut p, "alice", &format!("1390013902{i}")).await;
+        assert!(body.is_empty(), "call {i} placed: {body}");
+    }
+    says(
+        &call(&mut p, "alice", "13900139030").await,
+        "Your team has reached its limit of calls at the same time.",
+    );
+    assert!(
+        stack
+            .cco(&[
+                "config",
+                "update",
+                "--tenant",
+                "demo",
+                "--max-concurrent-calls",
+                "10"
+            ])
+            .status
+            .success()
+    );
+    // The allocator reads the new cap within its policy cache's life (cache_ttl_ms, 2 s by
+    // default): until then the team's limit still answers.
+    let no_line = "No free line right now: every extension is busy or offline.";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut body = call(&mut p, "alice", "13900139031").await;
+    while !body.contains(no_line) && Instant::now() < deadline {
+        says(
+            &body,
+            "Your team has reached its limit of calls at the same time.",
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        body = call(&mut p, "alice", "13900139031").await;
+    }
+    says(&body, no_line);
+    stack.stop();
+}
+
+/// A fresh idempotency key for a form posted outside the browser (32 hex characters).
+fn idem() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:016x}{n:016x}", nanos as u64)
 }

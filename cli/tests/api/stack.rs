@@ -15,7 +15,7 @@ pub(crate) struct Stack {
     pub(crate) gateway: String,
     pub(crate) allocator: String,
     /// The collector alice's token, as printed.
-    alice: String,
+    pub(crate) alice: String,
     /// The console's URL.
     pub(crate) console: String,
     /// The simulator's API URL (its control API is at the same host).

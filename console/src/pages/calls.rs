@@ -90,7 +90,7 @@ pub fn row(lang: Lang, c: &gpb::CommunicationRecord) -> Markup {
             td { (c.destination_number) }
             td.st { (views::status_text(lang, c.status)) }
             td.re { (views::result_text(lang, c.result)) }
-            td.talk { @if c.talk_seconds > 0 { (views::duration(f64::from(c.talk_seconds))) } }
+            td.talk { @if c.talk_seconds > 0 { (views::duration(lang, f64::from(c.talk_seconds))) } }
         }
     }
 }
@@ -123,7 +123,7 @@ pub fn panel(lang: Lang, c: &gpb::CommunicationRecord) -> Markup {
             dt { (lang.t(T::FExtension)) } dd { (c.extension_number) }
             @if terminal {
                 @if c.result != 0 { dt { (lang.t(T::Result)) } dd #call-result { (views::result_text(lang, c.result)) } }
-                dt { (lang.t(T::TalkTime)) } dd #call-talk { (views::duration(f64::from(c.talk_seconds))) }
+                dt { (lang.t(T::TalkTime)) } dd #call-talk { (views::duration(lang, f64::from(c.talk_seconds))) }
                 @if !c.error_message.is_empty() { dt { (lang.t(T::FErrorMessage)) } dd #call-error { (c.error_code) " " (c.error_message) } }
             }
         }
@@ -245,7 +245,7 @@ pub async fn page(ctx: Ctx, Query(q): Query<ListQuery>) -> Result<Markup, Page> 
                     }
                 }
                 @if l.calls.is_empty() { p { (lang.t(T::NoCalls)) } }
-                nav.pager aria-label=(lang.t(T::Next)) {
+                nav.pager aria-label=(lang.t(T::Pages)) {
                     @if !first_page { a href={ "/calls?" (q.query_string("")) } { (lang.t(T::First)) } }
                     @if !l.next_page_token.is_empty() { a href={ "/calls?" (q.query_string(&l.next_page_token)) } rel="next" { (lang.t(T::Next)) } }
                 }
@@ -295,8 +295,19 @@ pub fn event_item(lang: Lang, e: &gpb::CallEvent) -> Markup {
     }
 }
 
+/// `?hung=1` after a hang-up.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct DetailQuery {
+    hung: String,
+}
+
 /// `GET /calls/{id}`.
-pub async fn detail(ctx: Ctx, Path(id): Path<String>) -> Result<Markup, Page> {
+pub async fn detail(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Query(dq): Query<DetailQuery>,
+) -> Result<Markup, Page> {
     let lang = ctx.lang;
     let c = get(&ctx, &id).await?;
     let events = timeline(&ctx, &c, Duration::from_millis(1_500)).await;
@@ -324,11 +335,11 @@ pub async fn detail(ctx: Ctx, Path(id): Path<String>) -> Result<Markup, Page> {
         (lang.t(T::FMode), c.call_mode.clone()),
         (
             lang.t(T::TalkTime),
-            views::duration(f64::from(c.talk_seconds)),
+            views::duration(lang, f64::from(c.talk_seconds)),
         ),
         (
             lang.t(T::FTotal),
-            views::duration(f64::from(c.total_seconds)),
+            views::duration(lang, f64::from(c.total_seconds)),
         ),
         (
             lang.t(T::FHangupCause),
@@ -373,7 +384,9 @@ pub async fn detail(ctx: Ctx, Path(id): Path<String>) -> Result<Markup, Page> {
     ];
     let mut custom: Vec<(&String, &String)> = c.custom_params.iter().collect();
     custom.sort();
+    let terminal = views::is_terminal(c.status);
     let body = html! {
+        @if dq.hung == "1" { (views::flash(true, lang.t(T::HungUp))) }
         p { a href="/calls" { (lang.t(T::BackToCalls)) } }
         @if may_hang_up {
             form method="post" action={ "/calls/" (c.call_id) "/hangup" } .inline {
@@ -392,13 +405,14 @@ pub async fn detail(ctx: Ctx, Path(id): Path<String>) -> Result<Markup, Page> {
                         dd { ul { @for (k, v) in &custom { li { (k) " = " (v) } } } }
                     }
                 }
-                @if !c.raw_callback.is_empty() {
+                // Infinity's raw record (vendor ids, the direct recording link) is for staff.
+                @if !c.raw_callback.is_empty() && !ctx.is_collector() {
                     details { summary { (lang.t(T::FRawCallback)) } pre { (c.raw_callback) } }
                 }
             }
             section aria-labelledby="tl-h" {
                 h2 #tl-h { (lang.t(T::Timeline)) " " span.live data-live-status data-lost=(lang.t(T::LiveLost)) { (lang.t(T::Live)) } }
-                ol #timeline data-live="timeline" data-src={ "/live/call/" (c.call_id) "?after=" (last) } {
+                ol #timeline data-live="timeline" data-terminal=(terminal) data-src={ "/live/call/" (c.call_id) "?after=" (last) } {
                     @for e in &events { (event_item(lang, e)) }
                 }
                 @if events.is_empty() { p.muted { (lang.t(T::NoEvents)) } }
@@ -463,5 +477,5 @@ pub async fn hang_up(
         .map_err(|s| ctx.message(StatusCode::CONFLICT, Problem::from(s).sentence(ctx.lang)))?
         .into_inner();
     tracing::info!(call_id = %id, answer = %r.message, "hang-up requested from the console");
-    Ok(Redirect::to(&format!("/calls/{}", enc(&id))).into_response())
+    Ok(Redirect::to(&format!("/calls/{}?hung=1", enc(&id))).into_response())
 }

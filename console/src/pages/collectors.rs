@@ -85,7 +85,14 @@ async fn render(
         .await
         .map(tonic::Response::into_inner)
         .map_err(Problem::from);
+    // Only an id is echoed (a link cannot make the page say something else).
+    let id_ok = !q.id.is_empty()
+        && q.id.len() <= 64
+        && q.id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
     let notice = match q.done.as_str() {
+        _ if !id_ok => None,
         "saved" => Some(lang.f(T::CollectorSaved, &[&q.id])),
         "deleted" => Some(lang.f(T::CollectorDeleted, &[&q.id])),
         _ => None,
@@ -115,11 +122,11 @@ async fn render(
                                     td { @if c.callback_number.is_empty() { span.muted { (lang.t(T::NotSet)) } } @else { (c.callback_number) } }
                                     td { (if c.active { lang.t(T::Yes) } else { lang.t(T::No) }) }
                                     td.actions {
-                                        a href={ "/collectors/edit/" (enc(&c.collector_id)) } { (lang.t(T::Edit)) }
+                                        a href={ "/collectors/edit/" (enc(&c.collector_id)) } aria-label=(lang.f(T::ActionOn, &[lang.t(T::Edit), &c.collector_id])) { (lang.t(T::Edit)) }
                                         form method="post" action="/collectors/delete" .inline data-confirm=(lang.f(T::ConfirmDeleteCollector, &[&c.collector_id])) {
                                             (views::csrf(ctx))
                                             input type="hidden" name="collector_id" value=(c.collector_id);
-                                            button type="submit" .danger { (lang.t(T::Delete)) }
+                                            button type="submit" .danger aria-label=(lang.f(T::ActionOn, &[lang.t(T::Delete), &c.collector_id])) { (lang.t(T::Delete)) }
                                         }
                                     }
                                 }
@@ -237,6 +244,7 @@ pub async fn save(
 pub struct DeleteForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
     collector_id: String,
 }
 

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use cco_contracts::gateway::v1 as gpb;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use http::StatusCode;
 use http::header::HeaderMap;
 use serde::Deserialize;
@@ -79,33 +79,45 @@ async fn open(
     let mut client = ctx.state.watch(&ctx.session);
     match client.watch_calls(req.clone()).await {
         Ok(s) => Ok(s.into_inner()),
-        // Resuming from an id past the retention (or from another deployment): start afresh.
+        // Resuming from an id past the retention: one call's stream starts over from its first
+        // retained event (the page skips those it shows); a list goes on with new events.
         Err(s) if s.code() == tonic::Code::OutOfRange && req.after_event_id > 0 => {
             req.after_event_id = 0;
+            req.from_start = !req.call_id.is_empty();
             Ok(client.watch_calls(req).await?.into_inner())
         }
         Err(s) => Err(s.into()),
     }
 }
 
-fn sse(
-    lang: Lang,
-    stream: tonic::Streaming<gpb::CallEvent>,
-    stop: CancellationToken,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// The stream as SSE, ending with the console's shutdown or the session's expiry (the browser
+/// reconnects, and an ended session is then refused).
+fn sse(ctx: &Ctx, stream: tonic::Streaming<gpb::CallEvent>, stop: CancellationToken) -> Response {
+    let lang = ctx.lang;
+    let left = u64::try_from(ctx.session.expires.saturating_sub(crate::web::now())).unwrap_or(0);
+    let expiry = tokio::time::sleep(Duration::from_secs(left));
     let events = stream
         .take_while(|r| futures::future::ready(r.is_ok()))
         .filter_map(move |r| {
             futures::future::ready(r.ok().map(|e| {
-                Ok(Event::default()
-                    .id(e.event_id.to_string())
-                    .event("call")
-                    .json_data(event_json(lang, &e))
-                    .unwrap_or_else(|_| Event::default().comment("unencodable event")))
+                Ok::<_, Infallible>(
+                    Event::default()
+                        .id(e.event_id.to_string())
+                        .event("call")
+                        .json_data(event_json(lang, &e))
+                        .unwrap_or_else(|_| Event::default().comment("unencodable event")),
+                )
             }))
         })
-        .take_until(stop.cancelled_owned());
-    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .take_until(stop.cancelled_owned())
+        .take_until(expiry);
+    let mut res = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    // Proxies (nginx ingress) must pass events on at once.
+    res.headers_mut()
+        .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    res
 }
 
 fn refused(p: &Problem, lang: Lang) -> Response {
@@ -113,6 +125,7 @@ fn refused(p: &Problem, lang: Lang) -> Response {
         tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
         tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_GATEWAY,
     };
     (status, p.sentence(lang)).into_response()
@@ -135,7 +148,7 @@ pub async fn calls(
         ..Default::default()
     };
     match open(&ctx, req).await {
-        Ok(s) => sse(ctx.lang, s, stop).into_response(),
+        Ok(s) => sse(&ctx, s, stop),
         Err(p) => refused(&p, ctx.lang),
     }
 }
@@ -157,7 +170,7 @@ pub async fn call(
         from_start: last_event_id(&headers).is_none() && q.after == 0,
     };
     match open(&ctx, req).await {
-        Ok(s) => sse(ctx.lang, s, stop).into_response(),
+        Ok(s) => sse(&ctx, s, stop),
         Err(p) => refused(&p, ctx.lang),
     }
 }

@@ -32,9 +32,10 @@ fn start_of_day(zone: &str, now: DateTime<Utc>) -> (DateTime<Utc>, String) {
     match zone.parse::<chrono_tz::Tz>() {
         Ok(tz) => {
             let local = now.with_timezone(&tz).date_naive();
-            let start = local
-                .and_hms_opt(0, 0, 0)
-                .and_then(|m| tz.from_local_datetime(&m).earliest())
+            // The first moment of the day that exists there (a DST change may skip midnight).
+            let start = (0..=3)
+                .filter_map(|h| local.and_hms_opt(h, 0, 0))
+                .find_map(|m| tz.from_local_datetime(&m).earliest())
                 .map_or(now, |t| t.with_timezone(&Utc));
             (start, tz.name().to_owned())
         }
@@ -115,21 +116,35 @@ async fn figures(ctx: &Ctx) -> Result<Figures, Problem> {
             .calls
             .len();
     }
-    // The pool's busy share per hour so far today.
-    let mut leases = ctx.state.leases(&ctx.session);
-    let mut hours = Vec::new();
+    // The pool's busy share per hour so far today (the hours asked for at once).
+    let mut bounds = Vec::new();
     let mut from = start;
     while from < now {
         let to = (from + chrono::Duration::hours(1)).min(now);
-        let s = leases
-            .stats(apb::StatsRequest {
-                tenant_id: tenant.clone(),
-                include_usage: true,
-                usage_since: Some(ts(from)),
-                usage_until: Some(ts(to)),
-            })
-            .await?
-            .into_inner();
+        bounds.push((from, to));
+        from = to;
+    }
+    let leases = ctx.state.leases(&ctx.session);
+    let hourly = futures::future::join_all(bounds.iter().map(|&(from, to)| {
+        let mut leases = leases.clone();
+        let tenant = tenant.clone();
+        async move {
+            leases
+                .stats(apb::StatsRequest {
+                    tenant_id: tenant,
+                    include_usage: true,
+                    usage_since: Some(ts(from)),
+                    usage_until: Some(ts(to)),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    }))
+    .await;
+    let tz = zone.parse::<chrono_tz::Tz>().ok();
+    let mut hours = Vec::new();
+    for ((from, to), s) in bounds.into_iter().zip(hourly) {
+        let s = s?;
         let busy: f64 = s.usage.iter().map(|u| u.busy_seconds).sum();
         let capacity = f64::from(s.total) * (to - from).num_seconds().max(1) as f64;
         let share = if capacity > 0.0 {
@@ -137,12 +152,11 @@ async fn figures(ctx: &Ctx) -> Result<Figures, Problem> {
         } else {
             0.0
         };
-        let label = match zone.parse::<chrono_tz::Tz>() {
-            Ok(tz) => from.with_timezone(&tz).format("%H:00").to_string(),
-            Err(_) => from.format("%H:00").to_string(),
+        let label = match tz {
+            Some(tz) => from.with_timezone(&tz).format("%H:00").to_string(),
+            None => from.format("%H:00").to_string(),
         };
         hours.push((label, share));
-        from = to;
     }
     Ok(Figures {
         live,
@@ -221,7 +235,7 @@ pub async fn page(ctx: Ctx) -> Result<Markup, Page> {
     let f = figures(&ctx).await;
     let body = html! {
         p { span.live data-live-status data-lost=(lang.t(T::LiveLost)) { (lang.t(T::Live)) } }
-        div #overview data-live="refresh" data-fragment="/overview/panel" data-src="/live/calls" { (panel_view(lang, &f)) }
+        div #overview data-live="refresh" data-fragment="/overview/panel" data-src="/live/calls" data-every="10000" { (panel_view(lang, &f)) }
     };
     Ok(views::page(&ctx, lang.t(T::OverviewTitle), body))
 }
@@ -247,6 +261,18 @@ mod tests {
         assert_eq!(
             start,
             Utc.with_ymd_and_hms(2026, 12, 1, 16, 0, 0)
+                .single()
+                .expect("t")
+        );
+        // Santiago skipped 2022-09-11 00:00 (clocks went to 01:00): the day starts at 01:00.
+        let dst = Utc
+            .with_ymd_and_hms(2022, 9, 11, 12, 0, 0)
+            .single()
+            .expect("time");
+        let (start, _) = start_of_day("America/Santiago", dst);
+        assert_eq!(
+            start,
+            Utc.with_ymd_and_hms(2022, 9, 11, 4, 0, 0)
                 .single()
                 .expect("t")
         );

@@ -76,7 +76,9 @@ pub async fn stats_fragment(ctx: Ctx) -> Result<Markup, Page> {
 }
 
 fn notice(lang: Lang, q: &ListQuery) -> Option<String> {
-    let n = q.n.as_str();
+    // Only a count is echoed (a link cannot make the page say something else).
+    let n = q.n.parse::<u32>().ok()?.to_string();
+    let n = n.as_str();
     Some(match q.done.as_str() {
         "released" => lang.t(T::Released).to_owned(),
         "forced" => lang.f(T::ForceReleased, &[n]),
@@ -194,15 +196,15 @@ async fn render(ctx: &Ctx, q: &ListQuery, extra: Extra) -> Markup {
                                             td { (e.use_count) }
                                             td.actions {
                                                 @if e.status == apb::ExtensionStatus::InUse as i32 {
-                                                    button type="submit" formaction="/pool/action" name="act" value={ "release:" (e.extension_id) } { (lang.t(T::Release)) }
+                                                    button type="submit" formaction="/pool/action" name="act" value={ "release:" (e.extension_id) } aria-label=(lang.f(T::ActionOn, &[lang.t(T::Release), &e.number])) { (lang.t(T::Release)) }
                                                 }
                                                 @if admin {
                                                     @if e.status == apb::ExtensionStatus::Offline as i32 {
-                                                        button type="submit" formaction="/pool/action" name="act" value={ "online:" (e.extension_id) } { (lang.t(T::BringOnline)) }
+                                                        button type="submit" formaction="/pool/action" name="act" value={ "online:" (e.extension_id) } aria-label=(lang.f(T::ActionOn, &[lang.t(T::BringOnline), &e.number])) { (lang.t(T::BringOnline)) }
                                                     } @else {
-                                                        button type="submit" formaction="/pool/action" name="act" value={ "offline:" (e.extension_id) } { (lang.t(T::TakeOffline)) }
+                                                        button type="submit" formaction="/pool/action" name="act" value={ "offline:" (e.extension_id) } aria-label=(lang.f(T::ActionOn, &[lang.t(T::TakeOffline), &e.number])) { (lang.t(T::TakeOffline)) }
                                                     }
-                                                    button type="submit" formaction="/pool/action" name="act" value={ "delete:" (e.extension_id) } { (lang.t(T::Delete)) }
+                                                    button type="submit" formaction="/pool/action" name="act" value={ "delete:" (e.extension_id) } aria-label=(lang.f(T::ActionOn, &[lang.t(T::Delete), &e.number])) { (lang.t(T::Delete)) }
                                                 }
                                             }
                                         }
@@ -212,7 +214,7 @@ async fn render(ctx: &Ctx, q: &ListQuery, extra: Extra) -> Markup {
                         }
                         @if admin { button type="submit" #delete-selected { (lang.t(T::DeleteSelected)) } }
                     }
-                    nav.pager aria-label=(lang.t(T::Next)) {
+                    nav.pager aria-label=(lang.t(T::Pages)) {
                         @if !q.page.is_empty() { a href={ "/pool?status=" (enc(&q.status)) "&collector=" (enc(&q.collector)) } { (lang.t(T::First)) } }
                         @if let Some(t) = &next { a href={ "/pool?status=" (enc(&q.status)) "&collector=" (enc(&q.collector)) "&page=" (enc(t)) } rel="next" { (lang.t(T::Next)) } }
                     }
@@ -327,9 +329,7 @@ pub async fn action(ctx: Ctx, headers: HeaderMap, body: String) -> Result<Respon
                 if r.released {
                     Ok(("released".into(), 1))
                 } else {
-                    Err(tonic::Status::failed_precondition(
-                        ctx.lang.f(T::NotReleased, &[&r.reason]),
-                    ))
+                    Err(tonic::Status::failed_precondition(r.reason))
                 }
             }),
         "offline" => pool
@@ -353,8 +353,14 @@ pub async fn action(ctx: Ctx, headers: HeaderMap, body: String) -> Result<Respon
     match r {
         Ok((done, n)) => Ok(Redirect::to(&format!("/pool?done={done}&n={n}")).into_response()),
         Err(s) => {
+            let p = Problem::from(s);
+            let text = if act == "release" && p.code == tonic::Code::FailedPrecondition {
+                ctx.lang.f(T::NotReleased, &[&p.detail])
+            } else {
+                p.sentence(ctx.lang)
+            };
             let extra = Extra {
-                flash: Some((false, Problem::from(s).sentence(ctx.lang))),
+                flash: Some((false, text)),
                 ..none()
             };
             Ok((
@@ -553,7 +559,7 @@ pub async fn usage(ctx: Ctx, Query(q): Query<UsageQuery>) -> Result<Markup, Page
                 @let used = busiest(s);
                 @if used.is_empty() { p #no-usage { (lang.t(T::NoUsage)) } }
                 @else {
-                    (views::bar_chart(lang, lang.t(T::UsageBusy), &used.iter().map(|u| (u.extension_number.clone(), u.busy_seconds, views::duration(u.busy_seconds))).collect::<Vec<_>>(), None))
+                    (views::bar_chart(lang, lang.t(T::UsageBusy), &used.iter().map(|u| (u.extension_number.clone(), u.busy_seconds, views::duration(lang, u.busy_seconds))).collect::<Vec<_>>(), None))
                     (views::bar_chart(lang, lang.t(T::UsageLeases), &used.iter().map(|u| (u.extension_number.clone(), f64::from(u.lease_count), u.lease_count.to_string())).collect::<Vec<_>>(), None))
                 }
             }

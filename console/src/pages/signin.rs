@@ -56,14 +56,17 @@ pub async fn language(
     Path(tag): Path<String>,
     Query(q): Query<Next>,
 ) -> Response {
-    let Some(lang) = Lang::from_tag(&tag) else {
-        return (StatusCode::NOT_FOUND, "unknown language").into_response();
-    };
-    // Only a local path: never an open redirect.
+    // An unknown tag keeps the browser's choice.
+    let lang = Lang::from_tag(&tag);
+    // Only one of the console's own paths: never an open redirect (browsers drop tabs and
+    // newlines from URLs, so `/\t/evil.example` would become `//evil.example`).
     let next = q
         .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+        .filter(|n| local_path(n))
         .unwrap_or_else(|| "/".into());
+    let Some(lang) = lang else {
+        return Redirect::to(&next).into_response();
+    };
     let cookie = set_cookie(
         LANG_COOKIE,
         lang.tag(),
@@ -71,6 +74,14 @@ pub async fn language(
         state.settings.secure_cookies(),
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
+}
+
+/// A path of this console: `/` then letters, digits, `/`, `_`, `.`, `-`, never `//`.
+fn local_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.starts_with("//")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'.' | b'-'))
 }
 
 struct Errors<'a> {
@@ -164,19 +175,22 @@ pub async fn page(
     )
 }
 
-/// `GET /sign-in/handoff#token=...`: the platform's redirect; the script posts the fragment's
-/// token to `/sign-in` and removes it from the address bar.
+/// `GET /sign-in/handoff#token=...`: the platform's redirect; the script takes the fragment's
+/// token, removes it from the address bar, and asks the person to continue as the token's
+/// holder (so a link from someone else cannot sign them in as another person unasked).
 pub async fn handoff(
     State(state): State<Arc<app::State>>,
     lang: Lang,
     headers: HeaderMap,
 ) -> Response {
     let (pre, cookie) = pre(&state, &headers);
+    // The person confirms who they sign in as: a link cannot sign someone in unasked.
     let body = html! {
-        form #handoff method="post" action="/sign-in" {
+        form #handoff method="post" action="/sign-in" hidden {
             input type="hidden" name="csrf" value=(pre);
             input type="hidden" name="token" value="";
-            p role="status" { (lang.t(T::HandoffWorking)) }
+            p { (lang.t(T::HandoffWorking)) }
+            button type="submit" #handoff-go data-template=(lang.t(T::HandoffContinue)) { (lang.t(T::SignIn)) }
         }
         p #handoff-missing hidden { (lang.t(T::HandoffNoToken)) " " a href="/sign-in" { (lang.t(T::SignIn)) } }
     };
@@ -212,7 +226,8 @@ pub struct KeyForm {
 pub struct DevForm {
     #[serde(default)]
     csrf: String,
-    person: usize,
+    #[serde(default)]
+    person: String,
 }
 
 fn refuse(state: &app::State, lang: Lang, headers: &HeaderMap, e: Errors<'_>) -> Response {
@@ -371,7 +386,7 @@ pub async fn with_key(
         tenants: vec![tenant.to_owned()],
         tenant: tenant.to_owned(),
         collector: None,
-        name: "API key".into(),
+        name: lang.t(T::ApiKey).into(),
         expires: now().saturating_add(ttl),
         csrf: token(),
     };
@@ -418,8 +433,23 @@ pub async fn dev(
     if let Err(p) = checked_pre(&state, &headers, &f.csrf, lang) {
         return p.into_response();
     }
-    let Some(person) = state.dev_people.get(f.person) else {
-        return (StatusCode::NOT_FOUND, "no such demo person").into_response();
+    let Some(person) = f
+        .person
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| state.dev_people.get(i))
+    else {
+        return refuse(
+            &state,
+            lang,
+            &headers,
+            Errors {
+                form: Some(lang.t(T::ErrNotFound)),
+                token: None,
+                key: None,
+                tenant: None,
+            },
+        );
     };
     let token = person.token.clone();
     sign_in_with_jwt(&state, lang, &headers, &token).await
@@ -464,6 +494,7 @@ pub async fn sign_out(ctx: Ctx, headers: HeaderMap, Form(f): Form<Plain>) -> Res
 pub struct TenantForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
     tenant: String,
 }
 
@@ -491,4 +522,27 @@ pub async fn switch_tenant(ctx: Ctx, headers: HeaderMap, Form(f): Form<TenantFor
         Redirect::to(views::menu(s.role)[0].0),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_path;
+
+    #[test]
+    fn the_language_switch_returns_only_to_local_paths() {
+        for ok in ["/", "/calls", "/calls/0123abcd", "/pool/usage"] {
+            assert!(local_path(ok), "{ok}");
+        }
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\\evil",
+            "https://evil.example",
+            "/a?b",
+            "/a\r\nb",
+            "",
+        ] {
+            assert!(!local_path(bad), "{bad:?}");
+        }
+    }
 }

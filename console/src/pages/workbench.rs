@@ -17,6 +17,9 @@ use crate::session::{Role, token};
 use crate::views::{self, Field, textarea};
 use crate::web::{Ctx, Page, Problem};
 
+/// Most numbers of one case that get a call button.
+const MAX_NUMBERS: usize = 20;
+
 /// `?call=&collector=`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -34,10 +37,12 @@ struct CaseInput {
 }
 
 impl CaseInput {
+    /// The debtor's number and the case's other numbers (at most [`MAX_NUMBERS`]).
     fn numbers(&self) -> Vec<String> {
         std::iter::once(self.number.trim())
             .chain(self.others.lines().map(str::trim))
             .filter(|n| !n.is_empty())
+            .take(MAX_NUMBERS)
             .map(str::to_owned)
             .collect()
     }
@@ -105,6 +110,7 @@ async fn render(
                     div.field {
                         label for="collector" { (lang.t(T::CallAs)) }
                         select #collector name="collector" {
+                            option value="" selected[collector.is_empty()] { "—" }
                             @for c in &collectors {
                                 option value=(c.collector_id) selected[c.collector_id == collector] {
                                     (c.collector_id) @if !c.display_name.is_empty() { " — " (c.display_name) }
