@@ -138,19 +138,22 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
             .await?;
     let gw_app =
         call_gateway_svc::app::Application::build_with(gw, Some((gw_grpc, gw_http))).await?;
-    let mint = |tenants: &[&str], role: &str, collector: Option<&str>| {
+    let mint_as = |sub: Option<&str>, tenants: &[&str], role: &str, collector: Option<&str>| {
         cco_platform::jwt::mint_person(
             &jwt_secret,
             &cco_platform::jwt::Person {
                 tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
                 role: role.into(),
                 collector_id: collector.map(str::to_owned),
-                sub: None,
+                sub: sub.map(str::to_owned),
                 issuer: jwt_issuer.clone(),
                 audience: jwt_audience.clone(),
                 ttl_seconds: 12 * 3_600,
             },
         )
+    };
+    let mint = |tenants: &[&str], role: &str, collector: Option<&str>| {
+        mint_as(None, tenants, role, collector)
     };
     // The console's development sign-in: the demo people, with tokens minted here (valid 12 h:
     // restart the stack after that). Only a local stack on a loopback address offers it; the
@@ -171,11 +174,11 @@ pub async fn run(args: StackArgs) -> anyhow::Result<()> {
         vec![
             person(
                 "admin (demo, trial)",
-                mint(&[DEMO_TENANT, TRIAL_TENANT], "admin", None)?,
+                mint_as(Some("admin"), &[DEMO_TENANT, TRIAL_TENANT], "admin", None)?,
             ),
             person(
                 "sam (supervisor)",
-                mint(&[DEMO_TENANT], "supervisor", None)?,
+                mint_as(Some("sam"), &[DEMO_TENANT], "supervisor", None)?,
             ),
             person(
                 "alice (collector)",

@@ -992,3 +992,152 @@ fn idem() -> String {
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{:016x}{n:016x}", nanos as u64)
 }
+
+/// The id in `<prefix><id>"` of the row `data-<attr>="<key>"` of a page.
+fn id_in_row(body: &str, row: &str, prefix: &str) -> Option<String> {
+    let rest = body.split(row).nth(1)?;
+    let rest = &rest[..rest.find("</tr>")?];
+    let id = rest.split(prefix).nth(1)?;
+    Some(id[..id.find('"')?].to_owned())
+}
+
+/// The pool's and the collectors' buttons through the console, and what a supervisor may not do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_collectors_and_hang_up_through_the_console() {
+    cco_platform::tls::install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path());
+    // An administrator's API key signs in for its tenant; a caller's key does not.
+    let mut admin = Plain::new(&stack.console);
+    admin.get("/sign-in").await;
+    let (status, body) = admin
+        .post(
+            "/sign-in/key",
+            &[("key", "dev-caller-key"), ("tenant", "demo")],
+        )
+        .await;
+    assert!(
+        status == 422 && body.contains("This key may not manage tenant demo."),
+        "a caller's key is refused: {status}"
+    );
+    admin.get("/sign-in").await;
+    let (status, _) = admin
+        .post(
+            "/sign-in/key",
+            &[("key", "dev-admin-key"), ("tenant", "demo")],
+        )
+        .await;
+    assert_eq!(status, 303, "the admin key signs in");
+
+    // Offline, online, then delete after the confirmation.
+    let (_, body) = admin.get("/pool").await;
+    let row = "data-extension=\"8001\"";
+    let ext = id_in_row(&body, row, "value=\"offline:").expect("8001 has an offline button");
+    let act = |what: &str| format!("{what}:{ext}");
+    assert_eq!(
+        admin
+            .post("/pool/action", &[("act", &act("offline"))])
+            .await
+            .0,
+        303
+    );
+    let (_, body) = admin.get("/pool?status=offline").await;
+    assert!(
+        body.contains(row) && body.contains(&act("online")),
+        "8001 is offline"
+    );
+    assert_eq!(
+        admin
+            .post("/pool/action", &[("act", &act("online"))])
+            .await
+            .0,
+        303
+    );
+    let (_, body) = admin.get("/pool?status=offline").await;
+    assert!(!body.contains(row), "8001 is back online");
+    let (status, body) = admin.post("/pool/delete", &[("ext", &ext)]).await;
+    assert!(
+        status == 200 && body.contains("Delete these extensions?"),
+        "asks first"
+    );
+    let (status, _) = admin.post("/pool/delete/confirm", &[("ext", &ext)]).await;
+    assert_eq!(status, 303);
+    let (_, body) = admin.get("/pool?done=deleted&n=1").await;
+    assert!(
+        body.contains("1 deleted.") && !body.contains(row),
+        "8001 is gone"
+    );
+    assert!(body.contains("id=\"stat-total\">4<"), "4 extensions left");
+    let (_, body) = admin.get("/pool/usage?window=1h").await;
+    assert!(body.contains("No leases in this window."), "no leases yet");
+
+    // A supervisor reads the pool but may not take an extension offline or delete a collector.
+    let mut sam = Plain::new(&stack.console);
+    sam.get("/sign-in").await;
+    assert_eq!(sam.post("/sign-in/dev", &[("person", "1")]).await.0, 303);
+    let (_, body) = sam.get("/pool").await;
+    let other = id_in_row(&body, "data-extension=\"8002\"", "id=\"sel-");
+    assert!(other.is_none(), "no selection boxes for a supervisor");
+    let (status, body) = sam.post("/pool/action", &[("act", &act("offline"))]).await;
+    assert!(status == 403 && body.contains("not available to your role"));
+    let (status, _) = sam
+        .post("/collectors/delete", &[("collector_id", "bob")])
+        .await;
+    assert_eq!(status, 403);
+
+    // A long call as alice: the supervisor hangs it up from its page.
+    script(&stack, None, 600_000).await;
+    admin.get("/workbench").await;
+    let key = idem();
+    let (status, _) = admin
+        .post(
+            "/workbench",
+            &[
+                ("idem", &key),
+                ("collector", "alice"),
+                ("case_id", "case-h"),
+                ("destination_number", "13900139040"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303, "the call is placed");
+    let (_, body) = sam.get("/calls").await;
+    assert!(body.contains("case-h"), "the supervisor sees the call");
+    let id = body
+        .split("data-call-id=\"")
+        .nth(1)
+        .map(|r| r[..32].to_owned())
+        .expect("a call row");
+    let (_, page) = sam.get(&format!("/calls/{id}")).await;
+    assert!(
+        page.contains("id=\"hang-up\""),
+        "a live call can be hung up"
+    );
+    // The simulator answers HangupCall as Infinity does for an extension it has no call on
+    // (1015: it does not model calls in progress); the supervisor reads that as a sentence.
+    let (status, page) = sam.post(&format!("/calls/{id}/hangup"), &[]).await;
+    assert!(
+        status == 409
+            && page.contains("This cannot be done right now.")
+            && page.contains("is not in a call"),
+        "Infinity's answer reaches the supervisor: {status}"
+    );
+    let (_, page) = sam.get(&format!("/calls/{id}?hung=1")).await;
+    assert!(
+        page.contains("Hang-up requested"),
+        "the notice after an accepted hang-up"
+    );
+
+    // The admin deletes a collector.
+    admin.get("/collectors").await;
+    assert_eq!(
+        admin
+            .post("/collectors/delete", &[("collector_id", "bob")])
+            .await
+            .0,
+        303
+    );
+    let (_, body) = admin.get("/collectors").await;
+    assert!(!body.contains("data-collector=\"bob\""), "bob is gone");
+    stack.stop();
+}
