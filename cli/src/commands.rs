@@ -66,6 +66,18 @@ pub enum CallStatusArg {
     Expired,
 }
 
+/// A call result (`call list --result`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CallResultArg {
+    Connected,
+    NoAnswer,
+    Busy,
+    Rejected,
+    Cancelled,
+    Failed,
+    NotConnected,
+}
+
 fn strategy(s: StrategyArg) -> gpb::AllocationStrategy {
     match s {
         StrategyArg::Lru => gpb::AllocationStrategy::Lru,
@@ -340,6 +352,9 @@ pub enum CallCmd {
         case: Option<String>,
         #[arg(long, value_enum)]
         status: Option<CallStatusArg>,
+        /// Only completed calls with this result.
+        #[arg(long, value_enum)]
+        result: Option<CallResultArg>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -942,8 +957,20 @@ pub async fn call(cmd: CallCmd, t: &Target, out: Out) -> anyhow::Result<()> {
             collector,
             case,
             status,
+            result,
             limit,
         } => {
+            let result = result.map_or(0, |r| {
+                (match r {
+                    CallResultArg::Connected => gpb::CallResult::Connected,
+                    CallResultArg::NoAnswer => gpb::CallResult::NoAnswer,
+                    CallResultArg::Busy => gpb::CallResult::Busy,
+                    CallResultArg::Rejected => gpb::CallResult::Rejected,
+                    CallResultArg::Cancelled => gpb::CallResult::Cancelled,
+                    CallResultArg::Failed => gpb::CallResult::Failed,
+                    CallResultArg::NotConnected => gpb::CallResult::NotConnected,
+                }) as i32
+            });
             let status = status.map_or(0, |s| match s {
                 CallStatusArg::Dialing => gpb::CallStatus::Dialing as i32,
                 CallStatusArg::Ringing => gpb::CallStatus::Ringing as i32,
@@ -958,6 +985,7 @@ pub async fn call(cmd: CallCmd, t: &Target, out: Out) -> anyhow::Result<()> {
                     collector_id: collector.unwrap_or_default(),
                     case_id: case.unwrap_or_default(),
                     status,
+                    result,
                     page_size: limit.clamp(1, 500),
                     ..Default::default()
                 })

@@ -390,7 +390,6 @@ texts! {
     NoEvents => "No events retained.", "没有保留的事件。";
     BackToCalls => "Back to calls", "返回通话记录";
     NewRowsLive => "New calls appear here as they are placed.", "新通话发起后会出现在这里。";
-    ResultFilterNote => "The result filter applies to each page of calls.", "结果筛选作用于每一页通话。";
     // Call record fields.
     FSupplier => "Supplier", "供应商";
     FDestination => "Debtor's number", "债务人号码";

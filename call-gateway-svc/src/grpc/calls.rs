@@ -112,6 +112,25 @@ fn status_from_pb(v: i32) -> Result<Option<CallStatus>, GwError> {
     })
 }
 
+fn result_from_pb(v: i32) -> Result<Option<CallResult>, GwError> {
+    Ok(match pb::CallResult::try_from(v) {
+        Ok(pb::CallResult::Unspecified) => None,
+        Ok(pb::CallResult::Connected) => Some(CallResult::Connected),
+        Ok(pb::CallResult::NoAnswer) => Some(CallResult::NoAnswer),
+        Ok(pb::CallResult::Busy) => Some(CallResult::Busy),
+        Ok(pb::CallResult::Rejected) => Some(CallResult::Rejected),
+        Ok(pb::CallResult::Cancelled) => Some(CallResult::Cancelled),
+        Ok(pb::CallResult::Failed) => Some(CallResult::Failed),
+        Ok(pb::CallResult::NotConnected) => Some(CallResult::NotConnected),
+        Err(_) => {
+            return Err(GwError::invalid(
+                "result",
+                format!("unknown call result {v}"),
+            ));
+        }
+    })
+}
+
 fn result_to_pb(r: Option<CallResult>) -> pb::CallResult {
     match r {
         Some(CallResult::Connected) => pb::CallResult::Connected,
@@ -320,6 +339,7 @@ impl pb::calls_server::Calls for CallsGrpc {
                         .map(|c| CaseId::parse("case_id", &c).map(|c| c.as_str().to_owned()))
                         .transpose()?,
                     status: status_from_pb(r.status)?,
+                    result: result_from_pb(r.result)?,
                     since: from_ts("since", r.since)?,
                     until: from_ts("until", r.until)?,
                     before: page_decode(&r.page_token)?,

@@ -94,6 +94,7 @@ pub struct CallFilter {
     pub collector_id: Option<String>,
     pub case_id: Option<String>,
     pub status: Option<CallStatus>,
+    pub result: Option<CallResult>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     /// Continue after (created_at, call id).
@@ -951,10 +952,12 @@ macro_rules! call_store {
                      and ($2 is null or collector_id = $2) and ($3 is null or case_id = $3) and ($4 is null or status = $4) \
                      and ($5 is null or created_at >= $5) and ($6 is null or created_at < $6) \
                      and ($7 is null or created_at < $7 or (created_at = $7 and call_id < $8)) \
+                     and ($10 is null or result = $10) \
                      order by created_at desc, call_id desc limit $9"
                 ))
                 .bind(f.tenant_id.as_str()).bind(&f.collector_id).bind(&f.case_id).bind(f.status.map(|s| s.as_str()))
                 .bind(f.since).bind(f.until).bind(before_t).bind(before_id).bind(i64::from(f.limit))
+                .bind(f.result.map(|r| r.as_str()))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;

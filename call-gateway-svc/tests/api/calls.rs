@@ -1152,6 +1152,62 @@ async fn list_calls_filters(b: Backend) {
     ctx.shutdown().await;
 }
 
+/// ListCalls filters by result (completed calls only), page by page; an unknown result names
+/// the field.
+async fn list_calls_filter_by_result(b: Backend) {
+    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002"], |_| {}).await;
+    ctx.sim.state().set_script(
+        Some("13900139001"),
+        Script {
+            outcome: Outcome::NoAnswer,
+            ..Script::default()
+        },
+    );
+    for to in ["13900139000", "13900139001", "13900139002"] {
+        let id = ctx
+            .calls
+            .make_call(req("alice", to))
+            .await
+            .unwrap()
+            .into_inner()
+            .call_id;
+        ctx.settled(&id, pb::CallStatus::Completed).await;
+    }
+    let by = |result: pb::CallResult, page_size: u32, page_token: String| pb::ListCallsRequest {
+        tenant_id: "t1".into(),
+        result: result.into(),
+        page_size,
+        page_token,
+        ..Default::default()
+    };
+    let missed = list(&mut ctx, by(pb::CallResult::NoAnswer, 0, String::new())).await;
+    assert_eq!(missed.calls.len(), 1);
+    assert_eq!(missed.calls[0].destination_number, "+8613900139001");
+    // Two connected calls, one per page.
+    let first = list(&mut ctx, by(pb::CallResult::Connected, 1, String::new())).await;
+    assert_eq!(first.calls.len(), 1);
+    assert!(!first.next_page_token.is_empty());
+    let second = list(
+        &mut ctx,
+        by(pb::CallResult::Connected, 1, first.next_page_token),
+    )
+    .await;
+    assert_eq!(second.calls.len(), 1);
+    assert!(second.next_page_token.is_empty());
+    assert_ne!(first.calls[0].call_id, second.calls[0].call_id);
+    for c in first.calls.iter().chain(&second.calls) {
+        assert_eq!(c.result, pb::CallResult::Connected as i32);
+    }
+    let busy = list(&mut ctx, by(pb::CallResult::Busy, 0, String::new())).await;
+    assert!(busy.calls.is_empty());
+    let mut bad = by(pb::CallResult::Busy, 0, String::new());
+    bad.result = 99;
+    let err = ctx.calls.list_calls(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("result:"), "{}", err.message());
+    ctx.shutdown().await;
+}
+
 /// GetCall names the field of a malformed id, and a key of another tenant gets
 /// PERMISSION_DENIED.
 async fn get_call_checks_the_id_and_the_tenant(b: Backend) {
@@ -1455,6 +1511,7 @@ cco_platform::on_every_backend!(
     reconciler_closes_lost_calls,
     list_calls_pages_newest_first,
     list_calls_filters,
+    list_calls_filter_by_result,
     get_call_checks_the_id_and_the_tenant,
     hang_up_refuses_completed_calls,
     hang_up_maps_infinitys_answers,

@@ -596,6 +596,20 @@ async fn supervisor_sees_it(ui: &Ui, stack: &Stack, call: &str) -> R {
             .map_err(err)?;
     ensure(same == json!(true), "the new row arrived live")?;
     ui.shot("calls").await?;
+    // Filtered by result on the server: alice's two connected calls, not bob's ringing one.
+    ui.go("/calls?result=CALL_RESULT_CONNECTED").await?;
+    let rows =
+        ui.c.find_all(Locator::Css("#calls tbody tr td.re"))
+            .await
+            .map_err(err)?;
+    let mut results = Vec::new();
+    for r in rows {
+        results.push(r.text().await.map_err(err)?);
+    }
+    ensure(
+        results == ["connected", "connected"],
+        format!("connected calls only: {results:?}"),
+    )?;
     ui.go(&format!("/calls/{call}")).await?;
     ui.wait_for("#timeline li", 10).await?;
     let timeline = ui.text("#timeline").await?;

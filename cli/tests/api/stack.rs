@@ -187,6 +187,17 @@ fn readme_stack_places_a_demo_call() {
         events.contains("CREATED") && events.contains("RINGING") && events.contains("COMPLETED"),
         "watch prints the call's events: {events}"
     );
+    // `call list --result` filters on the server.
+    let ids = |result: &str| -> Vec<String> {
+        let list = stack.json(&["call", "list", "--tenant", "demo", "--result", result]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["call_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids("connected"), std::slice::from_ref(&call_id));
+    assert!(ids("busy").is_empty());
     // `call tail` replays the tenant's events and keeps following (stopped here by a kill).
     let mut tail = Command::new(CCO)
         .args([

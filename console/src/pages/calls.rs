@@ -187,7 +187,7 @@ pub async fn page(ctx: Ctx, Query(q): Query<ListQuery>) -> Result<Markup, Page> 
     let result = RESULTS
         .iter()
         .find(|(r, _)| r.as_str_name() == q.result)
-        .map(|(r, _)| *r as i32);
+        .map_or(0, |(r, _)| *r as i32);
     let list = ctx
         .state
         .calls(&ctx.session)
@@ -200,6 +200,7 @@ pub async fn page(ctx: Ctx, Query(q): Query<ListQuery>) -> Result<Markup, Page> 
             until: parse_local(&q.until),
             page_size: 50,
             page_token: q.page.clone(),
+            result,
         })
         .await
         .map(tonic::Response::into_inner)
@@ -221,11 +222,10 @@ pub async fn page(ctx: Ctx, Query(q): Query<ListQuery>) -> Result<Markup, Page> 
             }
             div.field {
                 label for="result" { (lang.t(T::Result)) }
-                select #result name="result" aria-describedby="result-help" {
+                select #result name="result" {
                     option value="" { (lang.t(T::Any)) }
                     @for (r, t) in RESULTS { option value=(r.as_str_name()) selected[r.as_str_name() == q.result] { (lang.t(t)) } }
                 }
-                small #result-help { (lang.t(T::ResultFilterNote)) }
             }
             div.field { label for="since" { (lang.t(T::Since)) " (UTC)" } input #since name="since" type="datetime-local" value=(q.since); }
             div.field { label for="until" { (lang.t(T::Until)) " (UTC)" } input #until name="until" type="datetime-local" value=(q.until); }
@@ -237,10 +237,10 @@ pub async fn page(ctx: Ctx, Query(q): Query<ListQuery>) -> Result<Markup, Page> 
             Ok(l) => {
                 @if first_page { p.muted { (lang.t(T::NewRowsLive)) " " span.live data-live-status data-lost=(lang.t(T::LiveLost)) { (lang.t(T::Live)) } } }
                 div.scroll {
-                    table #calls data-live="calls" data-src=(live_src) data-prepend=(first_page && status == 0 && result.is_none() && q.case.is_empty() && q.until.is_empty()) {
+                    table #calls data-live="calls" data-src=(live_src) data-prepend=(first_page && status == 0 && result == 0 && q.case.is_empty() && q.until.is_empty()) {
                         (head(lang))
                         tbody {
-                            @for c in l.calls.iter().filter(|c| result.is_none_or(|r| c.result == r)) { (row(lang, c)) }
+                            @for c in &l.calls { (row(lang, c)) }
                         }
                     }
                 }
