@@ -446,7 +446,6 @@ texts! {
     ByCause => "Today's ended calls by hang-up cause", "今日挂断原因分布";
     PoolToday => "Pool utilisation today, by hour", "今日分机池每小时使用率";
     TodayIn => "Today is counted in {0}.", "“今日”按 {0} 时区计算。";
-    Sampled => "Counted over the latest {0} calls of today.", "按今日最近 {0} 通通话统计。";
     DataTable => "The numbers", "数据";
     RecordTitle => "Communication record", "通信记录";
     Milliseconds => "{0} ms", "{0} 毫秒";

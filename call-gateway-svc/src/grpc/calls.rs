@@ -12,7 +12,7 @@ use crate::domain::call::{Call, CallId, CallResult, CallStatus};
 use crate::domain::event::{CallEvent, EventType};
 use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey};
 use crate::service::{Calls, Events, MakeCall, WatchRequest};
-use crate::store::calls::CallFilter;
+use crate::store::calls::{CallFilter, SummaryFilter, SummaryRow};
 
 /// The most bytes of records in one ListCalls page.
 pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
@@ -213,6 +213,52 @@ fn from_ts(
     .transpose()
 }
 
+/// The longest window SummarizeCalls counts over (the query reads every call of it).
+const MAX_SUMMARY_DAYS: i64 = 31;
+
+/// The counts of a summary, ordered by status, result and cause.
+fn summary_to_pb(rows: &[SummaryRow]) -> pb::CallSummary {
+    use std::collections::BTreeMap;
+    let (mut statuses, mut results, mut causes) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut total = 0_u64;
+    for r in rows {
+        total = total.saturating_add(r.count);
+        let s = statuses
+            .entry(status_to_pb(r.status) as i32)
+            .or_insert(0_u64);
+        *s = s.saturating_add(r.count);
+        if r.status == CallStatus::Completed {
+            if let Some(result) = r.result {
+                let n = results
+                    .entry(result_to_pb(Some(result)) as i32)
+                    .or_insert(0_u64);
+                *n = n.saturating_add(r.count);
+            }
+            let n = causes.entry(r.hangup_cause.unwrap_or(0)).or_insert(0_u64);
+            *n = n.saturating_add(r.count);
+        }
+    }
+    pb::CallSummary {
+        total,
+        by_status: statuses
+            .into_iter()
+            .map(|(status, count)| pb::StatusCount { status, count })
+            .collect(),
+        by_result: results
+            .into_iter()
+            .map(|(result, count)| pb::ResultCount { result, count })
+            .collect(),
+        by_hangup_cause: causes
+            .into_iter()
+            .map(|(hangup_cause, count)| pb::HangupCauseCount {
+                hangup_cause,
+                count,
+            })
+            .collect(),
+    }
+}
+
 fn page_decode(token: &str) -> Result<Option<(DateTime<Utc>, String)>, GwError> {
     if token.is_empty() {
         return Ok(None);
@@ -300,6 +346,50 @@ impl pb::calls_server::Calls for CallsGrpc {
                 let tenant = tenant_of(&p, &r.tenant_id)?;
                 let id = CallId::parse("call_id", &r.call_id)?;
                 Ok(call_to_pb(&self.readable(&p, &tenant, &id).await?))
+            }
+            .await,
+        )
+    }
+
+    async fn summarize_calls(
+        &self,
+        req: Request<pb::SummarizeCallsRequest>,
+    ) -> Result<Response<pb::CallSummary>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let tenant = tenant_of(&p, &r.tenant_id)?;
+                let collector_id = collector_filter(
+                    &p,
+                    opt_text(r.collector_id)
+                        .map(|c| {
+                            CollectorId::parse("collector_id", &c).map(|c| c.as_str().to_owned())
+                        })
+                        .transpose()?,
+                )?;
+                let since = from_ts("since", r.since)?
+                    .ok_or_else(|| GwError::invalid("since", "is required"))?;
+                let until = from_ts("until", r.until)?.unwrap_or_else(Utc::now);
+                if until <= since {
+                    return Err(GwError::invalid("until", "must be after since"));
+                }
+                if until - since > chrono::Duration::days(MAX_SUMMARY_DAYS) {
+                    return Err(GwError::invalid(
+                        "until",
+                        format!("the window is at most {MAX_SUMMARY_DAYS} days"),
+                    ));
+                }
+                let rows = self
+                    .calls
+                    .summarize(&SummaryFilter {
+                        tenant_id: tenant,
+                        collector_id,
+                        since,
+                        until,
+                    })
+                    .await?;
+                Ok(summary_to_pb(&rows))
             }
             .await,
         )

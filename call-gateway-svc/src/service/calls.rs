@@ -25,7 +25,7 @@ use crate::domain::phone::Phone;
 use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey, TenantId};
 use crate::metrics::GatewayMetrics;
 use crate::ports::{Dial, LeaseError, Leases, Pbx, PbxError};
-use crate::store::calls::{Accepted, CallFilter, CallStore, Rung};
+use crate::store::calls::{Accepted, CallFilter, CallStore, Rung, SummaryFilter, SummaryRow};
 
 /// Dials Infinity accepted, waiting to be marked ringing together.
 type Ringing = Batcher<(), Accepted, Result<Rung, GwError>>;
@@ -579,6 +579,11 @@ impl Calls {
     /// there is a next page).
     pub async fn list(&self, filter: &CallFilter) -> Result<Vec<Call>, GwError> {
         self.calls.list_calls(filter).await
+    }
+
+    /// The calls of a window counted by status, result and hang-up cause.
+    pub async fn summarize(&self, filter: &SummaryFilter) -> Result<Vec<SummaryRow>, GwError> {
+        self.calls.summarize_calls(filter).await
     }
 
     /// A download link for the call's recording: recordurl, else GetRecodeFile(recordfilename).

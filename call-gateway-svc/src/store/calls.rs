@@ -102,6 +102,24 @@ pub struct CallFilter {
     pub limit: u32,
 }
 
+/// Which calls to count.
+#[derive(Debug, Clone)]
+pub struct SummaryFilter {
+    pub tenant_id: TenantId,
+    pub collector_id: Option<String>,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+/// How many calls share a status, a result and a hang-up cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryRow {
+    pub status: CallStatus,
+    pub result: Option<CallResult>,
+    pub hangup_cause: Option<u32>,
+    pub count: u64,
+}
+
 /// What a completion did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completed {
@@ -209,6 +227,8 @@ pub trait CallStore: Send + Sync + 'static {
     async fn set_lease_expiry(&self, id: &CallId, at: DateTime<Utc>) -> Result<(), GwError>;
     /// Lists calls, newest first.
     async fn list_calls(&self, f: &CallFilter) -> Result<Vec<Call>, GwError>;
+    /// The calls of a window counted by status, result and hang-up cause.
+    async fn summarize_calls(&self, f: &SummaryFilter) -> Result<Vec<SummaryRow>, GwError>;
     /// Stores a callback that matched no call.
     async fn insert_unmatched(&self, u: &Unmatched) -> Result<(), GwError>;
     /// Unmatched callbacks of a tenant (audit).
@@ -963,6 +983,33 @@ macro_rules! call_store {
                 .map_err(db_err)?;
                 rows.iter()
                     .map(|r| record_from(r).map_err(db_err).and_then(call_from))
+                    .collect()
+            }
+
+            async fn summarize_calls(&self, f: &SummaryFilter) -> Result<Vec<SummaryRow>, GwError> {
+                let rows = sqlx::query(
+                    "select status, result, hangup_cause, count(*) as n from communication_records \
+                     where tenant_id = $1 and ($2 is null or collector_id = $2) \
+                     and created_at >= $3 and created_at < $4 group by status, result, hangup_cause",
+                )
+                .bind(f.tenant_id.as_str()).bind(&f.collector_id).bind(f.since).bind(f.until)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let status: String = r.try_get("status").map_err(db_err)?;
+                        let result: Option<String> = r.try_get("result").map_err(db_err)?;
+                        let cause: Option<i32> = r.try_get("hangup_cause").map_err(db_err)?;
+                        let n: i64 = r.try_get("n").map_err(db_err)?;
+                        Ok(SummaryRow {
+                            status: CallStatus::parse(&status)
+                                .ok_or_else(|| crate::store::corrupt("call status"))?,
+                            result: result.as_deref().and_then(CallResult::parse),
+                            hangup_cause: cause.and_then(|c| u32::try_from(c).ok()),
+                            count: u64::try_from(n).unwrap_or(0),
+                        })
+                    })
                     .collect()
             }
 

@@ -1152,9 +1152,8 @@ async fn list_calls_filters(b: Backend) {
     ctx.shutdown().await;
 }
 
-/// ListCalls filters by result (completed calls only), page by page; an unknown result names
-/// the field.
-async fn list_calls_filter_by_result(b: Backend) {
+/// Three completed calls: alice's to ...000 and ...002 answered, bob's to ...001 not.
+async fn three_calls_one_unanswered(b: Backend) -> Ctx {
     let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002"], |_| {}).await;
     ctx.sim.state().set_script(
         Some("13900139001"),
@@ -1163,16 +1162,27 @@ async fn list_calls_filter_by_result(b: Backend) {
             ..Script::default()
         },
     );
-    for to in ["13900139000", "13900139001", "13900139002"] {
+    for (who, to) in [
+        ("alice", "13900139000"),
+        ("bob", "13900139001"),
+        ("alice", "13900139002"),
+    ] {
         let id = ctx
             .calls
-            .make_call(req("alice", to))
+            .make_call(req(who, to))
             .await
             .unwrap()
             .into_inner()
             .call_id;
         ctx.settled(&id, pb::CallStatus::Completed).await;
     }
+    ctx
+}
+
+/// ListCalls filters by result (completed calls only), page by page; an unknown result names
+/// the field.
+async fn list_calls_filter_by_result(b: Backend) {
+    let mut ctx = three_calls_one_unanswered(b).await;
     let by = |result: pb::CallResult, page_size: u32, page_token: String| pb::ListCallsRequest {
         tenant_id: "t1".into(),
         result: result.into(),
@@ -1205,6 +1215,88 @@ async fn list_calls_filter_by_result(b: Backend) {
     let err = ctx.calls.list_calls(bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().starts_with("result:"), "{}", err.message());
+    ctx.shutdown().await;
+}
+
+/// SummarizeCalls counts a window's calls by status, result and hang-up cause, for one
+/// collector or all; the window is required and bounded.
+async fn summarize_calls_counts_a_window(b: Backend) {
+    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let mut ctx = three_calls_one_unanswered(b).await;
+    let ts = |t: chrono::DateTime<chrono::Utc>| cco_contracts::pbjson_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    };
+    let ask = |collector: &str| pb::SummarizeCallsRequest {
+        tenant_id: "t1".into(),
+        collector_id: collector.into(),
+        since: Some(ts(since)),
+        until: None,
+    };
+    let all = ctx
+        .calls
+        .summarize_calls(ask(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.total, 3);
+    assert_eq!(
+        all.by_status,
+        [pb::StatusCount {
+            status: pb::CallStatus::Completed as i32,
+            count: 3
+        }]
+    );
+    assert_eq!(
+        all.by_result,
+        [
+            pb::ResultCount {
+                result: pb::CallResult::Connected as i32,
+                count: 2
+            },
+            pb::ResultCount {
+                result: pb::CallResult::NoAnswer as i32,
+                count: 1
+            },
+        ]
+    );
+    let causes: u64 = all.by_hangup_cause.iter().map(|c| c.count).sum();
+    assert_eq!(causes, 3);
+    assert!(
+        all.by_hangup_cause
+            .iter()
+            .any(|c| c.hangup_cause == 10016 && c.count == 1)
+    );
+    let alice = ctx
+        .calls
+        .summarize_calls(ask("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(alice.total, 2);
+    // A window that ended before the calls counts none.
+    let mut before = ask("");
+    before.since = Some(ts(since - chrono::Duration::hours(2)));
+    before.until = Some(ts(since));
+    assert_eq!(
+        ctx.calls
+            .summarize_calls(before)
+            .await
+            .unwrap()
+            .into_inner()
+            .total,
+        0
+    );
+    // The window is required and at most 31 days.
+    let mut no_since = ask("");
+    no_since.since = None;
+    let err = ctx.calls.summarize_calls(no_since).await.unwrap_err();
+    assert!(err.message().starts_with("since:"), "{}", err.message());
+    let mut long = ask("");
+    long.since = Some(ts(since - chrono::Duration::days(40)));
+    let err = ctx.calls.summarize_calls(long).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("until:"), "{}", err.message());
     ctx.shutdown().await;
 }
 
@@ -1512,6 +1604,7 @@ cco_platform::on_every_backend!(
     list_calls_pages_newest_first,
     list_calls_filters,
     list_calls_filter_by_result,
+    summarize_calls_counts_a_window,
     get_call_checks_the_id_and_the_tenant,
     hang_up_refuses_completed_calls,
     hang_up_maps_infinitys_answers,

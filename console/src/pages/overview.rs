@@ -1,10 +1,8 @@
 //! The supervisors' overview: live calls now, calls and the connected rate today, today's
 //! outcomes by result and by hang-up cause, and the pool's utilisation per hour of the day, as
-//! charts. "Today" is the tenant's day in its configured time zone. Figures come from the same
-//! RPCs as the other pages, with the person's own credential: the calls of today are read page
-//! by page up to [`MAX_CALLS`], and the pool's busy time per hour from the allocator's usage.
-
-use std::collections::BTreeMap;
+//! charts. "Today" is the tenant's day in its configured time zone. Figures come from the
+//! services with the person's own credential: the day's calls counted by the gateway's
+//! `SummarizeCalls` (one grouped query), the pool's busy time per hour from the allocator's usage.
 
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as gpb;
@@ -15,10 +13,6 @@ use crate::i18n::{Lang, T};
 use crate::session::Role;
 use crate::views;
 use crate::web::{Ctx, Page, Problem};
-
-/// Most calls of today the overview reads (it says so when there are more).
-pub const MAX_CALLS: usize = 5_000;
-const PAGE: u32 = 500;
 
 fn ts(t: DateTime<Utc>) -> cco_contracts::pbjson_types::Timestamp {
     cco_contracts::pbjson_types::Timestamp {
@@ -49,9 +43,8 @@ fn start_of_day(zone: &str, now: DateTime<Utc>) -> (DateTime<Utc>, String) {
 }
 
 struct Figures {
-    live: usize,
-    today: Vec<gpb::CommunicationRecord>,
-    capped: bool,
+    live: u64,
+    today: gpb::CallSummary,
     zone: String,
     hours: Vec<(String, f64)>,
 }
@@ -71,51 +64,27 @@ async fn figures(ctx: &Ctx) -> Result<Figures, Problem> {
     };
     let now = Utc::now();
     let (start, zone) = start_of_day(&zone, now);
-    // Today's calls, newest first, page by page.
+    // Today's calls counted by the gateway (one grouped query), and the calls of the last day
+    // still open: live now (a call ends within its ring timeout, or expires).
     let mut calls = ctx.state.calls(&ctx.session);
-    let mut today = Vec::new();
-    let mut token = String::new();
-    let mut capped = false;
-    loop {
-        let page = calls
-            .list_calls(gpb::ListCallsRequest {
-                tenant_id: tenant.clone(),
-                since: Some(ts(start)),
-                page_size: PAGE,
-                page_token: token,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        today.extend(page.calls);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        if today.len() >= MAX_CALLS {
-            capped = true;
-            break;
-        }
-        token = page.next_page_token;
-    }
-    // Live calls now: every open status (these are few; they end within the ring timeout).
-    let mut live = 0;
-    for status in [
-        gpb::CallStatus::Dialing,
-        gpb::CallStatus::Ringing,
-        gpb::CallStatus::Unknown,
-    ] {
-        live += calls
-            .list_calls(gpb::ListCallsRequest {
-                tenant_id: tenant.clone(),
-                status: status as i32,
-                page_size: PAGE,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .calls
-            .len();
-    }
+    // No `until`: the gateway counts up to its own now (a whole-second `now` from here would
+    // leave out the calls of the current second).
+    let summary = |since: DateTime<Utc>| gpb::SummarizeCallsRequest {
+        tenant_id: tenant.clone(),
+        since: Some(ts(since)),
+        ..Default::default()
+    };
+    let today = calls.summarize_calls(summary(start)).await?.into_inner();
+    let last_day = calls
+        .summarize_calls(summary(now - chrono::Duration::days(1)))
+        .await?
+        .into_inner();
+    let live = last_day
+        .by_status
+        .iter()
+        .filter(|s| !views::is_terminal(s.status))
+        .map(|s| s.count)
+        .sum();
     // The pool's busy share per hour so far today (the hours asked for at once).
     let mut bounds = Vec::new();
     let mut from = start;
@@ -161,7 +130,6 @@ async fn figures(ctx: &Ctx) -> Result<Figures, Problem> {
     Ok(Figures {
         live,
         today,
-        capped,
         zone,
         hours,
     })
@@ -172,39 +140,57 @@ fn panel_view(lang: Lang, f: &Result<Figures, Problem>) -> Markup {
         Ok(f) => f,
         Err(p) => return views::flash(false, &p.sentence(lang)),
     };
-    let total = f.today.len();
+    let total = f.today.total;
     let connected = f
         .today
+        .by_result
         .iter()
-        .filter(|c| c.result == gpb::CallResult::Connected as i32)
-        .count();
+        .filter(|r| r.result == gpb::CallResult::Connected as i32)
+        .map(|r| r.count)
+        .sum::<u64>();
     let rate = if total == 0 {
         "—".to_owned()
     } else {
         format!("{:.0}%", connected as f64 * 100.0 / total as f64)
     };
-    let mut by_result: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut by_cause: BTreeMap<u32, usize> = BTreeMap::new();
-    for c in &f.today {
-        let r = views::result_text(lang, c.result);
-        let r = if r.is_empty() {
-            views::status_text(lang, c.status)
-        } else {
-            r
-        };
-        *by_result.entry(r).or_default() += 1;
-        if c.status == gpb::CallStatus::Completed as i32 {
-            *by_cause.entry(c.hangup_cause).or_default() += 1;
-        }
-    }
-    let mut results: Vec<(String, f64, String)> = by_result
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v as f64, v.to_string()))
+    // Outcomes: completed calls by result, the others by status.
+    let mut results: Vec<(String, f64, String)> = f
+        .today
+        .by_result
+        .iter()
+        .map(|r| {
+            (
+                views::result_text(lang, r.result).to_owned(),
+                r.count as f64,
+                r.count.to_string(),
+            )
+        })
+        .chain(
+            f.today
+                .by_status
+                .iter()
+                .filter(|s| s.status != gpb::CallStatus::Completed as i32)
+                .map(|s| {
+                    (
+                        views::status_text(lang, s.status).to_owned(),
+                        s.count as f64,
+                        s.count.to_string(),
+                    )
+                }),
+        )
         .collect();
     results.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut causes: Vec<(String, f64, String)> = by_cause
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v as f64, v.to_string()))
+    let mut causes: Vec<(String, f64, String)> = f
+        .today
+        .by_hangup_cause
+        .iter()
+        .map(|c| {
+            (
+                c.hangup_cause.to_string(),
+                c.count as f64,
+                c.count.to_string(),
+            )
+        })
         .collect();
     causes.sort_by(|a, b| b.1.total_cmp(&a.1));
     causes.truncate(10);
@@ -219,7 +205,7 @@ fn panel_view(lang: Lang, f: &Result<Figures, Problem>) -> Markup {
             div { dt { (lang.t(T::CallsToday)) } dd #calls-today { (total) } }
             div { dt { (lang.t(T::ConnectedRate)) } dd #connected-rate { (rate) } }
         }
-        p.muted { (lang.f(T::TodayIn, &[&f.zone])) @if f.capped { " " (lang.f(T::Sampled, &[&MAX_CALLS.to_string()])) } }
+        p.muted { (lang.f(T::TodayIn, &[&f.zone])) }
         div.charts {
             (views::bar_chart(lang, lang.t(T::ByResult), &results, None))
             (views::bar_chart(lang, lang.t(T::ByCause), &causes, None))
