@@ -3,7 +3,8 @@
 //! pointing at the simulator, 5 extensions, 2 collectors with callback numbers), and the web
 //! console (http://127.0.0.1:8081) with a development sign-in for the demo people. Settings
 //! come from the usual `ALLOCATOR__*` / `GATEWAY__*` / `CONSOLE__*` variables; the services
-//! are wired to each other's bound ports. Ctrl-C (or SIGTERM) stops everything; running it again reuses the data.
+//! are wired to each other's bound ports. Ctrl-C (or SIGTERM) stops everything; running it
+//! again reuses the data.
 
 use std::time::Duration;
 

@@ -110,6 +110,11 @@ pub fn menu(role: Role) -> &'static [(&'static str, T)] {
     }
 }
 
+/// The first page of a role's menu (where signing in lands).
+pub fn home(role: Role) -> &'static str {
+    menu(role).first().map_or("/workbench", |(href, _)| href)
+}
+
 /// The role's name.
 pub fn role_name(lang: Lang, role: Role) -> &'static str {
     lang.t(match role {

@@ -12,7 +12,7 @@ use crate::domain::call::{Call, CallId, CallResult, CallStatus};
 use crate::domain::event::{CallEvent, EventType};
 use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey};
 use crate::service::{Calls, Events, MakeCall, WatchRequest};
-use crate::store::calls::{CallFilter, SummaryFilter, SummaryRow};
+use crate::store::calls::{CallFilter, SummaryFilter, SummaryRow, SummaryWindow};
 
 /// The most bytes of records in one ListCalls page.
 pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
@@ -368,25 +368,40 @@ impl pb::calls_server::Calls for CallsGrpc {
                         })
                         .transpose()?,
                 )?;
-                let since = from_ts("since", r.since)?
-                    .ok_or_else(|| GwError::invalid("since", "is required"))?;
-                let until = from_ts("until", r.until)?.unwrap_or_else(Utc::now);
-                if until <= since {
-                    return Err(GwError::invalid("until", "must be after since"));
-                }
-                if until - since > chrono::Duration::days(MAX_SUMMARY_DAYS) {
-                    return Err(GwError::invalid(
-                        "until",
-                        format!("the window is at most {MAX_SUMMARY_DAYS} days"),
-                    ));
-                }
+                let window = if r.open_only {
+                    SummaryWindow::Open
+                } else {
+                    let since = from_ts("since", r.since)?
+                        .ok_or_else(|| GwError::invalid("since", "is required"))?;
+                    let now = Utc::now();
+                    let (until, field) = match from_ts("until", r.until)? {
+                        Some(u) => (u, "until"),
+                        None => (now, "since"),
+                    };
+                    if until <= since {
+                        if field == "since" {
+                            // A window that starts now or later (a client's clock ahead of
+                            // ours) holds no call yet.
+                            return Ok(summary_to_pb(&[]));
+                        }
+                        return Err(GwError::invalid("until", "must be after since"));
+                    }
+                    if until - since > chrono::Duration::days(MAX_SUMMARY_DAYS) {
+                        return Err(GwError::invalid(
+                            field,
+                            format!(
+                                "the window is at most {MAX_SUMMARY_DAYS} days (until defaults to now)"
+                            ),
+                        ));
+                    }
+                    SummaryWindow::Created(since, until)
+                };
                 let rows = self
                     .calls
                     .summarize(&SummaryFilter {
                         tenant_id: tenant,
                         collector_id,
-                        since,
-                        until,
+                        window,
                     })
                     .await?;
                 Ok(summary_to_pb(&rows))

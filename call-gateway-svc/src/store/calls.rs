@@ -102,13 +102,21 @@ pub struct CallFilter {
     pub limit: u32,
 }
 
-/// Which calls to count.
+/// Which calls to count: those created in a window, or those still open.
 #[derive(Debug, Clone)]
 pub struct SummaryFilter {
     pub tenant_id: TenantId,
     pub collector_id: Option<String>,
-    pub since: DateTime<Utc>,
-    pub until: DateTime<Utc>,
+    pub window: SummaryWindow,
+}
+
+/// The calls a summary counts.
+#[derive(Debug, Clone, Copy)]
+pub enum SummaryWindow {
+    /// Created at or after the first time and before the second.
+    Created(DateTime<Utc>, DateTime<Utc>),
+    /// Dialing, ringing or unknown, however old (read through the open-calls index).
+    Open,
 }
 
 /// How many calls share a status, a result and a hang-up cause.
@@ -987,14 +995,25 @@ macro_rules! call_store {
             }
 
             async fn summarize_calls(&self, f: &SummaryFilter) -> Result<Vec<SummaryRow>, GwError> {
-                let rows = sqlx::query(
-                    "select status, result, hangup_cause, count(*) as n from communication_records \
-                     where tenant_id = $1 and ($2 is null or collector_id = $2) \
-                     and created_at >= $3 and created_at < $4 group by status, result, hangup_cause",
-                )
-                .bind(f.tenant_id.as_str()).bind(&f.collector_id).bind(f.since).bind(f.until)
-                .fetch_all(&self.pool)
-                .await
+                let rows = match f.window {
+                    SummaryWindow::Created(since, until) => sqlx::query(
+                        "select status, result, hangup_cause, count(*) as n from communication_records \
+                         where tenant_id = $1 and ($2 is null or collector_id = $2) \
+                         and created_at >= $3 and created_at < $4 group by status, result, hangup_cause",
+                    )
+                    .bind(f.tenant_id.as_str()).bind(&f.collector_id).bind(since).bind(until)
+                    .fetch_all(&self.pool)
+                    .await,
+                    // The status list matches the open-calls partial index's predicate.
+                    SummaryWindow::Open => sqlx::query(
+                        "select status, result, hangup_cause, count(*) as n from communication_records \
+                         where status in ('dialing', 'ringing', 'unknown') and tenant_id = $1 \
+                         and ($2 is null or collector_id = $2) group by status, result, hangup_cause",
+                    )
+                    .bind(f.tenant_id.as_str()).bind(&f.collector_id)
+                    .fetch_all(&self.pool)
+                    .await,
+                }
                 .map_err(db_err)?;
                 rows.iter()
                     .map(|r| {
@@ -1004,8 +1023,11 @@ macro_rules! call_store {
                         let n: i64 = r.try_get("n").map_err(db_err)?;
                         Ok(SummaryRow {
                             status: CallStatus::parse(&status)
-                                .ok_or_else(|| crate::store::corrupt("call status"))?,
-                            result: result.as_deref().and_then(CallResult::parse),
+                                .ok_or_else(|| crate::store::corrupt("status"))?,
+                            result: result
+                                .as_deref()
+                                .map(|r| CallResult::parse(r).ok_or_else(|| crate::store::corrupt("result")))
+                                .transpose()?,
                             hangup_cause: cause.and_then(|c| u32::try_from(c).ok()),
                             count: u64::try_from(n).unwrap_or(0),
                         })

@@ -1152,9 +1152,16 @@ async fn list_calls_filters(b: Backend) {
     ctx.shutdown().await;
 }
 
-/// Three completed calls: alice's to ...000 and ...002 answered, bob's to ...001 not.
+/// Three completed calls (alice's to ...000 and ...002 answered, bob's to ...001 not), and
+/// bob's call to ...009, still ringing (Infinity answers it only much later).
 async fn three_calls_one_unanswered(b: Backend) -> Ctx {
-    let mut ctx = setup(b, pb::CallMode::DoubleCall, &["8001", "8002"], |_| {}).await;
+    let mut ctx = setup(
+        b,
+        pb::CallMode::DoubleCall,
+        &["8001", "8002", "8003"],
+        |_| {},
+    )
+    .await;
     ctx.sim.state().set_script(
         Some("13900139001"),
         Script {
@@ -1162,6 +1169,20 @@ async fn three_calls_one_unanswered(b: Backend) -> Ctx {
             ..Script::default()
         },
     );
+    ctx.sim.state().set_script(
+        Some("13900139009"),
+        Script {
+            callback_delay_ms: 600_000,
+            ..Script::default()
+        },
+    );
+    let ringing = ctx
+        .calls
+        .make_call(req("bob", "13900139009"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ringing.status, pb::CallStatus::Ringing as i32);
     for (who, to) in [
         ("alice", "13900139000"),
         ("bob", "13900139001"),
@@ -1231,7 +1252,7 @@ async fn summarize_calls_counts_a_window(b: Backend) {
         tenant_id: "t1".into(),
         collector_id: collector.into(),
         since: Some(ts(since)),
-        until: None,
+        ..Default::default()
     };
     let all = ctx
         .calls
@@ -1239,14 +1260,21 @@ async fn summarize_calls_counts_a_window(b: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(all.total, 3);
+    assert_eq!(all.total, 4);
     assert_eq!(
         all.by_status,
-        [pb::StatusCount {
-            status: pb::CallStatus::Completed as i32,
-            count: 3
-        }]
+        [
+            pb::StatusCount {
+                status: pb::CallStatus::Ringing as i32,
+                count: 1
+            },
+            pb::StatusCount {
+                status: pb::CallStatus::Completed as i32,
+                count: 3
+            },
+        ]
     );
+    // Results and hang-up causes are those of completed calls only.
     assert_eq!(
         all.by_result,
         [
@@ -1274,7 +1302,40 @@ async fn summarize_calls_counts_a_window(b: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(alice.total, 2);
-    // A window that ended before the calls counts none.
+    assert_eq!(
+        alice.by_result,
+        [pb::ResultCount {
+            result: pb::CallResult::Connected as i32,
+            count: 2
+        }]
+    );
+    // The open calls, whatever the window.
+    let open = ctx
+        .calls
+        .summarize_calls(pb::SummarizeCallsRequest {
+            tenant_id: "t1".into(),
+            open_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(open.total, 1);
+    assert!(open.by_result.is_empty());
+    // A collector's token counts only their own calls, with or without a filter.
+    let mut as_alice = pb::calls_client::CallsClient::with_interceptor(
+        ctx.stack.gateway.channel().await,
+        cco_platform::auth::BearerInterceptor::new(&person("collector", "t1", Some("alice"))),
+    );
+    let own = as_alice
+        .summarize_calls(ask(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.total, 2);
+    let err = as_alice.summarize_calls(ask("bob")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    // A window that ended before the calls counts none; one that starts later, none yet.
     let mut before = ask("");
     before.since = Some(ts(since - chrono::Duration::hours(2)));
     before.until = Some(ts(since));
@@ -1287,15 +1348,33 @@ async fn summarize_calls_counts_a_window(b: Backend) {
             .total,
         0
     );
-    // The window is required and at most 31 days.
+    let mut later = ask("");
+    later.since = Some(ts(chrono::Utc::now() + chrono::Duration::minutes(5)));
+    assert_eq!(
+        ctx.calls
+            .summarize_calls(later)
+            .await
+            .unwrap()
+            .into_inner()
+            .total,
+        0
+    );
+    // The window is required, ordered, and at most 31 days; the field named is the one sent.
+    let mut reversed = ask("");
+    reversed.until = Some(ts(since - chrono::Duration::hours(1)));
+    let err = ctx.calls.summarize_calls(reversed).await.unwrap_err();
+    assert!(err.message().starts_with("until:"), "{}", err.message());
     let mut no_since = ask("");
     no_since.since = None;
     let err = ctx.calls.summarize_calls(no_since).await.unwrap_err();
     assert!(err.message().starts_with("since:"), "{}", err.message());
     let mut long = ask("");
     long.since = Some(ts(since - chrono::Duration::days(40)));
-    let err = ctx.calls.summarize_calls(long).await.unwrap_err();
+    let err = ctx.calls.summarize_calls(long.clone()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("since:"), "{}", err.message());
+    long.until = Some(ts(since));
+    let err = ctx.calls.summarize_calls(long).await.unwrap_err();
     assert!(err.message().starts_with("until:"), "{}", err.message());
     ctx.shutdown().await;
 }

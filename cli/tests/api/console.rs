@@ -596,7 +596,8 @@ async fn supervisor_sees_it(ui: &Ui, stack: &Stack, call: &str) -> R {
             .map_err(err)?;
     ensure(same == json!(true), "the new row arrived live")?;
     ui.shot("calls").await?;
-    // Filtered by result on the server: alice's two connected calls, not bob's ringing one.
+    // Filtered by result (the gateway's own test proves it pages on the server): alice's two
+    // connected calls, not bob's ringing one.
     ui.go("/calls?result=CALL_RESULT_CONNECTED").await?;
     let rows =
         ui.c.find_all(Locator::Css("#calls tbody tr td.re"))

@@ -64,27 +64,25 @@ async fn figures(ctx: &Ctx) -> Result<Figures, Problem> {
     };
     let now = Utc::now();
     let (start, zone) = start_of_day(&zone, now);
-    // Today's calls counted by the gateway (one grouped query), and the calls of the last day
-    // still open: live now (a call ends within its ring timeout, or expires).
-    let mut calls = ctx.state.calls(&ctx.session);
-    // No `until`: the gateway counts up to its own now (a whole-second `now` from here would
-    // leave out the calls of the current second).
-    let summary = |since: DateTime<Utc>| gpb::SummarizeCallsRequest {
-        tenant_id: tenant.clone(),
-        since: Some(ts(since)),
-        ..Default::default()
-    };
-    let today = calls.summarize_calls(summary(start)).await?.into_inner();
-    let last_day = calls
-        .summarize_calls(summary(now - chrono::Duration::days(1)))
-        .await?
-        .into_inner();
-    let live = last_day
-        .by_status
-        .iter()
-        .filter(|s| !views::is_terminal(s.status))
-        .map(|s| s.count)
-        .sum();
+    // Today's calls counted by the gateway (one grouped query), and the calls open now however
+    // old (read through the gateway's index of open calls). No `until`: the gateway counts up
+    // to its own now (a whole-second `now` from here would leave out the current second).
+    let calls = ctx.state.calls(&ctx.session);
+    let (mut a, mut b) = (calls.clone(), calls);
+    let (today, open) = tokio::join!(
+        a.summarize_calls(gpb::SummarizeCallsRequest {
+            tenant_id: tenant.clone(),
+            since: Some(ts(start)),
+            ..Default::default()
+        }),
+        b.summarize_calls(gpb::SummarizeCallsRequest {
+            tenant_id: tenant.clone(),
+            open_only: true,
+            ..Default::default()
+        })
+    );
+    let today = today?.into_inner();
+    let live = open?.into_inner().total;
     // The pool's busy share per hour so far today (the hours asked for at once).
     let mut bounds = Vec::new();
     let mut from = start;

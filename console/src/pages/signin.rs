@@ -30,7 +30,7 @@ pub async fn home(State(state): State<Arc<app::State>>, headers: HeaderMap) -> R
     let session =
         crate::web::cookie(&headers, SESSION_COOKIE).and_then(|v| state.sealer.open(v, now()));
     match session {
-        Some(s) => Redirect::to(views::menu(s.role)[0].0),
+        Some(s) => Redirect::to(views::home(s.role)),
         None => Redirect::to("/sign-in"),
     }
 }
@@ -466,7 +466,7 @@ fn start(state: &app::State, session: Session) -> Response {
     );
     let clear = set_cookie(PRE_COOKIE, "", 0, secure);
     tracing::info!(role = ?session.role, tenant = %session.tenant, kind = ?session.kind, "signed in");
-    let mut res = Redirect::to(views::menu(session.role)[0].0).into_response();
+    let mut res = Redirect::to(views::home(session.role)).into_response();
     res.headers_mut().append(header::SET_COOKIE, cookie);
     res.headers_mut().append(header::SET_COOKIE, clear);
     res
@@ -519,7 +519,7 @@ pub async fn switch_tenant(ctx: Ctx, headers: HeaderMap, Form(f): Form<TenantFor
     );
     (
         [(header::SET_COOKIE, cookie)],
-        Redirect::to(views::menu(s.role)[0].0),
+        Redirect::to(views::home(s.role)),
     )
         .into_response()
 }
