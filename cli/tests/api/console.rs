@@ -102,14 +102,22 @@ impl Ui {
             .map_err(err)
     }
 
+    /// The text of an element. A live page may replace the element between finding it and
+    /// reading it (a stale reference): then it is found again.
     async fn text(&self, css: &str) -> R<String> {
-        self.c
-            .find(Locator::Css(css))
-            .await
-            .map_err(|e| format!("{css}: {e}"))?
-            .text()
-            .await
-            .map_err(err)
+        let mut tries = 0;
+        loop {
+            let found = self
+                .c
+                .find(Locator::Css(css))
+                .await
+                .map_err(|e| format!("{css}: {e}"))?;
+            match found.text().await {
+                Ok(t) => return Ok(t),
+                Err(e) if tries < 5 && e.to_string().contains("stale element") => tries += 1,
+                Err(e) => return Err(format!("{css}: {e}")),
+            }
+        }
     }
 
     async fn wait_for(&self, css: &str, secs: u64) -> R<fantoccini::elements::Element> {
@@ -467,7 +475,7 @@ async fn bob_holds_a_line(ui: &Ui, stack: &Stack) -> R<(String, String)> {
 }
 
 async fn alice_calls(ui: &Ui, stack: &Stack, bob_call: &str) -> R<String> {
-    script(stack, Some("13900139007"), 3_000).await;
+    script(stack, Some("13900139007"), 5_000).await;
     ui.dev_sign_in("alice").await?;
     // A number that is not one: refused in a collector's words.
     ui.fill("#case_id", "case-7").await?;
@@ -595,6 +603,19 @@ async fn supervisor_sees_it(ui: &Ui, stack: &Stack, call: &str) -> R {
             .await
             .map_err(err)?;
     ensure(same == json!(true), "the new row arrived live")?;
+    // ... and the row follows the call to its end (the simulator answers within moments).
+    let result_cell = format!("tr[data-call-id='{live}'] td.re");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = ui.text(&result_cell).await.unwrap_or_default();
+        if shown == "connected" {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the live row never showed the result: {shown:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     ui.shot("calls").await?;
     // Filtered by result (the gateway's own test proves it pages on the server): alice's two
     // connected calls, not bob's ringing one.
