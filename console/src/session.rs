@@ -156,9 +156,9 @@ pub struct Claims {
     pub expires: Option<i64>,
 }
 
-/// Reads the claims of a JWT (`tenants` may be a list, or a string separated by commas or
-/// spaces, as the services read it).
-pub fn read_claims(token: &str) -> Option<Claims> {
+/// Reads the claims of a JWT under the deployment's claim names (the tenants claim may be a
+/// list, or a string separated by commas or spaces, as the services read it).
+pub fn read_claims(token: &str, names: &crate::settings::ClaimNames) -> Option<Claims> {
     let mut parts = token.split('.');
     let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -166,7 +166,7 @@ pub fn read_claims(token: &str) -> Option<Claims> {
     }
     let json: serde_json::Value = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
     let text = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let tenants = match json.get("tenants") {
+    let tenants = match json.get(&names.tenants) {
         Some(serde_json::Value::Array(a)) => a
             .iter()
             .filter_map(|v| v.as_str().map(str::to_owned))
@@ -179,9 +179,9 @@ pub fn read_claims(token: &str) -> Option<Claims> {
         _ => Vec::new(),
     };
     Some(Claims {
-        role: text("role").unwrap_or_default(),
+        role: text(&names.role).unwrap_or_default(),
         tenants,
-        collector: text("collector_id"),
+        collector: text(&names.collector),
         name: text("name").or_else(|| text("sub")).unwrap_or_default(),
         expires: json.get("exp").and_then(serde_json::Value::as_i64),
     })
@@ -240,13 +240,25 @@ mod tests {
         let payload = B64.encode(
             br#"{"sub":"u1","role":"collector","tenants":["demo","x"],"collector_id":"alice","exp":99}"#,
         );
-        let c = read_claims(&format!("h.{payload}.s")).expect("claims");
+        let names = crate::settings::ClaimNames::default();
+        let c = read_claims(&format!("h.{payload}.s"), &names).expect("claims");
         assert_eq!(c.role, "collector");
         assert_eq!(c.tenants, vec!["demo", "x"]);
         assert_eq!(c.collector.as_deref(), Some("alice"));
         assert_eq!(c.name, "u1");
         assert_eq!(c.expires, Some(99));
-        assert!(read_claims("not-a-jwt").is_none());
-        assert!(read_claims("a.b.c.d").is_none());
+        assert!(read_claims("not-a-jwt", &names).is_none());
+        assert!(read_claims("a.b.c.d", &names).is_none());
+        // A deployment that names its claims otherwise (as the services' *_CLAIM settings).
+        let payload =
+            B64.encode(br#"{"sub":"u2","cco_role":"supervisor","orgs":"a b","agent":"x"}"#);
+        let custom = crate::settings::ClaimNames {
+            tenants: "orgs".into(),
+            role: "cco_role".into(),
+            collector: "agent".into(),
+        };
+        let c = read_claims(&format!("h.{payload}.s"), &custom).expect("claims");
+        assert_eq!((c.role.as_str(), c.tenants.len()), ("supervisor", 2));
+        assert_eq!(c.collector.as_deref(), Some("x"));
     }
 }

@@ -27,8 +27,33 @@ pub struct Settings {
     pub callback_base_url: String,
     /// Deadline of one call to a service, in milliseconds (1,000-120,000).
     pub request_timeout_ms: u64,
+    /// The claims of a person's token the console reads to choose the menu (the same names as
+    /// the services' `*__AUTH__JWT__*_CLAIM` settings).
+    pub claims: ClaimNames,
     /// Logging.
     pub log: LogSettings,
+}
+
+/// Names of the claims of a person's token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClaimNames {
+    /// The tenants (a list, or a string separated by commas or spaces).
+    pub tenants: String,
+    /// The role: admin, supervisor or collector.
+    pub role: String,
+    /// A collector's id.
+    pub collector: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            tenants: "tenants".into(),
+            role: "role".into(),
+            collector: "collector_id".into(),
+        }
+    }
 }
 
 /// The listening address.
@@ -89,6 +114,7 @@ impl Default for Settings {
             session: SessionSettings::default(),
             callback_base_url: String::new(),
             request_timeout_ms: 10_000,
+            claims: ClaimNames::default(),
             log: LogSettings::default(),
         }
     }
@@ -166,6 +192,15 @@ impl Settings {
             1_000,
             120_000,
         )?;
+        for (field, name) in [
+            ("claims.tenants", &self.claims.tenants),
+            ("claims.role", &self.claims.role),
+            ("claims.collector", &self.claims.collector),
+        ] {
+            if name.trim().is_empty() {
+                anyhow::bail!("{field}: must name a claim");
+            }
+        }
         let cb = self.callback_base_url.trim_end_matches('/');
         if !cb.is_empty() {
             let u = url::Url::parse(cb)
@@ -239,6 +274,7 @@ mod tests {
                 Box::new(|s| s.callback_base_url = "javascript:x".into()),
             ),
             ("http.host:", Box::new(|s| s.http.host.clear())),
+            ("claims.role:", Box::new(|s| s.claims.role.clear())),
         ];
         for (prefix, change) in cases {
             let mut s = valid();

@@ -282,7 +282,7 @@ async fn sign_in_with_jwt(
     if jwt.is_empty() {
         return refuse(state, lang, headers, token_error(T::TokenRequired));
     }
-    let Some(claims) = read_claims(jwt) else {
+    let Some(claims) = read_claims(jwt, &state.settings.claims) else {
         return refuse(state, lang, headers, token_error(T::TokenMalformed));
     };
     let role = match claims.role.as_str() {
