@@ -325,6 +325,15 @@ pub fn is_terminal(status: i32) -> bool {
     )
 }
 
+/// A time for a request, to the nanosecond (a whole-second time would leave out what happened
+/// in its last second).
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> cco_contracts::pbjson_types::Timestamp {
+    cco_contracts::pbjson_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
 /// A timestamp as `<time>` (UTC text; the script shows it in the browser's zone).
 pub fn time(ts: Option<&cco_contracts::pbjson_types::Timestamp>) -> Markup {
     let Some(dt) = ts.and_then(|t| {

@@ -1164,6 +1164,35 @@ async fn pool_collectors_and_hang_up_through_the_console() {
         "the notice after an accepted hang-up"
     );
 
+    // The supervisor frees alice's extension (her call keeps ringing at Infinity), and the
+    // usage page then charts that lease.
+    sam.get("/pool").await;
+    let r = sam
+        .http
+        .post(format!("{}/pool/force-release", stack.console))
+        .header("cookie", sam.cookie())
+        .header("origin", &stack.console)
+        .form(&[("csrf", sam.csrf.as_str()), ("collector_id", "alice")])
+        .send()
+        .await
+        .unwrap();
+    let to = r
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(to, "/pool?done=forced&n=1", "one extension freed");
+    let (_, body) = sam.get(&to).await;
+    assert!(body.contains("1 extensions freed.") && body.contains("id=\"stat-in-use\">0<"));
+    let (_, body) = sam.get("/pool/usage?window=1h").await;
+    assert!(
+        body.contains("<figure class=\"chart\">")
+            && body.contains("Busy time")
+            && body.contains(">1<"),
+        "the usage chart holds the freed lease"
+    );
+
     // The admin deletes a collector.
     admin.get("/collectors").await;
     assert_eq!(

@@ -14,13 +14,6 @@ use crate::session::Role;
 use crate::views;
 use crate::web::{Ctx, Page, Problem};
 
-fn ts(t: DateTime<Utc>) -> cco_contracts::pbjson_types::Timestamp {
-    cco_contracts::pbjson_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
-    }
-}
-
 /// Today's start in `zone` (UTC when the zone is unknown).
 fn start_of_day(zone: &str, now: DateTime<Utc>) -> (DateTime<Utc>, String) {
     match zone.parse::<chrono_tz::Tz>() {
@@ -66,13 +59,13 @@ async fn figures(ctx: &Ctx) -> Result<Figures, Problem> {
     let (start, zone) = start_of_day(&zone, now);
     // Today's calls counted by the gateway (one grouped query), and the calls open now however
     // old (read through the gateway's index of open calls). No `until`: the gateway counts up
-    // to its own now (a whole-second `now` from here would leave out the current second).
+    // to its own now.
     let calls = ctx.state.calls(&ctx.session);
     let (mut a, mut b) = (calls.clone(), calls);
     let (today, open) = tokio::join!(
         a.summarize_calls(gpb::SummarizeCallsRequest {
             tenant_id: tenant.clone(),
-            since: Some(ts(start)),
+            since: Some(views::timestamp(start)),
             ..Default::default()
         }),
         b.summarize_calls(gpb::SummarizeCallsRequest {
@@ -100,8 +93,8 @@ async fn figures(ctx: &Ctx) -> Result<Figures, Problem> {
                 .stats(apb::StatsRequest {
                     tenant_id: tenant,
                     include_usage: true,
-                    usage_since: Some(ts(from)),
-                    usage_until: Some(ts(to)),
+                    usage_since: Some(views::timestamp(from)),
+                    usage_until: Some(views::timestamp(to)),
                 })
                 .await
                 .map(tonic::Response::into_inner)

@@ -522,18 +522,14 @@ pub async fn usage(ctx: Ctx, Query(q): Query<UsageQuery>) -> Result<Markup, Page
     };
     let until = chrono::Utc::now();
     let since = until - chrono::Duration::hours(hours);
-    let ts = |t: chrono::DateTime<chrono::Utc>| cco_contracts::pbjson_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
-    };
     let r = ctx
         .state
         .leases(&ctx.session)
         .stats(apb::StatsRequest {
             tenant_id: ctx.tenant().to_owned(),
             include_usage: true,
-            usage_since: Some(ts(since)),
-            usage_until: Some(ts(until)),
+            usage_since: Some(views::timestamp(since)),
+            usage_until: Some(views::timestamp(until)),
         })
         .await
         .map(tonic::Response::into_inner)
