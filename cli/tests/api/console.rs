@@ -831,6 +831,8 @@ struct Plain {
     base: String,
     cookies: std::collections::BTreeMap<String, String>,
     csrf: String,
+    /// Where the last post redirected to.
+    location: String,
 }
 
 impl Plain {
@@ -843,6 +845,7 @@ impl Plain {
             base: base.to_owned(),
             cookies: Default::default(),
             csrf: String::new(),
+            location: String::new(),
         }
     }
 
@@ -897,6 +900,12 @@ impl Plain {
             .await
             .unwrap();
         self.keep(&r);
+        self.location = r
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 }
@@ -962,22 +971,16 @@ async fn refusals_reach_the_workbench_in_a_collectors_words() {
         "This number is not valid:",
     );
     // Calling switched off, then on again.
-    assert!(
-        stack
-            .cco(&["config", "toggle", "--tenant", "demo"])
-            .status
-            .success()
-    );
+    let toggle = || {
+        let out = stack.cco(&["config", "toggle", "--tenant", "demo"]);
+        assert!(out.status.success(), "config toggle");
+    };
+    toggle();
     says(
         &call(&mut p, "alice", "13900139000").await,
         "Calling is switched off for your team right now.",
     );
-    assert!(
-        stack
-            .cco(&["config", "toggle", "--tenant", "demo"])
-            .status
-            .success()
-    );
+    toggle();
     // Every call holds its line: the team's limit (5), then no free line once it is raised.
     script(&stack, None, 600_000).await;
     for i in 0..5 {
@@ -1167,21 +1170,9 @@ async fn pool_collectors_and_hang_up_through_the_console() {
     // The supervisor frees alice's extension (her call keeps ringing at Infinity), and the
     // usage page then charts that lease.
     sam.get("/pool").await;
-    let r = sam
-        .http
-        .post(format!("{}/pool/force-release", stack.console))
-        .header("cookie", sam.cookie())
-        .header("origin", &stack.console)
-        .form(&[("csrf", sam.csrf.as_str()), ("collector_id", "alice")])
-        .send()
-        .await
-        .unwrap();
-    let to = r
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    sam.post("/pool/force-release", &[("collector_id", "alice")])
+        .await;
+    let to = sam.location.clone();
     assert_eq!(to, "/pool?done=forced&n=1", "one extension freed");
     let (_, body) = sam.get(&to).await;
     assert!(body.contains("1 extensions freed.") && body.contains("id=\"stat-in-use\">0<"));
