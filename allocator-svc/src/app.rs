@@ -10,6 +10,7 @@ use cco_contracts::allocator::v1::extension_pool_server::ExtensionPoolServer;
 use cco_platform::db::{DbPool, Migrations};
 use cco_platform::grpc::GrpcServer;
 use cco_platform::metrics::RpcMetrics;
+use cco_platform::sql::Db;
 use prometheus_client::registry::Registry;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -22,14 +23,16 @@ use crate::service::Allocator;
 use crate::settings::{CoalesceSettings, PolicySourceKind, Settings};
 use crate::store::Store;
 use crate::store::postgres::PgStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sql::SqlStore;
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/allocator/postgres");
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/allocator/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/allocator/sqlite");
 
 /// The allocator's migrations for each backend.
 pub const MIGRATIONS: Migrations = Migrations {
     postgres: &PG_MIGRATIONS,
+    mysql: Some(&MYSQL_MIGRATIONS),
     sqlite: &SQLITE_MIGRATIONS,
 };
 
@@ -37,7 +40,7 @@ pub const MIGRATIONS: Migrations = Migrations {
 pub fn store_for(db: &DbPool, coalesce: &CoalesceSettings) -> Arc<dyn Store> {
     match db {
         DbPool::Postgres(p) => Arc::new(PgStore::new(p.clone(), coalesce.limits())),
-        DbPool::Sqlite(p) => Arc::new(SqliteStore::new(p.clone())),
+        DbPool::MySql(_) | DbPool::Sqlite(_) => Arc::new(SqlStore::new(Db::new(db.clone()))),
     }
 }
 

@@ -26,6 +26,10 @@ pub enum AllocError {
     /// A dependency (the database, the gateway's policy service) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The database kept aborting the transaction for concurrent ones (deadlocks, lock-wait
+    /// timeouts) after the store's retries; the client may try again.
+    #[error("{0}")]
+    Contention(String),
     /// The caller's key may not touch this tenant.
     #[error("{0}")]
     PermissionDenied(String),

@@ -28,6 +28,7 @@ impl From<AllocError> for Status {
             AllocError::FailedPrecondition(m) => status(Code::FailedPrecondition, &m),
             AllocError::ResourceExhausted(m) => status(Code::ResourceExhausted, &m),
             AllocError::Unavailable(m) => status(Code::Unavailable, &m),
+            AllocError::Contention(m) => status(Code::Aborted, &m),
             AllocError::PermissionDenied(m) => status(Code::PermissionDenied, &m),
             AllocError::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");

@@ -656,15 +656,15 @@ async fn raw_sql(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Re
                     .map_err(|e| format!("sql: {e}"))?;
                 }
                 cco_platform::db::DbPool::Sqlite(p) => {
-                    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)).unwrap_or(0);
+                    let now = cco_platform::sql::sqlite_now();
                     let row = sqlx::query(
                         "update extensions set status = 'in_use', fencing_token = fencing_token + 1, last_used_at = $2, \
                          use_count = use_count + 1 where id = (select id from extensions where tenant_id = $1 and \
-                         status = 'available' order by last_released_at is not null, last_released_at limit 1) \
+                         status = 'available' order by last_released_at limit 1) \
                          returning id, fencing_token",
                     )
                     .bind(&tenant)
-                    .bind(now)
+                    .bind(&now)
                     .fetch_optional(p)
                     .await
                     .map_err(|e| format!("sql: {e}"))?
@@ -674,10 +674,43 @@ async fn raw_sql(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Re
                     sqlx::query("update extensions set status = 'available', last_released_at = $3 where id = $1 and fencing_token = $2")
                         .bind(id)
                         .bind(token)
-                        .bind(now)
+                        .bind(&now)
                         .execute(p)
                         .await
                         .map_err(|e| format!("sql: {e}"))?;
+                }
+                cco_platform::db::DbPool::MySql(p) => {
+                    // MySQL has no `returning`: pick and lock, then mark, in one transaction.
+                    let mut tx = p.begin().await.map_err(|e| format!("sql: {e}"))?;
+                    let row = sqlx::query(
+                        "select id, fencing_token from extensions where tenant_id = ? and status = 'available' \
+                         order by last_released_at limit 1 for update skip locked",
+                    )
+                    .bind(&tenant)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| format!("sql: {e}"))?
+                    .ok_or("resource_exhausted")?;
+                    let id: String = row.get("id");
+                    let token: i64 = row.get("fencing_token");
+                    sqlx::query(
+                        "update extensions set status = 'in_use', fencing_token = fencing_token + 1, \
+                         last_used_at = utc_timestamp(6), use_count = use_count + 1 where id = ?",
+                    )
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| format!("sql: {e}"))?;
+                    tx.commit().await.map_err(|e| format!("sql: {e}"))?;
+                    sqlx::query(
+                        "update extensions set status = 'available', last_released_at = utc_timestamp(6) \
+                         where id = ? and fencing_token = ?",
+                    )
+                    .bind(&id)
+                    .bind(token + 1)
+                    .execute(p)
+                    .await
+                    .map_err(|e| format!("sql: {e}"))?;
                 }
             }
             Ok(())

@@ -1,10 +1,13 @@
-//! Connects to the database named by a URL (`postgres://` or `sqlite://`) and runs migrations.
+//! Connects to the database named by a URL (`postgres://`, `mysql://` or `sqlite://`) and runs
+//! migrations.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use sqlx::Executor;
 use sqlx::migrate::Migrator;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -16,9 +19,13 @@ use sqlx::sqlite::{
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The pool timed out or closed, the connection broke, or the server is shutting down or
-    /// starting up (SQLSTATE class 08, 57P01, 57P03).
+    /// starting up (SQLSTATE class 08, 57P01, 57P03; MySQL's 1053 shutdown and 2006/2013 gone).
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database aborted the transaction for another one's sake (a deadlock, a lock-wait
+    /// timeout, a serialization failure) and the store's retries ran out: the client may retry.
+    #[error("database contention: {0}")]
+    Contention(String),
     /// Any other failure.
     #[error(transparent)]
     Other(sqlx::Error),
@@ -37,6 +44,15 @@ impl From<sqlx::Error> for DbError {
             {
                 Self::Unavailable(e.to_string())
             }
+            sqlx::Error::Database(d)
+                if d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|m| matches!(m.number(), 1053 | 2006 | 2013)) =>
+            {
+                Self::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(_) if crate::sql::is_contention(&e) => {
+                Self::Contention(e.to_string())
+            }
             _ => Self::Other(e),
         }
     }
@@ -51,7 +67,8 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// `postgres://user@host:port/db` or `sqlite://path/to/file.db`.
+    /// `postgres://user@host:port/db`, `mysql://user:password@host:port/db` (MySQL 8.0+ or
+    /// MariaDB 10.6+) or `sqlite://path/to/file.db`.
     pub url: String,
     /// Most connections in the pool.
     pub max_connections: u32,
@@ -84,6 +101,8 @@ impl Default for DatabaseSettings {
 pub enum DbPool {
     /// PostgreSQL.
     Postgres(PgPool),
+    /// MySQL or MariaDB.
+    MySql(MySqlPool),
     /// SQLite (WAL mode, one writer at a time).
     Sqlite(SqlitePool),
 }
@@ -93,6 +112,8 @@ pub enum DbPool {
 pub struct Migrations {
     /// Migrations for PostgreSQL.
     pub postgres: &'static Migrator,
+    /// Migrations for MySQL and MariaDB; `None` for a service that does not run on it.
+    pub mysql: Option<&'static Migrator>,
     /// Migrations for SQLite.
     pub sqlite: &'static Migrator,
 }
@@ -115,6 +136,32 @@ impl DbPool {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
             Ok(Self::Postgres(pool))
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let opts = MySqlConnectOptions::from_str(&url)
+                .map_err(|e| anyhow::anyhow!("database.url: not a valid MySQL URL: {e}"))?
+                .charset("utf8mb4")
+                .timezone(Some("+00:00".to_owned()));
+            let pool = MySqlPoolOptions::new()
+                .max_connections(settings.max_connections.max(1))
+                .acquire_timeout(timeout)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // See `sql`: READ COMMITTED, no gap locks; strict mode, so a value that
+                        // does not fit is an error instead of being cut.
+                        conn.execute("set session transaction isolation level read committed")
+                            .await?;
+                        conn.execute(
+                            "set session sql_mode = concat(@@sql_mode, ',STRICT_ALL_TABLES')",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(opts)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to MySQL: {e}"))?;
+            Ok(Self::MySql(pool))
         } else if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|e| anyhow::anyhow!("database.url: not a valid SQLite URL: {e}"))?
@@ -138,7 +185,9 @@ impl DbPool {
                 .map_err(|e| anyhow::anyhow!("cannot open SQLite database: {e}"))?;
             Ok(Self::Sqlite(pool))
         } else {
-            anyhow::bail!("database.url: must start with postgres:// or sqlite://, got {url:?}")
+            anyhow::bail!(
+                "database.url: must start with postgres://, mysql:// or sqlite://, got {url:?}"
+            )
         }
     }
 
@@ -149,6 +198,10 @@ impl DbPool {
     pub async fn migrate(&self, migrations: Migrations) -> anyhow::Result<()> {
         match self {
             Self::Postgres(p) => migrations.postgres.run(p).await?,
+            Self::MySql(p) => match migrations.mysql {
+                Some(m) => m.run(p).await?,
+                None => anyhow::bail!("database.url: this service does not run on MySQL"),
+            },
             Self::Sqlite(p) => migrations.sqlite.run(p).await?,
         }
         Ok(())
@@ -158,6 +211,7 @@ impl DbPool {
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Postgres(_) => "postgres",
+            Self::MySql(_) => "mysql",
             Self::Sqlite(_) => "sqlite",
         }
     }
@@ -166,6 +220,7 @@ impl DbPool {
     pub async fn close(&self) {
         match self {
             Self::Postgres(p) => p.close().await,
+            Self::MySql(p) => p.close().await,
             Self::Sqlite(p) => p.close().await,
         }
     }

@@ -9,7 +9,9 @@
 //!   per-RPC trace span and the shutdown signal.
 //! - [`listen`]: listener settings and the connection cap and idle timeout of every port.
 //! - [`http`]: serving an axum router with header, body and idle deadlines.
-//! - [`db`]: connecting to `postgres://` or `sqlite://` URLs and running migrations.
+//! - [`db`]: connecting to `postgres://`, `mysql://` or `sqlite://` URLs and running migrations.
+//! - [`sql`]: running one statement text on every backend (placeholders, values, rows, the
+//!   pieces of SQL that differ, transactions, retries on contention).
 //! - [`metrics`]: the Prometheus `/metrics` routes and metric label helpers.
 //! - [`mask`]: masking phone numbers and secrets for logs.
 //! - [`service`]: the shared command line of the service binaries (serve, migrate, check-config).
@@ -29,6 +31,7 @@ pub mod listen;
 pub mod mask;
 pub mod metrics;
 pub mod service;
+pub mod sql;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -2,17 +2,19 @@
 //!
 //! PostgreSQL: a new database on the server named by `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), dropped when the guard drops, even after a
-//! panic. An unreachable server fails the test loudly; it is never skipped.
-//! SQLite: a file in a new temporary folder.
+//! panic. MariaDB: the same on the server named by `TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306/mysql`). An unreachable server fails the test loudly; it is
+//! never skipped. SQLite: a file in a new temporary folder.
 
 use std::str::FromStr;
 
 use sqlx::Connection;
+use sqlx::mysql::MySqlConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 /// Instantiates async scenarios `async fn name(b: Backend)` as tests once per backend: a
-/// module `postgres` and a module `sqlite`, each with a `#[tokio::test]` per name (multi-thread,
-/// 4 workers).
+/// module `postgres`, `sqlite` and `mariadb`, each with a `#[tokio::test]` per name
+/// (multi-thread, 4 workers).
 ///
 /// ```ignore
 /// cco_platform::on_every_backend!(lru_prefers_never_used, cap_holds_across_two_instances);
@@ -20,19 +22,28 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
-        mod postgres {
+        $crate::on_backends!([postgres = Postgres, sqlite = Sqlite, mariadb = MariaDb] [$($name),*]);
+    };
+}
+
+/// [`on_every_backend!`] for a chosen list of backends (`module = Backend variant`).
+#[macro_export]
+macro_rules! on_backends {
+    ([$($module:ident = $variant:ident),* $(,)?] $names:tt) => {
+        $( $crate::backend_module!($module, $variant, $names); )*
+    };
+}
+
+/// One module of [`on_backends!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! backend_module {
+    ($module:ident, $variant:ident, [$($name:ident),* $(,)?]) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    super::$name($crate::testing::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name($crate::testing::Backend::Sqlite).await;
+                    super::$name($crate::testing::Backend::$variant).await;
                 }
             )*
         }
@@ -46,6 +57,13 @@ pub enum Backend {
     Postgres,
     /// SQLite.
     Sqlite,
+    /// MariaDB (the MySQL backend; MySQL 8 itself is not on the test machines).
+    MariaDb,
+}
+
+/// The admin URL of the test MariaDB server.
+pub fn mysql_admin_url() -> String {
+    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/mysql".into())
 }
 
 /// The admin URL of the test PostgreSQL server.
@@ -61,6 +79,7 @@ pub struct TestDb {
     pub url: String,
     backend: Backend,
     pg_name: Option<String>,
+    mysql_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -91,6 +110,34 @@ impl TestDb {
                     url,
                     backend,
                     pg_name: Some(name),
+                    mysql_name: None,
+                    _dir: None,
+                }
+            }
+            Backend::MariaDb => {
+                let admin = mysql_admin_url();
+                let name = format!("cco_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = MySqlConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!("MariaDB is unreachable at {admin} (set TEST_MYSQL_URL): {e}")
+                });
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "create database {name} character set utf8mb4 collate utf8mb4_bin"
+                )))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+                let _ = conn.close().await;
+                let url = match admin.rsplit_once('/') {
+                    Some((base, _)) if base.contains("://") && !base.ends_with('/') => {
+                        format!("{base}/{name}")
+                    }
+                    _ => panic!("TEST_MYSQL_URL must name a database: {admin}"),
+                };
+                Self {
+                    url,
+                    backend,
+                    pg_name: None,
+                    mysql_name: Some(name),
                     _dir: None,
                 }
             }
@@ -102,6 +149,7 @@ impl TestDb {
                     url,
                     backend,
                     pg_name: None,
+                    mysql_name: None,
                     _dir: Some(dir),
                 }
             }
@@ -128,18 +176,20 @@ fn pg_url(opts: &PgConnectOptions, name: &str) -> String {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else {
-            return;
-        };
-        // Drop runs outside async context (maybe during a panic): use a private runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
+        if let Some(name) = self.mysql_name.take() {
+            drop_on_private_runtime(async move {
+                if let Ok(mut conn) = MySqlConnection::connect(&mysql_admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "drop database if exists {name}"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                    let _ = conn.close().await;
+                }
+            });
+        }
+        if let Some(name) = self.pg_name.take() {
+            drop_on_private_runtime(async move {
                 if let Ok(mut conn) = PgConnection::connect(&pg_admin_url()).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "drop database if exists {name} with (force)"
@@ -149,7 +199,21 @@ impl Drop for TestDb {
                     let _ = conn.close().await;
                 }
             });
-        })
-        .join();
+        }
     }
+}
+
+/// Runs `f` to completion on a runtime of its own in another thread: `Drop` runs outside async
+/// context (maybe during a panic).
+fn drop_on_private_runtime(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(f);
+    })
+    .join();
 }

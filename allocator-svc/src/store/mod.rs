@@ -22,10 +22,11 @@
 //! SQLite serialises all writers with `begin immediate`, which gives the same guarantees.
 
 pub mod postgres;
-pub mod sqlite;
+pub mod sql;
 
 use async_trait::async_trait;
 use cco_platform::db::DbError;
+use cco_platform::sql::Row;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -248,6 +249,7 @@ impl From<DbError> for AllocError {
             DbError::Unavailable(m) => {
                 AllocError::Unavailable(format!("database unavailable: {m}"))
             }
+            DbError::Contention(m) => AllocError::Contention(m),
             DbError::Other(e) => AllocError::Internal(e.into()),
         }
     }
@@ -274,23 +276,17 @@ macro_rules! ext_cols {
 }
 pub(crate) use ext_cols;
 
-/// Reads typed columns from a backend's row; times and ids are stored differently per backend.
-pub(crate) trait RowRead {
-    fn text(&self, col: &str) -> Result<String, AllocError>;
-    fn opt_text(&self, col: &str) -> Result<Option<String>, AllocError>;
-    fn int(&self, col: &str) -> Result<i64, AllocError>;
-    fn uuid(&self, col: &str) -> Result<Uuid, AllocError>;
-    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>, AllocError>;
-    fn time(&self, col: &str) -> Result<DateTime<Utc>, AllocError>;
-    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, AllocError>;
+/// Reads a column of a row, naming it in the error.
+pub(crate) fn col<T>(r: Result<T, sqlx::Error>) -> Result<T, AllocError> {
+    r.map_err(db_err)
 }
 
 /// Reads the row of a counts query (columns total, in_use, offline, cooling); `available` is
 /// what is neither in use nor offline. A count that does not fit or contradicts the others
 /// (a total below in use + offline) is reported, not wrapped.
-pub(crate) fn counts_from(r: &impl RowRead) -> Result<PoolCounts, AllocError> {
+pub(crate) fn counts_from(r: &Row) -> Result<PoolCounts, AllocError> {
     let get = |c: &str| -> Result<u32, AllocError> {
-        let v = r.int(c)?;
+        let v = col(r.i64(c))?;
         u32::try_from(v).map_err(|_| corrupt(c, &v.to_string()))
     };
     let (total, in_use, offline) = (get("total")?, get("in_use")?, get("offline")?);
@@ -314,49 +310,49 @@ fn corrupt(col: &str, what: &str) -> AllocError {
 }
 
 /// Builds a lease from a row selected with `lease_cols!()`.
-pub(crate) fn lease_from(r: &impl RowRead) -> Result<(Lease, String), AllocError> {
-    let strategy = r.text("strategy")?;
-    let reason = r.opt_text("release_reason")?;
+pub(crate) fn lease_from(r: &Row) -> Result<(Lease, String), AllocError> {
+    let strategy = col(r.text("strategy"))?;
+    let reason = col(r.opt_text("release_reason"))?;
     let lease = Lease {
-        lease_id: r.uuid("lease_id")?,
-        extension_id: r.uuid("extension_id")?,
-        extension_number: r.text("extension_number")?,
-        tenant_id: r.text("tenant_id")?,
-        collector_id: r.text("collector_id")?,
-        request_id: r.text("request_id")?,
+        lease_id: col(r.uuid("lease_id"))?,
+        extension_id: col(r.uuid("extension_id"))?,
+        extension_number: col(r.text("extension_number"))?,
+        tenant_id: col(r.text("tenant_id"))?,
+        collector_id: col(r.text("collector_id"))?,
+        request_id: col(r.text("request_id"))?,
         strategy: Strategy::parse(&strategy).ok_or_else(|| corrupt("strategy", &strategy))?,
-        fencing_token: r.int("fencing_token")?,
-        acquired_at: r.time("acquired_at")?,
-        expires_at: r.time("expires_at")?,
-        released_at: r.opt_time("released_at")?,
+        fencing_token: col(r.i64("fencing_token"))?,
+        acquired_at: col(r.time("acquired_at"))?,
+        expires_at: col(r.time("expires_at"))?,
+        released_at: col(r.opt_time("released_at"))?,
         release_reason: match reason {
             None => None,
             Some(s) => Some(ReleaseReason::parse(&s).ok_or_else(|| corrupt("release_reason", &s))?),
         },
     };
-    Ok((lease, r.text("request_fingerprint")?))
+    Ok((lease, col(r.text("request_fingerprint"))?))
 }
 
 /// Builds an extension from a row selected with `ext_cols!()`.
-pub(crate) fn extension_from(r: &impl RowRead) -> Result<Extension, AllocError> {
-    let status = r.text("status")?;
+pub(crate) fn extension_from(r: &Row) -> Result<Extension, AllocError> {
+    let status = col(r.text("status"))?;
     Ok(Extension {
-        id: r.uuid("id")?,
-        tenant_id: r.text("tenant_id")?,
-        config_id: r.text("config_id")?,
-        number: r.text("number")?,
+        id: col(r.uuid("id"))?,
+        tenant_id: col(r.text("tenant_id"))?,
+        config_id: col(r.text("config_id"))?,
+        number: col(r.text("number"))?,
         status: ExtStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-        current_lease_id: r.opt_uuid("current_lease_id")?,
-        current_collector_id: r.opt_text("current_collector_id")?,
-        lease_expires_at: r.opt_time("lease_expires_at")?,
-        fencing_token: r.int("fencing_token")?,
-        last_collector_id: r.opt_text("last_collector_id")?,
-        last_used_at: r.opt_time("last_used_at")?,
-        last_released_at: r.opt_time("last_released_at")?,
-        available_at: r.opt_time("available_at")?,
-        use_count: r.int("use_count")?,
-        created_at: r.time("created_at")?,
-        updated_at: r.time("updated_at")?,
+        current_lease_id: col(r.opt_uuid("current_lease_id"))?,
+        current_collector_id: col(r.opt_text("current_collector_id"))?,
+        lease_expires_at: col(r.opt_time("lease_expires_at"))?,
+        fencing_token: col(r.i64("fencing_token"))?,
+        last_collector_id: col(r.opt_text("last_collector_id"))?,
+        last_used_at: col(r.opt_time("last_used_at"))?,
+        last_released_at: col(r.opt_time("last_released_at"))?,
+        available_at: col(r.opt_time("available_at"))?,
+        use_count: col(r.i64("use_count"))?,
+        created_at: col(r.time("created_at"))?,
+        updated_at: col(r.time("updated_at"))?,
     })
 }
 

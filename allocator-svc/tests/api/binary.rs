@@ -84,7 +84,7 @@ fn bad_settings_fail_with_the_key_named() {
         ),
         (
             &[
-                ("ALLOCATOR__DATABASE__URL", "mysql://x"),
+                ("ALLOCATOR__DATABASE__URL", "oracle://x"),
                 ("ALLOCATOR__POLICY__SOURCE", "static"),
             ],
             "database.url",

@@ -11,7 +11,6 @@ pub use cco_platform::testing::{Backend, TestDb};
 use pb::extension_allocator_client::ExtensionAllocatorClient;
 use pb::extension_pool_client::ExtensionPoolClient;
 use secrecy::SecretString;
-use sqlx::Row;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -183,112 +182,91 @@ impl Inspect {
         }
     }
 
+    fn db(&self) -> cco_platform::sql::Db {
+        cco_platform::sql::Db::new(self.pool.clone())
+    }
+
+    async fn count(&self, sql: &str, tenant: &str, more: Option<&str>) -> i64 {
+        let mut args = vec![cco_platform::sql::Arg::Text(tenant)];
+        args.extend(more.map(cco_platform::sql::Arg::Text));
+        self.db()
+            .fetch_one(sql, &args)
+            .await
+            .unwrap()
+            .i64("n")
+            .unwrap()
+    }
+
     /// Every lease ever granted, as intervals.
     pub async fn intervals(&self) -> Vec<Interval> {
-        match &self.pool {
-            cco_platform::db::DbPool::Postgres(p) => sqlx::query(
-                "select extension_id::text as e, (extract(epoch from acquired_at) * 1000)::bigint as a, \
-                 (extract(epoch from released_at) * 1000)::bigint as r, fencing_token, release_reason from leases",
+        self.db()
+            .fetch_all(
+                "select extension_id, acquired_at, released_at, fencing_token, release_reason \
+                 from leases",
+                &[],
             )
-            .fetch_all(p)
             .await
             .unwrap()
             .iter()
             .map(|r| Interval {
-                extension_id: r.get("e"),
-                acquired_ms: r.get("a"),
-                released_ms: r.get("r"),
-                fencing_token: r.get("fencing_token"),
-                reason: r.get("release_reason"),
+                extension_id: r.uuid("extension_id").unwrap().to_string(),
+                acquired_ms: r.time("acquired_at").unwrap().timestamp_millis(),
+                released_ms: r
+                    .opt_time("released_at")
+                    .unwrap()
+                    .map(|t| t.timestamp_millis()),
+                fencing_token: r.i64("fencing_token").unwrap(),
+                reason: r.opt_text("release_reason").unwrap(),
             })
-            .collect(),
-            cco_platform::db::DbPool::Sqlite(p) => sqlx::query(
-                "select extension_id as e, acquired_at as a, released_at as r, fencing_token, release_reason from leases",
-            )
-            .fetch_all(p)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| Interval {
-                extension_id: r.get("e"),
-                acquired_ms: r.get("a"),
-                released_ms: r.get("r"),
-                fencing_token: r.get("fencing_token"),
-                reason: r.get("release_reason"),
-            })
-            .collect(),
-        }
+            .collect()
     }
 
     /// Counts leases of one tenant with one request id.
     pub async fn leases_for_request(&self, tenant: &str, request_id: &str) -> i64 {
-        let sql = "select count(*) from leases where tenant_id = $1 and request_id = $2";
-        match &self.pool {
-            cco_platform::db::DbPool::Postgres(p) => sqlx::query_scalar(sql)
-                .bind(tenant)
-                .bind(request_id)
-                .fetch_one(p)
-                .await
-                .unwrap(),
-            cco_platform::db::DbPool::Sqlite(p) => sqlx::query_scalar(sql)
-                .bind(tenant)
-                .bind(request_id)
-                .fetch_one(p)
-                .await
-                .unwrap(),
-        }
+        self.count(
+            "select count(*) as n from leases where tenant_id = $1 and request_id = $2",
+            tenant,
+            Some(request_id),
+        )
+        .await
     }
 
     /// Counts in-use extensions and live leases of a tenant; they must always agree.
     pub async fn live(&self, tenant: &str) -> (i64, i64) {
-        let a = "select count(*) from extensions where tenant_id = $1 and status = 'in_use'";
-        let b = "select count(*) from leases where tenant_id = $1 and released_at is null";
-        match &self.pool {
-            cco_platform::db::DbPool::Postgres(p) => (
-                sqlx::query_scalar(a)
-                    .bind(tenant)
-                    .fetch_one(p)
-                    .await
-                    .unwrap(),
-                sqlx::query_scalar(b)
-                    .bind(tenant)
-                    .fetch_one(p)
-                    .await
-                    .unwrap(),
-            ),
-            cco_platform::db::DbPool::Sqlite(p) => (
-                sqlx::query_scalar(a)
-                    .bind(tenant)
-                    .fetch_one(p)
-                    .await
-                    .unwrap(),
-                sqlx::query_scalar(b)
-                    .bind(tenant)
-                    .fetch_one(p)
-                    .await
-                    .unwrap(),
-            ),
-        }
+        (
+            self.count(
+                "select count(*) as n from extensions where tenant_id = $1 and status = 'in_use'",
+                tenant,
+                None,
+            )
+            .await,
+            self.count(
+                "select count(*) as n from leases where tenant_id = $1 and released_at is null",
+                tenant,
+                None,
+            )
+            .await,
+        )
     }
 
     /// A tenant's pool counted row by row: total, available, in use, offline, and available
     /// rows with a cooldown set (all still cooling when the test's cooldown is long).
     pub async fn status_counts(&self, tenant: &str) -> [i64; 5] {
-        let sql = "select count(*), \
-             coalesce(sum(case when status = 'available' then 1 else 0 end), 0), \
-             coalesce(sum(case when status = 'in_use' then 1 else 0 end), 0), \
-             coalesce(sum(case when status = 'offline' then 1 else 0 end), 0), \
-             coalesce(sum(case when status = 'available' and available_at is not null then 1 else 0 end), 0) \
-             from extensions where tenant_id = $1";
-        let row: (i64, i64, i64, i64, i64) = match &self.pool {
-            cco_platform::db::DbPool::Postgres(p) => {
-                sqlx::query_as(sql).bind(tenant).fetch_one(p).await.unwrap()
-            }
-            cco_platform::db::DbPool::Sqlite(p) => {
-                sqlx::query_as(sql).bind(tenant).fetch_one(p).await.unwrap()
-            }
-        };
-        [row.0, row.1, row.2, row.3, row.4]
+        let r = self
+            .db()
+            .fetch_one(
+                "select count(*) as total, \
+                 coalesce(sum(case when status = 'available' then 1 else 0 end), 0) as available, \
+                 coalesce(sum(case when status = 'in_use' then 1 else 0 end), 0) as in_use, \
+                 coalesce(sum(case when status = 'offline' then 1 else 0 end), 0) as offline, \
+                 coalesce(sum(case when status = 'available' and available_at is not null \
+                   then 1 else 0 end), 0) as cooling \
+                 from extensions where tenant_id = $1",
+                &[cco_platform::sql::Arg::Text(tenant)],
+            )
+            .await
+            .unwrap();
+        ["total", "available", "in_use", "offline", "cooling"].map(|c| r.i64(c).unwrap())
     }
 
     pub async fn close(self) {

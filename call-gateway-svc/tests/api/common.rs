@@ -318,6 +318,27 @@ pub async fn raw_rows(db_url: &str, table: &str) -> Vec<String> {
         .fetch_all(p)
         .await
         .unwrap(),
+        cco_platform::db::DbPool::MySql(p) => {
+            let cols: Vec<String> = sqlx::query_scalar(
+                "select cast(column_name as char) from information_schema.columns \
+                 where table_schema = database() and table_name = ? order by ordinal_position",
+            )
+            .bind(table)
+            .fetch_all(p)
+            .await
+            .unwrap();
+            let expr = cols
+                .iter()
+                .map(|c| format!("coalesce(cast({c} as char), '')"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                "select concat_ws('|', {expr}) from {table}"
+            )))
+            .fetch_all(p)
+            .await
+            .unwrap()
+        }
         cco_platform::db::DbPool::Sqlite(p) => {
             let cols: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "select name from pragma_table_info('{table}')"
@@ -651,15 +672,10 @@ pub async fn exec_sql(db_url: &str, sql: &str) -> u64 {
     let mut s = cco_platform::db::DatabaseSettings::sqlite_default("x");
     s.url = db_url.to_owned();
     let pool = cco_platform::db::DbPool::connect(&s).await.unwrap();
-    let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    let n = match &pool {
-        cco_platform::db::DbPool::Postgres(p) => {
-            sqlx::query(sql).execute(p).await.unwrap().rows_affected()
-        }
-        cco_platform::db::DbPool::Sqlite(p) => {
-            sqlx::query(sql).execute(p).await.unwrap().rows_affected()
-        }
-    };
+    let n = cco_platform::sql::Db::new(pool.clone())
+        .execute(sql, &[])
+        .await
+        .unwrap();
     pool.close().await;
     n
 }

@@ -76,7 +76,9 @@ fn by_call(evs: &[pb::CallEvent]) -> HashMap<String, Vec<i32>> {
     m
 }
 
-cco_platform::on_every_backend!(events_come_in_order_and_resume_exactly);
+cco_platform::on_backends!(
+    [postgres = Postgres, sqlite = Sqlite][events_come_in_order_and_resume_exactly]
+);
 
 async fn events_come_in_order_and_resume_exactly(b: Backend) {
     let ctx = setup(

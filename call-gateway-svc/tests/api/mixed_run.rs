@@ -9,7 +9,6 @@ use crate::common::*;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
 use infinity_sim::{CallbackMode, Outcome, Script};
-use sqlx::Row;
 use tonic::Code;
 
 const CALLS: usize = 500;
@@ -56,25 +55,25 @@ async fn lease_history(url: &str) -> Vec<(String, i64, Option<i64>, i64)> {
     let mut s = cco_platform::db::DatabaseSettings::sqlite_default("x");
     s.url = url.to_owned();
     let pool = cco_platform::db::DbPool::connect(&s).await.unwrap();
-    let rows = match &pool {
-        cco_platform::db::DbPool::Postgres(p) => sqlx::query(
-            "select extension_id::text as e, (extract(epoch from acquired_at) * 1000)::bigint as a, \
-             (extract(epoch from released_at) * 1000)::bigint as r, fencing_token as t from leases",
+    let rows = cco_platform::sql::Db::new(pool.clone())
+        .fetch_all(
+            "select extension_id, acquired_at, released_at, fencing_token from leases",
+            &[],
         )
-        .fetch_all(p)
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get("e"), r.get("a"), r.get("r"), r.get("t")))
-        .collect(),
-        cco_platform::db::DbPool::Sqlite(p) => sqlx::query("select extension_id as e, acquired_at as a, released_at as r, fencing_token as t from leases")
-            .fetch_all(p)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get("e"), r.get("a"), r.get("r"), r.get("t")))
-            .collect(),
-    };
+        .map(|r| {
+            (
+                r.uuid("extension_id").unwrap().to_string(),
+                r.time("acquired_at").unwrap().timestamp_millis(),
+                r.opt_time("released_at")
+                    .unwrap()
+                    .map(|t| t.timestamp_millis()),
+                r.i64("fencing_token").unwrap(),
+            )
+        })
+        .collect();
     pool.close().await;
     rows
 }

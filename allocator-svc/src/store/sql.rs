@@ -1,0 +1,1231 @@
+//! The allocator's one store: every operation written once over the platform's SQL layer
+//! ([`cco_platform::sql`]), for PostgreSQL, MySQL/MariaDB and SQLite. What differs between
+//! them comes from the dialect (the clock, locking clauses, upserts, date arithmetic) and is
+//! spliced into the statements once, in [`Statements::new`]; the PostgreSQL store
+//! ([`super::postgres`]) adds only its tuned hot path on top of this one.
+//!
+//! Locking, per backend:
+//! - PostgreSQL and MySQL run every transaction at READ COMMITTED with row locks. Free
+//!   extensions are picked with `for update skip locked`; a capped or round-robin acquire first
+//!   locks the tenant's `tenant_state` row (upserted), so the count and the cursor are read
+//!   under it; identical acquires take turns (PostgreSQL: a transaction-scoped advisory lock;
+//!   MySQL: a row of `acquire_turns` inserted and deleted in the transaction, whose key a
+//!   twin's insert waits on). Anything that ends a lease locks the lease row before the
+//!   extension row; several leases are locked in lease id order first. A transaction the
+//!   database aborts as a deadlock or lock-wait timeout is run again ([`retry`]).
+//! - SQLite writers start with `begin immediate` (one writer at a time, in this process's
+//!   queue), so the same statements need no row locks: the dialect leaves the clauses out.
+//!
+//! Times come from the database clock ([`Dialect::now`]), so instances share one clock.
+
+use std::collections::HashSet;
+
+use cco_platform::args;
+use cco_platform::sql::{self, Arg, Backend, Db, Dialect, Exec, Mode, Tx};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    AcquireCmd, AcquireOutcome, DeleteOutcome, ExtUpdate, LeaseChange, ListFilter, UpdateOutcome,
+    col, counts_from, db_err, ext_cols, extension_from, is_unique_violation, lease_cols,
+    lease_from, replay, unchanged_reason,
+};
+use crate::domain::{
+    AllocError, CollectorId, ExtStatus, Extension, ExtensionNumber, ExtensionUsage, Lease,
+    PoolCounts, ReleaseReason, Strategy, TenantId,
+};
+
+/// Numbers inserted per statement by an import.
+const IMPORT_CHUNK: usize = 500;
+
+/// The statements of the store, written once and completed for one backend.
+#[derive(Debug)]
+struct Statements {
+    /// Picks (and locks) one free extension: $1 tenant; LRU order.
+    pick_lru: String,
+    /// $1 tenant, $2 the extension to try.
+    pick_affinity: String,
+    /// $1 tenant, $2 the cursor number.
+    pick_rr_after: String,
+    /// $1 tenant.
+    pick_rr_first: String,
+    /// Marks the picked extension in use: $1 id, $2 lease id, $3 collector, $4 ttl seconds.
+    lease_extension: String,
+    /// Inserts the lease from the extension row just leased.
+    insert_lease: String,
+    /// Locks (creating) the tenant's state row: $1 tenant.
+    lock_tenant: String,
+    /// $1 tenant, $2 cursor.
+    set_cursor: String,
+    /// Ends a live lease with a matching token: $1 lease, $2 token, $3 reason.
+    end_lease: String,
+    /// Frees the extension of a lease just ended: $1 extension, $2 lease.
+    free_extension: String,
+    /// Extends a live, unexpired lease: $1 lease, $2 token, $3 ttl seconds.
+    renew_lease: String,
+    /// $1 extension, $2 lease.
+    renew_extension: String,
+    /// $1 tenant.
+    counts: String,
+    /// $1 limit.
+    due: String,
+    /// $1 tenant, $2 since, $3 until.
+    usage: String,
+    /// $1 id, $2 tenant, $3 status, $4 number.
+    update_extension: String,
+    /// $1 tenant.
+    lock_pool_counts: String,
+}
+
+impl Statements {
+    fn new(d: Dialect) -> Self {
+        let now = d.now();
+        let lock = d.for_update();
+        let skip = d.skip_locked();
+        let free = format!(
+            "tenant_id = $1 and status = 'available' and (available_at is null or available_at <= {now})"
+        );
+        let lru_order = match d.0 {
+            // PostgreSQL sorts nulls last unless told; MySQL and SQLite sort them first.
+            Backend::Postgres => "last_released_at asc nulls first, length(number), number",
+            _ => "last_released_at, length(number), number",
+        };
+        let number_after = match d.0 {
+            Backend::Postgres => "(length(number), number) > (length($2::text), $2::text)",
+            _ => "(length(number), number) > (length($2), $2)",
+        };
+        let ttl = match d.0 {
+            Backend::Postgres => "$4::float8",
+            _ => "$4",
+        };
+        let renew_ttl = match d.0 {
+            Backend::Postgres => "$3::float8",
+            _ => "$3",
+        };
+        let ended_at = "(select released_at from leases where lease_id = $2)";
+        let cooldown = "(select cooldown_seconds from leases where lease_id = $2)";
+        Self {
+            pick_lru: format!(
+                "select id from extensions where {free} order by {lru_order} limit 1{skip}"
+            ),
+            pick_affinity: format!("select id from extensions where id = $2 and {free}{skip}"),
+            pick_rr_after: format!(
+                "select id from extensions where {free} and {number_after} \
+                 order by length(number), number limit 1{skip}"
+            ),
+            pick_rr_first: format!(
+                "select id from extensions where {free} order by length(number), number limit 1{skip}"
+            ),
+            lease_extension: format!(
+                "update extensions set status = 'in_use', current_lease_id = $2, \
+                 current_collector_id = $3, lease_expires_at = {}, \
+                 fencing_token = fencing_token + 1, last_collector_id = $3, last_used_at = {now}, \
+                 use_count = use_count + 1, available_at = null, updated_at = {now} \
+                 where id = $1 and status = 'available'",
+                d.plus_secs(now, ttl)
+            ),
+            insert_lease: "insert into leases (lease_id, tenant_id, extension_id, extension_number, \
+                 collector_id, request_id, request_fingerprint, strategy, fencing_token, \
+                 cooldown_seconds, acquired_at, expires_at, created_at, updated_at) \
+                 select $1, tenant_id, id, number, $2, $3, $4, $5, fencing_token, $6, last_used_at, \
+                 lease_expires_at, last_used_at, last_used_at from extensions where id = $7"
+                .to_owned(),
+            lock_tenant: d.upsert(
+                "tenant_state",
+                "tenant_id, created_at, updated_at",
+                &format!("($1, {now}, {now})"),
+                "tenant_id",
+                &format!("updated_at = {now}"),
+            ),
+            set_cursor: format!(
+                "update tenant_state set rr_cursor = $2, updated_at = {now} where tenant_id = $1"
+            ),
+            end_lease: format!(
+                "update leases set released_at = {now}, release_reason = $3, updated_at = {now} \
+                 where lease_id = $1 and fencing_token = $2 and released_at is null"
+            ),
+            free_extension: format!(
+                "update extensions set \
+                   status = case when status = 'in_use' then 'available' else status end, \
+                   current_lease_id = null, current_collector_id = null, lease_expires_at = null, \
+                   last_released_at = {ended_at}, \
+                   available_at = case when {cooldown} > 0 then {} else null end, \
+                   updated_at = {ended_at} \
+                 where id = $1 and current_lease_id = $2",
+                d.plus_secs(ended_at, cooldown)
+            ),
+            renew_lease: format!(
+                "update leases set expires_at = {}, updated_at = {now} \
+                 where lease_id = $1 and fencing_token = $2 and released_at is null \
+                   and expires_at > {now}",
+                d.plus_secs(now, renew_ttl)
+            ),
+            renew_extension: format!(
+                "update extensions set \
+                   lease_expires_at = (select expires_at from leases where lease_id = $2), \
+                   updated_at = {now} \
+                 where id = $1 and current_lease_id = $2"
+            ),
+            counts: format!(
+                "select coalesce((select total from pool_counts where tenant_id = $1), 0) as total, \
+                   (select count(*) from extensions where tenant_id = $1 and status = 'in_use') as in_use, \
+                   (select count(*) from extensions where tenant_id = $1 and status = 'offline') as offline, \
+                   (select count(*) from extensions where tenant_id = $1 and status = 'available' \
+                      and available_at is not null and available_at > {now}) as cooling"
+            ),
+            due: format!(
+                "select current_lease_id from extensions \
+                 where status = 'in_use' and lease_expires_at <= {now} \
+                 order by lease_expires_at limit $1"
+            ),
+            usage: format!(
+                "select e.id, e.number, count(l.lease_id) as leases, \
+                   coalesce(sum({}), 0.0) as busy \
+                 from extensions e \
+                 left join leases l on l.extension_id = e.id and l.acquired_at < $3 \
+                   and coalesce(l.released_at, {now}) > $2 \
+                 where e.tenant_id = $1 \
+                 group by e.id, e.number \
+                 order by length(e.number), e.number",
+                d.secs_between(
+                    &d.greatest("l.acquired_at", "$2"),
+                    &d.least(&format!("coalesce(l.released_at, {now})"), "$3"),
+                )
+            ),
+            update_extension: format!(
+                "update extensions set \
+                   status = case when {s} is null or status = 'in_use' then status else {s} end, \
+                   number = coalesce({n}, number), updated_at = {now} \
+                 where id = $1 and tenant_id = $2 \
+                   and ({n} is null or number = {n} or status <> 'in_use')",
+                s = if d.0 == Backend::Postgres { "$3::text" } else { "$3" },
+                n = if d.0 == Backend::Postgres { "$4::text" } else { "$4" },
+            ),
+            lock_pool_counts: format!("select total from pool_counts where tenant_id = $1{lock}"),
+        }
+    }
+}
+
+/// `$start, $start+1, ...`: `n` placeholders for an `in (...)` list.
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The allocator's store on any backend.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    db: Db,
+    sql: std::sync::Arc<Statements>,
+}
+
+/// True for an error worth running the transaction again for.
+fn contended(e: &AllocError) -> bool {
+    matches!(e, AllocError::Contention(_))
+}
+
+async fn find_lease(ex: Exec<'_>, lease_id: Uuid) -> Result<Option<(Lease, String)>, AllocError> {
+    let row = ex
+        .fetch_optional(
+            concat!("select ", lease_cols!(), " from leases where lease_id = $1"),
+            args![lease_id],
+        )
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(lease_from).transpose()
+}
+
+async fn find_by_request(
+    ex: Exec<'_>,
+    tenant: &str,
+    request_id: &str,
+) -> Result<Option<(Lease, String)>, AllocError> {
+    let row = ex
+        .fetch_optional(
+            concat!(
+                "select ",
+                lease_cols!(),
+                " from leases where tenant_id = $1 and request_id = $2"
+            ),
+            args![tenant, request_id],
+        )
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(lease_from).transpose()
+}
+
+async fn get_ext(
+    ex: Exec<'_>,
+    tenant: &TenantId,
+    id: Uuid,
+    lock: &str,
+) -> Result<Option<Extension>, AllocError> {
+    let sql = format!(
+        "select {} from extensions where id = $1 and tenant_id = $2{lock}",
+        ext_cols!()
+    );
+    let row = ex
+        .fetch_optional(&sql, args![id, tenant.as_str()])
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(extension_from).transpose()
+}
+
+/// Why a release or renew changed nothing: no such lease, or its state and token.
+async fn unchanged(ex: Exec<'_>, lease_id: Uuid, token: i64) -> Result<LeaseChange, AllocError> {
+    Ok(match find_lease(ex, lease_id).await? {
+        None => LeaseChange::NotFound,
+        Some((lease, _)) => {
+            let reason = unchanged_reason(&lease, token);
+            LeaseChange::Unchanged { lease, reason }
+        }
+    })
+}
+
+impl SqlStore {
+    /// Wraps a migrated pool.
+    pub fn new(db: Db) -> Self {
+        let sql = std::sync::Arc::new(Statements::new(db.dialect()));
+        Self { db, sql }
+    }
+
+    /// The pool.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        self.db.backend().name()
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.db.dialect()
+    }
+
+    async fn begin(&self, mode: Mode) -> Result<Tx, AllocError> {
+        self.db.begin(mode).await.map_err(db_err)
+    }
+
+    /// Ends a live lease whose token matches and frees its extension (lease row first).
+    /// Returns the ended lease, or `None` if nothing matched.
+    async fn end_lease(
+        &self,
+        tx: &mut Tx,
+        lease_id: Uuid,
+        token: i64,
+        reason: ReleaseReason,
+    ) -> Result<Option<Lease>, AllocError> {
+        let n = tx
+            .exec()
+            .execute(&self.sql.end_lease, args![lease_id, token, reason.as_str()])
+            .await
+            .map_err(db_err)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let Some((lease, _)) = find_lease(tx.exec(), lease_id).await? else {
+            return Err(AllocError::Internal(anyhow::anyhow!(
+                "lease {lease_id} vanished while it was ended"
+            )));
+        };
+        tx.exec()
+            .execute(
+                &self.sql.free_extension,
+                args![lease.extension_id, lease_id],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(Some(lease))
+    }
+
+    async fn counts_on(&self, ex: Exec<'_>, tenant: &str) -> Result<PoolCounts, AllocError> {
+        let r = ex
+            .fetch_one(&self.sql.counts, args![tenant])
+            .await
+            .map_err(db_err)?;
+        counts_from(&r)
+    }
+
+    /// Ends the live lease of extension `id` (if any) inside `tx`, leaving the extension row
+    /// locked. Returns the extension as it stands afterwards and the lease ended.
+    async fn end_extension_lease(
+        &self,
+        tx: &mut Tx,
+        tenant: &TenantId,
+        id: Uuid,
+        reason: ReleaseReason,
+    ) -> Result<Option<(Extension, Option<Lease>)>, AllocError> {
+        // Lease before extension: read the live lease without a lock, end it through the lease
+        // row, then lock the extension and confirm nothing was re-leased in between. Each pass
+        // runs under a savepoint: a pass that finds the extension re-leased rolls back to it,
+        // which drops the extension row lock before the next pass locks the new lease (holding
+        // the extension while waiting for a lease would invert the lock order of release).
+        let lock = self.dialect().for_update();
+        for _ in 0..5 {
+            tx.exec()
+                .execute("savepoint end_extension_lease", args![])
+                .await
+                .map_err(db_err)?;
+            let Some(peek) = get_ext(tx.exec(), tenant, id, "").await? else {
+                return Ok(None);
+            };
+            let ended = match peek.current_lease_id {
+                Some(l) => self.end_lease(tx, l, peek.fencing_token, reason).await?,
+                None => None,
+            };
+            let Some(ext) = get_ext(tx.exec(), tenant, id, lock).await? else {
+                return Ok(None);
+            };
+            if ext.current_lease_id.is_none() {
+                tx.exec()
+                    .execute("release savepoint end_extension_lease", args![])
+                    .await
+                    .map_err(db_err)?;
+                return Ok(Some((ext, ended)));
+            }
+            if ended.is_some() {
+                // Cannot happen: we hold the row lock since ending the lease.
+                return Err(AllocError::Internal(anyhow::anyhow!(
+                    "extension re-leased under lock"
+                )));
+            }
+            tx.exec()
+                .execute("rollback to savepoint end_extension_lease", args![])
+                .await
+                .map_err(db_err)?;
+        }
+        Err(AllocError::Unavailable(
+            "extension keeps being re-leased; try again".into(),
+        ))
+    }
+
+    /// Makes identical acquires (same tenant and request id) take turns until `tx` ends.
+    async fn take_turn(
+        &self,
+        tx: &mut Tx,
+        tenant: &str,
+        request_id: &str,
+    ) -> Result<(), AllocError> {
+        match self.db.backend() {
+            Backend::Postgres => tx
+                .exec()
+                .execute(
+                    "select pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))",
+                    args![tenant, request_id],
+                )
+                .await
+                .map(drop)
+                .map_err(db_err),
+            Backend::MySql => tx
+                .exec()
+                .execute(
+                    "insert into acquire_turns (tenant_id, request_id) values ($1, $2)",
+                    args![tenant, request_id],
+                )
+                .await
+                .map(drop)
+                .map_err(db_err),
+            // One writer at a time already.
+            Backend::Sqlite => Ok(()),
+        }
+    }
+
+    /// Ends the turn [`Self::take_turn`] took (MySQL's row goes before commit).
+    async fn end_turn(
+        &self,
+        tx: &mut Tx,
+        tenant: &str,
+        request_id: &str,
+    ) -> Result<(), AllocError> {
+        if self.db.backend() == Backend::MySql {
+            tx.exec()
+                .execute(
+                    "delete from acquire_turns where tenant_id = $1 and request_id = $2",
+                    args![tenant, request_id],
+                )
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// The serialised acquire: every strategy, with or without a cap.
+    pub async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
+        let tenant = cmd.tenant_id.as_str();
+        // A replay needs no lock: answer it from a read. The check is repeated under the turn
+        // below for a twin that commits in between.
+        if let Some((l, fp)) = find_by_request(
+            self.db.conn().await.map_err(db_err)?.exec(),
+            tenant,
+            cmd.request_id.as_str(),
+        )
+        .await?
+        {
+            return Ok(replay(l, &fp, cmd));
+        }
+        sql::retry(contended, || self.try_acquire(cmd)).await
+    }
+
+    async fn try_acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
+        let tenant = cmd.tenant_id.as_str();
+        let request_id = cmd.request_id.as_str();
+        let mut tx = self.begin(Mode::Write).await?;
+        // Identical requests run one at a time: the second waits here until the first
+        // commits, then finds its lease below and replays it, instead of leasing a second
+        // extension or seeing a pool its twin has drained.
+        self.take_turn(&mut tx, tenant, request_id).await?;
+        if let Some((l, fp)) = find_by_request(tx.exec(), tenant, request_id).await? {
+            return Ok(replay(l, &fp, cmd));
+        }
+        let mut cursor: Option<String> = None;
+        if cmd.cap.is_some() || cmd.strategy == Strategy::RoundRobin {
+            // Locks the tenant row until commit: capped and round-robin acquires of one tenant
+            // run one at a time, so the count and the cursor below cannot be outrun.
+            tx.exec()
+                .execute(&self.sql.lock_tenant, args![tenant])
+                .await
+                .map_err(db_err)?;
+            let row = tx
+                .exec()
+                .fetch_one(
+                    "select rr_cursor from tenant_state where tenant_id = $1",
+                    args![tenant],
+                )
+                .await
+                .map_err(db_err)?;
+            cursor = col(row.opt_text("rr_cursor"))?;
+            if let Some(cap) = cmd.cap {
+                let live = tx
+                    .exec()
+                    .fetch_one(
+                        "select count(*) as n from extensions where tenant_id = $1 and status = 'in_use'",
+                        args![tenant],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                let live = u32::try_from(col(live.i64("n"))?).unwrap_or(u32::MAX);
+                if live >= cap {
+                    return Ok(AcquireOutcome::CapReached { cap, live });
+                }
+            }
+        }
+        let collector = cmd.collector_id.as_str();
+        let pick = async |tx: &mut Tx, sql: &str, arg: Option<Arg<'_>>| {
+            let row = match arg {
+                Some(a) => tx.exec().fetch_optional(sql, &[Arg::Text(tenant), a]).await,
+                None => tx.exec().fetch_optional(sql, args![tenant]).await,
+            };
+            row.map_err(db_err)?.map(|r| col(r.uuid("id"))).transpose()
+        };
+        let picked = match cmd.strategy {
+            Strategy::Lru => pick(&mut tx, &self.sql.pick_lru, None).await?,
+            Strategy::CollectorAffinity => {
+                let last = tx
+                    .exec()
+                    .fetch_optional(
+                        "select extension_id from leases where tenant_id = $1 and collector_id = $2 \
+                         order by acquired_at desc limit 1",
+                        args![tenant, collector],
+                    )
+                    .await
+                    .map_err(db_err)?
+                    .map(|r| col(r.uuid("extension_id")))
+                    .transpose()?;
+                let mut got = None;
+                if let Some(ext) = last {
+                    got = pick(&mut tx, &self.sql.pick_affinity, Some(Arg::Uuid(ext))).await?;
+                }
+                match got {
+                    Some(id) => Some(id),
+                    None => pick(&mut tx, &self.sql.pick_lru, None).await?,
+                }
+            }
+            Strategy::RoundRobin => {
+                let mut got = None;
+                if let Some(c) = &cursor {
+                    got = pick(&mut tx, &self.sql.pick_rr_after, Some(Arg::Text(c))).await?;
+                }
+                match got {
+                    Some(id) => Some(id),
+                    None => pick(&mut tx, &self.sql.pick_rr_first, None).await?,
+                }
+            }
+        };
+        let Some(extension_id) = picked else {
+            let counts = self.counts_on(tx.exec(), tenant).await?;
+            return Ok(AcquireOutcome::PoolEmpty(counts));
+        };
+        let lease_id = Uuid::now_v7();
+        let n = tx
+            .exec()
+            .execute(
+                &self.sql.lease_extension,
+                args![
+                    extension_id,
+                    lease_id,
+                    collector,
+                    i64::from(cmd.ttl_seconds)
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        if n != 1 {
+            return Err(AllocError::Internal(anyhow::anyhow!(
+                "extension {extension_id} changed under its row lock"
+            )));
+        }
+        let inserted = tx
+            .exec()
+            .execute(
+                &self.sql.insert_lease,
+                args![
+                    lease_id,
+                    collector,
+                    request_id,
+                    cmd.fingerprint.as_str(),
+                    cmd.strategy.as_str(),
+                    i64::from(cmd.cooldown_seconds),
+                    extension_id
+                ],
+            )
+            .await;
+        if let Err(e) = inserted {
+            if is_unique_violation(&e) {
+                // A concurrent identical request won: undo ours and return theirs.
+                tx.rollback().await.map_err(db_err)?;
+                return self.replay_or_vanished(cmd).await;
+            }
+            return Err(db_err(e));
+        }
+        let Some((lease, _)) = find_lease(tx.exec(), lease_id).await? else {
+            return Err(AllocError::Internal(anyhow::anyhow!(
+                "lease {lease_id} not found after insert"
+            )));
+        };
+        if cmd.strategy == Strategy::RoundRobin {
+            tx.exec()
+                .execute(
+                    &self.sql.set_cursor,
+                    args![tenant, lease.extension_number.as_str()],
+                )
+                .await
+                .map_err(db_err)?;
+        }
+        self.end_turn(&mut tx, tenant, request_id).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(AcquireOutcome::Granted {
+            lease,
+            replayed: false,
+        })
+    }
+
+    /// The lease an earlier request with this id got, replayed to `cmd`.
+    pub async fn replay_or_vanished(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
+        let conn = &mut self.db.conn().await.map_err(db_err)?;
+        match find_by_request(conn.exec(), cmd.tenant_id.as_str(), cmd.request_id.as_str()).await? {
+            Some((l, fp)) => Ok(replay(l, &fp, cmd)),
+            None => Err(AllocError::Internal(anyhow::anyhow!(
+                "request id {} vanished after it was seen",
+                cmd.request_id
+            ))),
+        }
+    }
+
+    /// The counts of a tenant's pool, when an acquire found it empty.
+    pub async fn pool_empty(&self, tenant: &str) -> Result<AcquireOutcome, AllocError> {
+        let conn = &mut self.db.conn().await.map_err(db_err)?;
+        Ok(AcquireOutcome::PoolEmpty(
+            self.counts_on(conn.exec(), tenant).await?,
+        ))
+    }
+
+    /// Ends a lease if the token matches and it is live.
+    pub async fn release(
+        &self,
+        lease_id: Uuid,
+        token: i64,
+        reason: ReleaseReason,
+    ) -> Result<LeaseChange, AllocError> {
+        sql::retry(contended, || async {
+            let mut tx = self.begin(Mode::Write).await?;
+            let out = match self.end_lease(&mut tx, lease_id, token, reason).await? {
+                Some(l) => LeaseChange::Changed(l),
+                None => unchanged(tx.exec(), lease_id, token).await?,
+            };
+            tx.commit().await.map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Extends a live, unexpired lease to now + `ttl_seconds`.
+    pub async fn renew(
+        &self,
+        lease_id: Uuid,
+        token: i64,
+        ttl_seconds: u32,
+    ) -> Result<LeaseChange, AllocError> {
+        sql::retry(contended, || async {
+            let mut tx = self.begin(Mode::Write).await?;
+            let n = tx
+                .exec()
+                .execute(
+                    &self.sql.renew_lease,
+                    args![lease_id, token, i64::from(ttl_seconds)],
+                )
+                .await
+                .map_err(db_err)?;
+            let out = if n == 1 {
+                let Some((lease, _)) = find_lease(tx.exec(), lease_id).await? else {
+                    return Err(AllocError::Internal(anyhow::anyhow!(
+                        "lease {lease_id} vanished while it was renewed"
+                    )));
+                };
+                tx.exec()
+                    .execute(
+                        &self.sql.renew_extension,
+                        args![lease.extension_id, lease_id],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                LeaseChange::Changed(lease)
+            } else {
+                unchanged(tx.exec(), lease_id, token).await?
+            };
+            tx.commit().await.map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Reads one lease.
+    pub async fn get_lease(&self, lease_id: Uuid) -> Result<Option<Lease>, AllocError> {
+        let conn = &mut self.db.conn().await.map_err(db_err)?;
+        Ok(find_lease(conn.exec(), lease_id).await?.map(|(l, _)| l))
+    }
+
+    /// Ends up to `limit` leases whose expiry has passed (reason expired); returns them.
+    pub async fn reap_expired(&self, limit: u32) -> Result<Vec<Lease>, AllocError> {
+        sql::retry(contended, || self.try_reap(limit)).await
+    }
+
+    async fn try_reap(&self, limit: u32) -> Result<Vec<Lease>, AllocError> {
+        let mut tx = self.begin(Mode::Write).await?;
+        // Due leases are found through the extensions holding them (an index on in-use expiry),
+        // then their lease rows are locked first, as every path that ends a lease does. skip
+        // locked: several instances reap side by side without waiting on each other; four times
+        // the limit in candidates, so leases another reaper (or a release) holds leave room for
+        // the rest.
+        let candidates: Vec<Uuid> = tx
+            .exec()
+            .fetch_all(&self.sql.due, args![i64::from(limit).saturating_mul(4)])
+            .await
+            .map_err(db_err)?
+            .iter()
+            .filter_map(|r| r.opt_uuid("current_lease_id").transpose())
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
+        let mut reaped = Vec::new();
+        if !candidates.is_empty() {
+            let sql = format!(
+                "select lease_id, fencing_token from leases where lease_id in ({}) \
+                 and released_at is null and expires_at <= {} order by lease_id limit ${}{}",
+                placeholders(1, candidates.len()),
+                self.dialect().now(),
+                candidates.len() + 1,
+                self.dialect().skip_locked(),
+            );
+            let mut a: Vec<Arg<'_>> = candidates.iter().map(|&id| Arg::Uuid(id)).collect();
+            a.push(Arg::I64(limit.into()));
+            let due = tx.exec().fetch_all(&sql, &a).await.map_err(db_err)?;
+            for r in due {
+                let id = col(r.uuid("lease_id"))?;
+                let token = col(r.i64("fencing_token"))?;
+                if let Some(l) = self
+                    .end_lease(&mut tx, id, token, ReleaseReason::Expired)
+                    .await?
+                {
+                    reaped.push(l);
+                }
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(reaped)
+    }
+
+    /// Counts the tenant's pool.
+    pub async fn counts(&self, tenant: &TenantId) -> Result<PoolCounts, AllocError> {
+        let conn = &mut self.db.conn().await.map_err(db_err)?;
+        self.counts_on(conn.exec(), tenant.as_str()).await
+    }
+
+    /// Per-extension usage over `[since, until)`.
+    pub async fn usage(
+        &self,
+        tenant: &TenantId,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<ExtensionUsage>, AllocError> {
+        let rows = self
+            .db
+            .fetch_all(&self.sql.usage, args![tenant.as_str(), since, until])
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let leases = col(r.i64("leases"))?;
+                Ok(ExtensionUsage {
+                    extension_id: col(r.uuid("id"))?,
+                    extension_number: col(r.text("number"))?,
+                    lease_count: u32::try_from(leases).unwrap_or(u32::MAX),
+                    busy_seconds: col(r.f64("busy"))?.max(0.0),
+                })
+            })
+            .collect()
+    }
+
+    /// Inserts numbers in one transaction; `None` for a number already in the pool.
+    pub async fn import(
+        &self,
+        tenant: &TenantId,
+        config_id: &str,
+        numbers: &[ExtensionNumber],
+    ) -> Result<Vec<Option<Uuid>>, AllocError> {
+        let ids: Vec<Uuid> = numbers.iter().map(|_| Uuid::now_v7()).collect();
+        let d = self.dialect();
+        let now = d.now();
+        let inserted = sql::retry(contended, || async {
+            let mut tx = self.begin(Mode::Write).await?;
+            let mut inserted = HashSet::new();
+            for (chunk_ids, chunk) in ids.chunks(IMPORT_CHUNK).zip(numbers.chunks(IMPORT_CHUNK)) {
+                // $1 tenant, $2 config, then (id, number) pairs.
+                let values = (0..chunk.len())
+                    .map(|i| format!("(${}, $1, $2, ${}, {now}, {now})", 3 + 2 * i, 4 + 2 * i))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = d.insert_or_ignore(
+                    "extensions",
+                    "id, tenant_id, config_id, number, created_at, updated_at",
+                    &values,
+                    "tenant_id, number",
+                );
+                let mut a = vec![Arg::Text(tenant.as_str()), Arg::Text(config_id)];
+                for (id, n) in chunk_ids.iter().zip(chunk) {
+                    a.push(Arg::Uuid(*id));
+                    a.push(Arg::Text(n.as_str()));
+                }
+                tx.exec().execute(&sql, &a).await.map_err(db_err)?;
+                let check = format!(
+                    "select id from extensions where id in ({})",
+                    placeholders(1, chunk_ids.len())
+                );
+                let a: Vec<Arg<'_>> = chunk_ids.iter().map(|&id| Arg::Uuid(id)).collect();
+                for r in tx.exec().fetch_all(&check, &a).await.map_err(db_err)? {
+                    inserted.insert(col(r.uuid("id"))?);
+                }
+            }
+            tx.commit().await.map_err(db_err)?;
+            Ok(inserted)
+        })
+        .await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| inserted.contains(&id).then_some(id))
+            .collect())
+    }
+
+    /// Lists extensions in number order; only the filters given are in the statement.
+    pub async fn list(&self, f: &ListFilter) -> Result<Vec<Extension>, AllocError> {
+        let mut sql = format!(
+            "select {} from extensions where tenant_id = $1",
+            ext_cols!()
+        );
+        let filters = [
+            (
+                " and config_id = $n",
+                f.config_id.as_ref().map(|c| c.as_str()),
+            ),
+            (" and status = $n", f.status.map(ExtStatus::as_str)),
+            (
+                " and current_collector_id = $n",
+                f.collector_id.as_ref().map(|c| c.as_str()),
+            ),
+            (
+                " and (length(number), number) > (length($n), $n)",
+                f.after_number.as_deref(),
+            ),
+        ];
+        let mut a = vec![Arg::Text(f.tenant_id.as_str())];
+        for (cond, value) in filters {
+            if let Some(v) = value {
+                a.push(Arg::Text(v));
+                sql.push_str(&cond.replace("$n", &format!("${}", a.len())));
+            }
+        }
+        a.push(Arg::I64(f.limit.into()));
+        sql.push_str(&format!(
+            " order by length(number), number limit ${}",
+            a.len()
+        ));
+        let rows = self.db.fetch_all(&sql, &a).await.map_err(db_err)?;
+        rows.iter().map(extension_from).collect()
+    }
+
+    /// Reads one extension.
+    pub async fn get_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Option<Extension>, AllocError> {
+        let conn = &mut self.db.conn().await.map_err(db_err)?;
+        get_ext(conn.exec(), tenant, id, "").await
+    }
+
+    /// Changes status or number.
+    pub async fn update_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        u: &ExtUpdate,
+    ) -> Result<UpdateOutcome, AllocError> {
+        sql::retry(contended, || self.try_update_extension(tenant, id, u)).await
+    }
+
+    async fn try_update_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        u: &ExtUpdate,
+    ) -> Result<UpdateOutcome, AllocError> {
+        let mut tx = self.begin(Mode::Write).await?;
+        let Some(current) = get_ext(tx.exec(), tenant, id, "").await? else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        if u.status == Some(ExtStatus::Offline) && current.status == ExtStatus::InUse {
+            if !u.force {
+                return Ok(UpdateOutcome::InUse);
+            }
+            if self
+                .end_extension_lease(&mut tx, tenant, id, ReleaseReason::ExtensionOffline)
+                .await?
+                .is_none()
+            {
+                return Ok(UpdateOutcome::NotFound);
+            }
+        }
+        let res = tx
+            .exec()
+            .execute(
+                &self.sql.update_extension,
+                args![
+                    id,
+                    tenant.as_str(),
+                    u.status.map(ExtStatus::as_str),
+                    u.number.as_ref().map(ExtensionNumber::as_str)
+                ],
+            )
+            .await;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) if is_unique_violation(&e) => return Ok(UpdateOutcome::NumberTaken),
+            Err(e) => return Err(db_err(e)),
+        };
+        if n == 0 {
+            // The extension exists (read above): only a number change while in use is refused.
+            return Ok(if u.number.is_some() {
+                UpdateOutcome::NumberInUse
+            } else {
+                UpdateOutcome::NotFound
+            });
+        }
+        let Some(ext) = get_ext(tx.exec(), tenant, id, "").await? else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        tx.commit().await.map_err(db_err)?;
+        Ok(UpdateOutcome::Updated(Box::new(ext)))
+    }
+
+    /// Ends the extension's live lease (reason given).
+    pub async fn release_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        reason: ReleaseReason,
+    ) -> Result<LeaseChange, AllocError> {
+        let ended = sql::retry(contended, || async {
+            let mut tx = self.begin(Mode::Write).await?;
+            let out = self
+                .end_extension_lease(&mut tx, tenant, id, reason)
+                .await?;
+            tx.commit().await.map_err(db_err)?;
+            Ok(out)
+        })
+        .await?;
+        let Some((ext, ended)) = ended else {
+            return Ok(LeaseChange::NotFound);
+        };
+        if let Some(l) = ended {
+            return Ok(LeaseChange::Changed(l));
+        }
+        let conn = &mut self.db.conn().await.map_err(db_err)?;
+        let last = conn
+            .exec()
+            .fetch_optional(
+                "select lease_id from leases where extension_id = $1 order by acquired_at desc limit 1",
+                args![ext.id],
+            )
+            .await
+            .map_err(db_err)?
+            .map(|r| col(r.uuid("lease_id")))
+            .transpose()?;
+        Ok(match last {
+            Some(l) => match find_lease(conn.exec(), l).await? {
+                Some((lease, _)) => LeaseChange::Unchanged {
+                    lease,
+                    reason: "extension is not in use".into(),
+                },
+                None => LeaseChange::NotFound,
+            },
+            None => LeaseChange::NotFound,
+        })
+    }
+
+    /// Deletes extensions in one transaction.
+    pub async fn delete_extensions(
+        &self,
+        tenant: &TenantId,
+        ids: &[Uuid],
+        force: bool,
+    ) -> Result<Vec<DeleteOutcome>, AllocError> {
+        sql::retry(contended, || self.try_delete_extensions(tenant, ids, force)).await
+    }
+
+    async fn try_delete_extensions(
+        &self,
+        tenant: &TenantId,
+        ids: &[Uuid],
+        force: bool,
+    ) -> Result<Vec<DeleteOutcome>, AllocError> {
+        let d = self.dialect();
+        let mut tx = self.begin(Mode::Write).await?;
+        // The delete trigger updates the tenant's pool_counts row: take that lock before any
+        // extension row, so two overlapping batch deletes queue here instead of deadlocking
+        // (each holding the counter and waiting for an extension the other has). Then the live
+        // leases of those extensions, in lease id order, as every multi-lease path does.
+        let create = d.insert_or_ignore("pool_counts", "tenant_id, total", "($1, 0)", "tenant_id");
+        tx.exec()
+            .execute(&create, args![tenant.as_str()])
+            .await
+            .map_err(db_err)?;
+        tx.exec()
+            .fetch_optional(&self.sql.lock_pool_counts, args![tenant.as_str()])
+            .await
+            .map_err(db_err)?;
+        let mut locked = HashSet::new();
+        if force && !ids.is_empty() {
+            let sql = format!(
+                "select lease_id from leases where lease_id in ( \
+                   select current_lease_id from extensions \
+                   where tenant_id = $1 and id in ({}) and status = 'in_use') \
+                 and released_at is null order by lease_id{}",
+                placeholders(2, ids.len()),
+                d.for_update()
+            );
+            let mut a = vec![Arg::Text(tenant.as_str())];
+            a.extend(ids.iter().map(|&id| Arg::Uuid(id)));
+            for r in tx.exec().fetch_all(&sql, &a).await.map_err(db_err)? {
+                locked.insert(col(r.uuid("lease_id"))?);
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let Some(ext) = get_ext(tx.exec(), tenant, id, "").await? else {
+                out.push(DeleteOutcome::NotFound);
+                continue;
+            };
+            let mut ended = None;
+            if ext.status == ExtStatus::InUse {
+                // Only leases locked above, in order, are ended here: one leased since then
+                // would be waited for out of order (a deadlock with a batch of releases), so
+                // that extension is reported in use, as a race with a new lease always was.
+                if !force || !ext.current_lease_id.is_some_and(|l| locked.contains(&l)) {
+                    out.push(DeleteOutcome::InUse);
+                    continue;
+                }
+                match self
+                    .end_extension_lease(&mut tx, tenant, id, ReleaseReason::ExtensionDeleted)
+                    .await?
+                {
+                    Some((_, l)) => ended = l.map(|l| l.lease_id),
+                    None => {
+                        out.push(DeleteOutcome::NotFound);
+                        continue;
+                    }
+                }
+            }
+            let n = tx
+                .exec()
+                .execute(
+                    "delete from extensions where id = $1 and tenant_id = $2 and status <> 'in_use'",
+                    args![id, tenant.as_str()],
+                )
+                .await
+                .map_err(db_err)?;
+            out.push(if n == 1 {
+                DeleteOutcome::Deleted(ended)
+            } else {
+                DeleteOutcome::InUse
+            });
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(out)
+    }
+
+    /// Ends every live lease of a collector; returns their ids.
+    pub async fn force_release_collector(
+        &self,
+        tenant: &TenantId,
+        collector: &CollectorId,
+    ) -> Result<Vec<Uuid>, AllocError> {
+        sql::retry(contended, || async {
+            let mut tx = self.begin(Mode::Write).await?;
+            let sql = format!(
+                "select lease_id, fencing_token from leases \
+                 where tenant_id = $1 and collector_id = $2 and released_at is null \
+                 order by lease_id{}",
+                self.dialect().for_update()
+            );
+            let live = tx
+                .exec()
+                .fetch_all(&sql, args![tenant.as_str(), collector.as_str()])
+                .await
+                .map_err(db_err)?;
+            let mut ended = Vec::new();
+            for r in live {
+                let id = col(r.uuid("lease_id"))?;
+                let token = col(r.i64("fencing_token"))?;
+                if let Some(l) = self
+                    .end_lease(&mut tx, id, token, ReleaseReason::CollectorForced)
+                    .await?
+                {
+                    ended.push(l.lease_id);
+                }
+            }
+            tx.commit().await.map_err(db_err)?;
+            Ok(ended)
+        })
+        .await
+    }
+
+    /// Live leases across all tenants (for the gauge). An extension is in use exactly while its
+    /// lease is live (one transaction changes both), so this counts in-use extensions.
+    pub async fn live_leases(&self) -> Result<i64, AllocError> {
+        let r = self
+            .db
+            .fetch_one(
+                "select count(*) as n from extensions where status = 'in_use'",
+                args![],
+            )
+            .await
+            .map_err(db_err)?;
+        col(r.i64("n"))
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Store for SqlStore {
+    fn backend(&self) -> &'static str {
+        SqlStore::backend(self)
+    }
+    async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
+        SqlStore::acquire(self, cmd).await
+    }
+    async fn release(
+        &self,
+        lease_id: Uuid,
+        token: i64,
+        reason: ReleaseReason,
+    ) -> Result<LeaseChange, AllocError> {
+        SqlStore::release(self, lease_id, token, reason).await
+    }
+    async fn renew(
+        &self,
+        lease_id: Uuid,
+        token: i64,
+        ttl_seconds: u32,
+    ) -> Result<LeaseChange, AllocError> {
+        SqlStore::renew(self, lease_id, token, ttl_seconds).await
+    }
+    async fn get_lease(&self, lease_id: Uuid) -> Result<Option<Lease>, AllocError> {
+        SqlStore::get_lease(self, lease_id).await
+    }
+    async fn reap_expired(&self, limit: u32) -> Result<Vec<Lease>, AllocError> {
+        SqlStore::reap_expired(self, limit).await
+    }
+    async fn counts(&self, tenant: &TenantId) -> Result<PoolCounts, AllocError> {
+        SqlStore::counts(self, tenant).await
+    }
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<ExtensionUsage>, AllocError> {
+        SqlStore::usage(self, tenant, since, until).await
+    }
+    async fn import(
+        &self,
+        tenant: &TenantId,
+        config_id: &str,
+        numbers: &[ExtensionNumber],
+    ) -> Result<Vec<Option<Uuid>>, AllocError> {
+        SqlStore::import(self, tenant, config_id, numbers).await
+    }
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Extension>, AllocError> {
+        SqlStore::list(self, filter).await
+    }
+    async fn get_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Option<Extension>, AllocError> {
+        SqlStore::get_extension(self, tenant, id).await
+    }
+    async fn update_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        update: &ExtUpdate,
+    ) -> Result<UpdateOutcome, AllocError> {
+        SqlStore::update_extension(self, tenant, id, update).await
+    }
+    async fn release_extension(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        reason: ReleaseReason,
+    ) -> Result<LeaseChange, AllocError> {
+        SqlStore::release_extension(self, tenant, id, reason).await
+    }
+    async fn delete_extensions(
+        &self,
+        tenant: &TenantId,
+        ids: &[Uuid],
+        force: bool,
+    ) -> Result<Vec<DeleteOutcome>, AllocError> {
+        SqlStore::delete_extensions(self, tenant, ids, force).await
+    }
+    async fn force_release_collector(
+        &self,
+        tenant: &TenantId,
+        collector: &CollectorId,
+    ) -> Result<Vec<Uuid>, AllocError> {
+        SqlStore::force_release_collector(self, tenant, collector).await
+    }
+    async fn live_leases(&self) -> Result<i64, AllocError> {
+        SqlStore::live_leases(self).await
+    }
+}

@@ -1,0 +1,923 @@
+//! One way of running SQL on every backend, so each service has one store instead of a copy
+//! per database.
+//!
+//! Store code writes a statement once, with PostgreSQL's numbered placeholders (`$1`, `$2`,
+//! a number may repeat), and passes its values as [`Arg`]s; [`Db`], [`Tx`] and [`Conn`] run it
+//! on whichever backend the pool holds. MySQL's `?` placeholders are positional, so the text is
+//! rewritten for it and the values bound in the order the placeholders appear. Rows come back
+//! as [`Row`], read through typed getters that apply the storage conventions:
+//!
+//! | value  | PostgreSQL    | MySQL / MariaDB               | SQLite                                   |
+//! |--------|---------------|-------------------------------|------------------------------------------|
+//! | time   | `timestamptz` | `datetime(6)`, UTC            | text `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`  |
+//! | uuid   | `uuid`        | `char(36)`, hyphenated        | text, hyphenated                         |
+//! | bool   | `boolean`     | `boolean` (`tinyint(1)`)      | integer 0/1                              |
+//!
+//! SQLite times are fixed-width text, so comparing and sorting them as text is comparing and
+//! sorting the instants. What genuinely differs between databases (the clock, locking clauses,
+//! upserts, date arithmetic) comes from [`Dialect`], whose pieces a store splices into its text
+//! once, when it is built.
+//!
+//! Transactions ([`Db::begin`]) run at READ COMMITTED on PostgreSQL and MySQL (set on every
+//! MySQL connection, whose default is REPEATABLE READ: that level's gap and next-key locks would
+//! make two inserts of different keys wait for each other and deadlock, and its snapshot would
+//! hide rows committed by a transaction that a row lock made us wait for). SQLite writers start
+//! with `begin immediate` and take this process's writer turn first (a fair queue instead of
+//! SQLite's busy-handler sleeps). [`retry`] reruns a whole transaction that the database
+//! aborted as a deadlock or lock-wait timeout.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::mysql::{MySql, MySqlConnection, MySqlRow};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgRow, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqliteRow};
+use sqlx::{AssertSqlSafe, Column, Row as _, Transaction, TypeInfo, ValueRef};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use uuid::Uuid;
+
+use crate::db::DbPool;
+
+/// The three backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL 15+.
+    Postgres,
+    /// MySQL 8.0+ or MariaDB 10.6+.
+    MySql,
+    /// SQLite (bundled).
+    Sqlite,
+}
+
+impl Backend {
+    /// The name used in logs, metrics and `backend()`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::MySql => "mysql",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg<'a> {
+    /// An integer.
+    I64(i64),
+    /// An integer or null.
+    OptI64(Option<i64>),
+    /// A float.
+    F64(f64),
+    /// A boolean.
+    Bool(bool),
+    /// Text.
+    Text(&'a str),
+    /// Text or null.
+    OptText(Option<&'a str>),
+    /// A uuid.
+    Uuid(Uuid),
+    /// A uuid or null.
+    OptUuid(Option<Uuid>),
+    /// A time.
+    Time(DateTime<Utc>),
+    /// A time or null.
+    OptTime(Option<DateTime<Utc>>),
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Self::I64(v)
+    }
+}
+impl From<i32> for Arg<'_> {
+    fn from(v: i32) -> Self {
+        Self::I64(v.into())
+    }
+}
+impl From<u32> for Arg<'_> {
+    fn from(v: u32) -> Self {
+        Self::I64(v.into())
+    }
+}
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Self::OptI64(v)
+    }
+}
+impl From<f64> for Arg<'_> {
+    fn from(v: f64) -> Self {
+        Self::F64(v)
+    }
+}
+impl From<bool> for Arg<'_> {
+    fn from(v: bool) -> Self {
+        Self::Bool(v)
+    }
+}
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Self::Text(v)
+    }
+}
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(v: &'a String) -> Self {
+        Self::Text(v)
+    }
+}
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Self::OptText(v)
+    }
+}
+impl From<Uuid> for Arg<'_> {
+    fn from(v: Uuid) -> Self {
+        Self::Uuid(v)
+    }
+}
+impl From<Option<Uuid>> for Arg<'_> {
+    fn from(v: Option<Uuid>) -> Self {
+        Self::OptUuid(v)
+    }
+}
+impl From<DateTime<Utc>> for Arg<'_> {
+    fn from(v: DateTime<Utc>) -> Self {
+        Self::Time(v)
+    }
+}
+impl From<Option<DateTime<Utc>>> for Arg<'_> {
+    fn from(v: Option<DateTime<Utc>>) -> Self {
+        Self::OptTime(v)
+    }
+}
+
+/// The argument list of a statement: `args![a, b]` is `&[Arg::from(a), Arg::from(b)]`.
+#[macro_export]
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {
+        &[$($crate::sql::Arg::from($a)),*][..]
+    };
+}
+
+/// The current time as SQLite stores it.
+pub fn sqlite_now() -> String {
+    sqlite_time(Utc::now())
+}
+
+/// A time as SQLite stores it: fixed-width RFC 3339 in UTC with microseconds.
+pub fn sqlite_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, false)
+}
+
+/// Rewrites `$N` placeholders to MySQL's `?`, returning the text and, per `?`, the index of the
+/// argument it takes. Text inside single quotes, double quotes and backticks is left alone.
+///
+/// # Errors
+/// A `$N` with no argument `N` among `args` arguments.
+pub fn positional(sql: &str, args: usize) -> Result<(String, Vec<usize>), sqlx::Error> {
+    let mut out = String::with_capacity(sql.len());
+    let mut order = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+                out.push(c);
+            }
+            None if c == '\'' || c == '"' || c == '`' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = 0usize;
+                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    chars.next();
+                    n = n
+                        .checked_mul(10)
+                        .and_then(|n| n.checked_add(d as usize))
+                        .ok_or_else(|| protocol(format!("placeholder too large in: {sql}")))?;
+                }
+                if n == 0 || n > args {
+                    return Err(protocol(format!(
+                        "placeholder ${n} has no argument ({args} given) in: {sql}"
+                    )));
+                }
+                order.push(n - 1);
+                out.push('?');
+            }
+            None => out.push(c),
+        }
+    }
+    Ok((out, order))
+}
+
+fn protocol(m: String) -> sqlx::Error {
+    sqlx::Error::Protocol(m)
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+type MyQuery<'q> = sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>;
+type LiteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+fn pg_query<'q>(sql: &str, args: &[Arg<'q>]) -> PgQuery<'q> {
+    let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
+    for a in args {
+        q = match *a {
+            Arg::I64(v) => q.bind(v),
+            Arg::OptI64(v) => q.bind(v),
+            Arg::F64(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Uuid(v) => q.bind(v),
+            Arg::OptUuid(v) => q.bind(v),
+            Arg::Time(v) => q.bind(v),
+            Arg::OptTime(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+fn my_query<'q>(sql: &str, args: &[Arg<'q>]) -> Result<MyQuery<'q>, sqlx::Error> {
+    let (text, order) = positional(sql, args.len())?;
+    let mut q = sqlx::query(AssertSqlSafe(text));
+    for &i in &order {
+        q = match args[i] {
+            Arg::I64(v) => q.bind(v),
+            Arg::OptI64(v) => q.bind(v),
+            Arg::F64(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Uuid(v) => q.bind(v.hyphenated().to_string()),
+            Arg::OptUuid(v) => q.bind(v.map(|v| v.hyphenated().to_string())),
+            Arg::Time(v) => q.bind(v),
+            Arg::OptTime(v) => q.bind(v),
+        };
+    }
+    Ok(q)
+}
+
+fn lite_query<'q>(sql: &str, args: &[Arg<'q>]) -> LiteQuery<'q> {
+    let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
+    for a in args {
+        q = match *a {
+            Arg::I64(v) => q.bind(v),
+            Arg::OptI64(v) => q.bind(v),
+            Arg::F64(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Uuid(v) => q.bind(v.hyphenated().to_string()),
+            Arg::OptUuid(v) => q.bind(v.map(|v| v.hyphenated().to_string())),
+            Arg::Time(v) => q.bind(sqlite_time(v)),
+            Arg::OptTime(v) => q.bind(v.map(sqlite_time)),
+        };
+    }
+    q
+}
+
+/// A row of any backend.
+#[derive(Debug)]
+pub enum Row {
+    /// PostgreSQL.
+    Pg(PgRow),
+    /// MySQL.
+    My(MySqlRow),
+    /// SQLite.
+    Lite(SqliteRow),
+}
+
+fn decode_err(col: &str, what: String) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: col.to_owned(),
+        source: what.into(),
+    }
+}
+
+fn parse_uuid(col: &str, s: &str) -> Result<Uuid, sqlx::Error> {
+    Uuid::parse_str(s).map_err(|_| decode_err(col, format!("not a uuid: {s:?}")))
+}
+
+impl Row {
+    /// Text.
+    ///
+    /// # Errors
+    /// A missing column or another type.
+    pub fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        match self {
+            Self::Pg(r) => r.try_get(col),
+            Self::My(r) => r.try_get(col),
+            Self::Lite(r) => r.try_get(col),
+        }
+    }
+
+    /// Text or null.
+    ///
+    /// # Errors
+    /// A missing column or another type.
+    pub fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        match self {
+            Self::Pg(r) => r.try_get(col),
+            Self::My(r) => r.try_get(col),
+            Self::Lite(r) => r.try_get(col),
+        }
+    }
+
+    /// An integer (on MySQL also a `DECIMAL`, which its `sum()` returns, when it is whole).
+    ///
+    /// # Errors
+    /// A missing column, null, or a value that is not a whole number.
+    pub fn i64(&self, col: &str) -> Result<i64, sqlx::Error> {
+        self.opt_i64(col)?
+            .ok_or_else(|| decode_err(col, "unexpected null".into()))
+    }
+
+    /// An integer or null.
+    ///
+    /// # Errors
+    /// A missing column or a value that is not a whole number.
+    pub fn opt_i64(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        match self {
+            Self::Pg(r) => r.try_get(col),
+            Self::Lite(r) => r.try_get(col),
+            Self::My(r) => {
+                let raw = r.try_get_raw(col)?;
+                if raw.is_null() {
+                    return Ok(None);
+                }
+                let ty = raw.type_info().name().to_owned();
+                if ty == "DECIMAL" {
+                    let s: String = r.try_get_unchecked(col)?;
+                    let whole = s.strip_suffix(".0").unwrap_or(&s);
+                    return whole
+                        .parse()
+                        .map(Some)
+                        .map_err(|_| decode_err(col, format!("not a whole number: {s:?}")));
+                }
+                if ty.contains("UNSIGNED") {
+                    let v: u64 = r.try_get(col)?;
+                    return i64::try_from(v)
+                        .map(Some)
+                        .map_err(|_| decode_err(col, format!("out of range: {v}")));
+                }
+                if ty == "BOOLEAN" {
+                    let v: bool = r.try_get(col)?;
+                    return Ok(Some(i64::from(v)));
+                }
+                r.try_get(col)
+            }
+        }
+    }
+
+    /// A float (on MySQL also a `DECIMAL`).
+    ///
+    /// # Errors
+    /// A missing column or another type.
+    pub fn f64(&self, col: &str) -> Result<f64, sqlx::Error> {
+        match self {
+            Self::Pg(r) => r.try_get(col),
+            Self::Lite(r) => r.try_get(col),
+            Self::My(r) => {
+                let raw = r.try_get_raw(col)?;
+                if raw.type_info().name() == "DECIMAL" {
+                    let s: String = r.try_get_unchecked(col)?;
+                    return s
+                        .parse()
+                        .map_err(|_| decode_err(col, format!("not a number: {s:?}")));
+                }
+                r.try_get(col)
+            }
+        }
+    }
+
+    /// A boolean (on MySQL and SQLite also an integer: 0 is false).
+    ///
+    /// # Errors
+    /// A missing column, null or another type.
+    pub fn bool(&self, col: &str) -> Result<bool, sqlx::Error> {
+        match self {
+            Self::Pg(r) => r.try_get(col),
+            Self::Lite(r) => r.try_get(col),
+            Self::My(_) => Ok(self.i64(col)? != 0),
+        }
+    }
+
+    /// A uuid.
+    ///
+    /// # Errors
+    /// A missing column or a value that is not a uuid.
+    pub fn uuid(&self, col: &str) -> Result<Uuid, sqlx::Error> {
+        self.opt_uuid(col)?
+            .ok_or_else(|| decode_err(col, "unexpected null".into()))
+    }
+
+    /// A uuid or null.
+    ///
+    /// # Errors
+    /// A missing column or a value that is not a uuid.
+    pub fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        match self {
+            Self::Pg(r) => r.try_get(col),
+            _ => self.opt_text(col)?.map(|s| parse_uuid(col, &s)).transpose(),
+        }
+    }
+
+    /// A time.
+    ///
+    /// # Errors
+    /// A missing column, null or a value that is not a time.
+    pub fn time(&self, col: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+        self.opt_time(col)?
+            .ok_or_else(|| decode_err(col, "unexpected null".into()))
+    }
+
+    /// A time or null.
+    ///
+    /// # Errors
+    /// A missing column or a value that is not a time.
+    pub fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        match self {
+            Self::Pg(r) => r.try_get(col),
+            Self::My(r) => r.try_get(col),
+            Self::Lite(r) => {
+                let s: Option<String> = r.try_get(col)?;
+                s.map(|s| {
+                    DateTime::parse_from_rfc3339(&s)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|_| decode_err(col, format!("not an RFC 3339 time: {s:?}")))
+                })
+                .transpose()
+            }
+        }
+    }
+
+    /// The names of the columns, in order.
+    pub fn columns(&self) -> Vec<String> {
+        match self {
+            Self::Pg(r) => r.columns().iter().map(|c| c.name().to_owned()).collect(),
+            Self::My(r) => r.columns().iter().map(|c| c.name().to_owned()).collect(),
+            Self::Lite(r) => r.columns().iter().map(|c| c.name().to_owned()).collect(),
+        }
+    }
+}
+
+/// A connection of any backend, borrowed for one statement.
+pub enum Exec<'c> {
+    /// PostgreSQL.
+    Pg(&'c mut PgConnection),
+    /// MySQL.
+    My(&'c mut MySqlConnection),
+    /// SQLite.
+    Lite(&'c mut SqliteConnection),
+}
+
+impl Exec<'_> {
+    /// Runs a statement; the rows it changed.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn execute(self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            Self::Pg(c) => pg_query(sql, args).execute(c).await?.rows_affected(),
+            Self::My(c) => my_query(sql, args)?.execute(c).await?.rows_affected(),
+            Self::Lite(c) => lite_query(sql, args).execute(c).await?.rows_affected(),
+        })
+    }
+
+    /// Runs a query; every row.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn fetch_all(self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, sqlx::Error> {
+        Ok(match self {
+            Self::Pg(c) => pg_query(sql, args)
+                .fetch_all(c)
+                .await?
+                .into_iter()
+                .map(Row::Pg)
+                .collect(),
+            Self::My(c) => my_query(sql, args)?
+                .fetch_all(c)
+                .await?
+                .into_iter()
+                .map(Row::My)
+                .collect(),
+            Self::Lite(c) => lite_query(sql, args)
+                .fetch_all(c)
+                .await?
+                .into_iter()
+                .map(Row::Lite)
+                .collect(),
+        })
+    }
+
+    /// Runs a query; its first row, if any.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn fetch_optional(
+        self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Option<Row>, sqlx::Error> {
+        Ok(match self {
+            Self::Pg(c) => pg_query(sql, args).fetch_optional(c).await?.map(Row::Pg),
+            Self::My(c) => my_query(sql, args)?.fetch_optional(c).await?.map(Row::My),
+            Self::Lite(c) => lite_query(sql, args)
+                .fetch_optional(c)
+                .await?
+                .map(Row::Lite),
+        })
+    }
+
+    /// Runs a query that returns exactly one row.
+    ///
+    /// # Errors
+    /// The database's, or `RowNotFound`.
+    pub async fn fetch_one(self, sql: &str, args: &[Arg<'_>]) -> Result<Row, sqlx::Error> {
+        self.fetch_optional(sql, args)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+}
+
+/// A pooled connection of any backend (reads outside a transaction).
+pub enum Conn {
+    /// PostgreSQL.
+    Pg(PoolConnection<Postgres>),
+    /// MySQL.
+    My(PoolConnection<MySql>),
+    /// SQLite.
+    Lite(PoolConnection<Sqlite>),
+}
+
+impl Conn {
+    /// The connection, for one statement.
+    pub fn exec(&mut self) -> Exec<'_> {
+        match self {
+            Self::Pg(c) => Exec::Pg(c),
+            Self::My(c) => Exec::My(c),
+            Self::Lite(c) => Exec::Lite(c),
+        }
+    }
+}
+
+/// A transaction of any backend; rolled back when dropped uncommitted.
+pub enum Tx {
+    /// PostgreSQL.
+    Pg(Transaction<'static, Postgres>),
+    /// MySQL.
+    My(Transaction<'static, MySql>),
+    /// SQLite, holding this process's writer turn when it writes.
+    Lite(Transaction<'static, Sqlite>, Option<OwnedMutexGuard<()>>),
+}
+
+impl Tx {
+    /// The transaction's connection, for one statement.
+    pub fn exec(&mut self) -> Exec<'_> {
+        match self {
+            Self::Pg(t) => Exec::Pg(t),
+            Self::My(t) => Exec::My(t),
+            Self::Lite(t, _) => Exec::Lite(t),
+        }
+    }
+
+    /// Commits.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Pg(t) => t.commit().await,
+            Self::My(t) => t.commit().await,
+            Self::Lite(t, _turn) => t.commit().await,
+        }
+    }
+
+    /// Rolls back.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Pg(t) => t.rollback().await,
+            Self::My(t) => t.rollback().await,
+            Self::Lite(t, _turn) => t.rollback().await,
+        }
+    }
+}
+
+/// What a transaction will do, which decides how SQLite begins it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// It writes: on SQLite, `begin immediate` after this process's writer turn.
+    Write,
+    /// It only reads: a plain `begin`.
+    Read,
+}
+
+/// A pool of any backend, with what the store layer needs of it.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: DbPool,
+    /// SQLite writers of this process queue here, in order, before `begin immediate`.
+    writer: Arc<Mutex<()>>,
+}
+
+impl Db {
+    /// Wraps a connected pool.
+    pub fn new(pool: DbPool) -> Self {
+        Self {
+            pool,
+            writer: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            DbPool::Postgres(_) => Backend::Postgres,
+            DbPool::MySql(_) => Backend::MySql,
+            DbPool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// The backend's SQL pieces.
+    pub fn dialect(&self) -> Dialect {
+        Dialect(self.backend())
+    }
+
+    /// Starts a transaction (READ COMMITTED on PostgreSQL and MySQL).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn begin(&self, mode: Mode) -> Result<Tx, sqlx::Error> {
+        Ok(match &self.pool {
+            DbPool::Postgres(p) => Tx::Pg(p.begin().await?),
+            DbPool::MySql(p) => Tx::My(p.begin().await?),
+            DbPool::Sqlite(p) => match mode {
+                Mode::Write => {
+                    let turn = Arc::clone(&self.writer).lock_owned().await;
+                    Tx::Lite(p.begin_with("begin immediate").await?, Some(turn))
+                }
+                Mode::Read => Tx::Lite(p.begin().await?, None),
+            },
+        })
+    }
+
+    /// A connection for reads outside a transaction.
+    ///
+    /// # Errors
+    /// The pool's.
+    pub async fn conn(&self) -> Result<Conn, sqlx::Error> {
+        Ok(match &self.pool {
+            DbPool::Postgres(p) => Conn::Pg(p.acquire().await?),
+            DbPool::MySql(p) => Conn::My(p.acquire().await?),
+            DbPool::Sqlite(p) => Conn::Lite(p.acquire().await?),
+        })
+    }
+
+    /// Runs one statement on its own (one implicit transaction).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
+        self.conn().await?.exec().execute(sql, args).await
+    }
+
+    /// Runs one query on its own; every row.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn fetch_all(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, sqlx::Error> {
+        self.conn().await?.exec().fetch_all(sql, args).await
+    }
+
+    /// Runs one query on its own; its first row.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn fetch_optional(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Option<Row>, sqlx::Error> {
+        self.conn().await?.exec().fetch_optional(sql, args).await
+    }
+
+    /// Runs one query on its own that returns exactly one row.
+    ///
+    /// # Errors
+    /// The database's, or `RowNotFound`.
+    pub async fn fetch_one(&self, sql: &str, args: &[Arg<'_>]) -> Result<Row, sqlx::Error> {
+        self.conn().await?.exec().fetch_one(sql, args).await
+    }
+}
+
+/// The SQL pieces that differ between backends, for a store to splice into its statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialect(pub Backend);
+
+impl Dialect {
+    /// The database clock, read when the statement runs (so every instance shares one clock).
+    pub fn now(self) -> &'static str {
+        match self.0 {
+            Backend::Postgres => "clock_timestamp()",
+            Backend::MySql => "utc_timestamp(6)",
+            Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now')",
+        }
+    }
+
+    /// The time `secs` (an integer SQL expression) after the time `t` (an SQL expression).
+    pub fn plus_secs(self, t: &str, secs: &str) -> String {
+        match self.0 {
+            Backend::Postgres => format!("({t} + make_interval(secs => {secs}))"),
+            Backend::MySql => format!("({t} + interval {secs} second)"),
+            Backend::Sqlite => {
+                format!("strftime('%Y-%m-%dT%H:%M:%f000+00:00', {t}, ({secs}) || ' seconds')")
+            }
+        }
+    }
+
+    /// Seconds from time `a` to time `b`, as a float.
+    pub fn secs_between(self, a: &str, b: &str) -> String {
+        match self.0 {
+            Backend::Postgres => format!("extract(epoch from ({b}) - ({a}))::float8"),
+            Backend::MySql => format!("(timestampdiff(microsecond, {a}, {b}) / 1000000.0)"),
+            Backend::Sqlite => format!("((julianday({b}) - julianday({a})) * 86400.0)"),
+        }
+    }
+
+    /// The smaller of two values (`least` is an aggregate-free `min` on SQLite).
+    pub fn least(self, a: &str, b: &str) -> String {
+        match self.0 {
+            Backend::Sqlite => format!("min({a}, {b})"),
+            _ => format!("least({a}, {b})"),
+        }
+    }
+
+    /// The larger of two values.
+    pub fn greatest(self, a: &str, b: &str) -> String {
+        match self.0 {
+            Backend::Sqlite => format!("max({a}, {b})"),
+            _ => format!("greatest({a}, {b})"),
+        }
+    }
+
+    /// Locks the selected rows until commit (nothing on SQLite, whose writers hold the
+    /// database's one write lock).
+    pub fn for_update(self) -> &'static str {
+        match self.0 {
+            Backend::Sqlite => "",
+            _ => " for update",
+        }
+    }
+
+    /// Locks the selected rows, skipping rows another transaction holds.
+    pub fn skip_locked(self) -> &'static str {
+        match self.0 {
+            Backend::Sqlite => "",
+            _ => " for update skip locked",
+        }
+    }
+
+    /// `insert into {table} ({cols}) values {rows}` (`rows` as `($1, $2), ($3, $4)`) that
+    /// skips a row whose `key` exists (MySQL: a no-op update of the key's first column, so no
+    /// other error is swallowed as `insert ignore` would).
+    pub fn insert_or_ignore(self, table: &str, cols: &str, rows: &str, key: &str) -> String {
+        match self.0 {
+            Backend::MySql => {
+                let first = key.split(',').next().unwrap_or(key).trim();
+                format!(
+                    "insert into {table} ({cols}) values {rows} \
+                     on duplicate key update {first} = {first}"
+                )
+            }
+            _ => {
+                format!("insert into {table} ({cols}) values {rows} on conflict ({key}) do nothing")
+            }
+        }
+    }
+
+    /// `insert into {table} ({cols}) values {rows}` that updates `set` (`col = value` pairs,
+    /// where a value may name the inserted row's column as `new(col)`) where the `key` exists.
+    /// MySQL gets `values(col)`, which MariaDB and MySQL 8 both accept (MySQL's newer row
+    /// alias is not MariaDB syntax).
+    pub fn upsert(self, table: &str, cols: &str, rows: &str, key: &str, set: &str) -> String {
+        match self.0 {
+            Backend::MySql => format!(
+                "insert into {table} ({cols}) values {rows} on duplicate key update {}",
+                set.replace("new(", "values(")
+            ),
+            _ => format!(
+                "insert into {table} ({cols}) values {rows} on conflict ({key}) do update set {}",
+                set.replace("new(", "(excluded.")
+            ),
+        }
+    }
+
+    /// Whether `update`, `insert` and `delete` may end in `returning` (MySQL 8 has no such
+    /// clause; MariaDB lacks it on `update`).
+    pub fn has_returning(self) -> bool {
+        self.0 != Backend::MySql
+    }
+}
+
+/// True for an error that aborted the transaction because of another one and goes away when
+/// the transaction is run again: a deadlock (PostgreSQL 40P01, MySQL 1213), a serialization
+/// failure (40001) or a lock-wait timeout (MySQL 1205).
+pub fn is_contention(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1205 | 1213);
+    }
+    d.code().is_some_and(|c| c == "40P01" || c == "40001")
+}
+
+/// How many times [`retry`] runs a transaction at most.
+pub const CONTENTION_ATTEMPTS: u32 = 5;
+
+/// Runs `op` (a whole transaction) again while it fails with contention (`is_contention` says
+/// which errors), up to [`CONTENTION_ATTEMPTS`] times in all, after a short random pause that
+/// grows with each attempt. The last error is returned as it is.
+///
+/// # Errors
+/// `op`'s last error.
+pub async fn retry<T, E, F, Fut>(is_contention: impl Fn(&E) -> bool, mut op: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if attempt < CONTENTION_ATTEMPTS && is_contention(&e) => {
+                let base = 2u64.saturating_pow(attempt);
+                let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) % (base * 2 + 1);
+                tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positional_rewrites_in_order_and_repeats() {
+        let (sql, order) =
+            positional("select $2, '$1', $1 where a = $2 and b = \"$3\"", 2).unwrap();
+        assert_eq!(sql, "select ?, '$1', ? where a = ? and b = \"$3\"");
+        assert_eq!(order, [1, 0, 1]);
+    }
+
+    #[test]
+    fn positional_refuses_a_missing_argument() {
+        let e = positional("select $3", 2).unwrap_err();
+        assert!(e.to_string().contains("$3"), "{e}");
+        assert!(positional("select $0", 2).is_err());
+        assert!(positional("select $99999999999999999999999", 2).is_err());
+    }
+
+    #[test]
+    fn sqlite_times_sort_as_text() {
+        let a = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let b = DateTime::from_timestamp(1_700_000_000, 1_000).unwrap();
+        let c = DateTime::from_timestamp(1_700_000_001, 0).unwrap();
+        let (ta, tb, tc) = (sqlite_time(a), sqlite_time(b), sqlite_time(c));
+        assert_eq!(ta, "2023-11-14T22:13:20.000000+00:00");
+        assert!(ta < tb && tb < tc);
+        assert_eq!(ta.len(), tc.len());
+    }
+
+    #[test]
+    fn upserts_per_backend() {
+        let pg = Dialect(Backend::Postgres).upsert("t", "k, v", "($1, $2)", "k", "v = new(v)");
+        assert_eq!(
+            pg,
+            "insert into t (k, v) values ($1, $2) on conflict (k) do update set v = (excluded.v)"
+        );
+        let my = Dialect(Backend::MySql).upsert("t", "k, v", "($1, $2)", "k", "v = new(v)");
+        assert_eq!(
+            my,
+            "insert into t (k, v) values ($1, $2) on duplicate key update v = values(v)"
+        );
+    }
+}
