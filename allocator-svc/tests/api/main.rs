@@ -6,3 +6,4 @@ mod common;
 mod conformance;
 mod pg_store;
 mod policy;
+mod sqlite_upgrade;
