@@ -69,6 +69,10 @@ pub enum Arg<'a> {
     I64(i64),
     /// An integer or null.
     OptI64(Option<i64>),
+    /// A 32-bit integer (an `integer` column on PostgreSQL).
+    I32(i32),
+    /// A 32-bit integer or null.
+    OptI32(Option<i32>),
     /// A float.
     F64(f64),
     /// A boolean.
@@ -94,7 +98,17 @@ impl From<i64> for Arg<'_> {
 }
 impl From<i32> for Arg<'_> {
     fn from(v: i32) -> Self {
-        Self::I64(v.into())
+        Self::I32(v)
+    }
+}
+impl From<Option<i32>> for Arg<'_> {
+    fn from(v: Option<i32>) -> Self {
+        Self::OptI32(v)
+    }
+}
+impl<'a> From<&'a Option<String>> for Arg<'a> {
+    fn from(v: &'a Option<String>) -> Self {
+        Self::OptText(v.as_deref())
     }
 }
 impl From<u32> for Arg<'_> {
@@ -230,6 +244,8 @@ fn pg_query<'q>(sql: &str, args: &[Arg<'q>]) -> PgQuery<'q> {
         q = match *a {
             Arg::I64(v) => q.bind(v),
             Arg::OptI64(v) => q.bind(v),
+            Arg::I32(v) => q.bind(v),
+            Arg::OptI32(v) => q.bind(v),
             Arg::F64(v) => q.bind(v),
             Arg::Bool(v) => q.bind(v),
             Arg::Text(v) => q.bind(v),
@@ -250,6 +266,8 @@ fn my_query<'q>(sql: &str, args: &[Arg<'q>]) -> Result<MyQuery<'q>, sqlx::Error>
         q = match args[i] {
             Arg::I64(v) => q.bind(v),
             Arg::OptI64(v) => q.bind(v),
+            Arg::I32(v) => q.bind(v),
+            Arg::OptI32(v) => q.bind(v),
             Arg::F64(v) => q.bind(v),
             Arg::Bool(v) => q.bind(v),
             Arg::Text(v) => q.bind(v),
@@ -269,6 +287,8 @@ fn lite_query<'q>(sql: &str, args: &[Arg<'q>]) -> LiteQuery<'q> {
         q = match *a {
             Arg::I64(v) => q.bind(v),
             Arg::OptI64(v) => q.bind(v),
+            Arg::I32(v) => q.bind(v),
+            Arg::OptI32(v) => q.bind(v),
             Arg::F64(v) => q.bind(v),
             Arg::Bool(v) => q.bind(v),
             Arg::Text(v) => q.bind(v),
@@ -310,23 +330,44 @@ impl Row {
     /// # Errors
     /// A missing column or another type.
     pub fn text(&self, col: &str) -> Result<String, sqlx::Error> {
-        match self {
-            Self::Pg(r) => r.try_get(col),
-            Self::My(r) => r.try_get(col),
-            Self::Lite(r) => r.try_get(col),
-        }
+        self.opt_text(col)?
+            .ok_or_else(|| decode_err(col, "unexpected null".into()))
     }
 
-    /// Text or null.
+    /// Text or null (on MySQL also a `JSON` column, which MariaDB reports as text anyway).
     ///
     /// # Errors
     /// A missing column or another type.
     pub fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
         match self {
             Self::Pg(r) => r.try_get(col),
-            Self::My(r) => r.try_get(col),
+            Self::My(r) => {
+                if r.try_get_raw(col)?.type_info().name() == "JSON" {
+                    return r.try_get_unchecked(col);
+                }
+                r.try_get(col)
+            }
             Self::Lite(r) => r.try_get(col),
         }
+    }
+
+    /// A 32-bit integer (an `integer` column).
+    ///
+    /// # Errors
+    /// A missing column, null, or a value out of range.
+    pub fn i32(&self, col: &str) -> Result<i32, sqlx::Error> {
+        self.opt_i32(col)?
+            .ok_or_else(|| decode_err(col, "unexpected null".into()))
+    }
+
+    /// A 32-bit integer or null.
+    ///
+    /// # Errors
+    /// A missing column or a value out of range.
+    pub fn opt_i32(&self, col: &str) -> Result<Option<i32>, sqlx::Error> {
+        self.opt_i64(col)?
+            .map(|v| i32::try_from(v).map_err(|_| decode_err(col, format!("out of range: {v}"))))
+            .transpose()
     }
 
     /// An integer (on MySQL also a `DECIMAL`, which its `sum()` returns, when it is whole).
@@ -344,7 +385,11 @@ impl Row {
     /// A missing column or a value that is not a whole number.
     pub fn opt_i64(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
         match self {
-            Self::Pg(r) => r.try_get(col),
+            Self::Pg(r) => match r.try_get_raw(col)?.type_info().name() {
+                "INT4" => Ok(r.try_get::<Option<i32>, _>(col)?.map(i64::from)),
+                "INT2" => Ok(r.try_get::<Option<i16>, _>(col)?.map(i64::from)),
+                _ => r.try_get(col),
+            },
             Self::Lite(r) => r.try_get(col),
             Self::My(r) => {
                 let raw = r.try_get_raw(col)?;

@@ -1,13 +1,14 @@
 //! Storage of calls: communication records, unmatched callbacks, the lease-release outbox, the
-//! pool-deletion outbox and the caller-number cursor. The same portable SQL for PostgreSQL and
-//! SQLite (one macro); domain types at the edge, rows inside.
+//! pool-deletion outbox, the caller-number cursor and call events, written once for every
+//! backend ([`GatewayStore`]); domain types at the edge, rows inside.
 
 use async_trait::async_trait;
+use cco_platform::args;
+use cco_platform::sql::{Arg, Backend, Mode, Row, Tx};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::rows::{call_from, record_from, row_from};
-use super::{PgGatewayStore, SqliteGatewayStore, db_err};
+use super::{GatewayStore, db_err};
 use crate::domain::call::{
     Call, CallId, CallResult, CallStatus, Completion, Lease, Release, ReleaseReason,
 };
@@ -350,36 +351,28 @@ pub type Publish<'a> =
 const EVENT_COLS: &str = "tenant_id, event_id, call_id, event_type, status, collector_id, case_id, \
      extension_number, result, talk_seconds, error_code, error_message, occurred_at";
 
-fn event_from<R: Row>(r: &R) -> Result<CallEvent, GwError>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i32>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    let kind: String = r.try_get("event_type").map_err(db_err)?;
-    let status: String = r.try_get("status").map_err(db_err)?;
-    let result: Option<String> = r.try_get("result").map_err(db_err)?;
-    let id: i64 = r.try_get("event_id").map_err(db_err)?;
+fn event_from(r: &Row) -> Result<CallEvent, GwError> {
+    let kind = r.text("event_type").map_err(db_err)?;
+    let status = r.text("status").map_err(db_err)?;
+    let result = r.opt_text("result").map_err(db_err)?;
+    let id = r.i64("event_id").map_err(db_err)?;
     Ok(CallEvent {
         event_id: u64::try_from(id).map_err(|_| crate::store::corrupt("event_id"))?,
-        tenant_id: r.try_get("tenant_id").map_err(db_err)?,
-        call_id: r.try_get("call_id").map_err(db_err)?,
+        tenant_id: r.text("tenant_id").map_err(db_err)?,
+        call_id: r.text("call_id").map_err(db_err)?,
         kind: EventType::parse(&kind).ok_or_else(|| crate::store::corrupt("event_type"))?,
         status: CallStatus::parse(&status).ok_or_else(|| crate::store::corrupt("event status"))?,
-        collector_id: r.try_get("collector_id").map_err(db_err)?,
-        case_id: r.try_get("case_id").map_err(db_err)?,
-        extension_number: r.try_get("extension_number").map_err(db_err)?,
+        collector_id: r.text("collector_id").map_err(db_err)?,
+        case_id: r.text("case_id").map_err(db_err)?,
+        extension_number: r.opt_text("extension_number").map_err(db_err)?,
         result: result.as_deref().and_then(CallResult::parse),
         talk_seconds: r
-            .try_get::<Option<i32>, _>("talk_seconds")
+            .opt_i32("talk_seconds")
             .map_err(db_err)?
             .and_then(|t| u32::try_from(t).ok()),
-        error_code: r.try_get("error_code").map_err(db_err)?,
-        error_message: r.try_get("error_message").map_err(db_err)?,
-        occurred_at: r.try_get("occurred_at").map_err(db_err)?,
+        error_code: r.opt_text("error_code").map_err(db_err)?,
+        error_message: r.opt_text("error_message").map_err(db_err)?,
+        occurred_at: r.time("occurred_at").map_err(db_err)?,
     })
 }
 
@@ -394,1130 +387,1576 @@ macro_rules! record_cols {
     };
 }
 
-fn unmatched_from<R: Row>(r: &R) -> Result<Unmatched, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
+/// Reads one call back by id ($1) after a write, where the backend has no `returning`.
+const CALL_BY_ID: &str = concat!(
+    "select ",
+    record_cols!(),
+    " from communication_records where call_id = $1"
+);
+
+fn unmatched_from(r: &Row) -> Result<Unmatched, sqlx::Error> {
     Ok(Unmatched {
-        id: r.try_get("id")?,
-        tenant_id: r.try_get("tenant_id")?,
-        customuuid: r.try_get("customuuid")?,
-        memberid: r.try_get("memberid")?,
-        infinity_uuid: r.try_get("infinity_uuid")?,
-        source_ip: r.try_get("source_ip")?,
-        payload: r.try_get("payload")?,
-        reason: r.try_get("reason")?,
-        received_at: r.try_get("received_at")?,
+        id: r.text("id")?,
+        tenant_id: r.opt_text("tenant_id")?,
+        customuuid: r.opt_text("customuuid")?,
+        memberid: r.opt_text("memberid")?,
+        infinity_uuid: r.opt_text("infinity_uuid")?,
+        source_ip: r.opt_text("source_ip")?,
+        payload: r.text("payload")?,
+        reason: r.text("reason")?,
+        received_at: r.time("received_at")?,
     })
 }
 
-macro_rules! call_store {
-    ($name:ident, $db:ty, $begin_write:literal, $lock:literal, $skip_locked:literal, $row_locks:literal) => {
-        impl $name {
-            async fn write_tx(&self) -> Result<sqlx::Transaction<'static, $db>, GwError> {
-                if $begin_write.is_empty() {
-                    self.pool.begin().await.map_err(db_err)
-                } else {
-                    self.pool.begin_with($begin_write).await.map_err(db_err)
-                }
-            }
-        }
+/// The call a `returning record_cols` statement returned, with its event.
+fn changed(row: &Row, kind: EventType, now: DateTime<Utc>) -> Result<CallEvent, GwError> {
+    let call = call_from(record_from(row).map_err(db_err)?)?;
+    Ok(CallEvent::of(&call, kind, now))
+}
 
-        /// Writes `events` (of calls this transaction changed) as its last statements. Where
-        /// rows lock (PostgreSQL) they are written without an id, and the sequencer
-        /// ([`CallStore::sequence_events`]) numbers them after the commit, so that no call's
-        /// transaction ever waits on another's for its tenant's counter. On SQLite, whose write
-        /// transactions run one at a time anyway, each takes the next id of its tenant from
-        /// the counter at once (ids commit in order by construction).
-        async fn append_events<'c>(tx: &mut sqlx::Transaction<'c, $db>, mut events: Vec<CallEvent>) -> Result<Vec<String>, GwError> {
-            events.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
-            let mut tenants: Vec<String> = events.iter().map(|e| e.tenant_id.clone()).collect();
-            tenants.dedup();
-            for e in &mut events {
-                let id: Option<i64> = if $row_locks {
-                    None
-                } else {
-                    let id: i64 = sqlx::query_scalar(
-                    "insert into call_event_seq (tenant_id, last_id, pruned_through) values ($1, 1, 0) \
-                     on conflict (tenant_id) do update set last_id = call_event_seq.last_id + 1 returning last_id",
-                )
-                    .bind(&e.tenant_id)
-                    .fetch_one(&mut **tx)
+fn call_of(row: &Row) -> Result<Call, GwError> {
+    call_from(record_from(row).map_err(db_err)?)
+}
+
+impl GatewayStore {
+    async fn write_tx(&self) -> Result<Tx, GwError> {
+        self.db.begin(Mode::Write).await.map_err(db_err)
+    }
+
+    /// Whether transactions lock rows (PostgreSQL, MySQL) rather than the database (SQLite).
+    fn row_locks(&self) -> bool {
+        self.db.backend() != Backend::Sqlite
+    }
+
+    /// Updates one call (by id, `$1`) with `set` where `cond` holds; the call as it stands
+    /// after, or `None` when nothing matched.
+    async fn update_call(
+        &self,
+        tx: &mut Tx,
+        set_where: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Option<Row>, GwError> {
+        self.write_returning(
+            tx,
+            &format!("update communication_records set {set_where}"),
+            record_cols!(),
+            args,
+            CALL_BY_ID,
+            &args[..1],
+        )
+        .await
+        .map_err(db_err)
+    }
+
+    /// Writes `events` (of calls this transaction changed) as its last statements. Where
+    /// rows lock (PostgreSQL, MySQL) they are written without an id, and the sequencer
+    /// ([`CallStore::sequence_events`]) numbers them after the commit, so that no call's
+    /// transaction ever waits on another's for its tenant's counter. On SQLite, whose write
+    /// transactions run one at a time anyway, each takes the next id of its tenant from
+    /// the counter at once (ids commit in order by construction).
+    async fn append_events(
+        &self,
+        tx: &mut Tx,
+        mut events: Vec<CallEvent>,
+    ) -> Result<Vec<String>, GwError> {
+        events.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        let mut tenants: Vec<String> = events.iter().map(|e| e.tenant_id.clone()).collect();
+        tenants.dedup();
+        for e in &mut events {
+            let id: Option<i64> = if self.row_locks() {
+                None
+            } else {
+                let row = tx
+                    .exec()
+                    .fetch_one(
+                        "insert into call_event_seq (tenant_id, last_id, pruned_through) values ($1, 1, 0) \
+                         on conflict (tenant_id) do update set last_id = call_event_seq.last_id + 1 \
+                         returning last_id",
+                        args![&e.tenant_id],
+                    )
                     .await
                     .map_err(db_err)?;
-                    e.event_id = u64::try_from(id).map_err(|_| crate::store::corrupt("call_event_seq"))?;
-                    Some(id)
-                };
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "insert into call_events ({EVENT_COLS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-                )))
-                .bind(&e.tenant_id).bind(id).bind(&e.call_id).bind(e.kind.as_str()).bind(e.status.as_str())
-                .bind(&e.collector_id).bind(&e.case_id).bind(&e.extension_number).bind(e.result.map(|r| r.as_str()))
-                .bind(e.talk_seconds.map(|t| i32::try_from(t).unwrap_or(i32::MAX))).bind(&e.error_code)
-                .bind(&e.error_message).bind(e.occurred_at)
-                .execute(&mut **tx)
-                .await
-                .map_err(db_err)?;
-            }
-            Ok(tenants)
-        }
-
-        impl $name {
-            /// Numbers one tenant's committed events that have no id yet, in one short
-            /// transaction holding the tenant's counter row; false when there was nothing to
-            /// number or another replica holds the tenant.
-            async fn sequence_tenant(&self, tenant: &str) -> Result<bool, GwError> {
-                sqlx::query(
-                    "insert into call_event_seq (tenant_id, last_id, pruned_through) values ($1, 0, 0) \
-                     on conflict (tenant_id) do nothing",
+                let id = row.i64("last_id").map_err(db_err)?;
+                e.event_id =
+                    u64::try_from(id).map_err(|_| crate::store::corrupt("call_event_seq"))?;
+                Some(id)
+            };
+            tx.exec()
+                .execute(
+                    &format!(
+                        "insert into call_events ({EVENT_COLS}) values \
+                         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                    ),
+                    args![
+                        &e.tenant_id,
+                        id,
+                        &e.call_id,
+                        e.kind.as_str(),
+                        e.status.as_str(),
+                        &e.collector_id,
+                        &e.case_id,
+                        &e.extension_number,
+                        e.result.map(|r| r.as_str()),
+                        e.talk_seconds.map(|t| i32::try_from(t).unwrap_or(i32::MAX)),
+                        &e.error_code,
+                        &e.error_message,
+                        e.occurred_at
+                    ],
                 )
-                .bind(tenant)
-                .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
-                let mut tx = self.write_tx().await?;
-                let last: Option<i64> = sqlx::query_scalar(concat!(
-                    "select last_id from call_event_seq where tenant_id = $1", $skip_locked
-                ))
-                .bind(tenant)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let Some(last) = last else {
-                    return Ok(false);
-                };
-                // The committed events without an id, oldest first, numbered from last + 1.
-                let numbered: Vec<i64> = sqlx::query_scalar(
+        }
+        Ok(tenants)
+    }
+
+    /// Numbers one tenant's committed events that have no id yet, in one short
+    /// transaction holding the tenant's counter row; false when there was nothing to
+    /// number or another replica holds the tenant.
+    async fn sequence_tenant(&self, tenant: &str) -> Result<bool, GwError> {
+        let d = self.db.dialect();
+        self.db
+            .execute(
+                &d.insert_or_ignore(
+                    "call_event_seq",
+                    "tenant_id, last_id, pruned_through",
+                    "($1, 0, 0)",
+                    "tenant_id",
+                ),
+                args![tenant],
+            )
+            .await
+            .map_err(db_err)?;
+        let mut tx = self.write_tx().await?;
+        let last = tx
+            .exec()
+            .fetch_optional(
+                &format!(
+                    "select last_id from call_event_seq where tenant_id = $1{}",
+                    d.skip_locked()
+                ),
+                args![tenant],
+            )
+            .await
+            .map_err(db_err)?;
+        let Some(last) = last else {
+            return Ok(false);
+        };
+        let last = last.i64("last_id").map_err(db_err)?;
+        // The committed events without an id, oldest first, numbered from last + 1.
+        let numbered = match self.db.backend() {
+            Backend::MySql => {
+                // The derived table is materialised (its window function keeps it from being
+                // merged), which lets MySQL update the table it reads.
+                let n = tx
+                    .exec()
+                    .execute(
+                        "update call_events e join \
+                           (select seq, row_number() over (order by seq) as n from \
+                             (select seq from call_events where tenant_id = $1 and event_id is null \
+                              order by seq limit $3) s) p on e.seq = p.seq \
+                         set e.event_id = $2 + p.n",
+                        args![tenant, last, SEQUENCE_BATCH],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                i64::try_from(n).map_err(|_| crate::store::corrupt("call_events"))?
+            }
+            _ => tx
+                .exec()
+                .fetch_all(
                     "update call_events e set event_id = $2 + p.n from \
                      (select seq, row_number() over (order by seq) as n from \
                       (select seq from call_events where tenant_id = $1 and event_id is null order by seq limit $3) s) p \
                      where e.seq = p.seq returning e.event_id",
+                    args![tenant, last, SEQUENCE_BATCH],
                 )
-                .bind(tenant)
-                .bind(last)
-                .bind(SEQUENCE_BATCH)
-                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .len()
+                .try_into()
+                .map_err(|_| crate::store::corrupt("call_events"))?,
+        };
+        if numbered == 0 {
+            return Ok(false);
+        }
+        let top = last
+            .checked_add(numbered)
+            .ok_or_else(|| crate::store::corrupt("call_event_seq"))?;
+        tx.exec()
+            .execute(
+                "update call_event_seq set last_id = $2 where tenant_id = $1",
+                args![tenant, top],
+            )
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    /// Commits a transaction that wrote events of `tenants`, then wakes this process's
+    /// watchers of them (other replicas hear of them through the database).
+    async fn commit_waking(&self, tx: Tx, tenants: Vec<String>) -> Result<(), GwError> {
+        tx.commit().await.map_err(db_err)?;
+        for t in &tenants {
+            self.feed.events_written(t);
+        }
+        Ok(())
+    }
+
+    async fn queue_release(
+        &self,
+        tx: &mut Tx,
+        o: &Release,
+        now: DateTime<Utc>,
+    ) -> Result<(), GwError> {
+        // The same lease is queued once; a second completion of the same call cannot add it again.
+        let sql = self.db.dialect().insert_or_ignore(
+            "lease_release_outbox",
+            "lease_id, call_id, fencing_token, reason, attempts, next_attempt_at, created_at, updated_at",
+            "($1, $2, $3, $4, 0, $5, $6, $6)",
+            "lease_id",
+        );
+        tx.exec()
+            .execute(
+                &sql,
+                args![
+                    &o.lease_id,
+                    o.call_id.as_str(),
+                    o.fencing_token,
+                    o.reason.as_str(),
+                    now + RELEASE_GRACE,
+                    now
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Claims the rows of an outbox table that are due at `now`, at most `limit`: each row
+    /// read has its due time moved to `claim_until` where it is still the one read (a
+    /// replica that read the same row loses there). Returns the rows claimed, as read.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_due(
+        &self,
+        tx: &mut Tx,
+        table: &'static str,
+        key: &'static str,
+        cols: &'static str,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Row>, GwError> {
+        let rows = tx
+            .exec()
+            .fetch_all(
+                &format!(
+                    "select {key}, {cols}, attempts, next_attempt_at from {table} \
+                     where next_attempt_at <= $1 order by next_attempt_at limit $2"
+                ),
+                args![now, limit],
+            )
+            .await
+            .map_err(db_err)?;
+        let claim = format!(
+            "update {table} set next_attempt_at = $3, attempts = attempts + 1, updated_at = $4 \
+             where {key} = $1 and next_attempt_at = $2"
+        );
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.text(key).map_err(db_err)?;
+            let due = row.time("next_attempt_at").map_err(db_err)?;
+            let n = tx
+                .exec()
+                .execute(&claim, args![&id, due, claim_until, now])
                 .await
                 .map_err(db_err)?;
-                let Some(top) = numbered.iter().max().copied() else {
-                    return Ok(false);
-                };
-                sqlx::query("update call_event_seq set last_id = $2 where tenant_id = $1")
-                    .bind(tenant)
-                    .bind(top)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
-                Ok(true)
-            }
-
-            /// Commits a transaction that wrote events of `tenants`, then wakes this process's
-            /// watchers of them (other replicas hear of them through the database).
-            async fn commit_waking(&self, tx: sqlx::Transaction<'static, $db>, tenants: Vec<String>) -> Result<(), GwError> {
-                tx.commit().await.map_err(db_err)?;
-                for t in &tenants {
-                    self.feed.events_written(t);
-                }
-                Ok(())
+            if n == 1 {
+                claimed.push(row);
             }
         }
+        Ok(claimed)
+    }
+}
 
-        /// The call a `returning record_cols` statement returned, with its event.
-        fn changed(row: &<$db as sqlx::Database>::Row, kind: EventType, now: DateTime<Utc>) -> Result<CallEvent, GwError> {
-            let call = call_from(record_from(row).map_err(db_err)?)?;
-            Ok(CallEvent::of(&call, kind, now))
-        }
+#[async_trait]
+impl CallStore for GatewayStore {
+    fn locks_rows(&self) -> bool {
+        self.row_locks()
+    }
 
-        async fn queue_release<'c>(tx: &mut sqlx::Transaction<'c, $db>, o: &Release, now: DateTime<Utc>) -> Result<(), GwError> {
-            // The same lease is queued once; a second completion of the same call cannot add it again.
-            sqlx::query(
-                "insert into lease_release_outbox (lease_id, call_id, fencing_token, reason, attempts, next_attempt_at, created_at, updated_at) \
-                 values ($1, $2, $3, $4, 0, $5, $6, $6) on conflict (lease_id) do nothing",
-            )
-            .bind(&o.lease_id)
-            .bind(o.call_id.as_str())
-            .bind(o.fencing_token)
-            .bind(o.reason.as_str())
-            .bind(now + RELEASE_GRACE)
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-            Ok(())
-        }
-
-        /// Claims the rows of an outbox table that are due at `now`, at most `limit`: each row
-        /// read has its due time moved to `claim_until` where it is still the one read (a
-        /// replica that read the same row loses there). Returns the rows claimed, as read.
-        async fn claim_due<'c>(
-            tx: &mut sqlx::Transaction<'c, $db>,
-            table: &'static str,
-            key: &'static str,
-            cols: &'static str,
-            now: DateTime<Utc>,
-            claim_until: DateTime<Utc>,
-            limit: u32,
-        ) -> Result<Vec<<$db as sqlx::Database>::Row>, GwError> {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "select {key}, {cols}, attempts, next_attempt_at from {table} \
-                 where next_attempt_at <= $1 order by next_attempt_at limit $2"
-            )))
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db_err)?;
-            let claim = format!(
-                "update {table} set next_attempt_at = $3, attempts = attempts + 1, updated_at = $4 \
-                 where {key} = $1 and next_attempt_at = $2"
-            );
-            let mut claimed = Vec::with_capacity(rows.len());
-            for row in rows {
-                let id: String = row.try_get(key).map_err(db_err)?;
-                let due: DateTime<Utc> = row.try_get("next_attempt_at").map_err(db_err)?;
-                let n = sqlx::query(sqlx::AssertSqlSafe(claim.clone()))
-                    .bind(&id)
-                    .bind(due)
-                    .bind(claim_until)
-                    .bind(now)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db_err)?
-                    .rows_affected();
-                if n == 1 {
-                    claimed.push(row);
-                }
-            }
-            Ok(claimed)
-        }
-
-        #[async_trait]
-        impl CallStore for $name {
-            fn locks_rows(&self) -> bool {
-                $row_locks
-            }
-
-            async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
-                let r = &row_from(call)?;
-                let mut tx = self.write_tx().await?;
-                let res = sqlx::query(concat!(
-                    "insert into communication_records (", record_cols!(), ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+    async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
+        let r = &row_from(call)?;
+        let mut tx = self.write_tx().await?;
+        let res = tx
+            .exec()
+            .execute(
+                concat!(
+                    "insert into communication_records (",
+                    record_cols!(),
+                    ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
                      $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
                      $30, $31, $32, $33, $34, $35, $36, $37, $38, $39)"
-                ))
-                .bind(&r.call_id).bind(&r.tenant_id).bind(&r.config_id).bind(&r.supplier_id).bind(&r.case_id)
-                .bind(&r.collector_id).bind(&r.destination_number).bind(&r.dialled_number).bind(&r.caller_number)
-                .bind(&r.extension_number).bind(&r.extension_id).bind(&r.lease_id).bind(r.fencing_token)
-                .bind(r.lease_expires_at).bind(r.lease_released).bind(&r.call_mode).bind(r.call_timeout_seconds)
-                .bind(&r.status).bind(&r.result).bind(r.start_time).bind(r.answer_time).bind(r.end_time)
-                .bind(r.talk_seconds).bind(r.total_seconds).bind(r.hangup_cause).bind(&r.hangup_side)
-                .bind(&r.record_url).bind(&r.record_filename).bind(&r.custom_params).bind(&r.infinity_uuid)
-                .bind(r.infinity_cdr_id).bind(&r.error_code).bind(&r.error_message).bind(&r.idempotency_key)
-                .bind(r.attempts).bind(&r.raw_callback).bind(r.reconcile_after).bind(r.created_at).bind(r.updated_at)
-                .execute(&mut *tx)
-                .await;
-                match res {
-                    Ok(_) => {
-                        let woken = append_events(&mut tx, vec![CallEvent::of(call, EventType::Created, call.created_at)]).await?;
-                        self.commit_waking(tx, woken).await?;
-                        Ok(None)
-                    }
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                        tx.rollback().await.map_err(db_err)?;
-                        let existing = match self.call(&call.id).await?.filter(|c| c.tenant_id == call.tenant_id) {
-                            Some(e) => Some(e),
-                            None => match &r.idempotency_key {
-                                Some(k) => {
-                                    let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where tenant_id = $1 and idempotency_key = $2"))
-                                        .bind(&r.tenant_id)
-                                        .bind(k)
-                                        .fetch_optional(&self.pool)
-                                        .await
-                                        .map_err(db_err)?;
-                                    row.as_ref().map(record_from).transpose().map_err(db_err)?.map(call_from).transpose()?
-                                }
-                                None => None,
-                            },
-                        };
-                        existing
-                            .map(Some)
-                            .ok_or_else(|| GwError::Internal(anyhow::anyhow!("call id conflict without a record")))
-                    }
-                    Err(e) => Err(db_err(e)),
-                }
-            }
-
-            async fn call(&self, id: &CallId) -> Result<Option<Call>, GwError> {
-                // By primary key alone (callers compare the tenant): with the tenant in the
-                // WHERE, a planner without statistics may walk a tenant-prefix index instead
-                // (all of the tenant's calls).
-                let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where call_id = $1"))
-                    .bind(id.as_str())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                row.as_ref().map(record_from).transpose().map_err(db_err)?.map(call_from).transpose()
-            }
-
-            async fn open_call_for_case(&self, tenant: &TenantId, case_id: &str) -> Result<Option<Call>, GwError> {
-                let row = sqlx::query(concat!(
-                    "select ", record_cols!(), " from communication_records where tenant_id = $1 and case_id = $2 \
-                     and status in ('dialing', 'ringing', 'unknown', 'expired') order by created_at desc limit 1"
-                ))
-                .bind(tenant.as_str())
-                .bind(case_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?;
-                row.as_ref().map(record_from).transpose().map_err(db_err)?.map(call_from).transpose()
-            }
-
-            // The status conditions of these single-row updates are wrapped in coalesce(..) so
-            // the planner cannot prove them to imply the partial index of open calls and walk
-            // that index (every open call, and every dead entry since the last vacuum) instead
-            // of the primary key. Same meaning: status is never null.
-            async fn mark_ringing(&self, accepted: &[Accepted]) -> Result<Vec<Rung>, GwError> {
-                // A batch skips calls another transaction holds; a lone dial waits for them.
-                let skip = accepted.len() > 1;
-                let now = Utc::now();
-                let mut rung = vec![Rung::Ringing; accepted.len()];
-                // Rows are taken in one order (calls by id, then collectors by key), so two
-                // batches never wait on each other in a cycle.
-                let mut calls: Vec<(usize, &Accepted)> = accepted.iter().enumerate().collect();
-                calls.sort_by(|a, b| a.1.call_id.as_str().cmp(b.1.call_id.as_str()));
-                let mut collectors: Vec<&Accepted> = accepted.iter().collect();
-                // Stable: of one collector's dials, the last accepted comes last and is kept.
-                collectors.sort_by(|a, b| (a.tenant_id.as_str(), a.collector_id.as_str()).cmp(&(b.tenant_id.as_str(), b.collector_id.as_str())));
-                let mut tx = self.write_tx().await?;
-                let mut events = Vec::with_capacity(accepted.len());
-                for (i, a) in calls {
-                    let updated = if skip {
-                        sqlx::query(concat!(
-                            "update communication_records set status = 'ringing', updated_at = $2 where call_id = \
-                             (select call_id from communication_records where call_id = $1", $skip_locked, ") \
-                             and coalesce(status = 'dialing', false) returning ", record_cols!()
-                        ))
-                    } else {
-                        sqlx::query(concat!(
-                            "update communication_records set status = 'ringing', updated_at = $2 where call_id = $1 \
-                             and coalesce(status = 'dialing', false) returning ", record_cols!()
-                        ))
-                    }
-                    .bind(a.call_id.as_str())
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    if let Some(row) = &updated {
-                        events.push(changed(row, EventType::Ringing, now)?);
-                    } else {
-                        // Read in the same transaction: no second round of commits for it.
-                        let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where call_id = $1"))
-                            .bind(a.call_id.as_str())
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(db_err)?;
-                        let call = call_from(record_from(&row).map_err(db_err)?)?;
-                        if let Some(r) = rung.get_mut(i) {
-                            // Still dialing, yet not updated: skipped, being completed.
-                            *r = if call.status == CallStatus::Dialing {
-                                Rung::Busy
-                            } else {
-                                Rung::MovedOn(Box::new(call))
-                            };
-                        }
-                    }
-                }
-                for (k, a) in collectors.iter().enumerate() {
-                    let same_next = collectors.get(k + 1).is_some_and(|b| b.tenant_id == a.tenant_id && b.collector_id == a.collector_id);
-                    if same_next {
-                        continue;
-                    }
-                    // Written only when it changed: most calls of a collector reuse nothing,
-                    // but an unchanged row is not rewritten.
-                    sqlx::query(
-                        "update collectors set last_extension_number = $3, updated_at = $4 where tenant_id = $1 and collector_id = $2 \
-                         and (last_extension_number is null or last_extension_number <> $3)",
+                ),
+                args![
+                    &r.call_id,
+                    &r.tenant_id,
+                    &r.config_id,
+                    &r.supplier_id,
+                    &r.case_id,
+                    &r.collector_id,
+                    &r.destination_number,
+                    &r.dialled_number,
+                    &r.caller_number,
+                    &r.extension_number,
+                    &r.extension_id,
+                    &r.lease_id,
+                    r.fencing_token,
+                    r.lease_expires_at,
+                    r.lease_released,
+                    &r.call_mode,
+                    r.call_timeout_seconds,
+                    &r.status,
+                    &r.result,
+                    r.start_time,
+                    r.answer_time,
+                    r.end_time,
+                    r.talk_seconds,
+                    r.total_seconds,
+                    r.hangup_cause,
+                    &r.hangup_side,
+                    &r.record_url,
+                    &r.record_filename,
+                    &r.custom_params,
+                    &r.infinity_uuid,
+                    r.infinity_cdr_id,
+                    &r.error_code,
+                    &r.error_message,
+                    &r.idempotency_key,
+                    r.attempts,
+                    &r.raw_callback,
+                    r.reconcile_after,
+                    r.created_at,
+                    r.updated_at
+                ],
+            )
+            .await;
+        match res {
+            Ok(_) => {
+                let woken = self
+                    .append_events(
+                        &mut tx,
+                        vec![CallEvent::of(call, EventType::Created, call.created_at)],
                     )
-                    .bind(a.tenant_id.as_str())
-                    .bind(a.collector_id.as_str())
-                    .bind(&a.extension)
-                    .bind(now)
-                    .execute(&mut *tx)
+                    .await?;
+                self.commit_waking(tx, woken).await?;
+                Ok(None)
+            }
+            Err(e) if cco_platform::db::is_unique_violation(&e) => {
+                tx.rollback().await.map_err(db_err)?;
+                let existing = match self
+                    .call(&call.id)
+                    .await?
+                    .filter(|c| c.tenant_id == call.tenant_id)
+                {
+                    Some(e) => Some(e),
+                    None => match &r.idempotency_key {
+                        Some(k) => {
+                            let row = self
+                                .db
+                                .fetch_optional(
+                                    concat!(
+                                        "select ",
+                                        record_cols!(),
+                                        " from communication_records where tenant_id = $1 and idempotency_key = $2"
+                                    ),
+                                    args![&r.tenant_id, k],
+                                )
+                                .await
+                                .map_err(db_err)?;
+                            row.as_ref().map(call_of).transpose()?
+                        }
+                        None => None,
+                    },
+                };
+                existing.map(Some).ok_or_else(|| {
+                    GwError::Internal(anyhow::anyhow!("call id conflict without a record"))
+                })
+            }
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    async fn call(&self, id: &CallId) -> Result<Option<Call>, GwError> {
+        // By primary key alone (callers compare the tenant): with the tenant in the
+        // WHERE, a planner without statistics may walk a tenant-prefix index instead
+        // (all of the tenant's calls).
+        let row = self
+            .db
+            .fetch_optional(CALL_BY_ID, args![id.as_str()])
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(call_of).transpose()
+    }
+
+    async fn open_call_for_case(
+        &self,
+        tenant: &TenantId,
+        case_id: &str,
+    ) -> Result<Option<Call>, GwError> {
+        let row = self
+            .db
+            .fetch_optional(
+                concat!(
+                    "select ",
+                    record_cols!(),
+                    " from communication_records where tenant_id = $1 and case_id = $2 \
+                     and status in ('dialing', 'ringing', 'unknown', 'expired') order by created_at desc limit 1"
+                ),
+                args![tenant.as_str(), case_id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(call_of).transpose()
+    }
+
+    // The status conditions of these single-row updates are wrapped in coalesce(..) so
+    // the planner cannot prove them to imply the partial index of open calls and walk
+    // that index (every open call, and every dead entry since the last vacuum) instead
+    // of the primary key. Same meaning: status is never null.
+    async fn mark_ringing(&self, accepted: &[Accepted]) -> Result<Vec<Rung>, GwError> {
+        // A batch skips calls another transaction holds; a lone dial waits for them.
+        let skip = accepted.len() > 1;
+        let skip_locked = self.db.dialect().skip_locked();
+        let now = Utc::now();
+        let mut rung = vec![Rung::Ringing; accepted.len()];
+        // Rows are taken in one order (calls by id, then collectors by key), so two
+        // batches never wait on each other in a cycle.
+        let mut calls: Vec<(usize, &Accepted)> = accepted.iter().enumerate().collect();
+        calls.sort_by(|a, b| a.1.call_id.as_str().cmp(b.1.call_id.as_str()));
+        let mut collectors: Vec<&Accepted> = accepted.iter().collect();
+        // Stable: of one collector's dials, the last accepted comes last and is kept.
+        collectors.sort_by(|a, b| {
+            (a.tenant_id.as_str(), a.collector_id.as_str())
+                .cmp(&(b.tenant_id.as_str(), b.collector_id.as_str()))
+        });
+        let mut tx = self.write_tx().await?;
+        let mut events = Vec::with_capacity(accepted.len());
+        for (i, a) in calls {
+            let id = a.call_id.as_str();
+            let updated = if skip && self.db.backend() == Backend::MySql {
+                // MySQL cannot update a table through a subquery on it: lock first.
+                let held = tx
+                    .exec()
+                    .fetch_optional(
+                        &format!(
+                            "select call_id from communication_records where call_id = $1{skip_locked}"
+                        ),
+                        args![id],
+                    )
                     .await
                     .map_err(db_err)?;
-                }
-                let woken = append_events(&mut tx, events).await?;
-                self.commit_waking(tx, woken).await?;
-                Ok(rung)
-            }
-
-            async fn set_attempt(&self, id: &CallId, l: &Lease, attempts: u32) -> Result<(), GwError> {
-                let now = Utc::now();
-                let mut tx = self.write_tx().await?;
-                let row = sqlx::query(concat!(
-                    "update communication_records set extension_number = $2, extension_id = $3, lease_id = $4, fencing_token = $5, \
-                     lease_expires_at = $6, lease_released = false, attempts = $7, error_code = null, error_message = null, updated_at = $8 \
-                     where call_id = $1 and coalesce(status = 'dialing', false) returning ", record_cols!()
-                ))
-                .bind(id.as_str()).bind(&l.extension_number).bind(&l.extension_id).bind(&l.lease_id).bind(l.fencing_token)
-                .bind(l.expires_at).bind(i32::try_from(attempts).unwrap_or(i32::MAX)).bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let woken = match &row {
-                    Some(row) => append_events(&mut tx, vec![changed(row, EventType::Dialing, now)?]).await?,
-                    None => Vec::new(),
-                };
-                self.commit_waking(tx, woken).await
-            }
-
-            async fn mark_failed(&self, id: &CallId, code: &str, message: &str, release: Option<&Release>) -> Result<(), GwError> {
-                let now = Utc::now();
-                let mut tx = self.write_tx().await?;
-                let row = sqlx::query(concat!(
-                    "update communication_records set status = 'failed', error_code = $2, error_message = $3, \
-                     lease_released = case when $4 then lease_released else true end, updated_at = $5 \
-                     where call_id = $1 and coalesce(status = 'dialing', false) returning ", record_cols!()
-                ))
-                .bind(id.as_str()).bind(code).bind(message).bind(release.is_some()).bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let mut woken = Vec::new();
-                if let Some(row) = &row {
-                    if let Some(o) = release {
-                        queue_release(&mut tx, o, now).await?;
-                    }
-                    woken = append_events(&mut tx, vec![changed(row, EventType::Failed, now)?]).await?;
-                }
-                self.commit_waking(tx, woken).await
-            }
-
-            async fn mark_unknown(&self, id: &CallId, message: &str) -> Result<bool, GwError> {
-                let now = Utc::now();
-                let mut tx = self.write_tx().await?;
-                let row = sqlx::query(concat!(
-                    "update communication_records set status = 'unknown', error_code = 'ambiguous', error_message = $2, updated_at = $3 \
-                     where call_id = $1 and coalesce(status = 'dialing', false) returning ", record_cols!()
-                ))
-                .bind(id.as_str()).bind(message).bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let woken = match &row {
-                    Some(row) => append_events(&mut tx, vec![changed(row, EventType::Unknown, now)?]).await?,
-                    None => Vec::new(),
-                };
-                self.commit_waking(tx, woken).await?;
-                Ok(row.is_some())
-            }
-
-            async fn complete(
-                &self,
-                tenant: &TenantId,
-                id: &CallId,
-                record: RecordOf<'_>,
-                reason: ReleaseReason,
-                release_now: Option<ReleaseNow<'_>>,
-            ) -> Result<Option<Settled>, GwError> {
-                let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-                let now = Utc::now();
-                let mut tx = self.write_tx().await?;
-                let row = sqlx::query(concat!("select ", record_cols!(), " from communication_records where call_id = $1", $lock))
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let call = call_from(record_from(&row).map_err(db_err)?)?;
-                if &call.tenant_id != tenant {
-                    return Ok(None);
-                }
-                // Only an open or expired record takes a completion: a duplicate (same Infinity
-                // uuid, or any second report) finds it completed and changes nothing.
-                if !(call.status.is_open() || call.status == CallStatus::Expired) {
-                    return Ok(Some(Settled { outcome: Completed::AlreadyCompleted, call, release: None, tried: false }));
-                }
-                let c = record(&call);
-                let owed = call.owed_release(reason);
-                let res = sqlx::query(concat!(
-                    "update communication_records set status = 'completed', result = $2, start_time = $3, answer_time = $4, \
-                     end_time = $5, talk_seconds = $6, total_seconds = $7, hangup_cause = $8, hangup_side = $9, \
-                     record_url = $10, record_filename = $11, infinity_uuid = $12, infinity_cdr_id = $13, raw_callback = $14, \
-                     error_code = null, error_message = null, updated_at = $15 \
-                     where call_id = $1 returning ", record_cols!()
-                ))
-                .bind(id.as_str()).bind(c.result.as_str()).bind(c.start_time).bind(c.answer_time).bind(c.end_time)
-                .bind(int(c.talk_seconds)).bind(int(c.total_seconds)).bind(c.hangup_cause.map(int)).bind(c.hangup_side.map(|h| h.as_str()))
-                .bind(&c.record_url).bind(&c.record_filename).bind(&c.infinity_uuid).bind(c.infinity_cdr_id.and_then(|v| i64::try_from(v).ok()))
-                .bind(&c.raw).bind(now)
-                .fetch_one(&mut *tx)
-                .await;
-                let updated = match res {
-                    Ok(r) => call_from(record_from(&r).map_err(db_err)?)?,
-                    // The same Infinity uuid already completed another call of the tenant: a
-                    // duplicate (the transaction is rolled back).
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                        return Ok(Some(Settled { outcome: Completed::AlreadyCompleted, call, release: None, tried: false }));
-                    }
-                    Err(e) => return Err(db_err(e)),
-                };
-                // Only now that the completion is written (it can still turn out a duplicate
-                // above) may the lease go: it is sent while this transaction holds the call. If
-                // the commit failed afterwards, the call would stay open with its lease already
-                // free; the callback's retry completes it and the second release changes nothing.
-                // `None` from the sender: it did not try (the allocator is known to be slow or
-                // down), so the caller sends the release after the commit.
-                let sent = match (&owed, release_now) {
-                    (Some(r), Some(send)) => send(r.clone()).await,
-                    _ => None,
-                };
-                let tried = sent.is_some();
-                let released = sent.unwrap_or(false);
-                let mut updated = updated;
-                let release = match owed {
-                    Some(_) if released => {
-                        sqlx::query("update communication_records set lease_released = true where call_id = $1")
-                            .bind(id.as_str())
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db_err)?;
-                        updated.lease_released = true;
-                        None
-                    }
-                    Some(o) => {
-                        queue_release(&mut tx, &o, now).await?;
-                        Some(o)
-                    }
+                match held {
                     None => None,
-                };
-                let woken = append_events(&mut tx, vec![CallEvent::of(&updated, EventType::Completed, now)]).await?;
-                self.commit_waking(tx, woken).await?;
-                Ok(Some(Settled { outcome: Completed::Applied, call: updated, release, tried }))
+                    Some(_) => {
+                        self.update_call(
+                            &mut tx,
+                            "status = 'ringing', updated_at = $2 where call_id = $1 \
+                             and coalesce(status = 'dialing', false)",
+                            args![id, now],
+                        )
+                        .await?
+                    }
+                }
+            } else if skip {
+                self.update_call(
+                    &mut tx,
+                    &format!(
+                        "status = 'ringing', updated_at = $2 where call_id = \
+                         (select call_id from communication_records where call_id = $1{skip_locked}) \
+                         and coalesce(status = 'dialing', false)"
+                    ),
+                    args![id, now],
+                )
+                .await?
+            } else {
+                self.update_call(
+                    &mut tx,
+                    "status = 'ringing', updated_at = $2 where call_id = $1 \
+                     and coalesce(status = 'dialing', false)",
+                    args![id, now],
+                )
+                .await?
+            };
+            if let Some(row) = &updated {
+                events.push(changed(row, EventType::Ringing, now)?);
+            } else {
+                // Read in the same transaction: no second round of commits for it.
+                let row = tx
+                    .exec()
+                    .fetch_one(CALL_BY_ID, args![id])
+                    .await
+                    .map_err(db_err)?;
+                let call = call_of(&row)?;
+                if let Some(r) = rung.get_mut(i) {
+                    // Still dialing, yet not updated: skipped, being completed.
+                    *r = if call.status == CallStatus::Dialing {
+                        Rung::Busy
+                    } else {
+                        Rung::MovedOn(Box::new(call))
+                    };
+                }
             }
-
-            async fn expire(&self, id: &CallId, release: Option<&Release>) -> Result<bool, GwError> {
-                let now = Utc::now();
-                let mut tx = self.write_tx().await?;
-                let row = sqlx::query(concat!(
-                    "update communication_records set status = 'expired', error_code = 'expired', \
-                     error_message = 'no call record from Infinity within the maximum age', updated_at = $2 \
-                     where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown'), false) returning ", record_cols!()
-                ))
-                .bind(id.as_str())
-                .bind(now)
-                .fetch_optional(&mut *tx)
+        }
+        for (k, a) in collectors.iter().enumerate() {
+            let same_next = collectors
+                .get(k + 1)
+                .is_some_and(|b| b.tenant_id == a.tenant_id && b.collector_id == a.collector_id);
+            if same_next {
+                continue;
+            }
+            // Written only when it changed: most calls of a collector reuse nothing,
+            // but an unchanged row is not rewritten.
+            tx.exec()
+                .execute(
+                    "update collectors set last_extension_number = $3, updated_at = $4 \
+                     where tenant_id = $1 and collector_id = $2 \
+                     and (last_extension_number is null or last_extension_number <> $3)",
+                    args![
+                        a.tenant_id.as_str(),
+                        a.collector_id.as_str(),
+                        &a.extension,
+                        now
+                    ],
+                )
                 .await
                 .map_err(db_err)?;
-                let mut woken = Vec::new();
-                if let Some(row) = &row {
-                    if let Some(o) = release {
-                        queue_release(&mut tx, o, now).await?;
-                    }
-                    woken = append_events(&mut tx, vec![changed(row, EventType::Expired, now)?]).await?;
-                }
-                self.commit_waking(tx, woken).await?;
-                Ok(row.is_some())
-            }
+        }
+        let woken = self.append_events(&mut tx, events).await?;
+        self.commit_waking(tx, woken).await?;
+        Ok(rung)
+    }
 
-            async fn claim_open(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<Call>, GwError> {
-                let mut tx = self.write_tx().await?;
-                let rows = sqlx::query(concat!(
-                    "select ", record_cols!(), " from communication_records \
+    async fn set_attempt(&self, id: &CallId, l: &Lease, attempts: u32) -> Result<(), GwError> {
+        let now = Utc::now();
+        let mut tx = self.write_tx().await?;
+        let row = self
+            .update_call(
+                &mut tx,
+                "extension_number = $2, extension_id = $3, lease_id = $4, fencing_token = $5, \
+                 lease_expires_at = $6, lease_released = false, attempts = $7, error_code = null, \
+                 error_message = null, updated_at = $8 \
+                 where call_id = $1 and coalesce(status = 'dialing', false)",
+                args![
+                    id.as_str(),
+                    &l.extension_number,
+                    &l.extension_id,
+                    &l.lease_id,
+                    l.fencing_token,
+                    l.expires_at,
+                    i32::try_from(attempts).unwrap_or(i32::MAX),
+                    now
+                ],
+            )
+            .await?;
+        let woken = match &row {
+            Some(row) => {
+                self.append_events(&mut tx, vec![changed(row, EventType::Dialing, now)?])
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        self.commit_waking(tx, woken).await
+    }
+
+    async fn mark_failed(
+        &self,
+        id: &CallId,
+        code: &str,
+        message: &str,
+        release: Option<&Release>,
+    ) -> Result<(), GwError> {
+        let now = Utc::now();
+        let mut tx = self.write_tx().await?;
+        let row = self
+            .update_call(
+                &mut tx,
+                "status = 'failed', error_code = $2, error_message = $3, \
+                 lease_released = case when $4 then lease_released else true end, updated_at = $5 \
+                 where call_id = $1 and coalesce(status = 'dialing', false)",
+                args![id.as_str(), code, message, release.is_some(), now],
+            )
+            .await?;
+        let mut woken = Vec::new();
+        if let Some(row) = &row {
+            if let Some(o) = release {
+                self.queue_release(&mut tx, o, now).await?;
+            }
+            woken = self
+                .append_events(&mut tx, vec![changed(row, EventType::Failed, now)?])
+                .await?;
+        }
+        self.commit_waking(tx, woken).await
+    }
+
+    async fn mark_unknown(&self, id: &CallId, message: &str) -> Result<bool, GwError> {
+        let now = Utc::now();
+        let mut tx = self.write_tx().await?;
+        let row = self
+            .update_call(
+                &mut tx,
+                "status = 'unknown', error_code = 'ambiguous', error_message = $2, updated_at = $3 \
+                 where call_id = $1 and coalesce(status = 'dialing', false)",
+                args![id.as_str(), message, now],
+            )
+            .await?;
+        let woken = match &row {
+            Some(row) => {
+                self.append_events(&mut tx, vec![changed(row, EventType::Unknown, now)?])
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        self.commit_waking(tx, woken).await?;
+        Ok(row.is_some())
+    }
+
+    async fn complete(
+        &self,
+        tenant: &TenantId,
+        id: &CallId,
+        record: RecordOf<'_>,
+        reason: ReleaseReason,
+        release_now: Option<ReleaseNow<'_>>,
+    ) -> Result<Option<Settled>, GwError> {
+        let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        let now = Utc::now();
+        let mut tx = self.write_tx().await?;
+        let row = tx
+            .exec()
+            .fetch_optional(
+                &format!("{CALL_BY_ID}{}", self.db.dialect().for_update()),
+                args![id.as_str()],
+            )
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let call = call_of(&row)?;
+        if &call.tenant_id != tenant {
+            return Ok(None);
+        }
+        // Only an open or expired record takes a completion: a duplicate (same Infinity
+        // uuid, or any second report) finds it completed and changes nothing.
+        if !(call.status.is_open() || call.status == CallStatus::Expired) {
+            return Ok(Some(Settled {
+                outcome: Completed::AlreadyCompleted,
+                call,
+                release: None,
+                tried: false,
+            }));
+        }
+        let c = record(&call);
+        let owed = call.owed_release(reason);
+        let res = self
+            .write_returning(
+                &mut tx,
+                "update communication_records set status = 'completed', result = $2, start_time = $3, \
+                 answer_time = $4, end_time = $5, talk_seconds = $6, total_seconds = $7, hangup_cause = $8, \
+                 hangup_side = $9, record_url = $10, record_filename = $11, infinity_uuid = $12, \
+                 infinity_cdr_id = $13, raw_callback = $14, error_code = null, error_message = null, \
+                 updated_at = $15 where call_id = $1",
+                record_cols!(),
+                args![
+                    id.as_str(),
+                    c.result.as_str(),
+                    c.start_time,
+                    c.answer_time,
+                    c.end_time,
+                    int(c.talk_seconds),
+                    int(c.total_seconds),
+                    c.hangup_cause.map(int),
+                    c.hangup_side.map(|h| h.as_str()),
+                    &c.record_url,
+                    &c.record_filename,
+                    &c.infinity_uuid,
+                    c.infinity_cdr_id.and_then(|v| i64::try_from(v).ok()),
+                    &c.raw,
+                    now
+                ],
+                CALL_BY_ID,
+                args![id.as_str()],
+            )
+            .await;
+        let updated = match res {
+            Ok(Some(r)) => call_of(&r)?,
+            Ok(None) => {
+                return Err(GwError::Internal(anyhow::anyhow!(
+                    "call {id} vanished under its row lock"
+                )));
+            }
+            // The same Infinity uuid already completed another call of the tenant: a
+            // duplicate (the transaction is rolled back).
+            Err(e) if cco_platform::db::is_unique_violation(&e) => {
+                return Ok(Some(Settled {
+                    outcome: Completed::AlreadyCompleted,
+                    call,
+                    release: None,
+                    tried: false,
+                }));
+            }
+            Err(e) => return Err(db_err(e)),
+        };
+        // Only now that the completion is written (it can still turn out a duplicate
+        // above) may the lease go: it is sent while this transaction holds the call. If
+        // the commit failed afterwards, the call would stay open with its lease already
+        // free; the callback's retry completes it and the second release changes nothing.
+        // `None` from the sender: it did not try (the allocator is known to be slow or
+        // down), so the caller sends the release after the commit.
+        let sent = match (&owed, release_now) {
+            (Some(r), Some(send)) => send(r.clone()).await,
+            _ => None,
+        };
+        let tried = sent.is_some();
+        let released = sent.unwrap_or(false);
+        let mut updated = updated;
+        let release = match owed {
+            Some(_) if released => {
+                tx.exec()
+                    .execute(
+                        "update communication_records set lease_released = true where call_id = $1",
+                        args![id.as_str()],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                updated.lease_released = true;
+                None
+            }
+            Some(o) => {
+                self.queue_release(&mut tx, &o, now).await?;
+                Some(o)
+            }
+            None => None,
+        };
+        let woken = self
+            .append_events(
+                &mut tx,
+                vec![CallEvent::of(&updated, EventType::Completed, now)],
+            )
+            .await?;
+        self.commit_waking(tx, woken).await?;
+        Ok(Some(Settled {
+            outcome: Completed::Applied,
+            call: updated,
+            release,
+            tried,
+        }))
+    }
+
+    async fn expire(&self, id: &CallId, release: Option<&Release>) -> Result<bool, GwError> {
+        let now = Utc::now();
+        let mut tx = self.write_tx().await?;
+        let row = self
+            .update_call(
+                &mut tx,
+                "status = 'expired', error_code = 'expired', \
+                 error_message = 'no call record from Infinity within the maximum age', updated_at = $2 \
+                 where call_id = $1 and coalesce(status in ('dialing', 'ringing', 'unknown'), false)",
+                args![id.as_str(), now],
+            )
+            .await?;
+        let mut woken = Vec::new();
+        if let Some(row) = &row {
+            if let Some(o) = release {
+                self.queue_release(&mut tx, o, now).await?;
+            }
+            woken = self
+                .append_events(&mut tx, vec![changed(row, EventType::Expired, now)?])
+                .await?;
+        }
+        self.commit_waking(tx, woken).await?;
+        Ok(row.is_some())
+    }
+
+    async fn claim_open(
+        &self,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Call>, GwError> {
+        let mut tx = self.write_tx().await?;
+        let rows = tx
+            .exec()
+            .fetch_all(
+                concat!(
+                    "select ",
+                    record_cols!(),
+                    " from communication_records \
                      where status in ('dialing', 'ringing', 'unknown') and reconcile_after <= $1 \
                      order by reconcile_after limit $2"
-                ))
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
+                ),
+                args![now, limit],
+            )
+            .await
+            .map_err(db_err)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let r = record_from(row).map_err(db_err)?;
+            // Claim by moving reconcile_after; a replica that read the same row loses here.
+            let n = tx
+                .exec()
+                .execute(
+                    "update communication_records set reconcile_after = $3 \
+                     where call_id = $1 and reconcile_after = $2",
+                    args![&r.call_id, r.reconcile_after, claim_until],
+                )
                 .await
                 .map_err(db_err)?;
-                let mut claimed = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let r = record_from(row).map_err(db_err)?;
-                    // Claim by moving reconcile_after; a replica that read the same row loses here.
-                    let n = sqlx::query("update communication_records set reconcile_after = $3 where call_id = $1 and reconcile_after = $2")
-                        .bind(&r.call_id)
-                        .bind(r.reconcile_after)
-                        .bind(claim_until)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?
-                        .rows_affected();
-                    if n == 1 {
-                        claimed.push(r);
-                    }
-                }
-                tx.commit().await.map_err(db_err)?;
-                claimed.into_iter().map(call_from).collect()
+            if n == 1 {
+                claimed.push(r);
             }
+        }
+        tx.commit().await.map_err(db_err)?;
+        claimed.into_iter().map(call_from).collect()
+    }
 
-            async fn set_lease_expiry(&self, id: &CallId, at: DateTime<Utc>) -> Result<(), GwError> {
-                sqlx::query("update communication_records set lease_expires_at = $2, updated_at = $3 where call_id = $1")
-                    .bind(id.as_str())
-                    .bind(at)
-                    .bind(Utc::now())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            }
+    async fn set_lease_expiry(&self, id: &CallId, at: DateTime<Utc>) -> Result<(), GwError> {
+        self.db
+            .execute(
+                "update communication_records set lease_expires_at = $2, updated_at = $3 where call_id = $1",
+                args![id.as_str(), at, Utc::now()],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
 
-            async fn list_calls(&self, f: &CallFilter) -> Result<Vec<Call>, GwError> {
-                let (before_t, before_id) = match &f.before {
-                    Some((t, id)) => (Some(*t), Some(id.clone())),
-                    None => (None, None),
-                };
-                let rows = sqlx::query(concat!(
-                    "select ", record_cols!(), " from communication_records where tenant_id = $1 \
-                     and ($2 is null or collector_id = $2) and ($3 is null or case_id = $3) and ($4 is null or status = $4) \
+    async fn list_calls(&self, f: &CallFilter) -> Result<Vec<Call>, GwError> {
+        let (before_t, before_id) = match &f.before {
+            Some((t, id)) => (Some(*t), Some(id.as_str())),
+            None => (None, None),
+        };
+        let rows = self
+            .db
+            .fetch_all(
+                concat!(
+                    "select ",
+                    record_cols!(),
+                    " from communication_records where tenant_id = $1 \
+                     and ($2 is null or collector_id = $2) and ($3 is null or case_id = $3) \
+                     and ($4 is null or status = $4) \
                      and ($5 is null or created_at >= $5) and ($6 is null or created_at < $6) \
                      and ($7 is null or created_at < $7 or (created_at = $7 and call_id < $8)) \
                      and ($10 is null or result = $10) \
                      order by created_at desc, call_id desc limit $9"
-                ))
-                .bind(f.tenant_id.as_str()).bind(&f.collector_id).bind(&f.case_id).bind(f.status.map(|s| s.as_str()))
-                .bind(f.since).bind(f.until).bind(before_t).bind(before_id).bind(i64::from(f.limit))
-                .bind(f.result.map(|r| r.as_str()))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-                rows.iter()
-                    .map(|r| record_from(r).map_err(db_err).and_then(call_from))
-                    .collect()
-            }
+                ),
+                args![
+                    f.tenant_id.as_str(),
+                    &f.collector_id,
+                    &f.case_id,
+                    f.status.map(|s| s.as_str()),
+                    f.since,
+                    f.until,
+                    before_t,
+                    before_id,
+                    f.limit,
+                    f.result.map(|r| r.as_str())
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(call_of).collect()
+    }
 
-            async fn summarize_calls(&self, f: &SummaryFilter) -> Result<Vec<SummaryRow>, GwError> {
-                let rows = match f.window {
-                    SummaryWindow::Created(since, until) => sqlx::query(
+    async fn summarize_calls(&self, f: &SummaryFilter) -> Result<Vec<SummaryRow>, GwError> {
+        let rows = match f.window {
+            SummaryWindow::Created(since, until) => {
+                self.db
+                    .fetch_all(
                         "select status, result, hangup_cause, count(*) as n from communication_records \
                          where tenant_id = $1 and ($2 is null or collector_id = $2) \
                          and created_at >= $3 and created_at < $4 group by status, result, hangup_cause",
+                        args![f.tenant_id.as_str(), &f.collector_id, since, until],
                     )
-                    .bind(f.tenant_id.as_str()).bind(&f.collector_id).bind(since).bind(until)
-                    .fetch_all(&self.pool)
-                    .await,
-                    // The status list matches the open-calls partial index's predicate.
-                    SummaryWindow::Open => sqlx::query(
+                    .await
+            }
+            // The status list matches the open-calls partial index's predicate.
+            SummaryWindow::Open => {
+                self.db
+                    .fetch_all(
                         "select status, result, hangup_cause, count(*) as n from communication_records \
                          where status in ('dialing', 'ringing', 'unknown') and tenant_id = $1 \
                          and ($2 is null or collector_id = $2) group by status, result, hangup_cause",
+                        args![f.tenant_id.as_str(), &f.collector_id],
                     )
-                    .bind(f.tenant_id.as_str()).bind(&f.collector_id)
-                    .fetch_all(&self.pool)
-                    .await,
-                }
-                .map_err(db_err)?;
-                rows.iter()
-                    .map(|r| {
-                        let status: String = r.try_get("status").map_err(db_err)?;
-                        let result: Option<String> = r.try_get("result").map_err(db_err)?;
-                        let cause: Option<i32> = r.try_get("hangup_cause").map_err(db_err)?;
-                        let n: i64 = r.try_get("n").map_err(db_err)?;
-                        Ok(SummaryRow {
-                            status: CallStatus::parse(&status)
-                                .ok_or_else(|| crate::store::corrupt("status"))?,
-                            result: result
-                                .as_deref()
-                                .map(|r| CallResult::parse(r).ok_or_else(|| crate::store::corrupt("result")))
-                                .transpose()?,
-                            hangup_cause: cause.and_then(|c| u32::try_from(c).ok()),
-                            count: u64::try_from(n).unwrap_or(0),
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn insert_unmatched(&self, u: &Unmatched) -> Result<(), GwError> {
-                sqlx::query(
-                    "insert into unmatched_callbacks (id, tenant_id, customuuid, memberid, infinity_uuid, source_ip, payload, reason, \
-                     received_at, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
-                )
-                .bind(&u.id).bind(&u.tenant_id).bind(&u.customuuid).bind(&u.memberid).bind(&u.infinity_uuid)
-                .bind(&u.source_ip).bind(&u.payload).bind(&u.reason).bind(u.received_at)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-                Ok(())
-            }
-
-            async fn unmatched(&self, tenant_id: Option<&str>) -> Result<Vec<Unmatched>, GwError> {
-                let rows = sqlx::query("select * from unmatched_callbacks where ($1 is null or tenant_id = $1) order by received_at")
-                    .bind(tenant_id)
-                    .fetch_all(&self.pool)
                     .await
-                    .map_err(db_err)?;
-                rows.iter().map(unmatched_from).collect::<Result<_, _>>().map_err(db_err)
-            }
-
-            async fn claim_outbox(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<Release>, GwError> {
-                let mut tx = self.write_tx().await?;
-                let rows = claim_due(&mut tx, "lease_release_outbox", "lease_id", "call_id, fencing_token, reason", now, claim_until, limit).await?;
-                tx.commit().await.map_err(db_err)?;
-                rows.iter()
-                    .map(|row| {
-                        let call_id: String = row.try_get("call_id").map_err(db_err)?;
-                        let reason: String = row.try_get("reason").map_err(db_err)?;
-                        Ok(Release {
-                            lease_id: row.try_get("lease_id").map_err(db_err)?,
-                            call_id: CallId::parse("call_id", &call_id).map_err(|_| crate::store::corrupt("outbox call_id"))?,
-                            fencing_token: row.try_get("fencing_token").map_err(db_err)?,
-                            reason: ReleaseReason::parse(&reason).ok_or_else(|| crate::store::corrupt("outbox reason"))?,
-                            attempts: row.try_get::<i32, _>("attempts").map_err(db_err)?.saturating_add(1),
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn outbox_done(&self, done: &[(String, CallId)]) -> Result<(), GwError> {
-                let now = Utc::now();
-                // Calls first, then outbox rows, each in key order: the order every other
-                // transaction that touches both takes them in.
-                let mut by_call: Vec<&(String, CallId)> = done.iter().collect();
-                by_call.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
-                let mut by_lease: Vec<&(String, CallId)> = done.iter().collect();
-                by_lease.sort_by(|a, b| a.0.cmp(&b.0));
-                let mut tx = self.write_tx().await?;
-                for (lease_id, call) in by_call {
-                    // Once: the request path and the background worker may both confirm one release.
-                    sqlx::query("update communication_records set lease_released = true, updated_at = $3 where call_id = $1 and lease_id = $2 and lease_released = false")
-                        .bind(call.as_str())
-                        .bind(lease_id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                }
-                for (lease_id, _) in by_lease {
-                    sqlx::query("delete from lease_release_outbox where lease_id = $1")
-                        .bind(lease_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                }
-                tx.commit().await.map_err(db_err)
-            }
-
-            async fn outbox_retry(&self, lease_id: &str, error: &str, next: DateTime<Utc>) -> Result<(), GwError> {
-                sqlx::query("update lease_release_outbox set last_error = $2, next_attempt_at = $3, updated_at = $4 where lease_id = $1")
-                    .bind(lease_id)
-                    .bind(error)
-                    .bind(next)
-                    .bind(Utc::now())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            }
-
-            async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, GwError> {
-                // Open calls are counted through the partial index of open calls; the outboxes
-                // are small. One read-only transaction: one commit for the three reads.
-                let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let rows = sqlx::query(
-                    "select status, count(*) as n, min(case when reconcile_after <= $1 then reconcile_after end) as due \
-                     from communication_records where status in ('dialing', 'ringing', 'unknown') group by status",
-                )
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let mut open = Vec::new();
-                let mut due: Option<DateTime<Utc>> = None;
-                for r in &rows {
-                    let status: String = r.try_get("status").map_err(db_err)?;
-                    let n: i64 = r.try_get("n").map_err(db_err)?;
-                    let d: Option<DateTime<Utc>> = r.try_get("due").map_err(db_err)?;
-                    due = match (due, d) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    if let Some(st) = CallStatus::parse(&status) {
-                        open.push((st, n));
-                    }
-                }
-                let outbox = sqlx::query("select count(*) as n, min(created_at) as oldest from lease_release_outbox")
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                let pool_purges: i64 = sqlx::query_scalar("select count(*) from pool_purge_outbox")
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
-                Ok(Snapshot {
-                    now,
-                    open,
-                    outbox_depth: outbox.try_get("n").map_err(db_err)?,
-                    outbox_oldest: outbox.try_get("oldest").map_err(db_err)?,
-                    pool_purges,
-                    reconcile_due_since: due,
-                })
-            }
-
-            async fn delete_config(&self, tenant_id: &str) -> Result<Option<DeletedConfig>, GwError> {
-                let now = Utc::now();
-                let mut tx = self.write_tx().await?;
-                let config_id: Option<String> = sqlx::query_scalar("delete from infinity_call_configs where tenant_id = $1 returning config_id")
-                    .bind(tenant_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                let Some(config_id) = config_id else {
-                    return Ok(None);
-                };
-                // Calls before collectors: the order the ringing marks take rows in.
-                let open = sqlx::query(concat!(
-                    "update communication_records set status = 'failed', error_code = $2, \
-                     error_message = 'the tenant''s Infinity config was deleted while the call was open', updated_at = $3 \
-                     where tenant_id = $1 and status in ('dialing', 'ringing', 'unknown') returning ", record_cols!()
-                ))
-                .bind(tenant_id)
-                .bind(CONFIG_DELETED)
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                sqlx::query("delete from collectors where tenant_id = $1")
-                    .bind(tenant_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                let mut releases = Vec::new();
-                let mut events = Vec::with_capacity(open.len());
-                for row in &open {
-                    let call = call_from(record_from(row).map_err(db_err)?)?;
-                    if let Some(o) = call.owed_release(ReleaseReason::Cancelled) {
-                        queue_release(&mut tx, &o, now).await?;
-                        releases.push(o);
-                    }
-                    events.push(CallEvent::of(&call, EventType::Failed, now));
-                }
-                sqlx::query(
-                    "insert into pool_purge_outbox (config_id, tenant_id, attempts, next_attempt_at, created_at, updated_at) \
-                     values ($1, $2, 0, $3, $3, $3) on conflict (config_id) do nothing",
-                )
-                .bind(&config_id)
-                .bind(tenant_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let woken = append_events(&mut tx, events).await?;
-                self.commit_waking(tx, woken).await?;
-                self.feed.bump();
-                Ok(Some(DeletedConfig {
-                    config_id,
-                    calls_ended: u32::try_from(open.len()).unwrap_or(u32::MAX),
-                    releases,
-                }))
-            }
-
-            async fn claim_pool_purges(&self, now: DateTime<Utc>, claim_until: DateTime<Utc>, limit: u32) -> Result<Vec<PoolPurge>, GwError> {
-                let mut tx = self.write_tx().await?;
-                let rows = claim_due(&mut tx, "pool_purge_outbox", "config_id", "tenant_id", now, claim_until, limit).await?;
-                tx.commit().await.map_err(db_err)?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(PoolPurge {
-                            config_id: row.try_get("config_id").map_err(db_err)?,
-                            tenant_id: row.try_get("tenant_id").map_err(db_err)?,
-                            attempts: row.try_get::<i32, _>("attempts").map_err(db_err)?.saturating_add(1),
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn pool_purge_done(&self, config_id: &str) -> Result<(), GwError> {
-                sqlx::query("delete from pool_purge_outbox where config_id = $1")
-                    .bind(config_id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            }
-
-            async fn pool_purge_retry(&self, config_id: &str, error: &str, next: DateTime<Utc>) -> Result<(), GwError> {
-                sqlx::query("update pool_purge_outbox set last_error = $2, next_attempt_at = $3, updated_at = $4 where config_id = $1")
-                    .bind(config_id)
-                    .bind(error)
-                    .bind(next)
-                    .bind(Utc::now())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            }
-
-            async fn next_caller_index(&self, tenant_id: &str) -> Result<i64, GwError> {
-                let now = Utc::now();
-                sqlx::query_scalar(
-                    "insert into caller_number_cursors (tenant_id, next_index, created_at, updated_at) values ($1, 1, $2, $2) \
-                     on conflict (tenant_id) do update set next_index = caller_number_cursors.next_index + 1, updated_at = $2 \
-                     returning next_index - 1",
-                )
-                .bind(tenant_id)
-                .bind(now)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err)
-            }
-
-            fn event_wakes(&self) -> tokio::sync::broadcast::Receiver<String> {
-                self.feed.events.subscribe()
-            }
-
-            async fn events(&self, tenant_id: &str, after: u64, limit: u32, filter: &EventFilter) -> Result<Vec<CallEvent>, GwError> {
-                // One statement per shape (not `$4 is null or ...`), so each uses its index.
-                let (column, value) = match (&filter.call_id, &filter.collector_id) {
-                    (Some(c), _) => (" and call_id = $4", Some(c)),
-                    (None, Some(c)) => (" and collector_id = $4", Some(c)),
-                    (None, None) => ("", None),
-                };
-                let sql = format!(
-                    "select {EVENT_COLS} from call_events where tenant_id = $1 and event_id > $2{column} order by event_id limit $3"
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(tenant_id)
-                    .bind(i64::try_from(after).unwrap_or(i64::MAX))
-                    .bind(i64::from(limit));
-                if let Some(v) = value {
-                    q = q.bind(v);
-                }
-                let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
-                let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
-                Ok(events
-                    .into_iter()
-                    .filter(|e| filter.collector_id.as_ref().is_none_or(|c| *c == e.collector_id))
-                    .collect())
-            }
-
-            async fn sequence_events(&self, tenants: &[String]) -> Result<Vec<String>, GwError> {
-                if !$row_locks {
-                    return Ok(Vec::new());
-                }
-                // The tenants with events still to number, those waiting longest first (so no
-                // tenant is starved by busier ones); one indexed query, nothing locked when
-                // there is no work.
-                let waiting: Vec<String> = sqlx::query_scalar(
-                    "select tenant_id from call_events where event_id is null \
-                     group by tenant_id order by min(seq) limit $1",
-                )
-                .bind(SEQUENCE_TENANTS)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-                let todo: Vec<String> = if tenants.is_empty() {
-                    waiting
-                } else {
-                    waiting.into_iter().filter(|t| tenants.contains(t)).collect()
-                };
-                let mut advanced = Vec::new();
-                for tenant in todo {
-                    // One tenant's failure does not hold up the others.
-                    match self.sequence_tenant(&tenant).await {
-                        Ok(true) => advanced.push(tenant),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(tenant = %tenant, error = %e, "cannot number call events"),
-                    }
-                }
-                Ok(advanced)
-            }
-
-            async fn event_heads(&self) -> Result<Vec<(String, u64)>, GwError> {
-                let rows = sqlx::query("select tenant_id, last_id from call_event_seq")
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                rows.iter()
-                    .map(|r| {
-                        let last: i64 = r.try_get("last_id").map_err(db_err)?;
-                        Ok((r.try_get("tenant_id").map_err(db_err)?, u64::try_from(last).unwrap_or(0)))
-                    })
-                    .collect()
-            }
-
-            async fn event_bounds(&self, tenant_id: &str) -> Result<EventBounds, GwError> {
-                let row = sqlx::query("select pruned_through, last_id from call_event_seq where tenant_id = $1")
-                    .bind(tenant_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                let Some(row) = row else {
-                    return Ok(EventBounds::default());
-                };
-                let get = |c: &str| -> Result<u64, GwError> {
-                    let v: i64 = row.try_get(c).map_err(db_err)?;
-                    u64::try_from(v).map_err(|_| crate::store::corrupt("call_event_seq"))
-                };
-                Ok(EventBounds { pruned_through: get("pruned_through")?, last_id: get("last_id")? })
-            }
-
-            async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, GwError> {
-                // Per tenant, everything up to its newest event older than `before` goes: a
-                // prefix of its ids, whatever the replicas' clocks did in between. Each mark is
-                // its own short statement (a counter row is locked for one update, never across
-                // the delete), and the delete locks no counter.
-                let marks = sqlx::query(
-                    "select tenant_id, max(event_id) as through from call_events \
-                     where occurred_at < $1 and event_id is not null group by tenant_id",
-                )
-                .bind(before)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-                for m in &marks {
-                    let tenant: String = m.try_get("tenant_id").map_err(db_err)?;
-                    let Some(through) = m.try_get::<Option<i64>, _>("through").map_err(db_err)? else {
-                        continue;
-                    };
-                    sqlx::query("update call_event_seq set pruned_through = $2 where tenant_id = $1 and pruned_through < $2")
-                        .bind(&tenant)
-                        .bind(through)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(db_err)?;
-                }
-                if marks.is_empty() {
-                    return Ok(0);
-                }
-                let n = sqlx::query(
-                    "delete from call_events where event_id <= (select s.pruned_through from call_event_seq s \
-                     where s.tenant_id = call_events.tenant_id)",
-                )
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-                Ok(n)
-            }
-
-            async fn relay_events(&self, tenants: u32, batch: u32, publish: Publish<'_>) -> Result<u64, GwError> {
-                let now = Utc::now();
-                // Every tenant with events gets its relay row, so that it can be locked.
-                sqlx::query(
-                    "insert into call_event_relay (tenant_id, relayed_through, updated_at) \
-                     select s.tenant_id, 0, $1 from call_event_seq s \
-                     where not exists (select 1 from call_event_relay r where r.tenant_id = s.tenant_id) \
-                     on conflict (tenant_id) do nothing",
-                )
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-                let mut published = 0u64;
-                let pending = sqlx::query(
-                    "select r.tenant_id from call_event_relay r join call_event_seq s on s.tenant_id = r.tenant_id \
-                     where s.last_id > r.relayed_through order by r.updated_at limit $1",
-                )
-                .bind(i64::from(tenants))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-                for row in pending {
-                    let tenant: String = row.try_get("tenant_id").map_err(db_err)?;
-                    // Claimed for a while rather than locked: publishing waits on NATS, and
-                    // no transaction stays open across it. A replica that finds the tenant
-                    // claimed skips it.
-                    let now = Utc::now();
-                    let claim = now + RELAY_CLAIM;
-                    let claimed = sqlx::query(
-                        "update call_event_relay set claimed_until = $2 where tenant_id = $1 \
-                         and (claimed_until is null or claimed_until < $3)",
-                    )
-                    .bind(&tenant)
-                    .bind(claim)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?
-                    .rows_affected();
-                    if claimed == 0 {
-                        continue;
-                    }
-                    let marks = sqlx::query(
-                        "select r.relayed_through, s.pruned_through from call_event_relay r \
-                         join call_event_seq s on s.tenant_id = r.tenant_id where r.tenant_id = $1",
-                    )
-                    .bind(&tenant)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                    let through: i64 = marks.try_get("relayed_through").map_err(db_err)?;
-                    let pruned: i64 = marks.try_get("pruned_through").map_err(db_err)?;
-                    if pruned > through {
-                        tracing::error!(tenant = %tenant, from = through + 1, to = pruned,
-                            "call events deleted by retention before the relay published them");
-                    }
-                    let start = through.max(pruned);
-                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "select {EVENT_COLS} from call_events where tenant_id = $1 and event_id > $2 order by event_id limit $3"
-                    )))
-                    .bind(&tenant)
-                    .bind(start)
-                    .bind(i64::from(batch))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                    let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
-                    let ids: Vec<u64> = events.iter().map(|e| e.event_id).collect();
-                    let acked = publish(events).await;
-                    let last = match acked.checked_sub(1).and_then(|i| ids.get(i)) {
-                        Some(id) => i64::try_from(*id).unwrap_or(i64::MAX),
-                        None => start,
-                    };
-                    // Only forward: a replica whose claim ran out cannot move it back; and only
-                    // its own claim is given up (another replica may hold the tenant by now).
-                    sqlx::query(
-                        "update call_event_relay set relayed_through = case when relayed_through < $2 then $2 else relayed_through end, \
-                         claimed_until = case when claimed_until = $4 then null else claimed_until end, updated_at = $3 \
-                         where tenant_id = $1",
-                    )
-                    .bind(&tenant)
-                    .bind(last)
-                    .bind(Utc::now())
-                    .bind(claim)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                    published += u64::try_from(acked).unwrap_or(0);
-                    if acked < ids.len() {
-                        break;
-                    }
-                }
-                Ok(published)
             }
         }
-    };
-}
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let status = r.text("status").map_err(db_err)?;
+                let result = r.opt_text("result").map_err(db_err)?;
+                let cause = r.opt_i32("hangup_cause").map_err(db_err)?;
+                let n = r.i64("n").map_err(db_err)?;
+                Ok(SummaryRow {
+                    status: CallStatus::parse(&status)
+                        .ok_or_else(|| crate::store::corrupt("status"))?,
+                    result: result
+                        .as_deref()
+                        .map(|r| {
+                            CallResult::parse(r).ok_or_else(|| crate::store::corrupt("result"))
+                        })
+                        .transpose()?,
+                    hangup_cause: cause.and_then(|c| u32::try_from(c).ok()),
+                    count: u64::try_from(n).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
 
-mod pg {
-    use super::*;
-    call_store!(
-        PgGatewayStore,
-        sqlx::Postgres,
-        "",
-        " for update",
-        " for update skip locked",
-        true
-    );
-}
+    async fn insert_unmatched(&self, u: &Unmatched) -> Result<(), GwError> {
+        self.db
+            .execute(
+                "insert into unmatched_callbacks (id, tenant_id, customuuid, memberid, infinity_uuid, \
+                 source_ip, payload, reason, received_at, created_at, updated_at) \
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
+                args![
+                    &u.id,
+                    &u.tenant_id,
+                    &u.customuuid,
+                    &u.memberid,
+                    &u.infinity_uuid,
+                    &u.source_ip,
+                    &u.payload,
+                    &u.reason,
+                    u.received_at
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
 
-mod lite {
-    use super::*;
-    call_store!(
-        SqliteGatewayStore,
-        sqlx::Sqlite,
-        "begin immediate",
-        "",
-        "",
-        false
-    );
+    async fn unmatched(&self, tenant_id: Option<&str>) -> Result<Vec<Unmatched>, GwError> {
+        let rows = self
+            .db
+            .fetch_all(
+                "select id, tenant_id, customuuid, memberid, infinity_uuid, source_ip, payload, reason, \
+                 received_at from unmatched_callbacks where ($1 is null or tenant_id = $1) \
+                 order by received_at",
+                args![tenant_id],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(unmatched_from)
+            .collect::<Result<_, _>>()
+            .map_err(db_err)
+    }
+
+    async fn claim_outbox(
+        &self,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Release>, GwError> {
+        let mut tx = self.write_tx().await?;
+        let rows = self
+            .claim_due(
+                &mut tx,
+                "lease_release_outbox",
+                "lease_id",
+                "call_id, fencing_token, reason",
+                now,
+                claim_until,
+                limit,
+            )
+            .await?;
+        tx.commit().await.map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let call_id = row.text("call_id").map_err(db_err)?;
+                let reason = row.text("reason").map_err(db_err)?;
+                Ok(Release {
+                    lease_id: row.text("lease_id").map_err(db_err)?,
+                    call_id: CallId::parse("call_id", &call_id)
+                        .map_err(|_| crate::store::corrupt("outbox call_id"))?,
+                    fencing_token: row.i64("fencing_token").map_err(db_err)?,
+                    reason: ReleaseReason::parse(&reason)
+                        .ok_or_else(|| crate::store::corrupt("outbox reason"))?,
+                    attempts: row.i32("attempts").map_err(db_err)?.saturating_add(1),
+                })
+            })
+            .collect()
+    }
+
+    async fn outbox_done(&self, done: &[(String, CallId)]) -> Result<(), GwError> {
+        let now = Utc::now();
+        // Calls first, then outbox rows, each in key order: the order every other
+        // transaction that touches both takes them in.
+        let mut by_call: Vec<&(String, CallId)> = done.iter().collect();
+        by_call.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+        let mut by_lease: Vec<&(String, CallId)> = done.iter().collect();
+        by_lease.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tx = self.write_tx().await?;
+        for (lease_id, call) in by_call {
+            // Once: the request path and the background worker may both confirm one release.
+            tx.exec()
+                .execute(
+                    "update communication_records set lease_released = true, updated_at = $3 \
+                     where call_id = $1 and lease_id = $2 and lease_released = false",
+                    args![call.as_str(), lease_id, now],
+                )
+                .await
+                .map_err(db_err)?;
+        }
+        for (lease_id, _) in by_lease {
+            tx.exec()
+                .execute(
+                    "delete from lease_release_outbox where lease_id = $1",
+                    args![lease_id],
+                )
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn outbox_retry(
+        &self,
+        lease_id: &str,
+        error: &str,
+        next: DateTime<Utc>,
+    ) -> Result<(), GwError> {
+        self.db
+            .execute(
+                "update lease_release_outbox set last_error = $2, next_attempt_at = $3, updated_at = $4 \
+                 where lease_id = $1",
+                args![lease_id, error, next, Utc::now()],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, GwError> {
+        // Open calls are counted through the partial index of open calls; the outboxes
+        // are small. One read-only transaction: one commit for the three reads.
+        let mut tx = self.db.begin(Mode::Read).await.map_err(db_err)?;
+        let rows = tx
+            .exec()
+            .fetch_all(
+                "select status, count(*) as n, min(case when reconcile_after <= $1 then reconcile_after end) as due \
+                 from communication_records where status in ('dialing', 'ringing', 'unknown') group by status",
+                args![now],
+            )
+            .await
+            .map_err(db_err)?;
+        let mut open = Vec::new();
+        let mut due: Option<DateTime<Utc>> = None;
+        for r in &rows {
+            let status = r.text("status").map_err(db_err)?;
+            let n = r.i64("n").map_err(db_err)?;
+            let d = r.opt_time("due").map_err(db_err)?;
+            due = match (due, d) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(st) = CallStatus::parse(&status) {
+                open.push((st, n));
+            }
+        }
+        let outbox = tx
+            .exec()
+            .fetch_one(
+                "select count(*) as n, min(created_at) as oldest from lease_release_outbox",
+                args![],
+            )
+            .await
+            .map_err(db_err)?;
+        let pool_purges = tx
+            .exec()
+            .fetch_one("select count(*) as n from pool_purge_outbox", args![])
+            .await
+            .map_err(db_err)?
+            .i64("n")
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Snapshot {
+            now,
+            open,
+            outbox_depth: outbox.i64("n").map_err(db_err)?,
+            outbox_oldest: outbox.opt_time("oldest").map_err(db_err)?,
+            pool_purges,
+            reconcile_due_since: due,
+        })
+    }
+
+    async fn delete_config(&self, tenant_id: &str) -> Result<Option<DeletedConfig>, GwError> {
+        let now = Utc::now();
+        let d = self.db.dialect();
+        let mut tx = self.write_tx().await?;
+        let config_id = if d.has_returning() {
+            tx.exec()
+                .fetch_optional(
+                    "delete from infinity_call_configs where tenant_id = $1 returning config_id",
+                    args![tenant_id],
+                )
+                .await
+        } else {
+            let found = tx
+                .exec()
+                .fetch_optional(
+                    "select config_id from infinity_call_configs where tenant_id = $1 for update",
+                    args![tenant_id],
+                )
+                .await;
+            if let Ok(Some(_)) = &found {
+                tx.exec()
+                    .execute(
+                        "delete from infinity_call_configs where tenant_id = $1",
+                        args![tenant_id],
+                    )
+                    .await
+                    .map_err(db_err)?;
+            }
+            found
+        }
+        .map_err(db_err)?;
+        let Some(config_id) = config_id else {
+            return Ok(None);
+        };
+        let config_id = config_id.text("config_id").map_err(db_err)?;
+        // Calls before collectors: the order the ringing marks take rows in.
+        const END_OPEN: &str = "update communication_records set status = 'failed', error_code = $2, \
+             error_message = 'the tenant''s Infinity config was deleted while the call was open', updated_at = $3 \
+             where tenant_id = $1 and status in ('dialing', 'ringing', 'unknown')";
+        let open = if d.has_returning() {
+            tx.exec()
+                .fetch_all(
+                    &format!("{END_OPEN} returning {}", record_cols!()),
+                    args![tenant_id, CONFIG_DELETED, now],
+                )
+                .await
+                .map_err(db_err)?
+        } else {
+            // Lock the open calls, end them, read them back by id.
+            let ids = tx
+                .exec()
+                .fetch_all(
+                    "select call_id from communication_records \
+                     where tenant_id = $1 and status in ('dialing', 'ringing', 'unknown') \
+                     order by call_id for update",
+                    args![tenant_id],
+                )
+                .await
+                .map_err(db_err)?;
+            tx.exec()
+                .execute(END_OPEN, args![tenant_id, CONFIG_DELETED, now])
+                .await
+                .map_err(db_err)?;
+            let mut rows = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let id = id.text("call_id").map_err(db_err)?;
+                rows.push(
+                    tx.exec()
+                        .fetch_one(CALL_BY_ID, args![&id])
+                        .await
+                        .map_err(db_err)?,
+                );
+            }
+            rows
+        };
+        tx.exec()
+            .execute(
+                "delete from collectors where tenant_id = $1",
+                args![tenant_id],
+            )
+            .await
+            .map_err(db_err)?;
+        let mut releases = Vec::new();
+        let mut events = Vec::with_capacity(open.len());
+        for row in &open {
+            let call = call_of(row)?;
+            if let Some(o) = call.owed_release(ReleaseReason::Cancelled) {
+                self.queue_release(&mut tx, &o, now).await?;
+                releases.push(o);
+            }
+            events.push(CallEvent::of(&call, EventType::Failed, now));
+        }
+        tx.exec()
+            .execute(
+                &d.insert_or_ignore(
+                    "pool_purge_outbox",
+                    "config_id, tenant_id, attempts, next_attempt_at, created_at, updated_at",
+                    "($1, $2, 0, $3, $3, $3)",
+                    "config_id",
+                ),
+                args![&config_id, tenant_id, now],
+            )
+            .await
+            .map_err(db_err)?;
+        let woken = self.append_events(&mut tx, events).await?;
+        self.commit_waking(tx, woken).await?;
+        self.feed.bump();
+        Ok(Some(DeletedConfig {
+            config_id,
+            calls_ended: u32::try_from(open.len()).unwrap_or(u32::MAX),
+            releases,
+        }))
+    }
+
+    async fn claim_pool_purges(
+        &self,
+        now: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PoolPurge>, GwError> {
+        let mut tx = self.write_tx().await?;
+        let rows = self
+            .claim_due(
+                &mut tx,
+                "pool_purge_outbox",
+                "config_id",
+                "tenant_id",
+                now,
+                claim_until,
+                limit,
+            )
+            .await?;
+        tx.commit().await.map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(PoolPurge {
+                    config_id: row.text("config_id").map_err(db_err)?,
+                    tenant_id: row.text("tenant_id").map_err(db_err)?,
+                    attempts: row.i32("attempts").map_err(db_err)?.saturating_add(1),
+                })
+            })
+            .collect()
+    }
+
+    async fn pool_purge_done(&self, config_id: &str) -> Result<(), GwError> {
+        self.db
+            .execute(
+                "delete from pool_purge_outbox where config_id = $1",
+                args![config_id],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn pool_purge_retry(
+        &self,
+        config_id: &str,
+        error: &str,
+        next: DateTime<Utc>,
+    ) -> Result<(), GwError> {
+        self.db
+            .execute(
+                "update pool_purge_outbox set last_error = $2, next_attempt_at = $3, updated_at = $4 \
+                 where config_id = $1",
+                args![config_id, error, next, Utc::now()],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn next_caller_index(&self, tenant_id: &str) -> Result<i64, GwError> {
+        let now = Utc::now();
+        let upsert = self.db.dialect().upsert(
+            "caller_number_cursors",
+            "tenant_id, next_index, created_at, updated_at",
+            "($1, 1, $2, $2)",
+            "tenant_id",
+            "next_index = caller_number_cursors.next_index + 1, updated_at = new(updated_at)",
+        );
+        let row = self
+            .write_returning_once(
+                &upsert,
+                "next_index - 1 as i",
+                args![tenant_id, now],
+                "select next_index - 1 as i from caller_number_cursors where tenant_id = $1",
+                args![tenant_id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.ok_or_else(|| crate::store::corrupt("caller_number_cursors"))?
+            .i64("i")
+            .map_err(db_err)
+    }
+
+    fn event_wakes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.feed.events.subscribe()
+    }
+
+    async fn events(
+        &self,
+        tenant_id: &str,
+        after: u64,
+        limit: u32,
+        filter: &EventFilter,
+    ) -> Result<Vec<CallEvent>, GwError> {
+        // One statement per shape (not `$4 is null or ...`), so each uses its index.
+        let (column, value) = match (&filter.call_id, &filter.collector_id) {
+            (Some(c), _) => (" and call_id = $4", Some(c)),
+            (None, Some(c)) => (" and collector_id = $4", Some(c)),
+            (None, None) => ("", None),
+        };
+        let sql = format!(
+            "select {EVENT_COLS} from call_events where tenant_id = $1 and event_id > $2{column} \
+             order by event_id limit $3"
+        );
+        let mut a = vec![
+            Arg::Text(tenant_id),
+            Arg::I64(i64::try_from(after).unwrap_or(i64::MAX)),
+            Arg::I64(limit.into()),
+        ];
+        if let Some(v) = value {
+            a.push(Arg::Text(v));
+        }
+        let rows = self.db.fetch_all(&sql, &a).await.map_err(db_err)?;
+        let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
+        Ok(events
+            .into_iter()
+            .filter(|e| {
+                filter
+                    .collector_id
+                    .as_ref()
+                    .is_none_or(|c| *c == e.collector_id)
+            })
+            .collect())
+    }
+
+    async fn sequence_events(&self, tenants: &[String]) -> Result<Vec<String>, GwError> {
+        if !self.row_locks() {
+            return Ok(Vec::new());
+        }
+        // The tenants with events still to number, those waiting longest first (so no
+        // tenant is starved by busier ones); one indexed query, nothing locked when
+        // there is no work.
+        let waiting = self
+            .db
+            .fetch_all(
+                "select tenant_id from call_events where event_id is null \
+                 group by tenant_id order by min(seq) limit $1",
+                args![SEQUENCE_TENANTS],
+            )
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| r.text("tenant_id"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        let todo: Vec<String> = if tenants.is_empty() {
+            waiting
+        } else {
+            waiting
+                .into_iter()
+                .filter(|t| tenants.contains(t))
+                .collect()
+        };
+        let mut advanced = Vec::new();
+        for tenant in todo {
+            // One tenant's failure does not hold up the others.
+            match self.sequence_tenant(&tenant).await {
+                Ok(true) => advanced.push(tenant),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(tenant = %tenant, error = %e, "cannot number call events"),
+            }
+        }
+        Ok(advanced)
+    }
+
+    async fn event_heads(&self) -> Result<Vec<(String, u64)>, GwError> {
+        let rows = self
+            .db
+            .fetch_all("select tenant_id, last_id from call_event_seq", args![])
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let last = r.i64("last_id").map_err(db_err)?;
+                Ok((
+                    r.text("tenant_id").map_err(db_err)?,
+                    u64::try_from(last).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    async fn event_bounds(&self, tenant_id: &str) -> Result<EventBounds, GwError> {
+        let row = self
+            .db
+            .fetch_optional(
+                "select pruned_through, last_id from call_event_seq where tenant_id = $1",
+                args![tenant_id],
+            )
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(EventBounds::default());
+        };
+        let get = |c: &str| -> Result<u64, GwError> {
+            let v = row.i64(c).map_err(db_err)?;
+            u64::try_from(v).map_err(|_| crate::store::corrupt("call_event_seq"))
+        };
+        Ok(EventBounds {
+            pruned_through: get("pruned_through")?,
+            last_id: get("last_id")?,
+        })
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, GwError> {
+        // Per tenant, everything up to its newest event older than `before` goes: a
+        // prefix of its ids, whatever the replicas' clocks did in between. Each mark is
+        // its own short statement (a counter row is locked for one update, never across
+        // the delete), and the delete locks no counter.
+        let marks = self
+            .db
+            .fetch_all(
+                "select tenant_id, max(event_id) as through from call_events \
+                 where occurred_at < $1 and event_id is not null group by tenant_id",
+                args![before],
+            )
+            .await
+            .map_err(db_err)?;
+        for m in &marks {
+            let tenant = m.text("tenant_id").map_err(db_err)?;
+            let Some(through) = m.opt_i64("through").map_err(db_err)? else {
+                continue;
+            };
+            self.db
+                .execute(
+                    "update call_event_seq set pruned_through = $2 where tenant_id = $1 and pruned_through < $2",
+                    args![&tenant, through],
+                )
+                .await
+                .map_err(db_err)?;
+        }
+        if marks.is_empty() {
+            return Ok(0);
+        }
+        self.db
+            .execute(
+                "delete from call_events where event_id <= (select s.pruned_through from call_event_seq s \
+                 where s.tenant_id = call_events.tenant_id)",
+                args![],
+            )
+            .await
+            .map_err(db_err)
+    }
+
+    async fn relay_events(
+        &self,
+        tenants: u32,
+        batch: u32,
+        publish: Publish<'_>,
+    ) -> Result<u64, GwError> {
+        let now = Utc::now();
+        // Every tenant with events gets its relay row, so that it can be locked.
+        let add_rows = match self.db.backend() {
+            // A no-op update where the row exists (the target table may not be read in a
+            // subquery of the insert on MySQL).
+            Backend::MySql => {
+                "insert into call_event_relay (tenant_id, relayed_through, updated_at) \
+                 select s.tenant_id, 0, $1 from call_event_seq s \
+                 on duplicate key update relayed_through = call_event_relay.relayed_through"
+            }
+            _ => {
+                "insert into call_event_relay (tenant_id, relayed_through, updated_at) \
+                 select s.tenant_id, 0, $1 from call_event_seq s \
+                 where not exists (select 1 from call_event_relay r where r.tenant_id = s.tenant_id) \
+                 on conflict (tenant_id) do nothing"
+            }
+        };
+        self.db
+            .execute(add_rows, args![now])
+            .await
+            .map_err(db_err)?;
+        let mut published = 0u64;
+        let pending = self
+            .db
+            .fetch_all(
+                "select r.tenant_id from call_event_relay r join call_event_seq s on s.tenant_id = r.tenant_id \
+                 where s.last_id > r.relayed_through order by r.updated_at limit $1",
+                args![tenants],
+            )
+            .await
+            .map_err(db_err)?;
+        for row in pending {
+            let tenant = row.text("tenant_id").map_err(db_err)?;
+            // Claimed for a while rather than locked: publishing waits on NATS, and
+            // no transaction stays open across it. A replica that finds the tenant
+            // claimed skips it.
+            let now = Utc::now();
+            let claim = now + RELAY_CLAIM;
+            let claimed = self
+                .db
+                .execute(
+                    "update call_event_relay set claimed_until = $2 where tenant_id = $1 \
+                     and (claimed_until is null or claimed_until < $3)",
+                    args![&tenant, claim, now],
+                )
+                .await
+                .map_err(db_err)?;
+            if claimed == 0 {
+                continue;
+            }
+            let marks = self
+                .db
+                .fetch_one(
+                    "select r.relayed_through, s.pruned_through from call_event_relay r \
+                     join call_event_seq s on s.tenant_id = r.tenant_id where r.tenant_id = $1",
+                    args![&tenant],
+                )
+                .await
+                .map_err(db_err)?;
+            let through = marks.i64("relayed_through").map_err(db_err)?;
+            let pruned = marks.i64("pruned_through").map_err(db_err)?;
+            if pruned > through {
+                tracing::error!(tenant = %tenant, from = through + 1, to = pruned,
+                    "call events deleted by retention before the relay published them");
+            }
+            let start = through.max(pruned);
+            let rows = self
+                .db
+                .fetch_all(
+                    &format!(
+                        "select {EVENT_COLS} from call_events where tenant_id = $1 and event_id > $2 \
+                         order by event_id limit $3"
+                    ),
+                    args![&tenant, start, batch],
+                )
+                .await
+                .map_err(db_err)?;
+            let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
+            let ids: Vec<u64> = events.iter().map(|e| e.event_id).collect();
+            let acked = publish(events).await;
+            let last = match acked.checked_sub(1).and_then(|i| ids.get(i)) {
+                Some(id) => i64::try_from(*id).unwrap_or(i64::MAX),
+                None => start,
+            };
+            // Only forward: a replica whose claim ran out cannot move it back; and only
+            // its own claim is given up (another replica may hold the tenant by now).
+            self.db
+                .execute(
+                    "update call_event_relay set relayed_through = case when relayed_through < $2 then $2 else relayed_through end, \
+                     claimed_until = case when claimed_until = $4 then null else claimed_until end, updated_at = $3 \
+                     where tenant_id = $1",
+                    args![&tenant, last, Utc::now(), claim],
+                )
+                .await
+                .map_err(db_err)?;
+            published += u64::try_from(acked).unwrap_or(0);
+            if acked < ids.len() {
+                break;
+            }
+        }
+        Ok(published)
+    }
 }

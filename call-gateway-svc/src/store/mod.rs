@@ -1,8 +1,11 @@
 //! The gateway's storage, the only module that speaks SQL: [`ConfigStore`] (tenant configs and
-//! collectors) and [`calls::CallStore`], each implemented for PostgreSQL and SQLite by one
-//! macro over the same portable SQL (ids as text, times as `DateTime<Utc>`, which sqlx stores
-//! natively in each). Domain types at the edge ([`rows`] converts); configs travel sealed
-//! ([`ConfigRow`]): the store never sees a secret in clear.
+//! collectors) and [`calls::CallStore`], both implemented once by [`GatewayStore`] over the
+//! platform's SQL layer ([`cco_platform::sql`]) for PostgreSQL, MySQL/MariaDB and SQLite (ids
+//! as text, times in each database's convention). What differs per backend is chosen where it
+//! is used: locking clauses, `returning` (MySQL has none: the row is read back in the same
+//! transaction), how call events are numbered, how replicas hear of cache changes. Domain types
+//! at the edge ([`rows`] converts); configs travel sealed ([`ConfigRow`]): the store never sees
+//! a secret in clear.
 
 pub mod calls;
 mod rows;
@@ -12,9 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cco_platform::db::DbError;
+use cco_platform::args;
+use cco_platform::db::{DbError, DbPool};
+use cco_platform::sql::{Backend, Db, Row};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use self::rows::{collector_from, collector_row, collector_row_from};
@@ -104,7 +108,7 @@ pub trait ConfigStore: Send + Sync + 'static {
     async fn cache_epoch(&self) -> Result<Option<u64>, GwError>;
     /// Follows the changes other replicas make until `stop`, keeping [`Self::cache_epoch`]
     /// true: PostgreSQL LISTENs on `gateway_cache` (migration 0005 notifies at commit).
-    /// Returns at once on SQLite, whose epoch is a counter in the database itself.
+    /// Returns at once on MySQL and SQLite, whose epoch is a counter in the database itself.
     async fn follow_changes(&self, stop: CancellationToken);
 }
 
@@ -157,9 +161,17 @@ impl Feed {
     }
 }
 
-impl PgGatewayStore {
+impl GatewayStore {
     async fn epoch(&self) -> Result<Option<u64>, GwError> {
-        Ok(self.feed.current())
+        if self.db.backend() == Backend::Postgres {
+            return Ok(self.feed.current());
+        }
+        let n = self
+            .db
+            .fetch_one("select n from cache_epoch where id = 1", args![])
+            .await
+            .map_err(db_err)?;
+        Ok(Some(n.i64("n").map_err(db_err)?.unsigned_abs()))
     }
 
     /// LISTENs on a connection of its own (not one of the pool's), reconnecting with a
@@ -168,6 +180,9 @@ impl PgGatewayStore {
     /// instead of silently missing notifications; a lost connection is re-established here,
     /// not inside sqlx, so nothing counts as live before its LISTEN has succeeded.
     async fn follow(&self, stop: CancellationToken) {
+        let DbPool::Postgres(pool) = self.db.pool() else {
+            return;
+        };
         let mut delay = Duration::from_millis(100);
         while !stop.is_cancelled() {
             let listener = async {
@@ -176,7 +191,7 @@ impl PgGatewayStore {
                     .max_lifetime(None)
                     .idle_timeout(None)
                     .acquire_timeout(Duration::from_secs(5))
-                    .connect_with((*self.pool.connect_options()).clone())
+                    .connect_with((*pool.connect_options()).clone())
                     .await?;
                 let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
                 l.ignore_pool_close_event(true);
@@ -238,19 +253,6 @@ impl PgGatewayStore {
 /// How often the change listener's connection is checked.
 const LISTENER_PING: Duration = Duration::from_secs(15);
 
-impl SqliteGatewayStore {
-    async fn epoch(&self) -> Result<Option<u64>, GwError> {
-        let n: i64 = sqlx::query_scalar("select n from cache_epoch where id = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(Some(n.unsigned_abs()))
-    }
-
-    #[allow(clippy::unused_async)]
-    async fn follow(&self, _stop: CancellationToken) {}
-}
-
 /// A stored value that does not parse: a bug or a hand-edited row, reported as internal.
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> GwError {
     GwError::Internal(anyhow::anyhow!("stored data is corrupt: {what}"))
@@ -287,241 +289,375 @@ macro_rules! collector_cols {
     };
 }
 
-fn config_from<R: Row>(r: &R) -> Result<ConfigRow, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
+fn config_from(r: &Row) -> Result<ConfigRow, sqlx::Error> {
     Ok(ConfigRow {
-        config_id: r.try_get("config_id")?,
-        tenant_id: r.try_get("tenant_id")?,
-        supplier_id: r.try_get("supplier_id")?,
-        api_url: r.try_get("api_url")?,
-        credential_mode: r.try_get("credential_mode")?,
-        app_id: r.try_get("app_id")?,
-        access_token_sealed: r.try_get("access_token_sealed")?,
-        access_key_sealed: r.try_get("access_key_sealed")?,
-        caller_number_pool: r.try_get("caller_number_pool")?,
-        default_caller_number: r.try_get("default_caller_number")?,
-        caller_number_selection: r.try_get("caller_number_selection")?,
-        call_mode: r.try_get("call_mode")?,
-        destination_prefix: r.try_get("destination_prefix")?,
-        max_concurrent_calls: r.try_get("max_concurrent_calls")?,
-        call_timeout_seconds: r.try_get("call_timeout_seconds")?,
-        api_timeout_ms: r.try_get("api_timeout_ms")?,
-        allocation_strategy: r.try_get("allocation_strategy")?,
-        lease_ttl_seconds: r.try_get("lease_ttl_seconds")?,
-        cooldown_seconds: r.try_get("cooldown_seconds")?,
-        callback_secret_sealed: r.try_get("callback_secret_sealed")?,
-        callback_ip_allowlist: r.try_get("callback_ip_allowlist")?,
-        callback_time_zone: r.try_get("callback_time_zone")?,
-        is_active: r.try_get("is_active")?,
-        phone_region: r.try_get("phone_region")?,
-        api_encoding: r.try_get("api_encoding")?,
-        allowed_number_types: r.try_get("allowed_number_types")?,
-        version: r.try_get("version")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
+        config_id: r.text("config_id")?,
+        tenant_id: r.text("tenant_id")?,
+        supplier_id: r.text("supplier_id")?,
+        api_url: r.text("api_url")?,
+        credential_mode: r.text("credential_mode")?,
+        app_id: r.opt_text("app_id")?,
+        access_token_sealed: r.opt_text("access_token_sealed")?,
+        access_key_sealed: r.opt_text("access_key_sealed")?,
+        caller_number_pool: r.text("caller_number_pool")?,
+        default_caller_number: r.text("default_caller_number")?,
+        caller_number_selection: r.text("caller_number_selection")?,
+        call_mode: r.text("call_mode")?,
+        destination_prefix: r.text("destination_prefix")?,
+        max_concurrent_calls: r.i32("max_concurrent_calls")?,
+        call_timeout_seconds: r.i32("call_timeout_seconds")?,
+        api_timeout_ms: r.i32("api_timeout_ms")?,
+        allocation_strategy: r.text("allocation_strategy")?,
+        lease_ttl_seconds: r.i32("lease_ttl_seconds")?,
+        cooldown_seconds: r.i32("cooldown_seconds")?,
+        callback_secret_sealed: r.text("callback_secret_sealed")?,
+        callback_ip_allowlist: r.text("callback_ip_allowlist")?,
+        callback_time_zone: r.text("callback_time_zone")?,
+        is_active: r.bool("is_active")?,
+        phone_region: r.text("phone_region")?,
+        api_encoding: r.text("api_encoding")?,
+        allowed_number_types: r.text("allowed_number_types")?,
+        version: r.i64("version")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
     })
 }
 
-/// Implements [`ConfigStore`] for one backend; the SQL is shared and portable.
-macro_rules! sql_store {
-    ($(#[$doc:meta])* $name:ident, $pool:ty, $backend:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone)]
-        pub struct $name {
-            pool: $pool,
-            feed: Arc<Feed>,
-        }
-
-        impl $name {
-            /// Wraps a migrated pool.
-            pub fn new(pool: $pool) -> Self {
-                Self { pool, feed: Arc::default() }
-            }
-        }
-
-        #[async_trait]
-        impl ConfigStore for $name {
-            fn backend(&self) -> &'static str {
-                $backend
-            }
-
-            async fn cache_epoch(&self) -> Result<Option<u64>, GwError> {
-                self.epoch().await
-            }
-
-            async fn follow_changes(&self, stop: CancellationToken) {
-                self.follow(stop).await;
-            }
-
-            async fn insert_config(&self, c: &ConfigRow) -> Result<(), GwError> {
-                let res = sqlx::query(concat!(
-                    "insert into infinity_call_configs (", config_cols!(), ") values \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                      $21, $22, $23, $24, $25, $26, $27, $28, $29)"
-                ))
-                .bind(&c.config_id).bind(&c.tenant_id).bind(&c.supplier_id).bind(&c.api_url)
-                .bind(&c.credential_mode).bind(&c.app_id).bind(&c.access_token_sealed).bind(&c.access_key_sealed)
-                .bind(&c.caller_number_pool).bind(&c.default_caller_number).bind(&c.caller_number_selection)
-                .bind(&c.call_mode).bind(&c.destination_prefix).bind(c.max_concurrent_calls)
-                .bind(c.call_timeout_seconds).bind(c.api_timeout_ms).bind(&c.allocation_strategy)
-                .bind(c.lease_ttl_seconds).bind(c.cooldown_seconds).bind(&c.callback_secret_sealed)
-                .bind(&c.callback_ip_allowlist).bind(&c.callback_time_zone).bind(c.is_active)
-                .bind(&c.phone_region).bind(&c.api_encoding).bind(c.version).bind(c.created_at).bind(c.updated_at)
-                .bind(&c.allowed_number_types)
-                .execute(&self.pool)
-                .await;
-                match res {
-                    Ok(_) => {
-                        self.feed.bump();
-                        Ok(())
-                    }
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(GwError::AlreadyExists(format!(
-                        "tenant_id: tenant {} already has an Infinity call config",
-                        c.tenant_id
-                    ))),
-                    Err(e) => Err(db_err(e)),
-                }
-            }
-
-            async fn config_by_tenant(&self, tenant_id: &str) -> Result<Option<ConfigRow>, GwError> {
-                let row = sqlx::query(concat!("select ", config_cols!(), " from infinity_call_configs where tenant_id = $1"))
-                    .bind(tenant_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                row.as_ref().map(config_from).transpose().map_err(db_err)
-            }
-
-            async fn config_by_id(&self, config_id: &str) -> Result<Option<ConfigRow>, GwError> {
-                let row = sqlx::query(concat!("select ", config_cols!(), " from infinity_call_configs where config_id = $1"))
-                    .bind(config_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                row.as_ref().map(config_from).transpose().map_err(db_err)
-            }
-
-            async fn update_config(&self, c: &ConfigRow, expected: i64) -> Result<Versioned, GwError> {
-                // One statement: the version check and the write cannot be separated.
-                let done = sqlx::query(
-                    "update infinity_call_configs set supplier_id = $3, api_url = $4, credential_mode = $5, \
-                       app_id = $6, access_token_sealed = $7, access_key_sealed = $8, caller_number_pool = $9, \
-                       default_caller_number = $10, caller_number_selection = $11, call_mode = $12, \
-                       destination_prefix = $13, max_concurrent_calls = $14, call_timeout_seconds = $15, \
-                       api_timeout_ms = $16, allocation_strategy = $17, lease_ttl_seconds = $18, \
-                       cooldown_seconds = $19, callback_secret_sealed = $20, callback_ip_allowlist = $21, \
-                       callback_time_zone = $22, is_active = $23, phone_region = $24, api_encoding = $25, \
-                       version = $26, updated_at = $27, allowed_number_types = $29 \
-                     where tenant_id = $1 and config_id = $2 and version = $28",
-                )
-                .bind(&c.tenant_id).bind(&c.config_id).bind(&c.supplier_id).bind(&c.api_url)
-                .bind(&c.credential_mode).bind(&c.app_id).bind(&c.access_token_sealed).bind(&c.access_key_sealed)
-                .bind(&c.caller_number_pool).bind(&c.default_caller_number).bind(&c.caller_number_selection)
-                .bind(&c.call_mode).bind(&c.destination_prefix).bind(c.max_concurrent_calls)
-                .bind(c.call_timeout_seconds).bind(c.api_timeout_ms).bind(&c.allocation_strategy)
-                .bind(c.lease_ttl_seconds).bind(c.cooldown_seconds).bind(&c.callback_secret_sealed)
-                .bind(&c.callback_ip_allowlist).bind(&c.callback_time_zone).bind(c.is_active)
-                .bind(&c.phone_region).bind(&c.api_encoding).bind(c.version).bind(c.updated_at).bind(expected)
-                .bind(&c.allowed_number_types)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-                if done == 1 {
-                    self.feed.bump();
-                    return Ok(Versioned::Updated);
-                }
-                let current: Option<i64> = sqlx::query_scalar("select version from infinity_call_configs where tenant_id = $1")
-                    .bind(&c.tenant_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(current.map_or(Versioned::NotFound, Versioned::Stale))
-            }
-
-            async fn upsert_collector(&self, collector: &Collector) -> Result<Collector, GwError> {
-                let c = &collector_row_from(collector);
-                let row = sqlx::query(concat!(
-                    "insert into collectors (", collector_cols!(), ") values ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     on conflict (tenant_id, collector_id) do update set callback_number = excluded.callback_number, \
-                       display_name = excluded.display_name, active = excluded.active, updated_at = excluded.updated_at \
-                     returning ", collector_cols!()
-                ))
-                .bind(&c.tenant_id).bind(&c.collector_id).bind(&c.callback_number).bind(&c.display_name)
-                .bind(c.active).bind(&c.last_extension_number).bind(c.created_at).bind(c.updated_at)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err)?;
-                self.feed.bump();
-                collector_from(collector_row(&row).map_err(db_err)?)
-            }
-
-            async fn collector(&self, tenant_id: &str, collector_id: &str) -> Result<Option<Collector>, GwError> {
-                let row = sqlx::query(concat!("select ", collector_cols!(), " from collectors where tenant_id = $1 and collector_id = $2"))
-                    .bind(tenant_id)
-                    .bind(collector_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                row.as_ref().map(collector_row).transpose().map_err(db_err)?.map(collector_from).transpose()
-            }
-
-            async fn list_collectors(
-                &self,
-                tenant_id: &str,
-                after: Option<&str>,
-                active: Option<bool>,
-                limit: u32,
-            ) -> Result<Vec<Collector>, GwError> {
-                let rows = sqlx::query(concat!(
-                    "select ", collector_cols!(), " from collectors where tenant_id = $1 \
-                     and ($2 is null or collector_id > $2) and ($3 is null or active = $3) \
-                     order by collector_id limit $4"
-                ))
-                .bind(tenant_id)
-                .bind(after)
-                .bind(active)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-                rows.iter()
-                    .map(|r| collector_row(r).map_err(db_err).and_then(collector_from))
-                    .collect()
-            }
-
-            async fn delete_collector(&self, tenant_id: &str, collector_id: &str) -> Result<bool, GwError> {
-                let n = sqlx::query("delete from collectors where tenant_id = $1 and collector_id = $2")
-                    .bind(tenant_id)
-                    .bind(collector_id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?
-                    .rows_affected();
-                self.feed.bump();
-                Ok(n == 1)
-            }
-        }
-    };
+/// The gateway's store on any backend: configs and collectors here, calls in [`calls`].
+#[derive(Debug, Clone)]
+pub struct GatewayStore {
+    pub(crate) db: Db,
+    pub(crate) feed: Arc<Feed>,
 }
 
-sql_store!(
-    /// The PostgreSQL implementation of [`GatewayStore`].
-    PgGatewayStore,
-    sqlx::PgPool,
-    "postgres"
-);
-sql_store!(
-    /// The SQLite implementation of [`GatewayStore`].
-    SqliteGatewayStore,
-    sqlx::SqlitePool,
-    "sqlite"
-);
+impl GatewayStore {
+    /// Wraps a migrated pool.
+    pub fn new(pool: DbPool) -> Self {
+        Self {
+            db: Db::new(pool),
+            feed: Arc::default(),
+        }
+    }
+
+    /// A single-row write with `returning` where the backend has it; on MySQL the write, then
+    /// the row read back by `select` (with `select_args`) in the same transaction.
+    pub(crate) async fn write_returning(
+        &self,
+        tx: &mut cco_platform::sql::Tx,
+        write: &str,
+        returning: &str,
+        args: &[cco_platform::sql::Arg<'_>],
+        select: &str,
+        select_args: &[cco_platform::sql::Arg<'_>],
+    ) -> Result<Option<Row>, sqlx::Error> {
+        if self.db.dialect().has_returning() {
+            return tx
+                .exec()
+                .fetch_optional(&format!("{write} returning {returning}"), args)
+                .await;
+        }
+        if tx.exec().execute(write, args).await? == 0 {
+            return Ok(None);
+        }
+        tx.exec().fetch_optional(select, select_args).await
+    }
+
+    /// [`Self::write_returning`] as a transaction of its own: one statement where the backend
+    /// has `returning`, else the write and the read in one transaction.
+    pub(crate) async fn write_returning_once(
+        &self,
+        write: &str,
+        returning: &str,
+        args: &[cco_platform::sql::Arg<'_>],
+        select: &str,
+        select_args: &[cco_platform::sql::Arg<'_>],
+    ) -> Result<Option<Row>, sqlx::Error> {
+        if self.db.dialect().has_returning() {
+            return self
+                .db
+                .fetch_optional(&format!("{write} returning {returning}"), args)
+                .await;
+        }
+        let mut tx = self.db.begin(cco_platform::sql::Mode::Write).await?;
+        let row = self
+            .write_returning(&mut tx, write, returning, args, select, select_args)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+}
+
+#[async_trait]
+impl ConfigStore for GatewayStore {
+    fn backend(&self) -> &'static str {
+        self.db.backend().name()
+    }
+
+    async fn cache_epoch(&self) -> Result<Option<u64>, GwError> {
+        self.epoch().await
+    }
+
+    async fn follow_changes(&self, stop: CancellationToken) {
+        self.follow(stop).await;
+    }
+
+    async fn insert_config(&self, c: &ConfigRow) -> Result<(), GwError> {
+        let res = self
+            .db
+            .execute(
+                concat!(
+                    "insert into infinity_call_configs (",
+                    config_cols!(),
+                    ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                     $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
+                ),
+                args![
+                    &c.config_id,
+                    &c.tenant_id,
+                    &c.supplier_id,
+                    &c.api_url,
+                    &c.credential_mode,
+                    &c.app_id,
+                    &c.access_token_sealed,
+                    &c.access_key_sealed,
+                    &c.caller_number_pool,
+                    &c.default_caller_number,
+                    &c.caller_number_selection,
+                    &c.call_mode,
+                    &c.destination_prefix,
+                    c.max_concurrent_calls,
+                    c.call_timeout_seconds,
+                    c.api_timeout_ms,
+                    &c.allocation_strategy,
+                    c.lease_ttl_seconds,
+                    c.cooldown_seconds,
+                    &c.callback_secret_sealed,
+                    &c.callback_ip_allowlist,
+                    &c.callback_time_zone,
+                    c.is_active,
+                    &c.phone_region,
+                    &c.api_encoding,
+                    c.version,
+                    c.created_at,
+                    c.updated_at,
+                    &c.allowed_number_types
+                ],
+            )
+            .await;
+        match res {
+            Ok(_) => {
+                self.feed.bump();
+                Ok(())
+            }
+            Err(e) if cco_platform::db::is_unique_violation(&e) => {
+                Err(GwError::AlreadyExists(format!(
+                    "tenant_id: tenant {} already has an Infinity call config",
+                    c.tenant_id
+                )))
+            }
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    async fn config_by_tenant(&self, tenant_id: &str) -> Result<Option<ConfigRow>, GwError> {
+        let row = self
+            .db
+            .fetch_optional(
+                concat!(
+                    "select ",
+                    config_cols!(),
+                    " from infinity_call_configs where tenant_id = $1"
+                ),
+                args![tenant_id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(config_from).transpose().map_err(db_err)
+    }
+
+    async fn config_by_id(&self, config_id: &str) -> Result<Option<ConfigRow>, GwError> {
+        let row = self
+            .db
+            .fetch_optional(
+                concat!(
+                    "select ",
+                    config_cols!(),
+                    " from infinity_call_configs where config_id = $1"
+                ),
+                args![config_id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(config_from).transpose().map_err(db_err)
+    }
+
+    async fn update_config(&self, c: &ConfigRow, expected: i64) -> Result<Versioned, GwError> {
+        // One statement: the version check and the write cannot be separated.
+        let done = self
+            .db
+            .execute(
+                "update infinity_call_configs set supplier_id = $3, api_url = $4, credential_mode = $5, \
+                   app_id = $6, access_token_sealed = $7, access_key_sealed = $8, caller_number_pool = $9, \
+                   default_caller_number = $10, caller_number_selection = $11, call_mode = $12, \
+                   destination_prefix = $13, max_concurrent_calls = $14, call_timeout_seconds = $15, \
+                   api_timeout_ms = $16, allocation_strategy = $17, lease_ttl_seconds = $18, \
+                   cooldown_seconds = $19, callback_secret_sealed = $20, callback_ip_allowlist = $21, \
+                   callback_time_zone = $22, is_active = $23, phone_region = $24, api_encoding = $25, \
+                   version = $26, updated_at = $27, allowed_number_types = $29 \
+                 where tenant_id = $1 and config_id = $2 and version = $28",
+                args![
+                    &c.tenant_id,
+                    &c.config_id,
+                    &c.supplier_id,
+                    &c.api_url,
+                    &c.credential_mode,
+                    &c.app_id,
+                    &c.access_token_sealed,
+                    &c.access_key_sealed,
+                    &c.caller_number_pool,
+                    &c.default_caller_number,
+                    &c.caller_number_selection,
+                    &c.call_mode,
+                    &c.destination_prefix,
+                    c.max_concurrent_calls,
+                    c.call_timeout_seconds,
+                    c.api_timeout_ms,
+                    &c.allocation_strategy,
+                    c.lease_ttl_seconds,
+                    c.cooldown_seconds,
+                    &c.callback_secret_sealed,
+                    &c.callback_ip_allowlist,
+                    &c.callback_time_zone,
+                    c.is_active,
+                    &c.phone_region,
+                    &c.api_encoding,
+                    c.version,
+                    c.updated_at,
+                    expected,
+                    &c.allowed_number_types
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        if done == 1 {
+            self.feed.bump();
+            return Ok(Versioned::Updated);
+        }
+        let current = self
+            .db
+            .fetch_optional(
+                "select version from infinity_call_configs where tenant_id = $1",
+                args![&c.tenant_id],
+            )
+            .await
+            .map_err(db_err)?
+            .map(|r| r.i64("version"))
+            .transpose()
+            .map_err(db_err)?;
+        Ok(current.map_or(Versioned::NotFound, Versioned::Stale))
+    }
+
+    async fn upsert_collector(&self, collector: &Collector) -> Result<Collector, GwError> {
+        let c = &collector_row_from(collector);
+        let upsert = self.db.dialect().upsert(
+            "collectors",
+            collector_cols!(),
+            "($1, $2, $3, $4, $5, $6, $7, $8)",
+            "tenant_id, collector_id",
+            "callback_number = new(callback_number), display_name = new(display_name), \
+             active = new(active), updated_at = new(updated_at)",
+        );
+        let row = self
+            .write_returning_once(
+                &upsert,
+                collector_cols!(),
+                args![
+                    &c.tenant_id,
+                    &c.collector_id,
+                    &c.callback_number,
+                    &c.display_name,
+                    c.active,
+                    &c.last_extension_number,
+                    c.created_at,
+                    c.updated_at
+                ],
+                concat!(
+                    "select ",
+                    collector_cols!(),
+                    " from collectors where tenant_id = $1 and collector_id = $2"
+                ),
+                args![&c.tenant_id, &c.collector_id],
+            )
+            .await
+            .map_err(db_err)?;
+        self.feed.bump();
+        let row = row.ok_or_else(|| corrupt("collector upsert returned no row"))?;
+        collector_from(collector_row(&row).map_err(db_err)?)
+    }
+
+    async fn collector(
+        &self,
+        tenant_id: &str,
+        collector_id: &str,
+    ) -> Result<Option<Collector>, GwError> {
+        let row = self
+            .db
+            .fetch_optional(
+                concat!(
+                    "select ",
+                    collector_cols!(),
+                    " from collectors where tenant_id = $1 and collector_id = $2"
+                ),
+                args![tenant_id, collector_id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.as_ref()
+            .map(collector_row)
+            .transpose()
+            .map_err(db_err)?
+            .map(collector_from)
+            .transpose()
+    }
+
+    async fn list_collectors(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        active: Option<bool>,
+        limit: u32,
+    ) -> Result<Vec<Collector>, GwError> {
+        let mut sql = format!(
+            "select {} from collectors where tenant_id = $1",
+            collector_cols!()
+        );
+        let mut a = vec![cco_platform::sql::Arg::Text(tenant_id)];
+        if let Some(after) = after {
+            a.push(after.into());
+            sql.push_str(&format!(" and collector_id > ${}", a.len()));
+        }
+        if let Some(active) = active {
+            a.push(active.into());
+            sql.push_str(&format!(" and active = ${}", a.len()));
+        }
+        a.push(limit.into());
+        sql.push_str(&format!(" order by collector_id limit ${}", a.len()));
+        let rows = self.db.fetch_all(&sql, &a).await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| collector_row(r).map_err(db_err).and_then(collector_from))
+            .collect()
+    }
+
+    async fn delete_collector(&self, tenant_id: &str, collector_id: &str) -> Result<bool, GwError> {
+        let n = self
+            .db
+            .execute(
+                "delete from collectors where tenant_id = $1 and collector_id = $2",
+                args![tenant_id, collector_id],
+            )
+            .await
+            .map_err(db_err)?;
+        self.feed.bump();
+        Ok(n == 1)
+    }
+}

@@ -2,8 +2,8 @@
 //! where a call's states, results and ids become strings and back. A stored value that does not
 //! parse is reported as corrupt (`INTERNAL`), never guessed.
 
+use cco_platform::sql::Row;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::corrupt;
 use crate::domain::call::{Call, CallId, CallResult, CallStatus, HangupSide, Lease};
@@ -56,67 +56,49 @@ pub(crate) struct RecordRow {
     pub updated_at: DateTime<Utc>,
 }
 
-macro_rules! get {
-    ($r:expr, $($f:ident),*) => {
-        RecordRow { $($f: $r.try_get(stringify!($f))?,)* }
-    };
-}
-
-/// Reads a record row from either backend.
-pub(crate) fn record_from<R: Row>(r: &R) -> Result<RecordRow, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i32>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<DateTime<Utc>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(get!(
-        r,
-        call_id,
-        tenant_id,
-        config_id,
-        supplier_id,
-        case_id,
-        collector_id,
-        destination_number,
-        dialled_number,
-        caller_number,
-        extension_number,
-        extension_id,
-        lease_id,
-        fencing_token,
-        lease_expires_at,
-        lease_released,
-        call_mode,
-        call_timeout_seconds,
-        status,
-        result,
-        start_time,
-        answer_time,
-        end_time,
-        talk_seconds,
-        total_seconds,
-        hangup_cause,
-        hangup_side,
-        record_url,
-        record_filename,
-        custom_params,
-        infinity_uuid,
-        infinity_cdr_id,
-        error_code,
-        error_message,
-        idempotency_key,
-        attempts,
-        raw_callback,
-        reconcile_after,
-        created_at,
-        updated_at
-    ))
+/// Reads a record row from any backend.
+pub(crate) fn record_from(r: &Row) -> Result<RecordRow, sqlx::Error> {
+    Ok(RecordRow {
+        call_id: r.text("call_id")?,
+        tenant_id: r.text("tenant_id")?,
+        config_id: r.text("config_id")?,
+        supplier_id: r.text("supplier_id")?,
+        case_id: r.text("case_id")?,
+        collector_id: r.text("collector_id")?,
+        destination_number: r.text("destination_number")?,
+        dialled_number: r.text("dialled_number")?,
+        caller_number: r.text("caller_number")?,
+        extension_number: r.opt_text("extension_number")?,
+        extension_id: r.opt_text("extension_id")?,
+        lease_id: r.opt_text("lease_id")?,
+        fencing_token: r.opt_i64("fencing_token")?,
+        lease_expires_at: r.opt_time("lease_expires_at")?,
+        lease_released: r.bool("lease_released")?,
+        call_mode: r.text("call_mode")?,
+        call_timeout_seconds: r.i32("call_timeout_seconds")?,
+        status: r.text("status")?,
+        result: r.opt_text("result")?,
+        start_time: r.opt_time("start_time")?,
+        answer_time: r.opt_time("answer_time")?,
+        end_time: r.opt_time("end_time")?,
+        talk_seconds: r.opt_i32("talk_seconds")?,
+        total_seconds: r.opt_i32("total_seconds")?,
+        hangup_cause: r.opt_i32("hangup_cause")?,
+        hangup_side: r.opt_text("hangup_side")?,
+        record_url: r.opt_text("record_url")?,
+        record_filename: r.opt_text("record_filename")?,
+        custom_params: r.text("custom_params")?,
+        infinity_uuid: r.opt_text("infinity_uuid")?,
+        infinity_cdr_id: r.opt_i64("infinity_cdr_id")?,
+        error_code: r.opt_text("error_code")?,
+        error_message: r.opt_text("error_message")?,
+        idempotency_key: r.opt_text("idempotency_key")?,
+        attempts: r.i32("attempts")?,
+        raw_callback: r.opt_text("raw_callback")?,
+        reconcile_after: r.time("reconcile_after")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
 }
 
 fn int(v: u32) -> i32 {
@@ -246,24 +228,17 @@ pub(crate) struct CollectorRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Reads a collector row from either backend.
-pub(crate) fn collector_row<R: Row>(r: &R) -> Result<CollectorRow, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
+/// Reads a collector row from any backend.
+pub(crate) fn collector_row(r: &Row) -> Result<CollectorRow, sqlx::Error> {
     Ok(CollectorRow {
-        tenant_id: r.try_get("tenant_id")?,
-        collector_id: r.try_get("collector_id")?,
-        callback_number: r.try_get("callback_number")?,
-        display_name: r.try_get("display_name")?,
-        active: r.try_get("active")?,
-        last_extension_number: r.try_get("last_extension_number")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
+        tenant_id: r.text("tenant_id")?,
+        collector_id: r.text("collector_id")?,
+        callback_number: r.opt_text("callback_number")?,
+        display_name: r.text("display_name")?,
+        active: r.bool("active")?,
+        last_extension_number: r.opt_text("last_extension_number")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
     })
 }
 

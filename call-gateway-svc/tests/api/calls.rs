@@ -1660,7 +1660,8 @@ async fn retry_after_released_lease(b: Backend) {
     ctx.shutdown().await;
 }
 
-cco_platform::on_backends!([postgres = Postgres, sqlite = Sqlite] [happy_path_double_call,
+cco_platform::on_every_backend!(
+    happy_path_double_call,
     make_call_mode_and_recording_file,
     validation_and_preconditions,
     refused_and_not_sent,
@@ -1688,4 +1689,5 @@ cco_platform::on_backends!([postgres = Postgres, sqlite = Sqlite] [happy_path_do
     hang_up_maps_infinitys_answers,
     two_replicas_reconcile_once,
     signed_callbacks,
-    retry_after_released_lease]);
+    retry_after_released_lease
+);

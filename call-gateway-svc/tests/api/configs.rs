@@ -811,7 +811,8 @@ async fn delete_refused_while_live(b: Backend) {
     lonely.shutdown().await;
 }
 
-cco_platform::on_backends!([postgres = Postgres, sqlite = Sqlite] [create_and_read_a_config,
+cco_platform::on_every_backend!(
+    create_and_read_a_config,
     partial_update_changes_only_the_fields_given,
     stale_updates_lose,
     callback_secret_rotation,
@@ -826,4 +827,5 @@ cco_platform::on_backends!([postgres = Postgres, sqlite = Sqlite] [create_and_re
     collectors_page_and_filter_by_state,
     bad_collectors_are_refused,
     deleted_collectors_are_gone,
-    delete_refused_while_live]);
+    delete_refused_while_live
+);

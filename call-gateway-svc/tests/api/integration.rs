@@ -242,6 +242,8 @@ async fn allocator_follows_tenant_config(b: Backend) {
     stack.shutdown().await;
 }
 
-cco_platform::on_backends!([postgres = Postgres, sqlite = Sqlite] [test_connection_login_mode,
+cco_platform::on_every_backend!(
+    test_connection_login_mode,
     test_connection_failures,
-    allocator_follows_tenant_config]);
+    allocator_follows_tenant_config
+);

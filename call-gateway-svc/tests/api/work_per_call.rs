@@ -269,8 +269,10 @@ async fn no_cache_reads_every_time(b: Backend) {
     ctx.shutdown().await;
 }
 
-cco_platform::on_backends!([postgres = Postgres, sqlite = Sqlite] [caches_follow_changes_made_elsewhere,
-    no_cache_reads_every_time]);
+cco_platform::on_every_backend!(
+    caches_follow_changes_made_elsewhere,
+    no_cache_reads_every_time
+);
 
 /// The sessions of the gateway's change listener on its database.
 async fn listener_sessions(db_url: &str) -> Vec<i32> {
