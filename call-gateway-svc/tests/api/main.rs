@@ -16,5 +16,6 @@ mod metrics;
 mod mixed_run;
 mod nats;
 mod people;
+mod sqlite_upgrade;
 mod tls;
 mod work_per_call;
