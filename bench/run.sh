@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The standard benchmark set: Acquire + Release through the allocator's gRPC against the same
-# statement pair straight to the database (raw-sql), at 1, 8 and 32 clients, on PostgreSQL and
-# SQLite; then MakeCall end to end and Stats on 100,000 extensions. Release build; each point
+# statement pair straight to the database (raw-sql), at 1, 8 and 32 clients, on PostgreSQL,
+# MariaDB and SQLite; then MakeCall end to end (PostgreSQL and MariaDB) and Stats on 100,000
+# extensions. Release build; each point
 # runs SECONDS_PER_POINT (default 10). Prints our service next to the ceiling as a ratio.
 # PostgreSQL is a private cluster configured as production should be (bench/pg.sh: autovacuum
-# on); BENCH_DATABASE_URL=postgres://... uses an existing server instead.
+# on); BENCH_DATABASE_URL=postgres://... uses an existing server instead. MariaDB is the
+# machine's server (TEST_MYSQL_URL, default mysql://root@127.0.0.1:3306/mysql), checked first.
 #   bash bench/run.sh            # all
 #   SECONDS_PER_POINT=5 bash bench/run.sh
 set -euo pipefail
@@ -17,12 +19,14 @@ else
   pg_start "shared_preload_libraries=pg_stat_statements"
   export TEST_DATABASE_URL="$PG_URL"
 fi
+bash scripts/ensure-mariadb.sh
+export TEST_MYSQL_URL="${TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/mysql}"
 secs="${SECONDS_PER_POINT:-10}"
 cargo build --release --quiet -p loadgen
 lg="${CARGO_TARGET_DIR:-target}/release/loadgen"
 out="$(mktemp)"
 trap 'rm -f "$out"; pg_stop' EXIT
-for db in postgres sqlite; do
+for db in postgres mariadb sqlite; do
   for clients in 1 8 32; do
     for mode in acquire-release raw-sql; do
       "$lg" --mode "$mode" --db "$db" --clients "$clients" --seconds "$secs" --json >> "$out"
@@ -31,12 +35,13 @@ for db in postgres sqlite; do
 done
 "$lg" --mode calls --db postgres --clients 8 --seconds "$secs" --json >> "$out"
 "$lg" --mode calls --db postgres --clients 32 --seconds "$secs" --json >> "$out"
+"$lg" --mode calls --db mariadb --clients 8 --seconds "$secs" --json >> "$out"
 "$lg" --mode stats --db postgres --clients 8 --seconds "$secs" --json >> "$out"
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(f"{'db':<9}{'clients':>8}  {'service pairs/s':>16}{'raw-sql pairs/s':>16}{'ratio':>8}  {'svc p50':>9}{'svc p99':>9}{'raw p99':>9}  errors")
-for db in ("postgres", "sqlite"):
+for db in ("postgres", "mariadb", "sqlite"):
     for c in (1, 8, 32):
         s = next(r for r in rows if r["mode"] == "acquire-release" and r["db"] == db and r["clients"] == c)
         q = next(r for r in rows if r["mode"] == "raw-sql" and r["db"] == db and r["clients"] == c)
@@ -45,13 +50,13 @@ for db in ("postgres", "sqlite"):
         print(f"{db:<9}{c:>8}  {s['per_second']:>16.0f}{q['per_second']:>16.0f}{ratio:>8.2f}  {s['p50_ms']:>7.2f}ms{s['p99_ms']:>7.2f}ms{q['p99_ms']:>7.2f}ms  {errs}")
 for r in rows:
     if r["mode"] in ("calls", "stats"):
-        print(f"{r['mode']:<9}{r['clients']:>8}  {r['per_second']:>10.0f} ops/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.2f} ms  errors {r['errors'] or 'none'}")
+        print(f"{r['mode']:<9}{r['db']:<9}{r['clients']:>4}  {r['per_second']:>10.0f} ops/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.2f} ms  errors {r['errors'] or 'none'}")
 for r in rows:
     if r["mode"] == "calls":
         parts = "  ".join(f"{k} {v:.2f}" for k, v in r.get("phases", {}).items())
         commits = "  ".join(f"{k} {v:.2f}" for k, v in r.get("db_commits_per_call", {}).items())
         trips = "  ".join(f"{k} {v:.2f}" for k, v in r.get("db_round_trips_per_call", {}).items())
-        print(f"calls {r['clients']} clients: {parts}")
+        print(f"calls {r['db']} {r['clients']} clients: {parts}")
         print(f"    commits per call: {commits or 'n/a'}    statements per call: {trips or 'n/a'}")
 for r in rows:
     if r["mode"] == "acquire-release" and r.get("phases"):

@@ -53,6 +53,8 @@ enum Mode {
 enum Db {
     Postgres,
     Sqlite,
+    /// MariaDB (or MySQL 8): the server of `TEST_MYSQL_URL`.
+    Mariadb,
 }
 
 /// Load generator for the CCO Infinity services.
@@ -204,6 +206,21 @@ async fn analyze_all() -> anyhow::Result<()> {
         if url.starts_with("postgres") {
             let mut c = sqlx::PgConnection::connect(&url).await?;
             sqlx::query("analyze").execute(&mut c).await?;
+            c.close().await?;
+        } else if url.starts_with("mysql") {
+            let mut c = sqlx::MySqlConnection::connect(&url).await?;
+            let tables: Vec<String> = sqlx::query_scalar(
+                "select cast(table_name as char) from information_schema.tables \
+                 where table_schema = database() and table_type = 'BASE TABLE'",
+            )
+            .fetch_all(&mut c)
+            .await?;
+            if !tables.is_empty() {
+                let list = tables.join(", ");
+                sqlx::query(sqlx::AssertSqlSafe(format!("analyze table {list}")))
+                    .execute(&mut c)
+                    .await?;
+            }
             c.close().await?;
         } else {
             let mut c = sqlx::SqliteConnection::connect(&url).await?;
@@ -994,6 +1011,7 @@ async fn main() -> std::process::ExitCode {
     let backend = match cli.db {
         Db::Postgres => Backend::Postgres,
         Db::Sqlite => Backend::Sqlite,
+        Db::Mariadb => Backend::MariaDb,
     };
     let stop = CancellationToken::new();
     let result = async {

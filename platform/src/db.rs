@@ -19,7 +19,8 @@ use sqlx::sqlite::{
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The pool timed out or closed, the connection broke, or the server is shutting down or
-    /// starting up (SQLSTATE class 08, 57P01, 57P03; MySQL's 1053 shutdown and 2006/2013 gone).
+    /// starting up (SQLSTATE class 08, 57P01, 57P03; MySQL's 1053 shutdown, MariaDB's 1927
+    /// connection killed, 2006/2013 server gone).
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// The database aborted the transaction for another one's sake (a deadlock, a lock-wait
@@ -46,7 +47,7 @@ impl From<sqlx::Error> for DbError {
             }
             sqlx::Error::Database(d)
                 if d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                    .is_some_and(|m| matches!(m.number(), 1053 | 2006 | 2013)) =>
+                    .is_some_and(|m| matches!(m.number(), 1053 | 1927 | 2006 | 2013)) =>
             {
                 Self::Unavailable(e.to_string())
             }

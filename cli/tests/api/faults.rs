@@ -1,7 +1,7 @@
-//! Fault injection, scenario 1: two allocator and two gateway processes on one PostgreSQL, 1,000
-//! calls with mixed outcomes from the simulator (10% Infinity timeouts, 5% lost callbacks, 10%
-//! duplicated, 5% late), while one allocator is killed with SIGKILL and restarted and every
-//! connection to the test's own databases is terminated twice. Clients retry failed MakeCalls
+//! Fault injection, scenario 1: two allocator and two gateway processes on one PostgreSQL (and
+//! once more on one MariaDB), 1,000 calls with mixed outcomes from the simulator (10% Infinity
+//! timeouts, 5% lost callbacks, 10% duplicated, 5% late), while one allocator is killed with
+//! SIGKILL and restarted and every connection to the test's own databases is terminated twice. Clients retry failed MakeCalls
 //! with the same idempotency key, as the CCO workbench does.
 //!
 //! Afterwards: every MakeCall that returned a call id has a terminal record with its lease
@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
 use cco_platform::auth::BearerInterceptor;
-use cco_platform::testing::{Backend, TestDb, pg_admin_url};
+use cco_platform::testing::{Backend, TestDb, mysql_admin_url, pg_admin_url};
+use chrono::{DateTime, Utc};
 use infinity_sim::{CallbackMode, Outcome, Script, SimConfig, Simulator};
 use sqlx::{Connection, Row};
 use tonic::Code;
@@ -55,17 +56,49 @@ fn script(i: usize) -> Script {
     }
 }
 
-async fn terminate_backends(dbs: &[String]) -> u64 {
-    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
-    let n: i64 = sqlx::query(
-        "select count(pg_terminate_backend(pid)) as n from pg_stat_activity where datname = any($1) and pid <> pg_backend_pid()",
-    )
-    .bind(dbs)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap()
-    .get("n");
-    u64::try_from(n).unwrap_or(0)
+/// Ends every connection to the test's databases (the server side of a network failure).
+async fn terminate_backends(b: Backend, dbs: &[String]) -> u64 {
+    match b {
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+            let n: i64 = sqlx::query(
+                "select count(pg_terminate_backend(pid)) as n from pg_stat_activity where datname = any($1) and pid <> pg_backend_pid()",
+            )
+            .bind(dbs)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get("n");
+            u64::try_from(n).unwrap_or(0)
+        }
+        Backend::MariaDb => {
+            let mut conn = sqlx::MySqlConnection::connect(&mysql_admin_url())
+                .await
+                .unwrap();
+            let mut n = 0;
+            for db in dbs {
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "select id from information_schema.processlist where db = ? and id <> connection_id()",
+                )
+                .bind(db)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                for id in ids {
+                    // Gone already (it may have closed meanwhile) is fine.
+                    if sqlx::query(sqlx::AssertSqlSafe(format!("kill connection {id}")))
+                        .execute(&mut conn)
+                        .await
+                        .is_ok()
+                    {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        }
+        Backend::Sqlite => unreachable!("the fault run needs a database server"),
+    }
 }
 
 fn db_name(url: &str) -> String {
@@ -74,9 +107,19 @@ fn db_name(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_calls_through_kills_and_disconnects() {
+    thousand_calls(Backend::Postgres).await;
+}
+
+/// The same run with both services on MariaDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_calls_through_kills_and_disconnects_on_mariadb() {
+    thousand_calls(Backend::MariaDb).await;
+}
+
+async fn thousand_calls(b: Backend) {
     let started = Instant::now();
-    let alloc_db = TestDb::new(Backend::Postgres).await;
-    let gw_db = TestDb::new(Backend::Postgres).await;
+    let alloc_db = TestDb::new(b).await;
+    let gw_db = TestDb::new(b).await;
     let (a1, a2, g1, g2, h1, h2) = (
         free_port(),
         free_port(),
@@ -214,7 +257,7 @@ async fn thousand_calls_through_kills_and_disconnects() {
             kills += 1;
             a.restart();
         } else {
-            terminated.push(terminate_backends(&dbs).await);
+            terminated.push(terminate_backends(b, &dbs).await);
         }
     }
     let port = al1.lock().unwrap().port;
@@ -297,28 +340,43 @@ async fn thousand_calls_through_kills_and_disconnects() {
         .count();
 
     // The allocator's history: no extension leased twice at once.
-    let mut conn = sqlx::PgConnection::connect(&alloc_db.url).await.unwrap();
-    let rows = sqlx::query(
-        "select extension_id::text as e, fencing_token as t, acquired_at as a, released_at as r from leases order by extension_id, fencing_token",
-    )
-    .fetch_all(&mut conn)
+    let history = cco_platform::db::DbPool::connect(&{
+        let mut s = cco_platform::db::DatabaseSettings::sqlite_default("x");
+        s.url = alloc_db.url.clone();
+        s.migrate_on_start = false;
+        s
+    })
     .await
     .unwrap();
+    let mut rows: Vec<(String, i64, DateTime<Utc>, Option<DateTime<Utc>>)> =
+        cco_platform::sql::Db::new(history.clone())
+            .fetch_all(
+                "select extension_id, fencing_token, acquired_at, released_at from leases",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.uuid("extension_id").unwrap().to_string(),
+                    r.i64("fencing_token").unwrap(),
+                    r.time("acquired_at").unwrap(),
+                    r.opt_time("released_at").unwrap(),
+                )
+            })
+            .collect();
+    history.close().await;
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     let mut overlaps = 0;
     let mut leaks = 0;
     for w in rows.windows(2) {
-        let (e0, e1): (String, String) = (w[0].get("e"), w[1].get("e"));
-        if e0 == e1 {
-            let end: Option<chrono::DateTime<chrono::Utc>> = w[0].get("r");
-            let next: chrono::DateTime<chrono::Utc> = w[1].get("a");
-            if end.is_none_or(|e| e > next) {
-                overlaps += 1;
-            }
+        if w[0].0 == w[1].0 && w[0].3.is_none_or(|end| end > w[1].2) {
+            overlaps += 1;
         }
     }
     for r in &rows {
-        let released: Option<chrono::DateTime<chrono::Utc>> = r.get("r");
-        leaks += usize::from(released.is_none());
+        leaks += usize::from(r.3.is_none());
     }
     let mut stats_client =
         apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
@@ -335,7 +393,7 @@ async fn thousand_calls_through_kills_and_disconnects() {
         .into_inner();
     let count = |s: pb::CallStatus| records.iter().filter(|r| r.status == s as i32).count();
     println!(
-        "figures: calls={CALLS} completed={} failed={} expired={} retried_makecalls={} errors={:?} allocator_kill9={kills} \
+        "figures: backend={b:?} calls={CALLS} completed={} failed={} expired={} retried_makecalls={} errors={:?} allocator_kill9={kills} \
          backends_terminated={terminated:?} records_lost={} double_leases={overlaps} leaked_leases={leaks} double_dials={double_dials} \
          never_dialled={never_dialled} pool_in_use={} pool_available={} leases_granted={} seconds={:.1}",
         count(pb::CallStatus::Completed),
