@@ -910,6 +910,10 @@ where
     loop {
         match op().await {
             Err(e) if attempt < CONTENTION_ATTEMPTS && is_contention(&e) => {
+                tracing::debug!(
+                    attempt,
+                    "transaction aborted by the database for another; running it again"
+                );
                 let base = 2u64.saturating_pow(attempt);
                 let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) % (base * 2 + 1);
                 tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;

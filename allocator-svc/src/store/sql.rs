@@ -53,8 +53,10 @@ struct Statements {
     lease_extension: String,
     /// Inserts the lease from the extension row just leased.
     insert_lease: String,
-    /// Locks (creating) the tenant's state row: $1 tenant.
+    /// Locks the tenant's state row and reads its cursor: $1 tenant.
     lock_tenant: String,
+    /// Creates the tenant's state row if missing (its own transaction): $1 tenant.
+    create_tenant: String,
     /// $1 tenant, $2 cursor.
     set_cursor: String,
     /// Ends a live lease with a matching token: $1 lease, $2 token, $3 reason.
@@ -75,6 +77,8 @@ struct Statements {
     update_extension: String,
     /// $1 tenant.
     lock_pool_counts: String,
+    /// Creates the tenant's counter row if missing (its own transaction): $1 tenant.
+    create_pool_counts: String,
 }
 
 impl Statements {
@@ -130,12 +134,12 @@ impl Statements {
                  select $1, tenant_id, id, number, $2, $3, $4, $5, fencing_token, $6, last_used_at, \
                  lease_expires_at, last_used_at, last_used_at from extensions where id = $7"
                 .to_owned(),
-            lock_tenant: d.upsert(
+            lock_tenant: format!("select rr_cursor from tenant_state where tenant_id = $1{lock}"),
+            create_tenant: d.insert_or_ignore(
                 "tenant_state",
                 "tenant_id, created_at, updated_at",
                 &format!("($1, {now}, {now})"),
                 "tenant_id",
-                &format!("updated_at = {now}"),
             ),
             set_cursor: format!(
                 "update tenant_state set rr_cursor = $2, updated_at = {now} where tenant_id = $1"
@@ -202,6 +206,12 @@ impl Statements {
                 n = if d.0 == Backend::Postgres { "$4::text" } else { "$4" },
             ),
             lock_pool_counts: format!("select total from pool_counts where tenant_id = $1{lock}"),
+            create_pool_counts: d.insert_or_ignore(
+                "pool_counts",
+                "tenant_id, total",
+                "($1, 0)",
+                "tenant_id",
+            ),
         }
     }
 }
@@ -219,6 +229,24 @@ fn placeholders(start: usize, n: usize) -> String {
 pub struct SqlStore {
     db: Db,
     sql: std::sync::Arc<Statements>,
+}
+
+/// A transaction that found a per-tenant row it locks missing: it was rolled back; the caller
+/// creates the row in a transaction of its own and runs it again. (Created inside the locking
+/// transaction, the first rows of a tenant raced by many transactions deadlock on MySQL: its
+/// duplicate-key checks take gap locks even at READ COMMITTED.)
+enum Step<T> {
+    Done(T),
+    Missing(PerTenant),
+}
+
+/// The per-tenant rows a transaction locks.
+#[derive(Debug, Clone, Copy)]
+enum PerTenant {
+    /// `tenant_state` (capped and round-robin acquires).
+    State,
+    /// `pool_counts` (deletes).
+    Counts,
 }
 
 /// True for an error worth running the transaction again for.
@@ -422,7 +450,11 @@ impl SqlStore {
             Backend::MySql => tx
                 .exec()
                 .execute(
-                    "insert into acquire_turns (tenant_id, request_id) values ($1, $2)",
+                    // An upsert: a twin waits for the row's exclusive lock in a queue (a plain
+                    // insert would wait for a shared lock, and twins upgrading shared locks to
+                    // exclusive deadlock with each other).
+                    "insert into acquire_turns (tenant_id, request_id) values ($1, $2) \
+                     on duplicate key update request_id = values(request_id)",
                     args![tenant, request_id],
                 )
                 .await
@@ -455,21 +487,43 @@ impl SqlStore {
     /// The serialised acquire: every strategy, with or without a cap.
     pub async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
         let tenant = cmd.tenant_id.as_str();
-        // A replay needs no lock: answer it from a read. The check is repeated under the turn
-        // below for a twin that commits in between.
-        if let Some((l, fp)) = find_by_request(
-            self.db.conn().await.map_err(db_err)?.exec(),
-            tenant,
-            cmd.request_id.as_str(),
-        )
-        .await?
+        // SQLite: a replay needs no write lock (the database's only one): answer it from a
+        // read. The check is repeated under the turn below for a twin that commits in between.
+        if self.db.backend() == Backend::Sqlite
+            && let Some((l, fp)) = find_by_request(
+                self.db.conn().await.map_err(db_err)?.exec(),
+                tenant,
+                cmd.request_id.as_str(),
+            )
+            .await?
         {
             return Ok(replay(l, &fp, cmd));
         }
-        sql::retry(contended, || self.try_acquire(cmd)).await
+        sql::retry(contended, || async {
+            loop {
+                match self.try_acquire(cmd).await? {
+                    Step::Done(outcome) => return Ok(outcome),
+                    Step::Missing(row) => self.create_row(row, tenant).await?,
+                }
+            }
+        })
+        .await
     }
 
-    async fn try_acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
+    /// Creates a per-tenant row a transaction found missing, in a transaction of its own.
+    async fn create_row(&self, row: PerTenant, tenant: &str) -> Result<(), AllocError> {
+        let sql = match row {
+            PerTenant::State => &self.sql.create_tenant,
+            PerTenant::Counts => &self.sql.create_pool_counts,
+        };
+        self.db
+            .execute(sql, args![tenant])
+            .await
+            .map(drop)
+            .map_err(db_err)
+    }
+
+    async fn try_acquire(&self, cmd: &AcquireCmd) -> Result<Step<AcquireOutcome>, AllocError> {
         let tenant = cmd.tenant_id.as_str();
         let request_id = cmd.request_id.as_str();
         let mut tx = self.begin(Mode::Write).await?;
@@ -478,24 +532,20 @@ impl SqlStore {
         // extension or seeing a pool its twin has drained.
         self.take_turn(&mut tx, tenant, request_id).await?;
         if let Some((l, fp)) = find_by_request(tx.exec(), tenant, request_id).await? {
-            return Ok(replay(l, &fp, cmd));
+            return Ok(Step::Done(replay(l, &fp, cmd)));
         }
         let mut cursor: Option<String> = None;
         if cmd.cap.is_some() || cmd.strategy == Strategy::RoundRobin {
             // Locks the tenant row until commit: capped and round-robin acquires of one tenant
             // run one at a time, so the count and the cursor below cannot be outrun.
-            tx.exec()
-                .execute(&self.sql.lock_tenant, args![tenant])
-                .await
-                .map_err(db_err)?;
             let row = tx
                 .exec()
-                .fetch_one(
-                    "select rr_cursor from tenant_state where tenant_id = $1",
-                    args![tenant],
-                )
+                .fetch_optional(&self.sql.lock_tenant, args![tenant])
                 .await
                 .map_err(db_err)?;
+            let Some(row) = row else {
+                return Ok(Step::Missing(PerTenant::State));
+            };
             cursor = col(row.opt_text("rr_cursor"))?;
             if let Some(cap) = cmd.cap {
                 let live = tx
@@ -508,7 +558,7 @@ impl SqlStore {
                     .map_err(db_err)?;
                 let live = u32::try_from(col(live.i64("n"))?).unwrap_or(u32::MAX);
                 if live >= cap {
-                    return Ok(AcquireOutcome::CapReached { cap, live });
+                    return Ok(Step::Done(AcquireOutcome::CapReached { cap, live }));
                 }
             }
         }
@@ -556,7 +606,7 @@ impl SqlStore {
         };
         let Some(extension_id) = picked else {
             let counts = self.counts_on(tx.exec(), tenant).await?;
-            return Ok(AcquireOutcome::PoolEmpty(counts));
+            return Ok(Step::Done(AcquireOutcome::PoolEmpty(counts)));
         };
         let lease_id = Uuid::now_v7();
         let n = tx
@@ -596,7 +646,7 @@ impl SqlStore {
             if is_unique_violation(&e) {
                 // A concurrent identical request won: undo ours and return theirs.
                 tx.rollback().await.map_err(db_err)?;
-                return self.replay_or_vanished(cmd).await;
+                return self.replay_or_vanished(cmd).await.map(Step::Done);
             }
             return Err(db_err(e));
         }
@@ -616,10 +666,10 @@ impl SqlStore {
         }
         self.end_turn(&mut tx, tenant, request_id).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(AcquireOutcome::Granted {
+        Ok(Step::Done(AcquireOutcome::Granted {
             lease,
             replayed: false,
-        })
+        }))
     }
 
     /// The lease an earlier request with this id got, replayed to `cmd`.
@@ -1000,7 +1050,15 @@ impl SqlStore {
         ids: &[Uuid],
         force: bool,
     ) -> Result<Vec<DeleteOutcome>, AllocError> {
-        sql::retry(contended, || self.try_delete_extensions(tenant, ids, force)).await
+        sql::retry(contended, || async {
+            loop {
+                match self.try_delete_extensions(tenant, ids, force).await? {
+                    Step::Done(out) => return Ok(out),
+                    Step::Missing(row) => self.create_row(row, tenant.as_str()).await?,
+                }
+            }
+        })
+        .await
     }
 
     async fn try_delete_extensions(
@@ -1008,22 +1066,21 @@ impl SqlStore {
         tenant: &TenantId,
         ids: &[Uuid],
         force: bool,
-    ) -> Result<Vec<DeleteOutcome>, AllocError> {
+    ) -> Result<Step<Vec<DeleteOutcome>>, AllocError> {
         let d = self.dialect();
         let mut tx = self.begin(Mode::Write).await?;
         // The delete trigger updates the tenant's pool_counts row: take that lock before any
         // extension row, so two overlapping batch deletes queue here instead of deadlocking
         // (each holding the counter and waiting for an extension the other has). Then the live
         // leases of those extensions, in lease id order, as every multi-lease path does.
-        let create = d.insert_or_ignore("pool_counts", "tenant_id, total", "($1, 0)", "tenant_id");
-        tx.exec()
-            .execute(&create, args![tenant.as_str()])
-            .await
-            .map_err(db_err)?;
-        tx.exec()
+        let counter = tx
+            .exec()
             .fetch_optional(&self.sql.lock_pool_counts, args![tenant.as_str()])
             .await
             .map_err(db_err)?;
+        if counter.is_none() {
+            return Ok(Step::Missing(PerTenant::Counts));
+        }
         let mut locked = HashSet::new();
         if force && !ids.is_empty() {
             let sql = format!(
@@ -1081,7 +1138,7 @@ impl SqlStore {
             });
         }
         tx.commit().await.map_err(db_err)?;
-        Ok(out)
+        Ok(Step::Done(out))
     }
 
     /// Ends every live lease of a collector; returns their ids.

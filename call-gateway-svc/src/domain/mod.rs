@@ -62,6 +62,10 @@ pub enum GwError {
     /// A dependency (database, allocator, Infinity) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The database kept aborting the transaction for concurrent ones (deadlocks, lock-wait
+    /// timeouts) after the store's retries; the client may try again.
+    #[error("{0}")]
+    Contention(String),
     /// Not supported by the tenant's Infinity.
     #[error("{0}")]
     Unimplemented(String),

@@ -30,6 +30,7 @@ impl From<GwError> for Status {
             GwError::FailedPrecondition(m) => status(Code::FailedPrecondition, &m),
             GwError::PermissionDenied(m) => status(Code::PermissionDenied, &m),
             GwError::Unavailable(m) => status(Code::Unavailable, &m),
+            GwError::Contention(m) => status(Code::Aborted, &m),
             GwError::Unimplemented(m) => status(Code::Unimplemented, &m),
             GwError::ResourceExhausted(m) => status(Code::ResourceExhausted, &m),
             GwError::OutOfRange(m) => status(Code::OutOfRange, &m),

@@ -414,6 +414,11 @@ fn changed(row: &Row, kind: EventType, now: DateTime<Utc>) -> Result<CallEvent, 
     Ok(CallEvent::of(&call, kind, now))
 }
 
+/// True for an error worth running the transaction again for.
+fn contended(e: &GwError) -> bool {
+    matches!(e, GwError::Contention(_))
+}
+
 fn call_of(row: &Row) -> Result<Call, GwError> {
     call_from(record_from(row).map_err(db_err)?)
 }
@@ -679,13 +684,8 @@ impl GatewayStore {
     }
 }
 
-#[async_trait]
-impl CallStore for GatewayStore {
-    fn locks_rows(&self) -> bool {
-        self.row_locks()
-    }
-
-    async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
+impl GatewayStore {
+    async fn try_insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
         let r = &row_from(call)?;
         let mut tx = self.write_tx().await?;
         let res = tx
@@ -785,6 +785,19 @@ impl CallStore for GatewayStore {
             }
             Err(e) => Err(db_err(e)),
         }
+    }
+}
+
+#[async_trait]
+impl CallStore for GatewayStore {
+    fn locks_rows(&self) -> bool {
+        self.row_locks()
+    }
+
+    async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
+        // Identical MakeCalls (one idempotency key) racing: MySQL may abort all but one of the
+        // waiting inserts as deadlocks; run again, they find the winner's record.
+        cco_platform::sql::retry(contended, || self.try_insert_call(call)).await
     }
 
     async fn call(&self, id: &CallId) -> Result<Option<Call>, GwError> {
@@ -1675,8 +1688,10 @@ impl CallStore for GatewayStore {
             "tenant_id",
             "next_index = caller_number_cursors.next_index + 1, updated_at = new(updated_at)",
         );
-        let row = self
-            .write_returning_once(
+        // A tenant's first cursor raced by several dials: MySQL may abort all but one of the
+        // inserts as deadlocks; run again, they find the row.
+        let row = cco_platform::sql::retry(contended, || async {
+            self.write_returning_once(
                 &upsert,
                 "next_index - 1 as i",
                 args![tenant_id, now],
@@ -1684,7 +1699,9 @@ impl CallStore for GatewayStore {
                 args![tenant_id],
             )
             .await
-            .map_err(db_err)?;
+            .map_err(db_err)
+        })
+        .await?;
         row.ok_or_else(|| crate::store::corrupt("caller_number_cursors"))?
             .i64("i")
             .map_err(db_err)

@@ -267,7 +267,7 @@ impl From<DbError> for GwError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Unavailable(m) => GwError::Unavailable(format!("database unavailable: {m}")),
-            DbError::Contention(m) => GwError::Unavailable(format!("database contention: {m}")),
+            DbError::Contention(m) => GwError::Contention(format!("database contention: {m}")),
             DbError::Other(e) => GwError::Internal(e.into()),
         }
     }
