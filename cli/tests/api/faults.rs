@@ -101,6 +101,9 @@ async fn terminate_backends(b: Backend, dbs: &[String]) -> u64 {
     }
 }
 
+/// A lease of the allocator's history: extension, token, acquired, released.
+type Leased = (String, i64, DateTime<Utc>, Option<DateTime<Utc>>);
+
 fn db_name(url: &str) -> String {
     url.rsplit('/').next().unwrap().to_owned()
 }
@@ -348,7 +351,7 @@ async fn thousand_calls(b: Backend) {
     })
     .await
     .unwrap();
-    let mut rows: Vec<(String, i64, DateTime<Utc>, Option<DateTime<Utc>>)> =
+    let mut rows: Vec<Leased> =
         cco_platform::sql::Db::new(history.clone())
             .fetch_all(
                 "select extension_id, fencing_token, acquired_at, released_at from leases",
