@@ -1,13 +1,18 @@
-//! Storage behind one trait; [`postgres`] and [`sqlite`] implement it and one conformance suite
-//! (`tests/conformance.rs`) proves they behave the same.
+//! Storage behind one trait, implemented once for every backend by [`sql::SqlStore`]
+//! (PostgreSQL, MySQL/MariaDB, SQLite); [`postgres::PgStore`] adds PostgreSQL's coalesced hot
+//! path on top of it. One conformance suite (`tests/api/conformance.rs`) proves every backend
+//! behaves the same.
 //!
-//! Concurrency contract, shared by both backends:
-//! - every method is one transaction;
+//! Concurrency contract, on every backend:
+//! - every method is one transaction (run again whole when the database aborts it for another:
+//!   a deadlock or a lock-wait timeout);
 //! - identical acquires (same tenant and request id) are serialised (PostgreSQL: a
-//!   transaction-scoped advisory lock on the pair), so the second replays the first's lease;
+//!   transaction-scoped advisory lock on the pair; MySQL: an `acquire_turns` row upserted and
+//!   deleted in the transaction), so the second replays the first's lease;
 //! - an acquire that must respect a cap or move the round-robin cursor first locks the tenant's
 //!   `tenant_state` row, so those acquires are serialised per tenant; uncapped LRU and affinity
-//!   acquires never take it (PostgreSQL picks with `for update skip locked`);
+//!   acquires never take it (they pick with `for update skip locked`); a missing per-tenant
+//!   row is created in a transaction of its own first, never inside the locking one;
 //! - anything that ends a lease locks the lease row before the extension row, so release, renew,
 //!   the reaper and the admin paths cannot deadlock with each other; a path that ends several
 //!   leases in one transaction (coalesced releases, force-release of a collector, forced batch
@@ -19,7 +24,8 @@
 //! - only acquire turns an extension `in_use`, so the cap check under the tenant lock cannot be
 //!   outrun by another path.
 //!
-//! SQLite serialises all writers with `begin immediate`, which gives the same guarantees.
+//! SQLite serialises all writers with `begin immediate`, which gives the same guarantees
+//! without row locks.
 
 pub mod postgres;
 pub mod sql;

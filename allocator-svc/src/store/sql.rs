@@ -89,14 +89,21 @@ impl Statements {
         let free = format!(
             "tenant_id = $1 and status = 'available' and (available_at is null or available_at <= {now})"
         );
+        // Pick orders wholly covered by an index, so a pick reads free rows in order and
+        // stops at the first it can lock. (On MySQL a pick that sorted would lock every free
+        // row it read until commit, and concurrent picks would skip them all: a pool that
+        // looks empty. MySQL keeps the number's length in a stored column for its indexes.)
         let lru_order = match d.0 {
             // PostgreSQL sorts nulls last unless told; MySQL and SQLite sort them first.
             Backend::Postgres => "last_released_at asc nulls first, length(number), number",
-            _ => "last_released_at, length(number), number",
+            Backend::MySql => "last_released_at, number_len, number",
+            Backend::Sqlite => "last_released_at, length(number), number",
         };
+        let number_order = number_order(d);
         let number_after = match d.0 {
             Backend::Postgres => "(length(number), number) > (length($2::text), $2::text)",
-            _ => "(length(number), number) > (length($2), $2)",
+            Backend::MySql => "(number_len, number) > (char_length($2), $2)",
+            Backend::Sqlite => "(length(number), number) > (length($2), $2)",
         };
         let ttl = match d.0 {
             Backend::Postgres => "$4::float8",
@@ -115,10 +122,10 @@ impl Statements {
             pick_affinity: format!("select id from extensions where id = $2 and {free}{skip}"),
             pick_rr_after: format!(
                 "select id from extensions where {free} and {number_after} \
-                 order by length(number), number limit 1{skip}"
+                 order by {number_order} limit 1{skip}"
             ),
             pick_rr_first: format!(
-                "select id from extensions where {free} order by length(number), number limit 1{skip}"
+                "select id from extensions where {free} order by {number_order} limit 1{skip}"
             ),
             lease_extension: format!(
                 "update extensions set status = 'in_use', current_lease_id = $2, \
@@ -213,6 +220,14 @@ impl Statements {
                 "tenant_id",
             ),
         }
+    }
+}
+
+/// Number order (shorter numbers first, then text order), as the backend's indexes hold it.
+fn number_order(d: Dialect) -> &'static str {
+    match d.0 {
+        Backend::MySql => "number_len, number",
+        _ => "length(number), number",
     }
 }
 
@@ -904,7 +919,10 @@ impl SqlStore {
                 f.collector_id.as_ref().map(|c| c.as_str()),
             ),
             (
-                " and (length(number), number) > (length($n), $n)",
+                match self.db.backend() {
+                    Backend::MySql => " and (number_len, number) > (char_length($n), $n)",
+                    _ => " and (length(number), number) > (length($n), $n)",
+                },
                 f.after_number.as_deref(),
             ),
         ];
@@ -917,7 +935,8 @@ impl SqlStore {
         }
         a.push(Arg::I64(f.limit.into()));
         sql.push_str(&format!(
-            " order by length(number), number limit ${}",
+            " order by {} limit ${}",
+            number_order(self.dialect()),
             a.len()
         ));
         let rows = self.db.fetch_all(&sql, &a).await.map_err(db_err)?;

@@ -1551,6 +1551,7 @@ cco_platform::on_every_backend!(
     policy_default_strategy_and_request_override,
     cap_holds_across_two_instances,
     pool_empty_across_two_instances,
+    concurrent_picks_never_see_a_free_pool_empty,
     idempotent_acquire_under_race,
     fencing_and_idempotent_release,
     renew_extends_live_leases_only,
@@ -1571,3 +1572,56 @@ cco_platform::on_every_backend!(
     health_and_reflection_need_no_key,
     metrics_endpoint_reports_outcomes,
 );
+
+/// A pool whose extensions have all been released once (distinct release times, so the LRU
+/// order is decided by them) serves 30 concurrent Acquires over two instances from 40 free
+/// extensions without one saying the pool is empty: a pick locks only the row it takes.
+async fn concurrent_picks_never_see_a_free_pool_empty(b: Backend) {
+    let db = TestDb::new(b).await;
+    let a1 = TestApp::spawn(settings(&db.url)).await;
+    let a2 = TestApp::spawn(settings(&db.url)).await;
+    let mut pool = a1.pool(ADMIN).await;
+    let numbers: Vec<String> = (0..40).map(|i| format!("{}", 9000 + i)).collect();
+    import(
+        &mut pool,
+        "t1",
+        &numbers.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let mut c = a1.alloc(CALLER).await;
+    for _ in 0..40 {
+        let l = lease(&mut c, "t1", "warm", LRU).await;
+        release(&mut c, &l).await;
+    }
+    let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
+    for round in 0..3 {
+        let results = burst(&clients, 30, |i| {
+            acquire_req("t1", &format!("c{i}"), &format!("r{round}-{i}"))
+        })
+        .await;
+        let mut granted = Vec::new();
+        for r in results {
+            granted.push(
+                r.expect("a free extension for every request")
+                    .lease
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            granted
+                .iter()
+                .map(|l| l.extension_id.clone())
+                .collect::<HashSet<_>>()
+                .len(),
+            30
+        );
+        for l in &granted {
+            release(&mut c, l).await;
+        }
+    }
+    let inspect = Inspect::new(&db.url).await;
+    assert_no_overlaps(&inspect.intervals().await);
+    inspect.close().await;
+    a1.shutdown().await;
+    a2.shutdown().await;
+}

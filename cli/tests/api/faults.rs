@@ -351,24 +351,23 @@ async fn thousand_calls(b: Backend) {
     })
     .await
     .unwrap();
-    let mut rows: Vec<Leased> =
-        cco_platform::sql::Db::new(history.clone())
-            .fetch_all(
-                "select extension_id, fencing_token, acquired_at, released_at from leases",
-                &[],
+    let mut rows: Vec<Leased> = cco_platform::sql::Db::new(history.clone())
+        .fetch_all(
+            "select extension_id, fencing_token, acquired_at, released_at from leases",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.uuid("extension_id").unwrap().to_string(),
+                r.i64("fencing_token").unwrap(),
+                r.time("acquired_at").unwrap(),
+                r.opt_time("released_at").unwrap(),
             )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r.uuid("extension_id").unwrap().to_string(),
-                    r.i64("fencing_token").unwrap(),
-                    r.time("acquired_at").unwrap(),
-                    r.opt_time("released_at").unwrap(),
-                )
-            })
-            .collect();
+        })
+        .collect();
     history.close().await;
     rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     let mut overlaps = 0;

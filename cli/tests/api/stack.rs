@@ -36,8 +36,14 @@ fn port_of(line: &str, label: &str) -> Option<u16> {
 }
 
 pub(crate) fn start(dir: &std::path::Path) -> Stack {
+    start_with(dir, &[])
+}
+
+/// [`start`] with more settings in the environment.
+pub(crate) fn start_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Stack {
     let mut child = Command::new(CCO)
         .arg("stack")
+        .envs(env.iter().copied())
         .current_dir(dir)
         .env("ALLOCATOR__GRPC__HOST", "127.0.0.1")
         .env("ALLOCATOR__GRPC__PORT", "0")
@@ -144,6 +150,65 @@ impl Stack {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The README's MariaDB variant: `cco stack` with `mysql://` URLs (fresh databases on the test
+/// server) migrates both, places the demo call, and frees its extension.
+#[test]
+fn stack_runs_on_mariadb() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (alloc_db, gw_db) = rt.block_on(async {
+        (
+            cco_platform::testing::TestDb::new(cco_platform::testing::Backend::MariaDb).await,
+            cco_platform::testing::TestDb::new(cco_platform::testing::Backend::MariaDb).await,
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_with(
+        dir.path(),
+        &[
+            ("ALLOCATOR__DATABASE__URL", &alloc_db.url),
+            ("GATEWAY__DATABASE__URL", &gw_db.url),
+        ],
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing written to SQLite files"
+    );
+    let made = stack.json(&[
+        "call",
+        "make",
+        "--tenant",
+        "demo",
+        "--collector",
+        "alice",
+        "--case",
+        "case-1",
+        "--to",
+        "13900139000",
+    ]);
+    let call_id = made["call_id"].as_str().unwrap().to_owned();
+    let watched = stack.cco(&[
+        "call",
+        "watch",
+        "--tenant",
+        "demo",
+        "--id",
+        &call_id,
+        "--max-wait",
+        "60",
+    ]);
+    let events = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched.status.success() && events.contains("COMPLETED"),
+        "{events} {}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let stats = stack.json(&["ext", "stats", "--tenant", "demo"]);
+    assert_eq!(stats["in_use"].as_u64(), Some(0), "{stats}");
+    assert!(stats["available"].as_u64().unwrap_or(0) > 0, "{stats}");
+    stack.stop();
+    drop((alloc_db, gw_db));
 }
 
 #[test]

@@ -25,10 +25,16 @@ create table if not exists extensions (
     use_count            bigint not null default 0,
     created_at           datetime(6) not null,
     updated_at           datetime(6) not null,
+    -- the number's length, so that number order (shorter numbers first, then text order) is
+    -- an index order: a locking pick that had to sort would lock every row it read.
+    number_len           integer generated always as (char_length(number)) stored,
     primary key (id),
     unique key extensions_tenant_number_key (tenant_id, number),
     -- the LRU pick: free rows of a tenant in pick order (nulls sort first in MySQL).
-    key extensions_free_lru_order (tenant_id, status, last_released_at, number),
+    key extensions_free_lru_order (tenant_id, status, last_released_at, number_len, number),
+    -- the round-robin pick (free rows in number order), listing and pagination.
+    key extensions_free_number_order (tenant_id, status, number_len, number),
+    key extensions_number_order (tenant_id, number_len, number),
     -- the reaper finds due leases through the extensions holding them.
     key extensions_lease_expiry (status, lease_expires_at),
     constraint extensions_status_check check (status in ('available', 'in_use', 'offline'))
