@@ -3,7 +3,7 @@
 -- sets the session time zone to +00:00), text compared byte for byte (utf8mb4_bin), as on
 -- PostgreSQL. MySQL has no partial indexes: the indexes below lead with the status instead.
 -- MySQL cannot roll DDL back, so every statement may run again after a failure half-way
--- (`if not exists`); nothing here drops data.
+-- (`if not exists`; triggers are dropped and made again); nothing here drops data.
 
 create table if not exists extensions (
     id                   char(36) not null,
@@ -91,9 +91,12 @@ create table if not exists pool_counts (
     primary key (tenant_id)
 ) engine = InnoDB default charset = utf8mb4 collate = utf8mb4_bin;
 
-create trigger if not exists extensions_count_added after insert on extensions for each row
+-- (`create trigger if not exists` is MySQL 8.0.29+: dropped and made again; a trigger holds no data.)
+drop trigger if exists extensions_count_added;
+create trigger extensions_count_added after insert on extensions for each row
     insert into pool_counts (tenant_id, total) values (new.tenant_id, 1)
     on duplicate key update total = total + 1;
 
-create trigger if not exists extensions_count_removed after delete on extensions for each row
+drop trigger if exists extensions_count_removed;
+create trigger extensions_count_removed after delete on extensions for each row
     update pool_counts set total = total - 1 where tenant_id = old.tenant_id;
