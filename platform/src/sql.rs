@@ -186,28 +186,50 @@ pub fn sqlite_time(t: DateTime<Utc>) -> String {
 }
 
 /// Rewrites `$N` placeholders to MySQL's `?`, returning the text and, per `?`, the index of the
-/// argument it takes. Text inside single quotes, double quotes and backticks is left alone.
+/// argument it takes. Text inside single quotes, double quotes and backticks (with backslash
+/// escapes, as MySQL reads them) and comments (`-- ...`, `/* ... */`) is left alone.
 ///
 /// # Errors
 /// A `$N` with no argument `N` among `args` arguments.
 pub fn positional(sql: &str, args: usize) -> Result<(String, Vec<usize>), sqlx::Error> {
     let mut out = String::with_capacity(sql.len());
     let mut order = Vec::new();
-    let mut quote: Option<char> = None;
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
-        match quote {
-            Some(q) => {
-                if c == q {
-                    quote = None;
+        out.push(c);
+        match c {
+            '\'' | '"' | '`' => {
+                while let Some(d) = chars.next() {
+                    out.push(d);
+                    if d == '\\' && c != '`' {
+                        if let Some(e) = chars.next() {
+                            out.push(e);
+                        }
+                    } else if d == c {
+                        break;
+                    }
                 }
-                out.push(c);
             }
-            None if c == '\'' || c == '"' || c == '`' => {
-                quote = Some(c);
-                out.push(c);
+            '-' if chars.peek() == Some(&'-') => {
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == '\n' {
+                        break;
+                    }
+                }
             }
-            None if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) => {
+            '/' if chars.peek() == Some(&'*') => {
+                let mut last = ' ';
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if last == '*' && d == '/' {
+                        break;
+                    }
+                    last = d;
+                }
+            }
+            '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.pop();
                 let mut n = 0usize;
                 while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
                     chars.next();
@@ -224,7 +246,7 @@ pub fn positional(sql: &str, args: usize) -> Result<(String, Vec<usize>), sqlx::
                 order.push(n - 1);
                 out.push('?');
             }
-            None => out.push(c),
+            _ => {}
         }
     }
     Ok((out, order))
@@ -863,11 +885,11 @@ impl Dialect {
         match self.0 {
             Backend::MySql => format!(
                 "insert into {table} ({cols}) values {rows} on duplicate key update {}",
-                set.replace("new(", "values(")
+                replace_call(set, "new(", "values(")
             ),
             _ => format!(
                 "insert into {table} ({cols}) values {rows} on conflict ({key}) do update set {}",
-                set.replace("new(", "(excluded.")
+                replace_call(set, "new(", "(excluded.")
             ),
         }
     }
@@ -877,6 +899,23 @@ impl Dialect {
     pub fn has_returning(self) -> bool {
         self.0 != Backend::MySql
     }
+}
+
+/// Replaces `call` where it starts a word (so `new(` but not `renew(`).
+fn replace_call(text: &str, call: &str, with: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(call) {
+        let word_start = rest[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        out.push_str(&rest[..i]);
+        out.push_str(if word_start { with } else { call });
+        rest = &rest[i + call.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// True for an error that aborted the transaction because of another one and goes away when
@@ -935,6 +974,26 @@ mod tests {
             positional("select $2, '$1', $1 where a = $2 and b = \"$3\"", 2).unwrap();
         assert_eq!(sql, "select ?, '$1', ? where a = ? and b = \"$3\"");
         assert_eq!(order, [1, 0, 1]);
+    }
+
+    #[test]
+    fn positional_leaves_comments_and_escaped_quotes_alone() {
+        let (sql, order) = positional(
+            "select 'it\\'s $1', $2 -- don't $1\n/* $2 ' */ from t where a = $1",
+            2,
+        )
+        .unwrap();
+        assert_eq!(
+            sql,
+            "select 'it\\'s $1', ? -- don't $1\n/* $2 ' */ from t where a = ?"
+        );
+        assert_eq!(order, [1, 0]);
+    }
+
+    #[test]
+    fn upserts_name_the_new_row_only_where_asked() {
+        let my = Dialect(Backend::MySql).upsert("t", "k, v", "($1, $2)", "k", "v = renew(new(v))");
+        assert!(my.ends_with("v = renew(values(v))"), "{my}");
     }
 
     #[test]

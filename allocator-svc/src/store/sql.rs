@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 
 use cco_platform::args;
-use cco_platform::sql::{self, Arg, Backend, Db, Dialect, Exec, Mode, Tx};
+use cco_platform::sql::{self, Arg, Backend, Db, Dialect, Exec, Mode, Row, Tx};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -384,6 +384,22 @@ impl SqlStore {
         Ok(Some(lease))
     }
 
+    /// Locks the live ones of `ids` in lease id order (by primary key, so in that order on
+    /// every backend); returns their `lease_id` and `fencing_token`.
+    async fn lock_leases(&self, tx: &mut Tx, ids: &[Uuid]) -> Result<Vec<Row>, AllocError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "select lease_id, fencing_token from leases where lease_id in ({}) \
+             and released_at is null order by lease_id{}",
+            placeholders(1, ids.len()),
+            self.dialect().for_update()
+        );
+        let a: Vec<Arg<'_>> = ids.iter().map(|&id| Arg::Uuid(id)).collect();
+        tx.exec().fetch_all(&sql, &a).await.map_err(db_err)
+    }
+
     async fn counts_on(&self, ex: Exec<'_>, tenant: &str) -> Result<PoolCounts, AllocError> {
         let r = ex
             .fetch_one(&self.sql.counts, args![tenant])
@@ -434,6 +450,14 @@ impl SqlStore {
                 return Err(AllocError::Internal(anyhow::anyhow!(
                     "extension re-leased under lock"
                 )));
+            }
+            if self.db.backend() == Backend::MySql {
+                // InnoDB keeps the row locks taken after a savepoint when rolling back to it:
+                // the extension would stay locked while the next pass waits for the new lease.
+                // The whole transaction is rolled back and run again instead.
+                return Err(AllocError::Contention(
+                    "extension re-leased while its lease was ended".into(),
+                ));
             }
             tx.exec()
                 .execute("rollback to savepoint end_extension_lease", args![])
@@ -866,6 +890,34 @@ impl SqlStore {
             let mut tx = self.begin(Mode::Write).await?;
             let mut inserted = HashSet::new();
             for (chunk_ids, chunk) in ids.chunks(IMPORT_CHUNK).zip(numbers.chunks(IMPORT_CHUNK)) {
+                // Numbers already in the pool are left out first, with a read that locks
+                // nothing: MySQL's "ignore" locks the existing row it skips until commit (a
+                // re-import would hold in-use extensions away from their releases). What a
+                // concurrent import adds meanwhile is still skipped by the insert below.
+                let existing_sql = format!(
+                    "select number from extensions where tenant_id = $1 and number in ({})",
+                    placeholders(2, chunk.len())
+                );
+                let mut a = vec![Arg::Text(tenant.as_str())];
+                a.extend(chunk.iter().map(|n| Arg::Text(n.as_str())));
+                let existing: HashSet<String> = tx
+                    .exec()
+                    .fetch_all(&existing_sql, &a)
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .map(|r| r.text("number"))
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?;
+                let (chunk_ids, chunk): (Vec<Uuid>, Vec<&ExtensionNumber>) = chunk_ids
+                    .iter()
+                    .zip(chunk)
+                    .filter(|(_, n)| !existing.contains(n.as_str()))
+                    .map(|(id, n)| (*id, n))
+                    .unzip();
+                if chunk.is_empty() {
+                    continue;
+                }
                 // $1 tenant, $2 config, then (id, number) pairs.
                 let values = (0..chunk.len())
                     .map(|i| format!("(${}, $1, $2, ${}, {now}, {now})", 3 + 2 * i, 4 + 2 * i))
@@ -1086,7 +1138,6 @@ impl SqlStore {
         ids: &[Uuid],
         force: bool,
     ) -> Result<Step<Vec<DeleteOutcome>>, AllocError> {
-        let d = self.dialect();
         let mut tx = self.begin(Mode::Write).await?;
         // The delete trigger updates the tenant's pool_counts row: take that lock before any
         // extension row, so two overlapping batch deletes queue here instead of deadlocking
@@ -1102,17 +1153,20 @@ impl SqlStore {
         }
         let mut locked = HashSet::new();
         if force && !ids.is_empty() {
+            // The live leases of those extensions, read without a lock, then locked by primary
+            // key in lease id order.
             let sql = format!(
-                "select lease_id from leases where lease_id in ( \
-                   select current_lease_id from extensions \
-                   where tenant_id = $1 and id in ({}) and status = 'in_use') \
-                 and released_at is null order by lease_id{}",
+                "select current_lease_id from extensions \
+                 where tenant_id = $1 and id in ({}) and status = 'in_use'",
                 placeholders(2, ids.len()),
-                d.for_update()
             );
             let mut a = vec![Arg::Text(tenant.as_str())];
             a.extend(ids.iter().map(|&id| Arg::Uuid(id)));
+            let mut leases = Vec::new();
             for r in tx.exec().fetch_all(&sql, &a).await.map_err(db_err)? {
+                leases.extend(col(r.opt_uuid("current_lease_id"))?);
+            }
+            for r in self.lock_leases(&mut tx, &leases).await? {
                 locked.insert(col(r.uuid("lease_id"))?);
             }
         }
@@ -1168,17 +1222,23 @@ impl SqlStore {
     ) -> Result<Vec<Uuid>, AllocError> {
         sql::retry(contended, || async {
             let mut tx = self.begin(Mode::Write).await?;
-            let sql = format!(
-                "select lease_id, fencing_token from leases \
-                 where tenant_id = $1 and collector_id = $2 and released_at is null \
-                 order by lease_id{}",
-                self.dialect().for_update()
-            );
-            let live = tx
+            // The collector's live leases, read without a lock, then locked by primary key in
+            // id order (locking in the collector index's order, or before a sort, would not
+            // keep the order every multi-lease path takes).
+            let ids = tx
                 .exec()
-                .fetch_all(&sql, args![tenant.as_str(), collector.as_str()])
+                .fetch_all(
+                    "select lease_id from leases \
+                     where tenant_id = $1 and collector_id = $2 and released_at is null",
+                    args![tenant.as_str(), collector.as_str()],
+                )
                 .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| r.uuid("lease_id"))
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(db_err)?;
+            let live = self.lock_leases(&mut tx, &ids).await?;
             let mut ended = Vec::new();
             for r in live {
                 let id = col(r.uuid("lease_id"))?;

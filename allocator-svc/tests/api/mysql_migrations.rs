@@ -3,7 +3,6 @@
 //! with data in it, then once more under sqlx's bookkeeping, and the data is still there.
 
 use allocator_svc::domain::{ExtensionNumber, TenantId};
-use allocator_svc::store::Store;
 use allocator_svc::store::sql::SqlStore;
 use cco_platform::db::{DatabaseSettings, DbPool};
 use cco_platform::sql::Db;

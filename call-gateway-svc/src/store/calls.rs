@@ -428,6 +428,19 @@ impl GatewayStore {
         self.db.begin(Mode::Write).await.map_err(db_err)
     }
 
+    /// MySQL: locks the cache epoch row first. Every write of configs and collectors bumps it
+    /// through a trigger, so a transaction that writes several of them would otherwise hold the
+    /// counter while waiting for a row another holds while waiting for the counter.
+    pub(crate) async fn lock_epoch(&self, tx: &mut Tx) -> Result<(), GwError> {
+        if self.db.backend() == Backend::MySql {
+            tx.exec()
+                .execute(super::LOCK_EPOCH, args![])
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
     /// Whether transactions lock rows (PostgreSQL, MySQL) rather than the database (SQLite).
     fn row_locks(&self) -> bool {
         self.db.backend() != Backend::Sqlite
@@ -519,18 +532,30 @@ impl GatewayStore {
     /// number or another replica holds the tenant.
     async fn sequence_tenant(&self, tenant: &str) -> Result<bool, GwError> {
         let d = self.db.dialect();
-        self.db
-            .execute(
-                &d.insert_or_ignore(
-                    "call_event_seq",
-                    "tenant_id, last_id, pruned_through",
-                    "($1, 0, 0)",
-                    "tenant_id",
-                ),
+        // Created when missing (checked first with a read that locks nothing: MySQL's
+        // "ignore" would wait for the counter row another replica holds).
+        let known = self
+            .db
+            .fetch_optional(
+                "select last_id from call_event_seq where tenant_id = $1",
                 args![tenant],
             )
             .await
             .map_err(db_err)?;
+        if known.is_none() {
+            self.db
+                .execute(
+                    &d.insert_or_ignore(
+                        "call_event_seq",
+                        "tenant_id, last_id, pruned_through",
+                        "($1, 0, 0)",
+                        "tenant_id",
+                    ),
+                    args![tenant],
+                )
+                .await
+                .map_err(db_err)?;
+        }
         let mut tx = self.write_tx().await?;
         let last = tx
             .exec()
@@ -1511,6 +1536,7 @@ impl CallStore for GatewayStore {
         let now = Utc::now();
         let d = self.db.dialect();
         let mut tx = self.write_tx().await?;
+        self.lock_epoch(&mut tx).await?;
         let config_id = if d.has_returning() {
             tx.exec()
                 .fetch_optional(
@@ -1555,30 +1581,72 @@ impl CallStore for GatewayStore {
                 .await
                 .map_err(db_err)?
         } else {
-            // Lock the open calls, end them, read them back by id.
-            let ids = tx
+            // The open calls, read without a lock, then locked by primary key in id order,
+            // ended (those still open) and read back by id: an open call committed after the
+            // read is not touched here (its dial finds the config gone).
+            let mut ids = tx
                 .exec()
                 .fetch_all(
                     "select call_id from communication_records \
-                     where tenant_id = $1 and status in ('dialing', 'ringing', 'unknown') \
-                     order by call_id for update",
+                     where tenant_id = $1 and status in ('dialing', 'ringing', 'unknown')",
                     args![tenant_id],
                 )
                 .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| r.text("call_id"))
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(db_err)?;
-            tx.exec()
-                .execute(END_OPEN, args![tenant_id, CONFIG_DELETED, now])
-                .await
-                .map_err(db_err)?;
+            ids.sort();
             let mut rows = Vec::with_capacity(ids.len());
-            for id in &ids {
-                let id = id.text("call_id").map_err(db_err)?;
-                rows.push(
+            if !ids.is_empty() {
+                let place = |from: usize, n: usize| {
+                    (from..from + n)
+                        .map(|i| format!("${i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let a: Vec<Arg<'_>> = ids.iter().map(|id| Arg::Text(id)).collect();
+                // Locked in id order; those no longer open are left alone.
+                let open = tx
+                    .exec()
+                    .fetch_all(
+                        &format!(
+                            "select call_id from communication_records where call_id in ({}) \
+                             and status in ('dialing', 'ringing', 'unknown') order by call_id for update",
+                            place(1, ids.len())
+                        ),
+                        &a,
+                    )
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .map(|r| r.text("call_id"))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db_err)?;
+                if !open.is_empty() {
+                    let mut a = vec![
+                        Arg::Text(tenant_id),
+                        Arg::Text(CONFIG_DELETED),
+                        Arg::Time(now),
+                    ];
+                    a.extend(open.iter().map(|id| Arg::Text(id)));
                     tx.exec()
-                        .fetch_one(CALL_BY_ID, args![&id])
+                        .execute(
+                            &format!("{END_OPEN} and call_id in ({})", place(4, open.len())),
+                            &a,
+                        )
                         .await
-                        .map_err(db_err)?,
-                );
+                        .map_err(db_err)?;
+                    for id in &open {
+                        rows.push(
+                            tx.exec()
+                                .fetch_one(CALL_BY_ID, args![id])
+                                .await
+                                .map_err(db_err)?,
+                        );
+                    }
+                }
             }
             rows
         };
@@ -1692,6 +1760,7 @@ impl CallStore for GatewayStore {
         // inserts as deadlocks; run again, they find the row.
         let row = cco_platform::sql::retry(contended, || async {
             self.write_returning_once(
+                false,
                 &upsert,
                 "next_index - 1 as i",
                 args![tenant_id, now],
@@ -1699,7 +1768,6 @@ impl CallStore for GatewayStore {
                 args![tenant_id],
             )
             .await
-            .map_err(db_err)
         })
         .await?;
         row.ok_or_else(|| crate::store::corrupt("caller_number_cursors"))?
@@ -1936,7 +2004,7 @@ impl CallStore for GatewayStore {
             let through = marks.i64("relayed_through").map_err(db_err)?;
             let pruned = marks.i64("pruned_through").map_err(db_err)?;
             if pruned > through {
-                tracing::error!(tenant = %tenant, from = through + 1, to = pruned,
+                tracing::error!(tenant = %tenant, from = through.saturating_add(1), to = pruned,
                     "call events deleted by retention before the relay published them");
             }
             let start = through.max(pruned);

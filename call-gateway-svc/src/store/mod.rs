@@ -112,6 +112,10 @@ pub trait ConfigStore: Send + Sync + 'static {
     async fn follow_changes(&self, stop: CancellationToken);
 }
 
+/// MySQL: the cache epoch's row, locked first by every transaction that writes configs or
+/// collectors (see [`GatewayStore::lock_epoch`]).
+pub(crate) const LOCK_EPOCH: &str = "select n from cache_epoch where id = 1 for update";
+
 /// The channel the triggers of migration 0005 notify on.
 const CHANGES_CHANNEL: &str = "gateway_cache";
 
@@ -363,27 +367,55 @@ impl GatewayStore {
     }
 
     /// [`Self::write_returning`] as a transaction of its own: one statement where the backend
-    /// has `returning`, else the write and the read in one transaction.
+    /// has `returning`, else the write and the read in one transaction (which first takes the
+    /// cache epoch's lock when the write bumps it: see [`Self::lock_epoch`]).
     pub(crate) async fn write_returning_once(
         &self,
+        bumps_epoch: bool,
         write: &str,
         returning: &str,
         args: &[cco_platform::sql::Arg<'_>],
         select: &str,
         select_args: &[cco_platform::sql::Arg<'_>],
-    ) -> Result<Option<Row>, sqlx::Error> {
+    ) -> Result<Option<Row>, GwError> {
         if self.db.dialect().has_returning() {
             return self
                 .db
                 .fetch_optional(&format!("{write} returning {returning}"), args)
-                .await;
+                .await
+                .map_err(db_err);
         }
-        let mut tx = self.db.begin(cco_platform::sql::Mode::Write).await?;
+        let mut tx = self
+            .db
+            .begin(cco_platform::sql::Mode::Write)
+            .await
+            .map_err(db_err)?;
+        if bumps_epoch {
+            self.lock_epoch(&mut tx).await?;
+        }
         let row = self
             .write_returning(&mut tx, write, returning, args, select, select_args)
-            .await?;
-        tx.commit().await?;
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         Ok(row)
+    }
+
+    /// One write of configs or collectors (which bumps the cache epoch): on its own, or on
+    /// MySQL in a transaction that takes the epoch's lock first.
+    async fn write_bumping(
+        &self,
+        sql: &str,
+        args: &[cco_platform::sql::Arg<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        if self.db.backend() != Backend::MySql {
+            return self.db.execute(sql, args).await;
+        }
+        let mut tx = self.db.begin(cco_platform::sql::Mode::Write).await?;
+        tx.exec().execute(LOCK_EPOCH, &[]).await?;
+        let n = tx.exec().execute(sql, args).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 }
 
@@ -403,8 +435,7 @@ impl ConfigStore for GatewayStore {
 
     async fn insert_config(&self, c: &ConfigRow) -> Result<(), GwError> {
         let res = self
-            .db
-            .execute(
+            .write_bumping(
                 concat!(
                     "insert into infinity_call_configs (",
                     config_cols!(),
@@ -494,8 +525,7 @@ impl ConfigStore for GatewayStore {
     async fn update_config(&self, c: &ConfigRow, expected: i64) -> Result<Versioned, GwError> {
         // One statement: the version check and the write cannot be separated.
         let done = self
-            .db
-            .execute(
+            .write_bumping(
                 "update infinity_call_configs set supplier_id = $3, api_url = $4, credential_mode = $5, \
                    app_id = $6, access_token_sealed = $7, access_key_sealed = $8, caller_number_pool = $9, \
                    default_caller_number = $10, caller_number_selection = $11, call_mode = $12, \
@@ -569,6 +599,7 @@ impl ConfigStore for GatewayStore {
         );
         let row = self
             .write_returning_once(
+                true,
                 &upsert,
                 collector_cols!(),
                 args![
@@ -588,8 +619,7 @@ impl ConfigStore for GatewayStore {
                 ),
                 args![&c.tenant_id, &c.collector_id],
             )
-            .await
-            .map_err(db_err)?;
+            .await?;
         self.feed.bump();
         let row = row.ok_or_else(|| corrupt("collector upsert returned no row"))?;
         collector_from(collector_row(&row).map_err(db_err)?)
@@ -650,8 +680,7 @@ impl ConfigStore for GatewayStore {
 
     async fn delete_collector(&self, tenant_id: &str, collector_id: &str) -> Result<bool, GwError> {
         let n = self
-            .db
-            .execute(
+            .write_bumping(
                 "delete from collectors where tenant_id = $1 and collector_id = $2",
                 args![tenant_id, collector_id],
             )
