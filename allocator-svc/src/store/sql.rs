@@ -9,8 +9,8 @@
 //!   extensions are picked with `for update skip locked`; a capped or round-robin acquire first
 //!   locks the tenant's `tenant_state` row (upserted), so the count and the cursor are read
 //!   under it; identical acquires take turns (PostgreSQL: a transaction-scoped advisory lock;
-//!   MySQL: a row of `acquire_turns` inserted and deleted in the transaction, whose key a
-//!   twin's insert waits on). Anything that ends a lease locks the lease row before the
+//!   MySQL: the request's row of `acquire_turns`, upserted first, whose exclusive lock a twin's
+//!   upsert queues for). Anything that ends a lease locks the lease row before the
 //!   extension row; several leases are locked in lease id order first. A transaction the
 //!   database aborts as a deadlock or lock-wait timeout is run again ([`retry`]).
 //! - SQLite writers start with `begin immediate` (one writer at a time, in this process's
@@ -489,9 +489,10 @@ impl SqlStore {
             Backend::MySql => tx
                 .exec()
                 .execute(
-                    // An upsert: a twin waits for the row's exclusive lock in a queue (a plain
-                    // insert would wait for a shared lock, and twins upgrading shared locks to
-                    // exclusive deadlock with each other).
+                    // An upsert of a row that stays: a twin waits for the live row's exclusive
+                    // lock in a queue. (A plain insert waits for a shared lock, and twins
+                    // upgrading shared locks deadlock; a row deleted before commit makes every
+                    // waiter insert again into the gap the others hold, and deadlock too.)
                     "insert into acquire_turns (tenant_id, request_id) values ($1, $2) \
                      on duplicate key update request_id = values(request_id)",
                     args![tenant, request_id],
@@ -502,25 +503,6 @@ impl SqlStore {
             // One writer at a time already.
             Backend::Sqlite => Ok(()),
         }
-    }
-
-    /// Ends the turn [`Self::take_turn`] took (MySQL's row goes before commit).
-    async fn end_turn(
-        &self,
-        tx: &mut Tx,
-        tenant: &str,
-        request_id: &str,
-    ) -> Result<(), AllocError> {
-        if self.db.backend() == Backend::MySql {
-            tx.exec()
-                .execute(
-                    "delete from acquire_turns where tenant_id = $1 and request_id = $2",
-                    args![tenant, request_id],
-                )
-                .await
-                .map_err(db_err)?;
-        }
-        Ok(())
     }
 
     /// The serialised acquire: every strategy, with or without a cap.
@@ -703,7 +685,6 @@ impl SqlStore {
                 .await
                 .map_err(db_err)?;
         }
-        self.end_turn(&mut tx, tenant, request_id).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(Step::Done(AcquireOutcome::Granted {
             lease,

@@ -74,9 +74,10 @@ create table if not exists tenant_state (
     primary key (tenant_id)
 ) engine = InnoDB default charset = utf8mb4 collate = utf8mb4_bin;
 
--- Identical acquires (same tenant and request id) take turns on this row's key: the first
--- inserts it at the start of its transaction and deletes it before commit; a twin's insert
--- waits on the key until then, and finds the first one's lease after. The table stays empty.
+-- Identical acquires (same tenant and request id) take turns on this row: each upserts it first
+-- thing in its transaction, so a twin waits for the row's lock until the first commits, then
+-- finds the first one's lease. One small row per request id, kept like the lease history (a row
+-- deleted at commit would make the waiting twins insert again and deadlock with each other).
 create table if not exists acquire_turns (
     tenant_id  varchar(64) not null,
     request_id varchar(128) not null,
