@@ -131,6 +131,8 @@ impl Leases for AllocatorClient {
                                 | Code::Cancelled
                                 | Code::DeadlineExceeded
                                 | Code::Unknown
+                                // The allocator's database kept aborting the transaction.
+                                | Code::Aborted
                         ) =>
                 {
                     attempt += 1;
