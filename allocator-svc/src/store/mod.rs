@@ -7,8 +7,8 @@
 //! - every method is one transaction (run again whole when the database aborts it for another:
 //!   a deadlock or a lock-wait timeout);
 //! - identical acquires (same tenant and request id) are serialised (PostgreSQL: a
-//!   transaction-scoped advisory lock on the pair; MySQL: the request's `acquire_turns` row,
-//!   upserted first in the transaction), so the second replays the first's lease;
+//!   transaction-scoped advisory lock on the pair; MySQL: the lock of the request's
+//!   `acquire_turns` row, created beforehand), so the second replays the first's lease;
 //! - an acquire that must respect a cap or move the round-robin cursor first locks the tenant's
 //!   `tenant_state` row, so those acquires are serialised per tenant; uncapped LRU and affinity
 //!   acquires never take it (they pick with `for update skip locked`); a missing per-tenant

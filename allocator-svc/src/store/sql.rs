@@ -9,8 +9,8 @@
 //!   extensions are picked with `for update skip locked`; a capped or round-robin acquire first
 //!   locks the tenant's `tenant_state` row (upserted), so the count and the cursor are read
 //!   under it; identical acquires take turns (PostgreSQL: a transaction-scoped advisory lock;
-//!   MySQL: the request's row of `acquire_turns`, upserted first, whose exclusive lock a twin's
-//!   upsert queues for). Anything that ends a lease locks the lease row before the
+//!   MySQL: the lock of the request's `acquire_turns` row, created in a transaction of its
+//!   own first). Anything that ends a lease locks the lease row before the
 //!   extension row; several leases are locked in lease id order first. A transaction the
 //!   database aborts as a deadlock or lock-wait timeout is run again ([`retry`]).
 //! - SQLite writers start with `begin immediate` (one writer at a time, in this process's
@@ -469,6 +469,25 @@ impl SqlStore {
         ))
     }
 
+    /// MySQL: creates the request's `acquire_turns` row, committed before the acquire's own
+    /// transaction takes its lock (one small row per request id, kept like the lease history).
+    async fn ensure_turn(&self, tenant: &str, request_id: &str) -> Result<(), AllocError> {
+        if self.db.backend() != Backend::MySql {
+            return Ok(());
+        }
+        let sql = self.dialect().insert_or_ignore(
+            "acquire_turns",
+            "tenant_id, request_id",
+            "($1, $2)",
+            "tenant_id, request_id",
+        );
+        self.db
+            .execute(&sql, args![tenant, request_id])
+            .await
+            .map(drop)
+            .map_err(db_err)
+    }
+
     /// Makes identical acquires (same tenant and request id) take turns until `tx` ends.
     async fn take_turn(
         &self,
@@ -486,15 +505,15 @@ impl SqlStore {
                 .await
                 .map(drop)
                 .map_err(db_err),
+            // The request's row, created beforehand by `ensure_turn`, locked: a twin waits for
+            // it in a queue. (Taking the turn by inserting the row here deadlocked: twins
+            // queued on an uncommitted row find it gone when its transaction rolls back, as
+            // every acquire that is not granted does, and insert into each other's gaps.)
             Backend::MySql => tx
                 .exec()
                 .execute(
-                    // An upsert of a row that stays: a twin waits for the live row's exclusive
-                    // lock in a queue. (A plain insert waits for a shared lock, and twins
-                    // upgrading shared locks deadlock; a row deleted before commit makes every
-                    // waiter insert again into the gap the others hold, and deadlock too.)
-                    "insert into acquire_turns (tenant_id, request_id) values ($1, $2) \
-                     on duplicate key update request_id = values(request_id)",
+                    "select request_id from acquire_turns \
+                     where tenant_id = $1 and request_id = $2 for update",
                     args![tenant, request_id],
                 )
                 .await
@@ -547,6 +566,7 @@ impl SqlStore {
     async fn try_acquire(&self, cmd: &AcquireCmd) -> Result<Step<AcquireOutcome>, AllocError> {
         let tenant = cmd.tenant_id.as_str();
         let request_id = cmd.request_id.as_str();
+        self.ensure_turn(tenant, request_id).await?;
         let mut tx = self.begin(Mode::Write).await?;
         // Identical requests run one at a time: the second waits here until the first
         // commits, then finds its lease below and replays it, instead of leasing a second

@@ -1553,6 +1553,7 @@ cco_platform::on_every_backend!(
     pool_empty_across_two_instances,
     concurrent_picks_never_see_a_free_pool_empty,
     idempotent_acquire_under_race,
+    identical_acquires_that_start_without_a_grant,
     fencing_and_idempotent_release,
     renew_extends_live_leases_only,
     reaper_frees_expired_leases_once_on_time,
@@ -1621,6 +1622,56 @@ async fn concurrent_picks_never_see_a_free_pool_empty(b: Backend) {
     }
     let inspect = Inspect::new(&db.url).await;
     assert_no_overlaps(&inspect.intervals().await);
+    inspect.close().await;
+    a1.shutdown().await;
+    a2.shutdown().await;
+}
+
+/// Identical Acquires whose first is not granted (a new tenant's first round-robin Acquire,
+/// which creates the tenant's row and runs again; a reached cap) still take turns cleanly:
+/// 50 twins over two instances get one lease, then 50 more under the cap are all refused with
+/// the cap, never an aborted transaction.
+async fn identical_acquires_that_start_without_a_grant(b: Backend) {
+    let db = TestDb::new(b).await;
+    let cap = |s: &mut allocator_svc::settings::Settings| s.policy.static_max_concurrent_calls = 1;
+    let mut s1 = settings(&db.url);
+    cap(&mut s1);
+    let mut s2 = settings(&db.url);
+    cap(&mut s2);
+    let a1 = TestApp::spawn(s1).await;
+    let a2 = TestApp::spawn(s2).await;
+    let mut pool = a1.pool(ADMIN).await;
+    import(&mut pool, "fresh", &["8001", "8002"]).await;
+    let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
+    let twin = || {
+        let mut r = acquire_req("fresh", "c1", "first-call");
+        r.strategy = RR.into();
+        r
+    };
+    let mut ids = HashSet::new();
+    for r in burst(&clients, 50, |_| twin()).await {
+        ids.insert(
+            r.expect("every identical request succeeds")
+                .lease
+                .unwrap()
+                .lease_id,
+        );
+    }
+    assert_eq!(ids.len(), 1, "one lease for one request id");
+    let capped = || {
+        let mut r = acquire_req("fresh", "c2", "second-call");
+        r.strategy = RR.into();
+        r
+    };
+    for r in burst(&clients, 50, |_| capped()).await {
+        let s = r.expect_err("the cap of 1 is reached");
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("cap"), "{}", s.message());
+    }
+    let inspect = Inspect::new(&db.url).await;
+    assert_eq!(inspect.leases_for_request("fresh", "first-call").await, 1);
+    assert_eq!(inspect.leases_for_request("fresh", "second-call").await, 0);
+    assert_eq!(inspect.live("fresh").await, (1, 1));
     inspect.close().await;
     a1.shutdown().await;
     a2.shutdown().await;

@@ -74,10 +74,11 @@ create table if not exists tenant_state (
     primary key (tenant_id)
 ) engine = InnoDB default charset = utf8mb4 collate = utf8mb4_bin;
 
--- Identical acquires (same tenant and request id) take turns on this row: each upserts it first
--- thing in its transaction, so a twin waits for the row's lock until the first commits, then
--- finds the first one's lease. One small row per request id, kept like the lease history (a row
--- deleted at commit would make the waiting twins insert again and deadlock with each other).
+-- Identical acquires (same tenant and request id) take turns on this row: it is created in a
+-- transaction of its own, then each acquire locks it first thing, so a twin waits until the
+-- first commits and then finds its lease. One small row per request id, kept like the lease
+-- history (a row inserted or deleted inside the acquire made queued twins insert again into
+-- each other's gap locks and deadlock).
 create table if not exists acquire_turns (
     tenant_id  varchar(64) not null,
     request_id varchar(128) not null,
