@@ -70,6 +70,10 @@ pub fn gateway_settings(db_url: &str, allocator_url: &str) -> Settings {
     let mut s = Settings::default();
     s.grpc.host = "127.0.0.1".into();
     s.http.host = "127.0.0.1".into();
+    // Any free port: tests run in parallel, and a caller that builds without listeners of its
+    // own must not take the defaults (two such tests at once collided on 50052).
+    s.grpc.port = 0;
+    s.http.port = 0;
     s.database.url = db_url.to_owned();
     s.auth.api_keys = SecretString::from(KEYS);
     s.auth.jwt.secret = SecretString::from(JWT_SECRET);
