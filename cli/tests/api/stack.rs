@@ -152,73 +152,9 @@ impl Stack {
     }
 }
 
-/// The README's MariaDB variant: `cco stack` with `mysql://` URLs (fresh databases on the test
-/// server) migrates both, places the demo call, and frees its extension.
-#[test]
-fn stack_runs_on_mariadb() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (alloc_db, gw_db) = rt.block_on(async {
-        (
-            cco_platform::testing::TestDb::new(cco_platform::testing::Backend::MariaDb).await,
-            cco_platform::testing::TestDb::new(cco_platform::testing::Backend::MariaDb).await,
-        )
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let stack = start_with(
-        dir.path(),
-        &[
-            ("ALLOCATOR__DATABASE__URL", &alloc_db.url),
-            ("GATEWAY__DATABASE__URL", &gw_db.url),
-        ],
-    );
-    assert!(
-        !dir.path().join("data").exists(),
-        "nothing written to SQLite files"
-    );
-    let made = stack.json(&[
-        "call",
-        "make",
-        "--tenant",
-        "demo",
-        "--collector",
-        "alice",
-        "--case",
-        "case-1",
-        "--to",
-        "13900139000",
-    ]);
-    let call_id = made["call_id"].as_str().unwrap().to_owned();
-    let watched = stack.cco(&[
-        "call",
-        "watch",
-        "--tenant",
-        "demo",
-        "--id",
-        &call_id,
-        "--max-wait",
-        "60",
-    ]);
-    let events = String::from_utf8_lossy(&watched.stdout);
-    assert!(
-        watched.status.success() && events.contains("COMPLETED"),
-        "{events} {}",
-        String::from_utf8_lossy(&watched.stderr)
-    );
-    let stats = stack.json(&["ext", "stats", "--tenant", "demo"]);
-    assert_eq!(stats["in_use"].as_u64(), Some(0), "{stats}");
-    assert!(stats["available"].as_u64().unwrap_or(0) > 0, "{stats}");
-    stack.stop();
-    drop((alloc_db, gw_db));
-}
-
-#[test]
-fn readme_stack_places_a_demo_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = start(dir.path());
-    assert!(
-        dir.path().join("data/allocator.db").exists()
-            && dir.path().join("data/gateway.db").exists()
-    );
+/// The README's demo call: `call make` as alice, then `call watch` until it ends; the call id
+/// and the events printed.
+fn demo_call(stack: &Stack) -> (String, String) {
     let made = stack.json(&[
         "call",
         "make",
@@ -247,7 +183,53 @@ fn readme_stack_places_a_demo_call() {
         "{}",
         String::from_utf8_lossy(&watched.stderr)
     );
-    let events = String::from_utf8_lossy(&watched.stdout);
+    (
+        call_id,
+        String::from_utf8_lossy(&watched.stdout).into_owned(),
+    )
+}
+
+/// The README's MariaDB variant: `cco stack` with `mysql://` URLs (fresh databases on the test
+/// server) migrates both, places the demo call, and frees its extension.
+#[test]
+fn stack_runs_on_mariadb() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (alloc_db, gw_db) = rt.block_on(async {
+        (
+            cco_platform::testing::TestDb::new(cco_platform::testing::Backend::MariaDb).await,
+            cco_platform::testing::TestDb::new(cco_platform::testing::Backend::MariaDb).await,
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_with(
+        dir.path(),
+        &[
+            ("ALLOCATOR__DATABASE__URL", &alloc_db.url),
+            ("GATEWAY__DATABASE__URL", &gw_db.url),
+        ],
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing written to SQLite files"
+    );
+    let (_, events) = demo_call(&stack);
+    assert!(events.contains("COMPLETED"), "{events}");
+    let stats = stack.json(&["ext", "stats", "--tenant", "demo"]);
+    assert_eq!(stats["in_use"].as_u64(), Some(0), "{stats}");
+    assert!(stats["available"].as_u64().unwrap_or(0) > 0, "{stats}");
+    stack.stop();
+    drop((alloc_db, gw_db));
+}
+
+#[test]
+fn readme_stack_places_a_demo_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path());
+    assert!(
+        dir.path().join("data/allocator.db").exists()
+            && dir.path().join("data/gateway.db").exists()
+    );
+    let (call_id, events) = demo_call(&stack);
     assert!(
         events.contains("CREATED") && events.contains("RINGING") && events.contains("COMPLETED"),
         "watch prints the call's events: {events}"
