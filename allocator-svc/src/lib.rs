@@ -1,7 +1,7 @@
 //! allocator-svc: the Infinity extension pool and its leases.
 //!
 //! Direction of travel: [`grpc`] (protobuf <-> domain, auth scopes) -> [`service`] (rules,
-//! policies) -> [`store`] (one trait; PostgreSQL and SQLite).
+//! policies) -> [`store`] (one trait; one store for PostgreSQL, MySQL and SQLite).
 //!
 //! - [`app`]: `Application::build` then `run_until_stopped`.
 //! - [`settings`]: typed, layered configuration.

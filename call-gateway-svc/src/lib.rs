@@ -13,7 +13,7 @@
 //! - [`allocator`]: `Leases` over allocator-svc's gRPC API (the only user of its contracts).
 //! - [`infinity`]: `Pbx` over the Infinity HTTP API, and the vendor record parser.
 //! - [`grpc`], [`http`]: the transports (gRPC services; the Infinity callback).
-//! - [`store`]: PostgreSQL and SQLite.
+//! - [`store`]: one store for PostgreSQL, MySQL/MariaDB and SQLite.
 //! - [`crypto`]: AES-256-GCM sealing of secrets at rest with a rotating key ring.
 //! - [`metrics`]: the gateway's own Prometheus metrics.
 //! - [`background`]: outboxes, reconciler and gauges on a timer.

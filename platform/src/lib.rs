@@ -15,7 +15,7 @@
 //! - [`metrics`]: the Prometheus `/metrics` routes and metric label helpers.
 //! - [`mask`]: masking phone numbers and secrets for logs.
 //! - [`service`]: the shared command line of the service binaries (serve, migrate, check-config).
-//! - `testing` (feature `testing`): a fresh PostgreSQL or SQLite database per test, and
+//! - `testing` (feature `testing`): a fresh PostgreSQL, MariaDB or SQLite database per test, and
 //!   `on_every_backend!`, which instantiates a suite of scenarios once per backend.
 //! - [`validate`]: field rules shared by both services.
 //! - [`tls`]: TLS and mutual TLS settings for servers and clients.
