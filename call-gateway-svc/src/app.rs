@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cco_contracts::gateway::v1::calls_server::CallsServer;
 use cco_contracts::gateway::v1::collectors_server::CollectorsServer;
+use cco_contracts::gateway::v1::compliance_policies_server::CompliancePoliciesServer;
 use cco_contracts::gateway::v1::tenant_configs_server::TenantConfigsServer;
 use cco_contracts::gateway::v1::tenant_policies_server::TenantPoliciesServer;
 use cco_platform::db::{DbPool, Migrations};
@@ -18,10 +19,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::allocator::AllocatorClient;
-use crate::grpc::{CallsGrpc, CollectorsGrpc, ConfigsGrpc};
+use crate::grpc::{CallsGrpc, CollectorsGrpc, ComplianceGrpc, ConfigsGrpc};
 use crate::infinity::InfinityClient;
 use crate::metrics::{GatewayMetrics, MeteredPbx};
-use crate::service::Services;
+use crate::service::{Compliance, Services, SystemClock};
 use crate::settings::Settings;
 use crate::store::calls::CallStore;
 use crate::store::{ConfigStore, GatewayStore};
@@ -88,18 +89,30 @@ impl Application {
         if settings.database.migrate_on_start {
             db.migrate(MIGRATIONS).await?;
         }
-        let (store, calls) = stores_for(&db);
+        let gateway_store = Arc::new(GatewayStore::new(db.clone()));
+        let (store, calls): (Arc<dyn ConfigStore>, Arc<dyn CallStore>) =
+            (gateway_store.clone(), gateway_store.clone());
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
         let changes = store.clone();
         let infinity = InfinityClient::new()?.with_allowed_hosts(settings.allowed_hosts()?);
+        let tuning = settings.tuning();
+        let compliance = Compliance::new(
+            gateway_store,
+            store.clone(),
+            tuning.cache_ttl,
+            metrics.clone(),
+            Arc::new(SystemClock),
+            settings.compliance.gate(),
+        );
         let services = Services::new(
             store,
             calls,
             settings.cipher()?,
             Arc::new(MeteredPbx::new(Arc::new(infinity), metrics.clone())),
             Arc::new(AllocatorClient::new(&settings.allocator)?),
-            settings.tuning(),
+            compliance,
+            tuning,
             metrics.clone(),
         );
         services.register_metrics(&mut registry);
@@ -167,6 +180,11 @@ impl Application {
             Duration::from_millis(self.settings.calls.reconcile_interval_ms),
             background.clone(),
         ));
+        let pruner = tokio::spawn(prune_compliance(
+            self.services.compliance.clone(),
+            Duration::from_secs(self.settings.compliance.prune_interval_seconds),
+            background.clone(),
+        ));
         // Watch streams end on `shutdown` itself, so that the drain does not wait for them.
         let hub = tokio::spawn(self.services.events.clone().run(shutdown.clone()));
         let relay = crate::relay::spawn(
@@ -183,6 +201,10 @@ impl Application {
             .add_service(CollectorsServer::new(CollectorsGrpc::new(
                 self.services.collectors.clone(),
             )))
+            .add_service(CompliancePoliciesServer::new(ComplianceGrpc::new(
+                self.services.compliance.clone(),
+                self.services.tenants.clone(),
+            )))
             .add_service(CallsServer::new(CallsGrpc::new(
                 self.services.calls.clone(),
                 self.services.events.clone(),
@@ -198,6 +220,7 @@ impl Application {
             .await;
         background.cancel();
         let _ = workers.await;
+        let _ = pruner.await;
         let _ = hub.await;
         if let Some(relay) = relay {
             let _ = relay.await;
@@ -207,5 +230,22 @@ impl Application {
         self.db.close().await;
         tracing::info!("gateway stopped");
         result
+    }
+}
+
+/// Deletes what the compliance retention lets go, every `every` until `stop`.
+async fn prune_compliance(compliance: Compliance, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match compliance.prune().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned compliance records past their retention"),
+            Err(e) => tracing::warn!(error = %e, "could not prune compliance records"),
+        }
     }
 }

@@ -37,6 +37,8 @@ pub struct Settings {
     pub coalesce: CoalesceSettings,
     /// Live call events (WatchCalls) and their relay to NATS JetStream.
     pub events: EventsSettings,
+    /// The compliance gate: how long its audit is kept, how long overrides may last.
+    pub compliance: ComplianceSettings,
     /// Logging.
     pub log: LogSettings,
     /// Seconds in-flight requests get to finish after SIGTERM.
@@ -56,8 +58,64 @@ impl Default for Settings {
             infinity: InfinitySettings::default(),
             coalesce: CoalesceSettings::default(),
             events: EventsSettings::default(),
+            compliance: ComplianceSettings::default(),
             log: LogSettings::default(),
             shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+/// The compliance gate (README "Compliance").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComplianceSettings {
+    /// Days the audit of the gate's decisions is kept (1-3650).
+    pub decision_retention_days: u64,
+    /// Longest validity of a supervisor's override, in seconds (60-604800).
+    pub max_override_seconds: u32,
+    /// How often expired decisions, attempts, overrides and do-not-call entries are deleted.
+    pub prune_interval_seconds: u64,
+}
+
+impl Default for ComplianceSettings {
+    fn default() -> Self {
+        Self {
+            decision_retention_days: 1_095,
+            max_override_seconds: 86_400,
+            prune_interval_seconds: 3_600,
+        }
+    }
+}
+
+impl ComplianceSettings {
+    fn validate(&self) -> anyhow::Result<()> {
+        cco_platform::config::check_range(
+            "compliance.decision_retention_days",
+            self.decision_retention_days,
+            1,
+            3_650,
+        )?;
+        cco_platform::config::check_range(
+            "compliance.max_override_seconds",
+            u64::from(self.max_override_seconds),
+            60,
+            604_800,
+        )?;
+        cco_platform::config::check_range(
+            "compliance.prune_interval_seconds",
+            self.prune_interval_seconds,
+            1,
+            86_400,
+        )
+    }
+
+    /// The gate's settings.
+    pub fn gate(&self) -> crate::service::ComplianceSettings {
+        crate::service::ComplianceSettings {
+            decision_retention: chrono::Duration::days(
+                i64::try_from(self.decision_retention_days).unwrap_or(3_650),
+            ),
+            max_override_seconds: self.max_override_seconds,
         }
     }
 }
@@ -316,6 +374,7 @@ impl Settings {
         self.log.validate("log")?;
         self.allowed_hosts()?;
         self.events.validate()?;
+        self.compliance.validate()?;
         let c = &self.calls;
         const DAY: u64 = 86_400;
         for (name, v, lo, hi) in [

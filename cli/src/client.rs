@@ -76,6 +76,18 @@ impl Target {
         ))
     }
 
+    /// CompliancePolicies.
+    pub fn compliance(
+        &self,
+    ) -> anyhow::Result<gpb::compliance_policies_client::CompliancePoliciesClient<Ch>> {
+        Ok(
+            gpb::compliance_policies_client::CompliancePoliciesClient::with_interceptor(
+                channel(&self.gateway, self.timeout)?,
+                self.auth(),
+            ),
+        )
+    }
+
     /// Calls.
     pub fn calls(&self) -> anyhow::Result<gpb::calls_client::CallsClient<Ch>> {
         Ok(gpb::calls_client::CallsClient::with_interceptor(

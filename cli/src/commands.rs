@@ -1,4 +1,4 @@
-//! The `config`, `ext`, `collector` and `call` commands.
+//! The `config`, `ext`, `collector`, `call` and `compliance` commands.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -334,6 +334,27 @@ pub enum CallCmd {
         params: Vec<String>,
         #[arg(long, value_enum)]
         strategy: Option<StrategyArg>,
+        /// The debtor's IANA time zone from the case (when the number's country has several).
+        #[arg(long)]
+        debtor_zone: Option<String>,
+        /// A supervisor's override id (`cco compliance override`) for a refused call.
+        #[arg(long = "override")]
+        override_id: Option<String>,
+    },
+    /// Asks the compliance gate whether a call would be placed now (nothing is dialled).
+    Check {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        collector: String,
+        #[arg(long)]
+        case: String,
+        /// The debtor's number.
+        #[arg(long)]
+        to: String,
+        /// The debtor's IANA time zone from the case.
+        #[arg(long)]
+        debtor_zone: Option<String>,
     },
     /// Shows a call's record.
     Get {
@@ -913,6 +934,8 @@ pub async fn call(cmd: CallCmd, t: &Target, out: Out) -> anyhow::Result<()> {
             key,
             params,
             strategy: s,
+            debtor_zone,
+            override_id,
         } => {
             let mut custom = HashMap::new();
             for p in params {
@@ -931,6 +954,8 @@ pub async fn call(cmd: CallCmd, t: &Target, out: Out) -> anyhow::Result<()> {
                     idempotency_key: key.unwrap_or_default(),
                     custom_params: custom,
                     strategy: s.map_or(0, |s| strategy(s) as i32),
+                    debtor_time_zone: debtor_zone.unwrap_or_default(),
+                    compliance_override_id: override_id.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -941,6 +966,44 @@ pub async fn call(cmd: CallCmd, t: &Target, out: Out) -> anyhow::Result<()> {
                     r.infinity_code,
                     r.infinity_message
                 );
+            }
+            Ok(())
+        }
+        CallCmd::Check {
+            tenant,
+            collector,
+            case,
+            to,
+            debtor_zone,
+        } => {
+            let r = c
+                .check_call(gpb::CheckCallRequest {
+                    tenant_id: tenant,
+                    collector_id: collector,
+                    case_id: case,
+                    destination_number: to,
+                    debtor_time_zone: debtor_zone.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            out.one(&r)?;
+            if !r.allowed {
+                let mut why = format!(
+                    "refused: {}: {}",
+                    crate::output::reason_words(&r.reason),
+                    r.message
+                );
+                if let Some(t) = r
+                    .next_allowed_at
+                    .as_ref()
+                    .and_then(cco_contracts::time::from_timestamp)
+                {
+                    why.push_str(&format!(
+                        "; calling becomes possible at {}",
+                        t.format("%Y-%m-%d %H:%M:%S UTC")
+                    ));
+                }
+                anyhow::bail!(why);
             }
             Ok(())
         }

@@ -5,6 +5,7 @@
 
 mod client;
 mod commands;
+mod compliance;
 mod output;
 mod stack;
 
@@ -78,6 +79,9 @@ enum Command {
     /// Calls.
     #[command(subcommand)]
     Call(commands::CallCmd),
+    /// Compliance: policies, presets, do-not-call lists, overrides, the decisions' audit.
+    #[command(subcommand)]
+    Compliance(compliance::ComplianceCmd),
     /// Prints the `sha256:<digest>` form of an API key, for `*__AUTH__API_KEYS` (the
     /// configuration then never holds the key itself).
     HashKey {
@@ -150,6 +154,7 @@ async fn main() -> ExitCode {
         Command::Ext(c) => commands::ext(c, &target, out).await,
         Command::Collector(c) => commands::collector(c, &target, out).await,
         Command::Call(c) => commands::call(c, &target, out).await,
+        Command::Compliance(c) => compliance::compliance(c, &target, out).await,
         Command::HashKey { key } => output::line(&format!(
             "sha256:{}",
             cco_platform::auth::key_digest_hex(&key)
@@ -197,6 +202,9 @@ async fn main() -> ExitCode {
                     s.code() as i32,
                     s.message()
                 );
+                if let Some(words) = output::refusal(s, chrono::Utc::now()) {
+                    eprint!("{words}");
+                }
                 if let Some(id) = s.metadata().get("x-call-id").and_then(|v| v.to_str().ok()) {
                     eprintln!("call_id: {id}");
                 }

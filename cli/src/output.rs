@@ -114,3 +114,90 @@ impl Out {
         if self.json { Ok(()) } else { line(s) }
     }
 }
+
+/// A compliance refusal (`google.rpc.ErrorInfo` of domain `cco.infinity`) in words: what rule
+/// refused, its inputs, and when the call becomes possible (from `RetryInfo`), one line each.
+/// `None` for any other error.
+pub fn refusal(s: &tonic::Status, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    use tonic_types::StatusExt;
+    let info = s.get_details_error_info()?;
+    if info.domain != "cco.infinity" {
+        return None;
+    }
+    let mut out = format!("refused: {}\n", reason_words(&info.reason));
+    let mut keys: Vec<_> = info.metadata.iter().collect();
+    keys.sort();
+    for (k, v) in keys {
+        out.push_str(&format!("  {k}: {v}\n"));
+    }
+    if let Some(delay) = s.get_details_retry_info().and_then(|r| r.retry_delay) {
+        let at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "calling becomes possible in {} (at {at})\n",
+            span_words(delay.as_secs())
+        ));
+    }
+    Some(out)
+}
+
+/// A refusal reason (`OUTSIDE_CALLING_HOURS`, ...) in words.
+pub fn reason_words(reason: &str) -> String {
+    match reason {
+        "OUTSIDE_CALLING_HOURS" => "outside the calling hours in the debtor's time zone".into(),
+        "HOLIDAY" => "a holiday in the debtor's time zone: no calls".into(),
+        "FREQUENCY_CAP" => "the frequency cap is reached".into(),
+        "CASE_COOLDOWN" => "the case is cooling down after a conversation".into(),
+        "DO_NOT_CALL" => "the number is on a do-not-call list".into(),
+        "NUMBER_TYPE_BLOCKED" => "this kind of number is not dialled".into(),
+        other => other.to_owned(),
+    }
+}
+
+/// Seconds as `2d 3h 4m`, `3h 4m`, `4m 5s` or `5s`.
+pub fn span_words(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3_600,
+        secs % 3_600 / 60,
+        secs % 60,
+    );
+    if d > 0 {
+        format!("{d}d {h}h {m}m")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reads_as_words_with_its_next_moment() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let mut d = ErrorDetails::with_error_info(
+            "OUTSIDE_CALLING_HOURS",
+            "cco.infinity",
+            [("time_zone".to_owned(), "America/Chicago".to_owned())],
+        );
+        d.set_retry_info(Some(std::time::Duration::from_secs(3 * 3_600 + 120)));
+        let s = tonic::Status::with_error_details(tonic::Code::FailedPrecondition, "x", d);
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_default();
+        let words = refusal(&s, now).unwrap_or_default();
+        assert_eq!(
+            words,
+            "refused: outside the calling hours in the debtor's time zone\n  time_zone: America/Chicago\ncalling becomes possible in 3h 2m (at 2026-12-02 13:02:00 UTC)\n"
+        );
+        assert!(refusal(&tonic::Status::not_found("x"), now).is_none());
+    }
+}

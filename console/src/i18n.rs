@@ -206,6 +206,13 @@ texts! {
     RefuseCollectorInactive => "Your collector account is not active. Ask your administrator.", "您的催员账号未启用，请联系管理员。";
     RefuseCollectorUnknown => "You are not set up as a collector of this tenant yet. Ask your administrator.", "您尚未被设置为该租户的催员，请联系管理员。";
     RefuseNoConfig => "This tenant has no Infinity settings yet. Ask your administrator.", "该租户尚未配置 Infinity，请联系管理员。";
+    RefuseHours => "Outside the calling hours in the debtor's time zone ({0}).", "当前不在债务人所在时区（{0}）的允许呼叫时段内。";
+    RefuseHoliday => "Today is a holiday in the debtor's time zone: no calls.", "债务人所在时区今天是节假日，不允许呼叫。";
+    RefuseFrequencyCap => "This debtor has been called as often as the rules allow for now.", "该债务人的呼叫次数已达到规则允许的上限。";
+    RefuseCooldown => "There was a conversation about this case recently: no calls during the cool-down.", "该案件近期已有通话，冷却期内不允许呼叫。";
+    RefuseDoNotCall => "This number is on a do-not-call list. Do not call it.", "此号码在禁止呼叫名单中，请勿呼叫。";
+    RefuseNumberType => "This kind of number is not dialled (emergency, premium-rate or satellite).", "此类号码不允许拨打（紧急、付费或卫星号码）。";
+    RefuseRetryIn => "Calling becomes possible in {0}.", "{0}后可以呼叫。";
     RefuseKeyReused => "This call form was already used for another call. Reload the page.", "此呼叫表单已用于其他呼叫，请刷新页面。";
     // Config page.
     ConfigTitle => "Infinity settings", "Infinity 配置";

@@ -218,14 +218,50 @@ pub struct Problem {
     pub code: Code,
     /// The service's own message (English, no secrets; the services never put any there).
     pub detail: String,
+    /// A compliance refusal: its reason, the debtor's zone, and the wait until a call passes.
+    pub compliance: Option<Compliance>,
+}
+
+/// What a compliance refusal (`google.rpc.ErrorInfo` of domain `cco.infinity`) says.
+#[derive(Debug, Clone)]
+pub struct Compliance {
+    /// OUTSIDE_CALLING_HOURS, HOLIDAY, ...
+    pub reason: String,
+    /// The debtor's zone, when the rule used one.
+    pub time_zone: String,
+    /// How long until the same call passes (`RetryInfo`).
+    pub retry_in: Option<std::time::Duration>,
 }
 
 impl From<tonic::Status> for Problem {
     fn from(s: tonic::Status) -> Self {
+        use tonic_types::StatusExt;
+        let compliance = s
+            .get_details_error_info()
+            .filter(|i| i.domain == "cco.infinity")
+            .map(|i| Compliance {
+                time_zone: i.metadata.get("time_zone").cloned().unwrap_or_default(),
+                reason: i.reason,
+                retry_in: s.get_details_retry_info().and_then(|r| r.retry_delay),
+            });
         Self {
             code: s.code(),
             detail: s.message().to_owned(),
+            compliance,
         }
+    }
+}
+
+/// A wait in words: `2d 3h`, `3h 4m`, `4m` (at least a minute).
+fn wait_words(d: std::time::Duration) -> String {
+    let secs = d.as_secs().max(60);
+    let (days, h, m) = (secs / 86_400, secs % 86_400 / 3_600, secs % 3_600 / 60);
+    if days > 0 {
+        format!("{days}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else {
+        format!("{m}m")
     }
 }
 
@@ -235,6 +271,7 @@ impl Problem {
         Self {
             code,
             detail: detail.into(),
+            compliance: None,
         }
     }
 
@@ -291,6 +328,22 @@ impl Problem {
 
     /// The sentence a collector sees when MakeCall is refused.
     pub fn refusal(&self, lang: Lang) -> String {
+        if let Some(c) = &self.compliance {
+            let mut text = match c.reason.as_str() {
+                "OUTSIDE_CALLING_HOURS" => lang.f(T::RefuseHours, &[&c.time_zone]),
+                "HOLIDAY" => lang.t(T::RefuseHoliday).to_owned(),
+                "FREQUENCY_CAP" => lang.t(T::RefuseFrequencyCap).to_owned(),
+                "CASE_COOLDOWN" => lang.t(T::RefuseCooldown).to_owned(),
+                "DO_NOT_CALL" => lang.t(T::RefuseDoNotCall).to_owned(),
+                "NUMBER_TYPE_BLOCKED" => lang.t(T::RefuseNumberType).to_owned(),
+                _ => return self.sentence(lang),
+            };
+            if let Some(wait) = c.retry_in {
+                text.push(' ');
+                text.push_str(&lang.f(T::RefuseRetryIn, &[&wait_words(wait)]));
+            }
+            return text;
+        }
         let d = self.detail.as_str();
         let text = match self.code {
             Code::InvalidArgument if self.field() == Some("destination_number") => {

@@ -4,6 +4,7 @@
 //! - [`collector`]: a collector and their callback number.
 //! - [`call`]: a call (its id, states, results, lease, completion).
 //! - [`phone`]: phone numbers (libphonenumber), their kinds, emergency numbers.
+//! - [`compliance`]: calling windows, holidays, caps, presets, the debtor's zone, refusals.
 
 /// Names an enum's variants as stored (`as_str`, `parse`): the only place they are spelled.
 macro_rules! names {
@@ -23,6 +24,7 @@ macro_rules! names {
 
 pub mod call;
 pub mod collector;
+pub mod compliance;
 pub mod config;
 pub mod event;
 pub mod phone;
@@ -72,6 +74,10 @@ pub enum GwError {
     /// A bug or an unexpected failure; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// The compliance gate refused the dial (`FAILED_PRECONDITION` with the reason, the rule's
+    /// inputs and, where waiting helps, when to try again).
+    #[error("{}", .0.message)]
+    Refused(Box<compliance::Refusal>),
     /// An error about a call whose record exists: the call id travels with it.
     #[error("{inner} (call_id {call_id})")]
     WithCall {

@@ -128,6 +128,14 @@ fn normalise_width(s: &str) -> String {
         .collect()
 }
 
+/// How [`Phone::parse`] ends its refusal of an emergency number.
+const EMERGENCY: &str = "is an emergency service number: never dialled";
+
+/// Whether [`Phone::parse`]'s error `message` refused an emergency number.
+pub fn is_emergency_refusal(message: &str) -> bool {
+    message.ends_with(EMERGENCY)
+}
+
 /// The most characters a phone number may be written with.
 pub const MAX_CHARS: usize = 32;
 
@@ -157,9 +165,7 @@ impl Phone {
             && !s.starts_with("00")
             && EMERGENCY_NUMBERS.contains(&plain.as_str())
         {
-            return Err(format!(
-                "{plain} is an emergency service number: never dialled"
-            ));
+            return Err(format!("{plain} {EMERGENCY}"));
         }
         let masked = cco_platform::mask::phone(&plain);
         let normalised = match s.strip_prefix("00") {
@@ -167,14 +173,15 @@ impl Phone {
             _ => s.to_owned(),
         };
         // The parser is third-party code fed with network input: contain any panic.
-        let parsed = std::panic::catch_unwind(|| phonenumber::parse(Some(region), &normalised))
+        // A number in international form is parsed without the region: with one whose
+        // national prefix is 1 (US, CA, ...), the parser strips a leading 1 after the country
+        // code too (+86 137... became +86 37...).
+        let hint = (!normalised.starts_with('+')).then_some(region);
+        let parsed = std::panic::catch_unwind(|| phonenumber::parse(hint, &normalised))
             .map_err(|_| format!("is not a phone number ({masked})"))?
             .map_err(|e| format!("is not a phone number ({e}): {masked}"))?;
         if EMERGENCY_NUMBERS.contains(&parsed.national().value().to_string().as_str()) {
-            return Err(format!(
-                "{} is an emergency service number: never dialled",
-                parsed.national().value()
-            ));
+            return Err(format!("{} {EMERGENCY}", parsed.national().value()));
         }
         if !phonenumber::is_valid(&parsed) {
             return Err(format!(
@@ -216,6 +223,11 @@ impl Phone {
     /// The number in E.164 (`+8613800138000`).
     pub fn e164(&self) -> &str {
         &self.e164
+    }
+
+    /// The number's region (ISO 3166 alpha-2), when it has one.
+    pub fn region_code(&self) -> Option<&str> {
+        self.region.as_ref().map(AsRef::as_ref)
     }
 
     /// What kind of number it is.
@@ -305,6 +317,18 @@ mod tests {
             assert!(Phone::parse(bad, cn()).is_err(), "{bad:?} accepted");
         }
         assert!(parse_region("XX").is_err());
+    }
+
+    #[test]
+    fn international_numbers_keep_their_digits_in_every_region() {
+        for r in ["US", "CA", "CN", "MX", "GB"] {
+            let p =
+                Phone::parse("+8613700137000", parse_region(r).expect("region")).expect("valid");
+            assert_eq!(p.e164(), "+8613700137000", "read in {r}");
+            let p =
+                Phone::parse("0044 20 7946 0018", parse_region(r).expect("region")).expect("valid");
+            assert_eq!(p.e164(), "+442079460018", "read in {r}");
+        }
     }
 
     #[test]

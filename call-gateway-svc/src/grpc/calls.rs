@@ -3,12 +3,15 @@
 use cco_contracts::gateway::v1 as pb;
 use cco_contracts::time::{to_timestamp as ts, to_valid_timestamp};
 use cco_platform::auth::Principal;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tonic::{Request, Response, Status};
 
-use super::{done, opt_text, own, strategy_from_pb, tenant_of};
+use super::{
+    done, from_ts, opt_text, own, strategy_from_pb, tenant_of, time_token, time_token_decode,
+};
 use crate::domain::TenantId;
 use crate::domain::call::{Call, CallId, CallResult, CallStatus};
+use crate::domain::compliance::parse_zone;
 use crate::domain::event::{CallEvent, EventType};
 use crate::domain::{CaseId, CollectorId, GwError, IdempotencyKey};
 use crate::service::{Calls, Events, MakeCall, WatchRequest};
@@ -202,17 +205,6 @@ fn call_to_pb(c: &Call) -> pb::CommunicationRecord {
     }
 }
 
-fn from_ts(
-    field: &'static str,
-    t: Option<cco_contracts::pbjson_types::Timestamp>,
-) -> Result<Option<DateTime<Utc>>, GwError> {
-    t.map(|t| {
-        cco_contracts::time::from_timestamp(&t)
-            .ok_or_else(|| GwError::invalid(field, "is not a valid timestamp"))
-    })
-    .transpose()
-}
-
 /// The longest window SummarizeCalls counts over (the query reads every call of it).
 const MAX_SUMMARY_DAYS: i64 = 31;
 
@@ -259,19 +251,8 @@ fn summary_to_pb(rows: &[SummaryRow]) -> pb::CallSummary {
     }
 }
 
-fn page_decode(token: &str) -> Result<Option<(DateTime<Utc>, String)>, GwError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || GwError::invalid("page_token", "is not a token returned by ListCalls");
-    let s = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (micros, id) = s.split_once('|').ok_or_else(bad)?;
-    let t = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
-    Ok(Some((t, id.to_owned())))
-}
-
 fn page_encode(c: &Call) -> String {
-    hex::encode(format!("{}|{}", c.created_at.timestamp_micros(), c.id))
+    time_token(c.created_at, c.id.as_str())
 }
 
 #[tonic::async_trait]
@@ -306,6 +287,18 @@ impl pb::calls_server::Calls for CallsGrpc {
                     },
                     custom_params: r.custom_params.into_iter().collect(),
                     strategy: strategy_from_pb("strategy", r.strategy)?,
+                    debtor_time_zone: parse_zone("debtor_time_zone", &r.debtor_time_zone)?,
+                    override_id: if r.compliance_override_id.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            crate::domain::parse_uuid(
+                                "compliance_override_id",
+                                &r.compliance_override_id,
+                            )?
+                            .to_string(),
+                        )
+                    },
                 };
                 let (call, replayed) = self.calls.make_call(input).await?;
                 let failed = call.status == CallStatus::Failed;
@@ -329,6 +322,55 @@ impl pb::calls_server::Calls for CallsGrpc {
                         String::new()
                     },
                     replayed,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn check_call(
+        &self,
+        req: Request<pb::CheckCallRequest>,
+    ) -> Result<Response<pb::CheckCallResponse>, Status> {
+        let p = Principal::from_request(&req)?;
+        let r = req.into_inner();
+        done(
+            async {
+                let collector = CollectorId::parse("collector_id", &r.collector_id)?;
+                own(&p, "collector_id", collector.as_str())?;
+                if r.destination_number.trim().is_empty() {
+                    return Err(GwError::invalid("destination_number", "is required"));
+                }
+                let input = MakeCall {
+                    tenant: tenant_of(&p, &r.tenant_id)?,
+                    collector,
+                    case_id: CaseId::parse("case_id", &r.case_id)?,
+                    destination: r.destination_number,
+                    caller_number: None,
+                    idempotency_key: None,
+                    custom_params: std::collections::BTreeMap::new(),
+                    strategy: None,
+                    debtor_time_zone: parse_zone("debtor_time_zone", &r.debtor_time_zone)?,
+                    override_id: None,
+                };
+                let v = self.calls.check_call(&input).await?;
+                let mut metadata = v.details;
+                Ok(match v.refusal {
+                    None => pb::CheckCallResponse {
+                        allowed: true,
+                        metadata: metadata.into_iter().collect(),
+                        ..Default::default()
+                    },
+                    Some(refusal) => {
+                        metadata.extend(refusal.metadata);
+                        pb::CheckCallResponse {
+                            allowed: false,
+                            reason: refusal.reason.as_str().to_owned(),
+                            message: refusal.message,
+                            metadata: metadata.into_iter().collect(),
+                            next_allowed_at: refusal.retry_at.and_then(to_valid_timestamp),
+                        }
+                    }
                 })
             }
             .await,
@@ -447,7 +489,7 @@ impl pb::calls_server::Calls for CallsGrpc {
                     result: result_from_pb(r.result)?,
                     since: from_ts("since", r.since)?,
                     until: from_ts("until", r.until)?,
-                    before: page_decode(&r.page_token)?,
+                    before: time_token_decode(&r.page_token, "ListCalls")?,
                     limit: limit + 1,
                 };
                 let calls = self.calls.list(&filter).await?;

@@ -1,14 +1,16 @@
 //! The gRPC transport: protobuf <-> domain, tenant scopes, and the one mapping from
 //! [`GwError`] to `tonic::Status`. One handler per service, each holding the domain service it
 //! calls: [`ConfigsGrpc`] (TenantConfigs and TenantPolicies), [`CollectorsGrpc`],
-//! [`CallsGrpc`]. Handlers convert and call; the rules live in [`crate::service`].
+//! [`CallsGrpc`], [`ComplianceGrpc`] (CompliancePolicies). Handlers convert and call; the rules live in [`crate::service`].
 
 mod calls;
 mod collectors;
+mod compliance;
 mod configs;
 
 pub use calls::{CallsGrpc, event_to_pb};
 pub use collectors::CollectorsGrpc;
+pub use compliance::ComplianceGrpc;
 pub use configs::ConfigsGrpc;
 
 use cco_contracts::gateway::v1 as pb;
@@ -17,6 +19,7 @@ use cco_platform::grpc::{INTERNAL_MESSAGE, cap_message, status};
 use cco_platform::validate::quote;
 use tonic::{Code, Response, Status};
 
+use crate::domain::compliance::Refusal;
 use crate::domain::config::Strategy;
 use crate::domain::{GwError, TenantId};
 
@@ -43,12 +46,41 @@ impl From<GwError> for Status {
                 }
                 Status::with_metadata(inner.code(), message, md)
             }
+            GwError::Refused(r) => refusal_status(&r),
             GwError::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
                 Status::internal(INTERNAL_MESSAGE)
             }
         }
     }
+}
+
+/// The `google.rpc.ErrorInfo` domain of the compliance gate's refusals.
+pub const ERROR_DOMAIN: &str = "cco.infinity";
+
+/// A compliance refusal as `FAILED_PRECONDITION` with an `ErrorInfo` (reason, rule inputs) and,
+/// when a later time passes, a `RetryInfo` with the delay until then.
+fn refusal_status(r: &Refusal) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let metadata: std::collections::HashMap<String, String> = r
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut details = ErrorDetails::with_error_info(r.reason.as_str(), ERROR_DOMAIN, metadata);
+    if let Some(at) = r.retry_at {
+        let delay = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+        details.set_retry_info(Some(delay));
+    }
+    Status::with_error_details(
+        Code::FailedPrecondition,
+        cap_message(&format!(
+            "refused by compliance ({}): {}",
+            r.reason.as_str(),
+            r.message
+        )),
+        details,
+    )
 }
 
 /// Which roles may call each method. Service keys: admin, caller, peer; people (JWTs): admin
@@ -71,9 +103,19 @@ pub fn roles(path: &str) -> Option<&'static [Role]> {
         }
     } else if path.starts_with("/cco.infinity.gateway.v1.TenantPolicies/") {
         Some(POLICY)
+    } else if let Some(m) = path.strip_prefix("/cco.infinity.gateway.v1.CompliancePolicies/") {
+        match m {
+            "GetPolicy"
+            | "GetPreset"
+            | "CheckDoNotCall"
+            | "GrantOverride"
+            | "ListComplianceDecisions" => Some(ADMIN_OR_SUPERVISOR),
+            _ => Some(ADMIN),
+        }
     } else if let Some(m) = path.strip_prefix("/cco.infinity.gateway.v1.Calls/") {
         match m {
             "MakeCall" => Some(PLACE),
+            "CheckCall" => Some(READ_CALLS),
             "HangUp" => Some(HANG_UP),
             _ => Some(READ_CALLS),
         }
@@ -113,6 +155,39 @@ fn own(p: &Principal, field: &'static str, collector: &str) -> Result<(), GwErro
 
 fn done<T>(r: Result<T, GwError>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
+}
+
+/// A timestamp field, if set; the error names the field.
+fn from_ts(
+    field: &'static str,
+    t: Option<cco_contracts::pbjson_types::Timestamp>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, GwError> {
+    t.map(|t| {
+        cco_contracts::time::from_timestamp(&t)
+            .ok_or_else(|| GwError::invalid(field, "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+/// A page token for lists ordered by (time, id), newest first: opaque to clients.
+fn time_token(t: chrono::DateTime<chrono::Utc>, id: &str) -> String {
+    hex::encode(format!("{}|{id}", t.timestamp_micros()))
+}
+
+/// Reads a [`time_token`] back; the error names the list it must come from.
+fn time_token_decode(
+    token: &str,
+    list: &str,
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>, GwError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || GwError::invalid("page_token", format!("is not a token returned by {list}"));
+    let s = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (micros, id) = s.split_once('|').ok_or_else(bad)?;
+    let t = chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?)
+        .ok_or_else(bad)?;
+    Ok(Some((t, id.to_owned())))
 }
 
 fn opt_text(v: String) -> Option<String> {

@@ -16,6 +16,7 @@ use chrono::Utc;
 
 use super::CallTuning;
 use super::collectors::Collectors;
+use super::compliance::{Compliance, GateInput, Verdict, number_refusal};
 use super::settling::Settling;
 use super::tenants::Tenants;
 use crate::domain::call::{Call, CallId, CallStatus, Lease, ReleaseReason};
@@ -49,6 +50,10 @@ pub struct MakeCall {
     pub custom_params: BTreeMap<String, String>,
     /// Strategy override.
     pub strategy: Option<Strategy>,
+    /// The debtor's time zone from the case (used when the number does not determine one).
+    pub debtor_time_zone: Option<chrono_tz::Tz>,
+    /// A supervisor's one-call override of a compliance refusal.
+    pub override_id: Option<String>,
 }
 
 /// A recording's download link and where it came from.
@@ -60,6 +65,17 @@ pub struct Recording {
     pub expires: String,
     /// `recordurl` or `get_recode_file`.
     pub source: &'static str,
+}
+
+/// The destination parsed in the tenant's region: `Ok(Err(why))` when it is an emergency number
+/// or a kind the tenant does not allow (the compliance gate's NUMBER_TYPE_BLOCKED), an error
+/// naming the field when it is no phone number.
+fn destination(cfg: &TenantConfig, raw: &str) -> Result<Result<Phone, String>, GwError> {
+    match Phone::parse(raw, cfg.phone_region) {
+        Ok(p) => Ok(p.check_kind(&cfg.allowed_number_types).map(|()| p)),
+        Err(m) if crate::domain::phone::is_emergency_refusal(&m) => Ok(Err(m)),
+        Err(m) => Err(GwError::invalid("destination_number", m)),
+    }
 }
 
 /// Validates custom parameters: at most 20, keys 1-64 and values up to 256 characters, no
@@ -94,6 +110,7 @@ pub struct Calls {
     leases: Arc<dyn Leases>,
     pbx: Arc<dyn Pbx>,
     settling: Settling,
+    compliance: Compliance,
     tuning: CallTuning,
     metrics: GatewayMetrics,
     ringing: Arc<Ringing>,
@@ -121,6 +138,7 @@ impl Calls {
         leases: Arc<dyn Leases>,
         pbx: Arc<dyn Pbx>,
         settling: Settling,
+        compliance: Compliance,
         tuning: CallTuning,
         metrics: GatewayMetrics,
     ) -> Self {
@@ -134,6 +152,7 @@ impl Calls {
             leases,
             pbx,
             settling,
+            compliance,
             tuning,
             metrics,
         }
@@ -254,6 +273,41 @@ impl Calls {
             .unwrap_or_else(|| cfg.default_caller_number.clone()))
     }
 
+    /// The tenant's config for a call: a tenant without one is a failed precondition.
+    async fn call_config(&self, tenant: &TenantId) -> Result<TenantConfig, GwError> {
+        match self.tenants.config(tenant).await {
+            Err(GwError::NotFound(m)) => Err(GwError::FailedPrecondition(m)),
+            other => other,
+        }
+    }
+
+    /// CheckCall: whether the compliance gate would let `input` through now, and if not why
+    /// and until when; nothing is dialled, counted or audited.
+    pub async fn check_call(&self, input: &MakeCall) -> Result<Verdict, GwError> {
+        let cfg = self.call_config(&input.tenant).await?;
+        let destination = match destination(&cfg, &input.destination)? {
+            Ok(p) => p,
+            Err(m) => {
+                return Ok(Verdict {
+                    refusal: Some(number_refusal(m)),
+                    zone: None,
+                    details: std::collections::BTreeMap::new(),
+                });
+            }
+        };
+        self.compliance
+            .check(&GateInput {
+                tenant: &input.tenant,
+                collector: input.collector.as_str(),
+                case_id: input.case_id.as_str(),
+                number: &destination,
+                case_zone: input.debtor_time_zone,
+                call_id: "",
+                override_id: None,
+            })
+            .await
+    }
+
     /// Places a call (see the module docs). Returns the call as it stands and whether this
     /// request was a replay of an earlier one.
     #[tracing::instrument(skip_all, fields(tenant_id = %input.tenant, collector_id = %input.collector, call_id))]
@@ -268,14 +322,22 @@ impl Calls {
 
     async fn place(&self, input: MakeCall, waits: &mut Waits) -> Result<(Call, bool), GwError> {
         check_custom_params(&input.custom_params)?;
-        let cfg = match self.tenants.config(&input.tenant).await {
-            Ok(c) => c,
-            Err(GwError::NotFound(m)) => return Err(GwError::FailedPrecondition(m)),
-            Err(e) => return Err(e),
+        let cfg = self.call_config(&input.tenant).await?;
+        let destination = match destination(&cfg, &input.destination)? {
+            Ok(p) => p,
+            Err(m) => {
+                return Err(self
+                    .compliance
+                    .refuse_number(
+                        &input.tenant,
+                        input.collector.as_str(),
+                        input.case_id.as_str(),
+                        cco_platform::mask::phone(&input.destination),
+                        m,
+                    )
+                    .await);
+            }
         };
-        let destination = Phone::parse(&input.destination, cfg.phone_region)
-            .and_then(|p| p.check_kind(&cfg.allowed_number_types).map(|()| p))
-            .map_err(|m| GwError::invalid("destination_number", m))?;
         let call_id = match &input.idempotency_key {
             Some(k) => CallId::for_key(&input.tenant, k),
             None => CallId::random(),
@@ -320,7 +382,21 @@ impl Calls {
         let caller = self
             .pick_caller(&cfg, input.caller_number.as_deref())
             .await?;
-        let lease = self
+        // The compliance gate: counted and audited from here on, so every way out below that
+        // sends nothing to Infinity withdraws the attempt.
+        let gate = self
+            .compliance
+            .admit(&GateInput {
+                tenant: &input.tenant,
+                collector: input.collector.as_str(),
+                case_id: input.case_id.as_str(),
+                number: &destination,
+                case_zone: input.debtor_time_zone,
+                call_id: call_id.as_str(),
+                override_id: input.override_id.as_deref(),
+            })
+            .await?;
+        let lease = match self
             .lease(
                 &input.tenant,
                 &input.collector,
@@ -328,7 +404,21 @@ impl Calls {
                 call_id.as_str(),
                 waits,
             )
-            .await?;
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                self.compliance
+                    .not_dialled(
+                        &input.tenant,
+                        call_id.as_str(),
+                        gate,
+                        &format!("no extension: {e}"),
+                    )
+                    .await;
+                return Err(e);
+            }
+        };
         let dialled = format!(
             "{}{}",
             cfg.destination_prefix,
@@ -375,13 +465,21 @@ impl Calls {
             updated_at: now,
         };
         // Written and committed before anything is sent to Infinity.
-        let inserted = match self.calls.insert_call(&call).await {
+        let inserted = match self.calls.insert_call(&call, gate.as_ref()).await {
             Ok(i) => i,
             Err(e) => {
                 // No record means nobody else would ever free this lease: give it back now.
                 if let Some(r) = call.owed_release(ReleaseReason::Cancelled) {
                     self.settling.flush_release(&r).await;
                 }
+                self.compliance
+                    .not_dialled(
+                        &input.tenant,
+                        call_id.as_str(),
+                        gate,
+                        &format!("record not written: {e}"),
+                    )
+                    .await;
                 return Err(e);
             }
         };

@@ -8,6 +8,8 @@
 //! - [`Settling`]: what ends a call and frees its lease: Infinity's record (callback or
 //!   reconciler), the release and pool-deletion outboxes, expiry.
 //! - [`Events`]: live call events (WatchCalls).
+//! - [`Compliance`]: the compliance gate at dial time (CheckCall too), policies, do-not-call
+//!   lists, overrides and the decisions' audit.
 //! - [`Tenants`]: reading and writing configs (sealing secrets), shared by all of them.
 //!
 //! They reach the outside through the ports ([`crate::ports::Leases`], [`crate::ports::Pbx`])
@@ -16,6 +18,7 @@
 mod cache;
 mod calls;
 mod collectors;
+mod compliance;
 mod configs;
 mod events;
 mod settling;
@@ -25,6 +28,10 @@ use std::sync::Arc;
 
 pub use calls::{Calls, MakeCall, Recording};
 pub use collectors::{Collectors, MAX_PAGE};
+pub use compliance::{
+    Clock, Compliance, ComplianceSettings, GateInput, ImportReport, MAX_IMPORT_LINES,
+    MAX_LINE_ERRORS, SystemClock, Verdict, number_refusal,
+};
 pub use configs::{Configs, TestReport};
 pub use events::{EventSettings, Events, WatchRequest};
 pub use settling::{CallbackOutcome, Settling};
@@ -66,6 +73,10 @@ pub struct Services {
     pub settling: Settling,
     /// Live call events.
     pub events: Events,
+    /// The compliance gate and its administration.
+    pub compliance: Compliance,
+    /// Tenant configs as the call path reads them.
+    pub tenants: Tenants,
 }
 
 impl Services {
@@ -76,12 +87,14 @@ impl Services {
     }
 
     /// Wires the services over the stores and the ports.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         configs: Arc<dyn ConfigStore>,
         calls: Arc<dyn CallStore>,
         cipher: Cipher,
         pbx: Arc<dyn Pbx>,
         leases: Arc<dyn Leases>,
+        compliance: Compliance,
         tuning: CallTuning,
         metrics: GatewayMetrics,
     ) -> Self {
@@ -110,18 +123,21 @@ impl Services {
                 settling.clone(),
             ),
             calls: Calls::new(
-                tenants,
+                tenants.clone(),
                 collectors.clone(),
                 calls,
                 leases,
                 pbx,
                 settling.clone(),
+                compliance.clone(),
                 tuning,
                 metrics,
             ),
             collectors,
             settling,
             events,
+            compliance,
+            tenants,
         }
     }
 }

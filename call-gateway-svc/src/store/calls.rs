@@ -7,6 +7,7 @@ use cco_platform::args;
 use cco_platform::sql::{Arg, Backend, Mode, Row, Tx};
 use chrono::{DateTime, Utc};
 
+use super::compliance::GateRecord;
 use super::rows::{call_from, record_from, row_from};
 use super::{GatewayStore, db_err};
 use crate::domain::call::{
@@ -181,8 +182,14 @@ pub const CONFIG_DELETED: &str = "config_deleted";
 #[async_trait]
 pub trait CallStore: Send + Sync + 'static {
     /// Inserts a new record; `Ok(Some(existing))` when the call id (or the tenant's idempotency
-    /// key) exists already.
-    async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError>;
+    /// key) exists already. `gate` is the compliance gate's attempt and decision to write in
+    /// the same transaction (when the tenant's policy counts nothing, the gate defers them
+    /// here instead of a transaction of its own).
+    async fn insert_call(
+        &self,
+        call: &Call,
+        gate: Option<&GateRecord>,
+    ) -> Result<Option<Call>, GwError>;
     /// A call by id (any tenant; callers check the tenant).
     async fn call(&self, id: &CallId) -> Result<Option<Call>, GwError>;
     /// The newest open (or expired) call of a case (correlation by memberid).
@@ -710,7 +717,11 @@ impl GatewayStore {
 }
 
 impl GatewayStore {
-    async fn try_insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
+    async fn try_insert_call(
+        &self,
+        call: &Call,
+        gate: Option<&GateRecord>,
+    ) -> Result<Option<Call>, GwError> {
         let r = &row_from(call)?;
         let mut tx = self.write_tx().await?;
         let res = tx
@@ -768,6 +779,9 @@ impl GatewayStore {
             .await;
         match res {
             Ok(_) => {
+                if let Some(g) = gate {
+                    self.write_gate(&mut tx, g).await?;
+                }
                 let woken = self
                     .append_events(
                         &mut tx,
@@ -819,10 +833,14 @@ impl CallStore for GatewayStore {
         self.row_locks()
     }
 
-    async fn insert_call(&self, call: &Call) -> Result<Option<Call>, GwError> {
+    async fn insert_call(
+        &self,
+        call: &Call,
+        gate: Option<&GateRecord>,
+    ) -> Result<Option<Call>, GwError> {
         // Identical MakeCalls (one idempotency key) racing: MySQL may abort all but one of the
         // waiting inserts as deadlocks; run again, they find the winner's record.
-        cco_platform::sql::retry(contended, || self.try_insert_call(call)).await
+        cco_platform::sql::retry(contended, || self.try_insert_call(call, gate)).await
     }
 
     async fn call(&self, id: &CallId) -> Result<Option<Call>, GwError> {

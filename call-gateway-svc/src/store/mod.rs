@@ -8,6 +8,7 @@
 //! a secret in clear.
 
 pub mod calls;
+pub mod compliance;
 mod rows;
 
 use std::sync::Arc;

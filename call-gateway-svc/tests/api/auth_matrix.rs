@@ -39,15 +39,17 @@ fn request(input: &MessageDescriptor, ids: &[(&str, String)]) -> Vec<u8> {
             }
         }
     }
-    if let Some(f) = input
-        .get_field_by_name("config")
-        .filter(|f| f.kind().as_message().is_some())
-    {
-        // CreateConfig carries the tenant inside `config`.
-        let inner = f.kind().as_message().unwrap().clone();
-        let mut c = DynamicMessage::new(inner.clone());
-        c.set_field_by_name("tenant_id", Value::String("t-b".into()));
-        m.set_field(&f, Value::Message(c));
+    // CreateConfig, SetPolicy and AddDoNotCall carry the tenant inside a message.
+    for name in ["config", "policy", "entry"] {
+        if let Some(f) = input
+            .get_field_by_name(name)
+            .filter(|f| f.kind().as_message().is_some())
+        {
+            let inner = f.kind().as_message().unwrap().clone();
+            let mut c = DynamicMessage::new(inner.clone());
+            c.set_field_by_name("tenant_id", Value::String("t-b".into()));
+            m.set_field(&f, Value::Message(c));
+        }
     }
     m.encode_to_vec()
 }

@@ -684,6 +684,22 @@ pub async fn exec_sql(db_url: &str, sql: &str) -> u64 {
     n
 }
 
+/// Runs one `select count(*) ...` on a database directly (checking what is stored).
+pub async fn exec_count(db_url: &str, sql: &str) -> i64 {
+    let mut s = cco_platform::db::DatabaseSettings::sqlite_default("x");
+    s.url = db_url.to_owned();
+    let pool = cco_platform::db::DbPool::connect(&s).await.unwrap();
+    let sql = sql.replacen("count(*)", "count(*) as n", 1);
+    let n = cco_platform::sql::Db::new(pool.clone())
+        .fetch_one(&sql, &[])
+        .await
+        .unwrap()
+        .i64("n")
+        .unwrap();
+    pool.close().await;
+    n
+}
+
 /// A second gateway replica on the stack's database and allocator; returns it with a Calls
 /// client (caller key) and an admin Collectors client of its own.
 pub async fn second_replica(

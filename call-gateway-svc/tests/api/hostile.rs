@@ -726,11 +726,14 @@ async fn costly_and_emergency_numbers_are_refused_by_type() {
         ("112", "emergency"),
     ] {
         let e = ctx.calls.make_call(req("alice", number)).await.unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "{number}");
-        assert!(
-            e.message().starts_with("destination_number:") && e.message().contains(says),
-            "{number}: {}",
-            e.message()
+        // The compliance gate's refusal: FAILED_PRECONDITION with the reason for programs.
+        assert_eq!(e.code(), Code::FailedPrecondition, "{number}");
+        assert!(e.message().contains(says), "{number}: {}", e.message());
+        use tonic_types::StatusExt;
+        assert_eq!(
+            e.get_details_error_info().map(|i| i.reason),
+            Some("NUMBER_TYPE_BLOCKED".to_owned()),
+            "{number}"
         );
     }
     assert!(
@@ -1002,6 +1005,7 @@ async fn reflection_lists_each_ports_own_services_in_both_versions() {
             vec![
                 "cco.infinity.gateway.v1.Calls",
                 "cco.infinity.gateway.v1.Collectors",
+                "cco.infinity.gateway.v1.CompliancePolicies",
                 "cco.infinity.gateway.v1.TenantConfigs",
                 "cco.infinity.gateway.v1.TenantPolicies",
             ],

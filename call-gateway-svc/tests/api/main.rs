@@ -4,6 +4,7 @@
 mod auth_matrix;
 mod calls;
 mod common;
+mod compliance;
 mod configs;
 mod events;
 mod fuzz;

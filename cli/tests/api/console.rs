@@ -486,6 +486,15 @@ async fn alice_calls(ui: &Ui, stack: &Stack, bob_call: &str) -> R<String> {
         refusal.starts_with("This number is not valid"),
         format!("refusal: {refusal}"),
     )?;
+    // An emergency number: the compliance gate's refusal (ErrorInfo), in words.
+    ui.fill("#case_id", "case-7").await?;
+    ui.fill("#destination_number", "110").await?;
+    ui.click("#call").await?;
+    let refusal = ui.wait_text("#refusal", 10).await?;
+    ensure(
+        refusal.starts_with("This kind of number is not dialled"),
+        format!("compliance refusal: {refusal}"),
+    )?;
     // The real call.
     ui.fill("#case_id", "case-7").await?;
     ui.fill("#destination_number", "13900139007").await?;

@@ -307,6 +307,7 @@ fn readme_stack_places_a_demo_call() {
     ]);
     assert_eq!(missing.status.code(), Some(5), "NOT_FOUND");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
+    compliance_through_the_cli(&stack);
     stack.stop();
 
     // Again, on the same data: the demo tenant is reused, nothing is duplicated.
@@ -320,6 +321,92 @@ fn readme_stack_places_a_demo_call() {
         "the first run's record is still there"
     );
     stack.stop();
+}
+
+/// The compliance commands: a do-not-call entry refuses the call with the reason in words
+/// (exit code 9, FAILED_PRECONDITION), `call check` says the same without dialling, a preset
+/// is applied, and the audit lists the refusals.
+fn compliance_through_the_cli(stack: &Stack) {
+    let added = stack.json(&[
+        "compliance",
+        "dnc",
+        "add",
+        "--tenant",
+        "demo",
+        "--number",
+        "13900139001",
+        "--reason",
+        "cease-contact",
+    ]);
+    assert_eq!(added["number"], "+8613900139001");
+    let make = [
+        "call",
+        "make",
+        "--tenant",
+        "demo",
+        "--collector",
+        "alice",
+        "--case",
+        "case-2",
+        "--to",
+        "13900139001",
+    ];
+    let refused = stack.cco(&make);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(9), "{err}");
+    assert!(
+        err.contains("refused: the number is on a do-not-call list")
+            && err.contains("entry_reason: cease_contact"),
+        "{err}"
+    );
+    let check = stack.cco(&[
+        "call",
+        "check",
+        "--tenant",
+        "demo",
+        "--collector",
+        "alice",
+        "--case",
+        "case-2",
+        "--to",
+        "13900139001",
+    ]);
+    assert!(!check.status.success());
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains("do-not-call list"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let policy = stack.json(&[
+        "compliance",
+        "preset",
+        "--tenant",
+        "demo",
+        "--name",
+        "us_reg_f",
+        "--zone",
+        "America/Chicago",
+    ]);
+    assert_eq!(policy["preset"], "us_reg_f");
+    assert_eq!(policy["default_time_zone"], "America/Chicago");
+    assert_eq!(policy["case_cap"]["max_attempts"], 7);
+    let cleared = stack.json(&["compliance", "clear", "--tenant", "demo"]);
+    assert_eq!(cleared["version"], "2", "int64 is a string in proto3 JSON");
+    let decisions = stack.json(&[
+        "compliance",
+        "decisions",
+        "--tenant",
+        "demo",
+        "--outcome",
+        "refused",
+    ]);
+    let reasons: Vec<&str> = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["DO_NOT_CALL"]);
 }
 
 /// A client written with a mainstream gRPC-Web library from npm (Connect + protobuf-es, code
