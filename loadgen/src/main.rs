@@ -107,6 +107,15 @@ struct Cli {
     /// The in-process services' database pool size (*__DATABASE__MAX_CONNECTIONS).
     #[arg(long, default_value_t = 32)]
     db_connections: u32,
+    /// calls: import this many do-not-call entries into the tenant's list first (numbers that
+    /// are never dialled, plus 100 prefixes), to measure the lookup at that size.
+    #[arg(long, default_value_t = 0)]
+    dnc_entries: u64,
+    /// calls: enable frequency caps (per number, case and collector, never reached) and the
+    /// cool-down, so every MakeCall takes the gate's counting path (rule-key locks, counts,
+    /// attempt and decision in a transaction of its own).
+    #[arg(long)]
+    caps: bool,
     /// acquire-release/stats: drive an allocator already running at this port on 127.0.0.1
     /// (e.g. `cco serve allocator`, to measure its memory) instead of one in this process.
     #[arg(long)]
@@ -776,6 +785,72 @@ async fn stats(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Resu
     Ok(report(cli, &sink, secs, None))
 }
 
+/// `--dnc-entries` and `--caps`: fills the tenant's do-not-call list through ImportDoNotCall
+/// (100,000 lines a request, as the API allows) and sets a policy whose caps count every call.
+async fn compliance_setup(cli: &Cli, g: u16) -> anyhow::Result<()> {
+    let admin = BearerInterceptor::new("dev-admin-key");
+    let mut c =
+        gpb::compliance_policies_client::CompliancePoliciesClient::with_interceptor(lazy(g), admin);
+    if cli.dnc_entries > 0 {
+        let started = Instant::now();
+        let mut next: u64 = 0;
+        while next < cli.dnc_entries {
+            let end = (next + 100_000).min(cli.dnc_entries);
+            let lines: Vec<String> = (next..end)
+                .map(|i| {
+                    if i < 100 {
+                        // Prefixes nothing dialled starts with (dialled numbers are 1390...).
+                        format!("+86150{i:02}*")
+                    } else {
+                        format!("1370{:07}", i % 10_000_000)
+                    }
+                })
+                .collect();
+            let chunks: Vec<gpb::ImportDoNotCallRequest> = lines
+                .chunks(5_000)
+                .enumerate()
+                .map(|(k, l)| gpb::ImportDoNotCallRequest {
+                    tenant_id: if k == 0 { "t0".into() } else { String::new() },
+                    lines: l.to_vec(),
+                    default_reason: gpb::DoNotCallReason::CeaseContact as i32,
+                })
+                .collect();
+            let r = c
+                .import_do_not_call(tokio_stream::iter(chunks))
+                .await?
+                .into_inner();
+            anyhow::ensure!(r.rejected == 0, "do-not-call import rejected lines: {r:?}");
+            next = end;
+        }
+        eprintln!(
+            "imported {} do-not-call entries in {:.1} s",
+            cli.dnc_entries,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if cli.caps {
+        let cap = |max_attempts, window_seconds| {
+            Some(gpb::FrequencyCap {
+                max_attempts,
+                window_seconds,
+            })
+        };
+        c.set_policy(gpb::SetCompliancePolicyRequest {
+            policy: Some(gpb::CompliancePolicy {
+                tenant_id: "t0".into(),
+                number_cap: cap(3, 86_400),
+                case_cap: cap(7, 7 * 86_400),
+                collector_cap: cap(10_000, 60),
+                case_cooldown_seconds: 7 * 86_400,
+                ..Default::default()
+            }),
+            expected_version: 0,
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow::Result<Report> {
     let gw_db = test_db(backend).await;
     let al_db = test_db(backend).await;
@@ -863,6 +938,7 @@ async fn calls(cli: &Cli, backend: Backend, stop: &CancellationToken) -> anyhow:
         .await?;
     }
     import(a, "t0", numbers.clone()).await?;
+    compliance_setup(cli, g).await?;
     let before = [
         db_counters(&gw_db.url).await?,
         db_counters(&al_db.url).await?,

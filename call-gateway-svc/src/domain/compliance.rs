@@ -87,6 +87,32 @@ impl Refusal {
         self.metadata.insert(key.to_owned(), value.to_string());
         self
     }
+
+    /// This refusal, with `other` (a later rule that refuses too) named in `also_refused_by`,
+    /// its inputs added where they do not clash, and the later of the two retry moments
+    /// (none when either has none).
+    #[must_use]
+    pub fn and(mut self, other: Refusal) -> Self {
+        self.metadata
+            .insert("also_refused_by".into(), other.reason.as_str().into());
+        for (k, v) in other.metadata {
+            self.metadata.entry(k).or_insert(v);
+        }
+        self.retry_at = match (self.retry_at, other.retry_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        match self.retry_at {
+            Some(t) => {
+                self.metadata
+                    .insert("next_allowed_at".into(), t.to_rfc3339());
+            }
+            None => {
+                self.metadata.remove("next_allowed_at");
+            }
+        }
+        self
+    }
 }
 
 /// A window of one weekday in local minutes since midnight, `[start, end)`; `end` may be 1440
@@ -739,6 +765,9 @@ pub struct Facts {
     pub collector: Vec<DateTime<Utc>>,
     /// The newest connected call about the case.
     pub last_connected: Option<DateTime<Utc>>,
+    /// Calls about the case still open (dialing, ringing, unknown): each may be a
+    /// conversation Infinity has not reported yet.
+    pub open_calls: u32,
 }
 
 impl Policy {
@@ -794,6 +823,17 @@ impl Policy {
                 r.retry_at = retry_at;
                 return Err(r);
             }
+        }
+        if self.case_cooldown_seconds.is_some() && f.open_calls > 0 {
+            return Err(Refusal::new(
+                Reason::CaseCooldown,
+                format!(
+                    "{} call(s) about this case are still in progress: any of them may be a conversation, which starts the cool-down",
+                    f.open_calls
+                ),
+            )
+            .with("rule", "case_cooldown")
+            .with("open_calls", f.open_calls));
         }
         if let (Some(secs), Some(last)) = (self.case_cooldown_seconds, f.last_connected) {
             let until = last.checked_add_signed(chrono::Duration::seconds(i64::from(secs)));
@@ -1054,6 +1094,40 @@ mod tests {
             p.check_counts(&f, talked + chrono::Duration::days(8))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn an_open_call_about_the_case_holds_the_next_one() {
+        let p = reg_f();
+        let f = Facts {
+            open_calls: 1,
+            ..Facts::default()
+        };
+        let r = p
+            .check_counts(&f, at("2026-12-02T15:00:00Z"))
+            .expect_err("in progress");
+        assert_eq!(r.reason, Reason::CaseCooldown);
+        assert_eq!(r.retry_at, None);
+        let mut no_cooldown = reg_f();
+        no_cooldown.case_cooldown_seconds = None;
+        assert!(
+            no_cooldown
+                .check_counts(&f, at("2026-12-02T15:00:00Z"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn two_refusals_wait_for_the_later_moment() {
+        let mut hours = Refusal::new(Reason::OutsideCallingHours, "late");
+        hours.retry_at = Some(at("2026-12-03T14:00:00Z"));
+        let mut cap = Refusal::new(Reason::FrequencyCap, "often").with("count", 7);
+        cap.retry_at = Some(at("2026-12-05T10:00:00Z"));
+        let both = hours.and(cap);
+        assert_eq!(both.reason, Reason::OutsideCallingHours);
+        assert_eq!(both.metadata["also_refused_by"], "FREQUENCY_CAP");
+        assert_eq!(both.metadata["count"], "7");
+        assert_eq!(both.retry_at, Some(at("2026-12-05T10:00:00Z")));
     }
 
     #[test]

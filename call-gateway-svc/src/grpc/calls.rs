@@ -255,6 +255,17 @@ fn page_encode(c: &Call) -> String {
     time_token(c.created_at, c.id.as_str())
 }
 
+/// MakeCall's `debtor_time_zone`: from the case, so set by the platform's caller key (or an
+/// admin), never by a collector's own token (it decides when a debtor may be called).
+fn debtor_zone(p: &Principal, raw: &str) -> Result<Option<chrono_tz::Tz>, GwError> {
+    if !raw.is_empty() && p.collector_id.is_some() {
+        return Err(GwError::PermissionDenied(
+            "debtor_time_zone: comes with the case from the CCO platform (its caller key), not from a collector's token".into(),
+        ));
+    }
+    parse_zone("debtor_time_zone", raw)
+}
+
 #[tonic::async_trait]
 impl pb::calls_server::Calls for CallsGrpc {
     async fn make_call(
@@ -287,7 +298,7 @@ impl pb::calls_server::Calls for CallsGrpc {
                     },
                     custom_params: r.custom_params.into_iter().collect(),
                     strategy: strategy_from_pb("strategy", r.strategy)?,
-                    debtor_time_zone: parse_zone("debtor_time_zone", &r.debtor_time_zone)?,
+                    debtor_time_zone: debtor_zone(&p, &r.debtor_time_zone)?,
                     override_id: if r.compliance_override_id.is_empty() {
                         None
                     } else {
@@ -350,7 +361,7 @@ impl pb::calls_server::Calls for CallsGrpc {
                     idempotency_key: None,
                     custom_params: std::collections::BTreeMap::new(),
                     strategy: None,
-                    debtor_time_zone: parse_zone("debtor_time_zone", &r.debtor_time_zone)?,
+                    debtor_time_zone: debtor_zone(&p, &r.debtor_time_zone)?,
                     override_id: None,
                 };
                 let v = self.calls.check_call(&input).await?;

@@ -3,7 +3,7 @@
 use cco_contracts::gateway::v1 as pb;
 use cco_contracts::time::{to_timestamp as ts, to_valid_timestamp};
 use cco_platform::auth::Principal;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use phonenumber::country::Id as Region;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -108,6 +108,19 @@ fn entry_to_pb(e: &DncEntry) -> pb::DoNotCallEntry {
         note: e.note.clone(),
         expires_at: e.expires_at.and_then(to_valid_timestamp),
         created_at: Some(ts(e.created_at)),
+    }
+}
+
+/// An entry's expiry must lie ahead (an expired entry applies to nothing) and within what
+/// every backend stores (before the year 9999).
+fn check_expiry(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), String> {
+    match t {
+        Some(t) if t <= now => Err(format!(
+            "expires_at {} is not in the future",
+            t.to_rfc3339()
+        )),
+        Some(t) if t.year() >= 9999 => Err("expires_at must be before the year 9999".into()),
+        _ => Ok(()),
     }
 }
 
@@ -279,6 +292,7 @@ fn import_line(
         ),
         None => None,
     };
+    check_expiry(expires_at, now)?;
     let note = parts.next().unwrap_or_default().to_owned();
     check_note(&note)?;
     Ok(DncEntry {
@@ -380,6 +394,9 @@ impl pb::compliance_policies_server::CompliancePolicies for ComplianceGrpc {
                 let reason = reason_from_pb(e.reason)?
                     .ok_or_else(|| GwError::invalid("reason", "is required"))?;
                 check_note(&e.note).map_err(|m| GwError::invalid("note", m))?;
+                let now = self.compliance.now();
+                let expires_at = from_ts("expires_at", e.expires_at)?;
+                check_expiry(expires_at, now).map_err(|m| GwError::invalid("expires_at", m))?;
                 let entry = self
                     .compliance
                     .add_dnc(DncEntry {
@@ -388,8 +405,8 @@ impl pb::compliance_policies_server::CompliancePolicies for ComplianceGrpc {
                         prefix: e.prefix,
                         reason,
                         note: e.note,
-                        expires_at: from_ts("expires_at", e.expires_at)?,
-                        created_at: self.compliance.now(),
+                        expires_at,
+                        created_at: now,
                     })
                     .await?;
                 Ok(entry_to_pb(&entry))
@@ -431,8 +448,20 @@ impl pb::compliance_policies_server::CompliancePolicies for ComplianceGrpc {
         let mut scope: Option<(String, Option<Region>, Option<DncReason>)> = None;
         let mut line_no: u64 = 0;
         let now = self.compliance.now();
+        let mut chunks: u64 = 0;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
+            chunks = chunks.saturating_add(1);
+            if chunks > MAX_IMPORT_LINES {
+                return Err(GwError::invalid(
+                    "lines",
+                    format!(
+                        "at most {MAX_IMPORT_LINES} chunks in one import; the earlier ones were written ({} accepted, {} rejected)",
+                        report.accepted, report.rejected
+                    ),
+                )
+                .into());
+            }
             let (sc, region, default_reason) = match &scope {
                 Some(s) => {
                     if !chunk.tenant_id.is_empty() && chunk.tenant_id != s.0 {
@@ -459,7 +488,7 @@ impl pb::compliance_policies_server::CompliancePolicies for ComplianceGrpc {
                     return Err(GwError::invalid(
                         "lines",
                         format!(
-                            "at most {MAX_IMPORT_LINES} lines in one import; the first {MAX_IMPORT_LINES} were written ({} accepted, {} rejected)",
+                            "at most {MAX_IMPORT_LINES} lines in one import; the chunks before the one holding line {line_no} were written ({} accepted, {} rejected); nothing of that chunk was",
                             report.accepted, report.rejected
                         ),
                     )
@@ -537,14 +566,16 @@ impl pb::compliance_policies_server::CompliancePolicies for ComplianceGrpc {
                 }
                 cco_platform::validate::text(reason, 500)
                     .map_err(|m| GwError::invalid("reason", m))?;
-                let valid = if r.valid_seconds == 0 {
-                    3_600
-                } else {
-                    r.valid_seconds
-                };
                 let (override_id, expires_at) = self
                     .compliance
-                    .grant_override(&tenant, case.as_str(), &number, reason, &p.key_id, valid)
+                    .grant_override(
+                        &tenant,
+                        case.as_str(),
+                        &number,
+                        reason,
+                        &p.key_id,
+                        r.valid_seconds,
+                    )
                     .await?;
                 Ok(pb::ComplianceOverride {
                     override_id,

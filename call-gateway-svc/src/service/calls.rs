@@ -16,7 +16,7 @@ use chrono::Utc;
 
 use super::CallTuning;
 use super::collectors::Collectors;
-use super::compliance::{Compliance, GateInput, Verdict, number_refusal};
+use super::compliance::{Admission, Compliance, GateInput, Verdict, number_refusal};
 use super::settling::Settling;
 use super::tenants::Tenants;
 use crate::domain::call::{Call, CallId, CallStatus, Lease, ReleaseReason};
@@ -465,7 +465,11 @@ impl Calls {
             updated_at: now,
         };
         // Written and committed before anything is sent to Infinity.
-        let inserted = match self.calls.insert_call(&call, gate.as_ref()).await {
+        let deferred = match &gate {
+            Admission::Deferred(g) => Some(g.as_ref()),
+            Admission::Counted | Admission::Duplicate => None,
+        };
+        let inserted = match self.calls.insert_call(&call, deferred).await {
             Ok(i) => i,
             Err(e) => {
                 // No record means nobody else would ever free this lease: give it back now.
@@ -619,6 +623,14 @@ impl Calls {
                 Err(PbxError::NotSent(m)) => {
                     let e = PbxError::NotSent(m.clone());
                     self.fail(&call, &e, release(&call).as_ref()).await?;
+                    // Never reached Infinity: not an attempt the caps count.
+                    self.compliance
+                        .withdraw(
+                            &call.tenant_id,
+                            call.id.as_str(),
+                            &format!("not sent to Infinity: {m}"),
+                        )
+                        .await;
                     return Err(GwError::WithCall {
                         call_id: call.id.as_str().to_owned(),
                         inner: Box::new(GwError::Unavailable(format!(

@@ -84,6 +84,18 @@ pub struct GateInput<'a> {
     pub override_id: Option<&'a str>,
 }
 
+/// What the gate let through, and so what a dial that does not happen must undo.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// The attempt and decision are to be written with the call record (the policy counts
+    /// nothing): nothing is written yet.
+    Deferred(Box<GateRecord>),
+    /// The attempt and decision are committed: withdraw them if nothing is sent.
+    Counted,
+    /// An identical request (same call id) was counted: nothing of this request's to undo.
+    Duplicate,
+}
+
 /// What CheckCall answers.
 #[derive(Debug, Clone)]
 pub struct Verdict {
@@ -316,7 +328,7 @@ impl Compliance {
     /// keys' locks, and the caller must [`Self::withdraw`] them if nothing is sent to Infinity
     /// after all; otherwise they are returned for the call record's own transaction (no
     /// commit of their own), and [`Self::not_dialled`] audits a dial that never happens.
-    pub async fn admit(&self, g: &GateInput<'_>) -> Result<Option<GateRecord>, GwError> {
+    pub async fn admit(&self, g: &GateInput<'_>) -> Result<Admission, GwError> {
         let now = self.now();
         let mut d = self.base_decision(g, now);
         if let Some(r) = self.listed(g.tenant, g.number, now).await? {
@@ -332,7 +344,7 @@ impl Compliance {
         }
         let number = g.number.e164().trim_start_matches('+');
         if pending.is_none() && !policy.counts() {
-            return Ok(Some(GateRecord {
+            return Ok(Admission::Deferred(Box::new(GateRecord {
                 tenant_id: g.tenant.as_str().to_owned(),
                 call_id: g.call_id.to_owned(),
                 case_id: g.case_id.to_owned(),
@@ -340,7 +352,7 @@ impl Compliance {
                 collector_id: g.collector.to_owned(),
                 at: now,
                 decision: d,
-            }));
+            })));
         }
         let attempt = Attempt {
             tenant_id: g.tenant.as_str(),
@@ -355,10 +367,11 @@ impl Compliance {
             .reserve(&attempt, &policy, pending.as_ref(), override_id, &d)
             .await?
         {
-            Reserved::Allowed => Ok(None),
+            Reserved::Allowed => Ok(Admission::Counted),
+            Reserved::Duplicate => Ok(Admission::Duplicate),
             Reserved::Overridden(r) => {
                 tracing::info!(reason = r.reason.as_str(), "compliance refusal overridden");
-                Ok(None)
+                Ok(Admission::Counted)
             }
             Reserved::Refused {
                 mut refusal,
@@ -383,12 +396,13 @@ impl Compliance {
         &self,
         tenant: &TenantId,
         call_id: &str,
-        deferred: Option<GateRecord>,
+        admission: Admission,
         why: &str,
     ) {
-        match deferred {
-            None => self.withdraw(tenant, call_id, why).await,
-            Some(g) => {
+        match admission {
+            Admission::Counted => self.withdraw(tenant, call_id, why).await,
+            Admission::Duplicate => {}
+            Admission::Deferred(g) => {
                 let mut d = g.decision;
                 d.call_id = None;
                 d.not_dialled = Some(why.to_owned());
@@ -491,6 +505,12 @@ impl Compliance {
         valid_seconds: u32,
     ) -> Result<(String, DateTime<Utc>), GwError> {
         let max = self.settings.max_override_seconds;
+        // 0: an hour, or the limit when that is shorter.
+        let valid_seconds = if valid_seconds == 0 {
+            max.min(3_600)
+        } else {
+            valid_seconds
+        };
         if !(1..=max).contains(&valid_seconds) {
             return Err(GwError::invalid(
                 "valid_seconds",

@@ -29,7 +29,7 @@ use std::sync::Arc;
 pub use calls::{Calls, MakeCall, Recording};
 pub use collectors::{Collectors, MAX_PAGE};
 pub use compliance::{
-    Clock, Compliance, ComplianceSettings, GateInput, ImportReport, MAX_IMPORT_LINES,
+    Admission, Clock, Compliance, ComplianceSettings, GateInput, ImportReport, MAX_IMPORT_LINES,
     MAX_LINE_ERRORS, SystemClock, Verdict, number_refusal,
 };
 pub use configs::{Configs, TestReport};

@@ -70,6 +70,10 @@ pub struct GateRecord {
 /// What [`ComplianceStore::reserve`] did.
 #[derive(Debug, Clone)]
 pub enum Reserved {
+    /// Another request with the same call id (a retry with the same idempotency key) was
+    /// counted and audited already: dial (the call record's insert finds the other), and
+    /// never withdraw what the other wrote.
+    Duplicate,
     /// Counted and audited: dial.
     Allowed,
     /// A rule refused and an override let it through: counted and audited, dial.
@@ -271,14 +275,15 @@ impl GatewayStore {
             .fetch_all(
                 &format!(
                     "select attempted_at from dial_attempts \
-                     where tenant_id = $1 and {column} = $2 and attempted_at > $3 \
+                     where tenant_id = $1 and {column} = $2 and attempted_at > $3 and call_id <> $5 \
                      order by attempted_at desc limit $4"
                 ),
                 args![
                     a.tenant_id,
                     value,
                     since(a.at, cap.window_seconds),
-                    i64::from(cap.max_attempts)
+                    i64::from(cap.max_attempts),
+                    a.call_id
                 ],
             )
             .await
@@ -302,24 +307,32 @@ impl GatewayStore {
                 .await?;
         }
         if let Some(secs) = p.case_cooldown_seconds {
-            // A call ends at most a day after it was created (max_call_age is below that), so
-            // the case's calls created within cool-down + 1 day hold every conversation that
-            // can still count.
+            // In one statement (one snapshot: a call completing between two statements would
+            // be seen neither open nor connected): the newest conversation about the case; the
+            // case's calls still open (one may be a conversation Infinity has not reported
+            // yet); and the attempts counted under these locks moments ago whose record is not
+            // written yet (a racing MakeCall). An attempt whose record never came (a gateway
+            // killed in between) stops counting after ten minutes.
             let row = tx
                 .exec()
                 .fetch_one(
-                    "select max(coalesce(end_time, answer_time, updated_at)) as t \
+                    "select (select max(coalesce(end_time, answer_time, updated_at)) \
                      from communication_records \
-                     where tenant_id = $1 and case_id = $2 and created_at > $3 and result = 'connected'",
-                    args![
-                        a.tenant_id,
-                        a.case_id,
-                        since(a.at, secs.saturating_add(86_400))
-                    ],
+                     where tenant_id = $1 and case_id = $2 and result = 'connected') as t, \
+                     (select count(*) from communication_records \
+                     where tenant_id = $1 and case_id = $2 and status in ('dialing', 'ringing', 'unknown')) \
+                     + (select count(*) from dial_attempts a \
+                     where a.tenant_id = $1 and a.case_id = $2 and a.attempted_at > $3 and a.call_id <> $4 \
+                     and not exists (select 1 from communication_records c where c.call_id = a.call_id)) as n",
+                    args![a.tenant_id, a.case_id, since(a.at, 600), a.call_id],
                 )
                 .await
                 .map_err(db_err)?;
-            f.last_connected = row.opt_time("t").map_err(db_err)?;
+            f.last_connected = row
+                .opt_time("t")
+                .map_err(db_err)?
+                .filter(|t| *t > since(a.at, secs));
+            f.open_calls = u32::try_from(row.i64("n").map_err(db_err)?).unwrap_or(u32::MAX);
         }
         Ok(f)
     }
@@ -358,7 +371,11 @@ impl GatewayStore {
         );
         let mut a: Vec<Arg<'_>> = vec![tenant_id.into()];
         a.extend(keys.iter().map(Arg::from));
-        self.db.execute(&sql, &a).await.map_err(db_err)?;
+        // Racing first gates of one key may deadlock on MySQL's duplicate-key locks.
+        cco_platform::sql::retry(contended, || async {
+            self.db.execute(&sql, &a).await.map_err(db_err)
+        })
+        .await?;
         Ok(())
     }
 
@@ -443,21 +460,31 @@ impl GatewayStore {
         }
         let facts = self.count_in(&mut tx, a, p).await?;
         let mut d = decision.clone();
-        let refusal = match pending {
-            Some(r) => Some(r.clone()),
-            None => match p.check_counts(&facts, a.at) {
-                Ok(counts) => {
-                    d.details.extend(counts);
-                    None
-                }
-                Err(r) => Some(r),
-            },
+        // The counts run whatever refused before them, so an override of the hours is not
+        // also, silently, one of the caps: every rule that refuses is named.
+        let refusal = match (pending, p.check_counts(&facts, a.at)) {
+            (None, Ok(counts)) => {
+                d.details.extend(counts);
+                None
+            }
+            (None, Err(r)) => Some(r),
+            (Some(r), Ok(counts)) => {
+                d.details.extend(counts);
+                Some(r.clone())
+            }
+            (Some(r), Err(also)) => Some(r.clone().and(also)),
         };
         let mut result = Reserved::Allowed;
         if let Some(r) = refusal {
-            let usable = match override_id {
-                Some(id) if r.reason.overridable() => {
-                    tx.exec()
+            let granted = match override_id {
+                Some(id)
+                    if r.reason.overridable()
+                        && !r.metadata.get("also_refused_by").is_some_and(|x| {
+                            Reason::parse(x).is_some_and(|x| !x.overridable())
+                        }) =>
+                {
+                    let used = tx
+                        .exec()
                         .execute(
                             "update compliance_overrides set used_call_id = $1, used_at = $2 \
                              where override_id = $3 and tenant_id = $4 and case_id = $5 and number = $6 \
@@ -465,22 +492,41 @@ impl GatewayStore {
                             args![a.call_id, a.at, id, a.tenant_id, a.case_id, a.number],
                         )
                         .await
-                        .map_err(db_err)?
-                        == 1
+                        .map_err(db_err)?;
+                    if used == 1 {
+                        tx.exec()
+                            .fetch_optional(
+                                "select granted_by, reason from compliance_overrides where override_id = $1",
+                                args![id],
+                            )
+                            .await
+                            .map_err(db_err)?
+                    } else {
+                        None
+                    }
                 }
-                _ => false,
+                _ => None,
             };
-            if !usable {
+            let Some(grant) = granted else {
                 tx.rollback().await.map_err(db_err)?;
                 return Ok(Some(Reserved::Refused {
                     refusal: r,
                     override_unusable: override_id.is_some(),
                 }));
-            }
+            };
             d.outcome = Outcome::Overridden;
             d.reason = Some(r.reason);
             d.details
                 .extend(r.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+            // Kept with the decision: the override's own row goes 33 days after it expires.
+            d.details.insert(
+                "override_granted_by".into(),
+                grant.text("granted_by").map_err(db_err)?,
+            );
+            d.details.insert(
+                "override_reason".into(),
+                grant.text("reason").map_err(db_err)?,
+            );
             d.override_id = override_id.map(str::to_owned);
             result = Reserved::Overridden(r);
         }
@@ -491,7 +537,7 @@ impl GatewayStore {
             Ok(_) => {}
             Err(e) if cco_platform::db::is_unique_violation(&e) => {
                 tx.rollback().await.map_err(db_err)?;
-                return Ok(Some(result));
+                return Ok(Some(Reserved::Duplicate));
             }
             Err(e) => return Err(db_err(e)),
         }
@@ -575,6 +621,18 @@ impl ComplianceStore for GatewayStore {
     }
 
     async fn put_dnc(&self, entries: &[DncEntry]) -> Result<(), GwError> {
+        // One row per key and statement (PostgreSQL refuses to upsert a row twice in one
+        // statement): a repeated entry, the last one wins.
+        let mut last = std::collections::HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            last.insert((e.scope.as_str(), e.digits.as_str(), e.prefix), i);
+        }
+        let entries: Vec<&DncEntry> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| last.get(&(e.scope.as_str(), e.digits.as_str(), e.prefix)) == Some(i))
+            .map(|(_, e)| e)
+            .collect();
         for chunk in entries.chunks(DNC_BATCH) {
             let rows = (0..chunk.len())
                 .map(|i| format!("({})", placeholders(i * 7 + 1, 7)))

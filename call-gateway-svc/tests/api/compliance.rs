@@ -12,7 +12,7 @@ use call_gateway_svc::domain::config::CallMode;
 use call_gateway_svc::domain::phone::{Phone, parse_region};
 use call_gateway_svc::domain::{CaseId, CollectorId, GwError, TenantId};
 use call_gateway_svc::metrics::GatewayMetrics;
-use call_gateway_svc::service::{Clock, Compliance, ComplianceSettings, GateInput};
+use call_gateway_svc::service::{Admission, Clock, Compliance, ComplianceSettings, GateInput};
 use call_gateway_svc::store::GatewayStore;
 use call_gateway_svc::store::calls::CallStore;
 use call_gateway_svc::store::compliance::{ComplianceStore, DecisionFilter};
@@ -101,17 +101,28 @@ impl Dial {
         c: &Compliance,
     ) -> Result<String, call_gateway_svc::domain::compliance::Refusal> {
         let call_id = CallId::random();
+        self.admit_as(c, call_id.as_str())
+            .await
+            .map(|_| call_id.as_str().to_owned())
+    }
+
+    /// Puts this dial to the gate under `call_id`.
+    async fn admit_as(
+        &self,
+        c: &Compliance,
+        call_id: &str,
+    ) -> Result<Admission, call_gateway_svc::domain::compliance::Refusal> {
         let g = GateInput {
             tenant: &self.tenant,
             collector: &self.collector,
             case_id: &self.case,
             number: &self.number,
             case_zone: self.zone,
-            call_id: call_id.as_str(),
+            call_id,
             override_id: None,
         };
         match c.admit(&g).await {
-            Ok(_) => Ok(call_id.as_str().to_owned()),
+            Ok(a) => Ok(a),
             Err(GwError::Refused(r)) => Err(*r),
             Err(e) => panic!("gate failed: {e}"),
         }
@@ -185,6 +196,25 @@ async fn caps_count_exactly_at_their_boundaries(b: Backend) {
     let r = tenth.admit(&c).await.expect_err("10th to the number");
     assert_eq!(r.metadata["rule"], "number_cap");
 
+    // A retry under the same call id (same idempotency key) is the same attempt: not counted
+    // against itself, not refused, and nothing of it to withdraw.
+    clock.set(t0 + Duration::days(40));
+    let mut once = Dial::new(cn("13600136000"));
+    once.case = "case-once".into();
+    let id = CallId::random();
+    assert!(matches!(
+        once.admit_as(&c, id.as_str()).await,
+        Ok(Admission::Counted)
+    ));
+    for _ in 0..6 {
+        once.admit(&c).await.unwrap();
+    }
+    assert!(matches!(
+        once.admit_as(&c, id.as_str()).await,
+        Ok(Admission::Duplicate)
+    ));
+    assert!(once.admit(&c).await.is_err(), "the 8th other call");
+
     // The audit: every decision, newest first, with its counts.
     let all = c
         .decisions(&DecisionFilter {
@@ -252,7 +282,7 @@ fn finished_call(case: &str, result: CallResult, ended: DateTime<Utc>) -> Call {
 /// after it ended (day 7 refused, day 8 allowed); a call that did not connect starts none.
 async fn the_cooldown_follows_a_conversation(b: Backend) {
     let clock = TestClock::at("2026-12-02T15:00:00Z");
-    let (_db, c, store) = gate(b, &clock).await;
+    let (db, c, store) = gate(b, &clock).await;
     let mut p = Policy::preset("us_reg_f").unwrap();
     p.windows = None; // hours are tested elsewhere
     p.case_cap = None;
@@ -263,9 +293,33 @@ async fn the_cooldown_follows_a_conversation(b: Backend) {
         .await
         .unwrap();
     let d = Dial::new(us("2125550123"));
-    d.admit(&c)
-        .await
-        .expect("an unanswered call starts no cool-down");
+    // An attempt with no record yet is a call in progress (a racing MakeCall): each admitted
+    // one here is withdrawn, as a dial that never happened.
+    let passes = |what: &'static str| {
+        let (c, d) = (&c, &d);
+        async move {
+            let id = d.admit(c).await.expect(what);
+            c.withdraw(&d.tenant, &id, "test").await;
+        }
+    };
+    passes("an unanswered call starts no cool-down").await;
+    // A call of the case still ringing may be a conversation Infinity has not reported yet.
+    let mut ringing = finished_call("case-1", CallResult::NoAnswer, talked);
+    ringing.status = CallStatus::Ringing;
+    ringing.result = None;
+    store.insert_call(&ringing, None).await.unwrap();
+    let r = d.admit(&c).await.expect_err("a call in progress");
+    assert_eq!(r.reason, Reason::CaseCooldown);
+    assert_eq!(r.metadata["open_calls"], "1");
+    assert_eq!(r.retry_at, None);
+    exec_sql(
+        &db.url,
+        &format!(
+            "update communication_records set status = 'completed', result = 'no_answer' where call_id = '{}'",
+            ringing.id.as_str()
+        ),
+    )
+    .await;
     store
         .insert_call(
             &finished_call("case-1", CallResult::Connected, talked),
@@ -279,7 +333,14 @@ async fn the_cooldown_follows_a_conversation(b: Backend) {
     clock.set(talked + Duration::days(6) + Duration::hours(23));
     assert!(d.admit(&c).await.is_err(), "day 7");
     clock.set(talked + Duration::days(7));
-    d.admit(&c).await.expect("day 8");
+    passes("day 8").await;
+    let _held = d.admit(&c).await.expect("again");
+    assert!(
+        d.admit(&c).await.is_err(),
+        "an attempt counted moments ago, its record not written yet, is a call in progress"
+    );
+    clock.set(talked + Duration::days(7) + Duration::minutes(11));
+    passes("ten minutes without a record: a gateway died between gate and dial").await;
     // Another case of the same debtor is not cooling down.
     let mut other = Dial::new(us("2125550123"));
     other.case = "case-2".into();
@@ -591,6 +652,21 @@ async fn refusals_reach_the_client_with_their_details(b: Backend) {
     assert_eq!(overridden.override_id, grant.override_id);
     assert!(!seen.iter().any(|d| d.number_masked.contains("1390013")));
 
+    // A collector's own token may not choose the debtor's zone (it decides when to call).
+    let mut as_alice = pb::calls_client::CallsClient::with_interceptor(
+        ctx.stack.gateway.channel().await,
+        BearerInterceptor::new(&person("collector", "t1", Some("alice"))),
+    );
+    let mut zoned = req("alice", "13900139000");
+    zoned.debtor_time_zone = "Pacific/Kiritimati".into();
+    let e = as_alice.make_call(zoned).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().starts_with("debtor_time_zone"),
+        "{}",
+        e.message()
+    );
+
     // A collector may not read the audit or change the policy.
     let mut collector = compliance_client(&ctx, &person("collector", "t1", Some("alice"))).await;
     let denied = collector
@@ -666,6 +742,8 @@ async fn do_not_call_lists_over_grpc(b: Backend) {
                 "13800138003,angry".into(),
                 String::new(),
                 "13800138004,complaint".into(),
+                "0086 138 0013 8004,wrong_number".into(),
+                "13800138005,complaint,2020-01-01T00:00:00Z".into(),
             ],
             default_reason: 0,
         },
@@ -675,9 +753,23 @@ async fn do_not_call_lists_over_grpc(b: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((report.accepted, report.rejected), (4, 2), "{report:?}");
+    // The same number twice (written two ways): both lines accepted, the last one wins.
+    assert_eq!((report.accepted, report.rejected), (5, 3), "{report:?}");
     let lines: Vec<u64> = report.errors.iter().map(|e| e.line).collect();
-    assert_eq!(lines, [4, 6]);
+    assert_eq!(lines, [4, 6, 10]);
+    let twice = admin
+        .check_do_not_call(pb::CheckDoNotCallRequest {
+            tenant_id: "t1".into(),
+            number: "13800138004".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(twice.entries.len(), 1);
+    assert_eq!(
+        twice.entries[0].reason,
+        pb::DoNotCallReason::WrongNumber as i32
+    );
     let check = admin
         .check_do_not_call(pb::CheckDoNotCallRequest {
             tenant_id: "t1".into(),
@@ -818,6 +910,79 @@ async fn racing_calls_for_one_case_dial_exactly_the_cap(b: Backend) {
     )
     .await;
     assert_eq!(refused, 13);
+
+    // The cool-down holds racing calls too: while one call about a case is open, no other.
+    admin
+        .set_policy(pb::SetCompliancePolicyRequest {
+            policy: Some(pb::CompliancePolicy {
+                tenant_id: "t1".into(),
+                case_cooldown_seconds: 7 * 86_400,
+                ..Default::default()
+            }),
+            expected_version: 1,
+        })
+        .await
+        .unwrap();
+    // Each replica uses the new policy once its cache has heard of the change (PostgreSQL
+    // notifies at commit): wait until both answer by it (case-race holds connected calls).
+    for client in [ctx.calls.clone(), calls_b.clone()] {
+        let mut client = client;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let v = client
+                .check_call(pb::CheckCallRequest {
+                    tenant_id: "t1".into(),
+                    collector_id: "alice".into(),
+                    case_id: "case-race".into(),
+                    destination_number: "13900139000".into(),
+                    debtor_time_zone: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if v.reason == "CASE_COOLDOWN" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "policy not seen: {v:?}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut client = if i % 2 == 0 {
+            ctx.calls.clone()
+        } else {
+            calls_b.clone()
+        };
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = req(if i % 2 == 0 { "alice" } else { "bob" }, "13900139555");
+            r.case_id = "case-cool".into();
+            barrier.wait().await;
+            client.make_call(r).await
+        }));
+    }
+    // A call Infinity refused (the collector's phone busy with an earlier call) holds nothing:
+    // the next one may go. At most one call of the case is ever live.
+    let (mut live, mut refused_by_infinity) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) if r.get_ref().status == pb::CallStatus::Failed as i32 => {
+                refused_by_infinity += 1;
+            }
+            Ok(_) => live += 1,
+            Err(e) => assert_eq!(
+                e.get_details_error_info().map(|i| i.reason),
+                Some("CASE_COOLDOWN".to_owned()),
+                "{e:?}"
+            ),
+        }
+    }
+    assert_eq!(live, 1, "{refused_by_infinity} refused by Infinity");
     second.shutdown().await;
     ctx.shutdown().await;
 }
