@@ -40,11 +40,12 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 dnc = int(sys.argv[2])
 names = {"none": "no rules", "caps": "caps + cool-down", "dnc": f"{dnc:,} do-not-call entries", "both": "both"}
 base = [r for r in rows if r["variant"] == "none"]
-print(f"{'variant':<34}{'calls/s':>9}{'vs none':>9}{'p50 ms':>9}{'p99 ms':>9}{'gw commits':>12}{'gw stmts':>10}  errors")
+print(f"{'variant':<34}{'calls/s':>9}{'vs none':>9}{'p50 ms':>9}{'p99 ms':>9}{'own ms':>8}{'gw commits':>12}{'gw stmts':>10}  errors")
 for v in ("none", "caps", "dnc", "both"):
     for i, r in enumerate(x for x in rows if x["variant"] == v):
         ratio = r["per_second"] / base[i]["per_second"] if i < len(base) and base[i]["per_second"] else 0
         c = r.get("db_commits_per_call", {}).get("gateway", float("nan"))
         s = r.get("db_round_trips_per_call", {}).get("gateway", float("nan"))
-        print(f"{names[v]:<34}{r['per_second']:>9.0f}{ratio:>9.2f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{c:>12.2f}{s:>10.2f}  {r['errors'] or 'none'}")
+        own = r.get("phases", {}).get("make_call_own_mean_ms", float("nan"))
+        print(f"{names[v]:<34}{r['per_second']:>9.0f}{ratio:>9.2f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{own:>8.2f}{c:>12.2f}{s:>10.2f}  {r['errors'] or 'none'}")
 PY

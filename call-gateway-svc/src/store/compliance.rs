@@ -5,12 +5,13 @@
 //! `number:...`, `collector:...` in `compliance_locks`, in key order in one statement), reads
 //! the attempts in the rolling windows, and records its own attempt and decision before it
 //! commits; a second gate for the same case waits for that commit and then counts it. The lock
-//! rows are created outside the counting transaction the first time a key is seen (on MySQL
-//! a racing insert takes gap locks that deadlock), then the transaction runs again.
+//! rows are created and locked by one upsert on PostgreSQL and SQLite; on MySQL (where a racing
+//! insert takes gap locks that deadlock) outside the counting transaction the first time a key
+//! is seen, then the transaction runs again.
 
 use async_trait::async_trait;
 use cco_platform::args;
-use cco_platform::sql::{Arg, Mode, Row, Tx};
+use cco_platform::sql::{Arg, Backend, Mode, Row, Tx};
 use chrono::{DateTime, Utc};
 
 use super::{GatewayStore, corrupt, db_err};
@@ -347,13 +348,31 @@ impl GatewayStore {
         if keys.is_empty() {
             return Ok(true);
         }
+        let mut a: Vec<Arg<'_>> = vec![tenant_id.into()];
+        a.extend(keys.iter().map(Arg::from));
+        if self.db.backend() != Backend::MySql {
+            // PostgreSQL and SQLite: one upsert creates the missing rows and locks every one,
+            // in key order (a racing insert of the same key waits for this transaction). Its
+            // update never happens (`where false`): PostgreSQL locks the existing rows all the
+            // same and writes no new row versions.
+            let rows = (0..keys.len())
+                .map(|i| format!("($1, ${})", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "insert into compliance_locks (tenant_id, lock_key) values {rows} \
+                 on conflict (tenant_id, lock_key) do update set lock_key = excluded.lock_key where false"
+            );
+            tx.exec().execute(&sql, &a).await.map_err(db_err)?;
+            return Ok(true);
+        }
+        // MySQL: a racing insert takes gap locks that deadlock, so missing rows are created
+        // apart (`create_keys`) and the existing ones locked here.
         let sql = format!(
             "select lock_key from compliance_locks where tenant_id = $1 and lock_key in ({}) order by lock_key{}",
             placeholders(2, keys.len()),
             self.db.dialect().for_update()
         );
-        let mut a: Vec<Arg<'_>> = vec![tenant_id.into()];
-        a.extend(keys.iter().map(Arg::from));
         let rows = tx.exec().fetch_all(&sql, &a).await.map_err(db_err)?;
         Ok(rows.len() == keys.len())
     }
