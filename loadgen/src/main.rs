@@ -463,6 +463,18 @@ async fn http_get(url: &str) -> anyhow::Result<String> {
     Ok(buf)
 }
 
+/// A channel for the long set-up requests (imports of many thousands of lines, which a debug
+/// build on a loaded machine can take longer than [`lazy`]'s 10 s deadline to answer).
+fn patient(port: u16) -> Channel {
+    Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .map(|e| {
+            e.timeout(Duration::from_secs(600))
+                .tcp_nodelay(true)
+                .connect_lazy()
+        })
+        .unwrap_or_else(|_| unreachable_channel())
+}
+
 fn lazy(port: u16) -> Channel {
     Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .map(|e| {
@@ -504,7 +516,7 @@ async fn allocator(db: &TestDb, stop: &CancellationToken) -> anyhow::Result<u16>
 
 async fn import(port: u16, tenant: &str, numbers: Vec<String>) -> anyhow::Result<()> {
     let mut pool = apb::extension_pool_client::ExtensionPoolClient::with_interceptor(
-        lazy(port),
+        patient(port),
         BearerInterceptor::new("dev-admin-key"),
     );
     for chunk in numbers.chunks(10_000) {
@@ -789,12 +801,10 @@ async fn stats(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Resu
 /// (100,000 lines a request, as the API allows) and sets a policy whose caps count every call.
 async fn compliance_setup(cli: &Cli, g: u16, db_url: &str) -> anyhow::Result<()> {
     let admin = BearerInterceptor::new("dev-admin-key");
-    // An import of 100,000 lines takes longer than the 10 s deadline of the other requests.
-    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{g}"))?
-        .timeout(Duration::from_secs(600))
-        .connect_lazy();
-    let mut c =
-        gpb::compliance_policies_client::CompliancePoliciesClient::with_interceptor(channel, admin);
+    let mut c = gpb::compliance_policies_client::CompliancePoliciesClient::with_interceptor(
+        patient(g),
+        admin,
+    );
     if cli.dnc_entries > 0 {
         let started = Instant::now();
         let mut next: u64 = 0;

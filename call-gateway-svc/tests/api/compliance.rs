@@ -528,6 +528,39 @@ async fn refusals_reach_the_client_with_their_details(b: Backend) {
         .await
         .unwrap_err();
     assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+    // Bad input names its field and changes nothing.
+    let mut bad = closed_now();
+    bad.days[0].windows[0].start = "8:00".into();
+    let e = admin
+        .set_policy(pb::SetCompliancePolicyRequest {
+            policy: Some(bad),
+            expected_version: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("days:"), "{}", e.message());
+    let mut bad = closed_now();
+    bad.case_cap = Some(pb::FrequencyCap {
+        max_attempts: 7,
+        window_seconds: 40 * 86_400,
+    });
+    let e = admin
+        .set_policy(pb::SetCompliancePolicyRequest {
+            policy: Some(bad),
+            expected_version: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("case_cap:"), "{}", e.message());
+    let current = admin
+        .get_policy(pb::GetCompliancePolicyRequest {
+            tenant_id: "t1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((current.version, current.case_cap), (1, None));
 
     let e = ctx
         .calls
