@@ -175,30 +175,56 @@ const BATCH_LRU_SQL: &str = concat!(
      from lk left join e on e.ord = lk.ord order by lk.ord"
 );
 
-/// Ends the live leases whose tokens match and frees their extensions, in one statement (lease
-/// rows are locked before extension rows). Arrays $1 lease ids, $2 tokens, $3 reasons; one row
-/// per lease ended. [`end_lease`] runs it for one lease, coalesced releases for many.
-const END_LEASES_SQL: &str = concat!(
-    "with r as (select * from unnest($1::uuid[], $2::bigint[], $3::text[]) as r(lease_id, token, reason)), \
-     l as ( \
-       update leases x set released_at = clock_timestamp(), release_reason = r.reason, updated_at = clock_timestamp() \
+/// Ends leases: `$l` is a CTE `l` that ends the lease rows (returning the columns below); the
+/// rest frees their extensions and answers one row per lease ended. Lease rows are locked before
+/// extension rows, as on every path that ends leases.
+macro_rules! end_leases {
+    ($l:expr) => {
+        concat!(
+            "with ",
+            $l,
+            " returning x.lease_id, x.tenant_id, x.extension_id, x.extension_number, x.collector_id, \
+               x.request_id, x.request_fingerprint, x.strategy, x.fencing_token, x.acquired_at, x.expires_at, \
+               x.released_at, x.release_reason, x.cooldown_seconds), \
+             e as ( \
+               update extensions x set \
+                 status = case when x.status = 'in_use' then 'available' else x.status end, \
+                 current_lease_id = null, current_collector_id = null, lease_expires_at = null, \
+                 last_released_at = l.released_at, \
+                 available_at = case when l.cooldown_seconds > 0 \
+                   then l.released_at + make_interval(secs => l.cooldown_seconds) else null end, \
+                 updated_at = l.released_at \
+               from l where x.id = l.extension_id and x.current_lease_id = l.lease_id \
+               returning x.id \
+             ) select ",
+            lease_cols!(),
+            " from l"
+        )
+    };
+}
+
+/// Ends one live lease if its token matches and frees its extension, in one statement. $1 lease
+/// id, $2 token, $3 reason; one row if the lease ended. Scalar parameters on purpose: the
+/// array form below is planned afresh on every execution (PostgreSQL's custom plans, 0.25 ms
+/// each), this one once per connection.
+const END_LEASE_SQL: &str = end_leases!(
+    "l as (update leases x set released_at = clock_timestamp(), release_reason = $3, \
+       updated_at = clock_timestamp() \
+       where x.lease_id = $1 and x.fencing_token = $2 and x.released_at is null"
+);
+
+/// Ends the live leases whose tokens match and frees their extensions, in one statement (its own
+/// transaction). Arrays $1 lease ids, $2 tokens, $3 reasons; one row per lease ended. The lease
+/// rows are locked first, in lease id order (an init plan, run to completion before the update
+/// starts), the order every other path that ends several leases uses, so two of them cannot
+/// deadlock.
+const END_LEASES_SQL: &str = end_leases!(
+    "r as (select * from unnest($1::uuid[], $2::bigint[], $3::text[]) as r(lease_id, token, reason)), \
+     l as (update leases x set released_at = clock_timestamp(), release_reason = r.reason, \
+       updated_at = clock_timestamp() \
        from r where x.lease_id = r.lease_id and x.fencing_token = r.token and x.released_at is null \
-       returning x.lease_id, x.tenant_id, x.extension_id, x.extension_number, x.collector_id, x.request_id, \
-         x.request_fingerprint, x.strategy, x.fencing_token, x.acquired_at, x.expires_at, x.released_at, \
-         x.release_reason, x.cooldown_seconds \
-     ), e as ( \
-       update extensions x set \
-         status = case when x.status = 'in_use' then 'available' else x.status end, \
-         current_lease_id = null, current_collector_id = null, lease_expires_at = null, \
-         last_released_at = l.released_at, \
-         available_at = case when l.cooldown_seconds > 0 \
-           then l.released_at + make_interval(secs => l.cooldown_seconds) else null end, \
-         updated_at = l.released_at \
-       from l where x.id = l.extension_id and x.current_lease_id = l.lease_id \
-       returning x.id \
-     ) select ",
-    lease_cols!(),
-    " from l"
+         and x.lease_id = any(array(select lease_id from leases where lease_id = any($1) \
+           and released_at is null order by lease_id for update))"
 );
 
 /// The lease a granted acquire row describes (columns id, number, fencing_token, last_used_at,
@@ -418,10 +444,10 @@ impl PgStore {
         token: i64,
         reason: ReleaseReason,
     ) -> Result<LeaseChange, AllocError> {
-        let row = sqlx::query(END_LEASES_SQL)
-            .bind([lease_id])
-            .bind([token])
-            .bind([reason.as_str()])
+        let row = sqlx::query(END_LEASE_SQL)
+            .bind(lease_id)
+            .bind(token)
+            .bind(reason.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
@@ -456,25 +482,14 @@ impl PgStore {
         let ids: Vec<Uuid> = jobs.iter().map(|j| j.lease_id).collect();
         let tokens: Vec<i64> = jobs.iter().map(|j| j.token).collect();
         let reasons: Vec<&str> = jobs.iter().map(|j| j.reason.as_str()).collect();
-        // Several lease rows in one transaction: lock them in lease id order first, the order
-        // every other path that ends several leases uses, so two of them cannot deadlock.
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query(
-            "select lease_id from leases where lease_id = any($1) and released_at is null \
-             order by lease_id for update",
-        )
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        // One statement, its own transaction; it locks the lease rows in id order first.
         let rows = sqlx::query(END_LEASES_SQL)
             .bind(&ids)
             .bind(&tokens)
             .bind(&reasons)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
         let mut ended: std::collections::HashMap<Uuid, Lease> = std::collections::HashMap::new();
         for r in rows {
             let (l, _) = lease_from(&Row::Pg(r))?;
