@@ -61,6 +61,10 @@ struct Statements {
     set_cursor: String,
     /// Ends a live lease with a matching token: $1 lease, $2 token, $3 reason.
     end_lease: String,
+    /// [`Self::insert_lease`] and [`Self::end_lease`] answering the lease's columns, where the
+    /// backend has `returning` (PostgreSQL, SQLite): one statement each instead of the write and
+    /// a read back. `None` on MySQL.
+    returning: Option<(String, String)>,
     /// Frees the extension of a lease just ended: $1 extension, $2 lease.
     free_extension: String,
     /// Extends a live, unexpired lease: $1 lease, $2 token, $3 ttl seconds.
@@ -115,7 +119,28 @@ impl Statements {
         };
         let ended_at = "(select released_at from leases where lease_id = $2)";
         let cooldown = "(select cooldown_seconds from leases where lease_id = $2)";
+        let insert_lease =
+            "insert into leases (lease_id, tenant_id, extension_id, extension_number, \
+             collector_id, request_id, request_fingerprint, strategy, fencing_token, \
+             cooldown_seconds, acquired_at, expires_at, created_at, updated_at) \
+             select $1, tenant_id, id, number, $2, $3, $4, $5, fencing_token, $6, last_used_at, \
+             lease_expires_at, last_used_at, last_used_at from extensions where id = $7"
+                .to_owned();
+        let end_lease = format!(
+            "update leases set released_at = {now}, release_reason = $3, updated_at = {now} \
+             where lease_id = $1 and fencing_token = $2 and released_at is null"
+        );
+        let returning = (d.0 != Backend::MySql).then(|| {
+            let cols = concat!(" returning ", lease_cols!());
+            (
+                format!("{insert_lease}{cols}"),
+                format!("{end_lease}{cols}"),
+            )
+        });
         Self {
+            insert_lease,
+            end_lease,
+            returning,
             pick_lru: format!(
                 "select id from extensions where {free} order by {lru_order} limit 1{skip}"
             ),
@@ -135,12 +160,6 @@ impl Statements {
                  where id = $1 and status = 'available'",
                 d.plus_secs(now, ttl)
             ),
-            insert_lease: "insert into leases (lease_id, tenant_id, extension_id, extension_number, \
-                 collector_id, request_id, request_fingerprint, strategy, fencing_token, \
-                 cooldown_seconds, acquired_at, expires_at, created_at, updated_at) \
-                 select $1, tenant_id, id, number, $2, $3, $4, $5, fencing_token, $6, last_used_at, \
-                 lease_expires_at, last_used_at, last_used_at from extensions where id = $7"
-                .to_owned(),
             lock_tenant: format!("select rr_cursor from tenant_state where tenant_id = $1{lock}"),
             create_tenant: d.insert_or_ignore(
                 "tenant_state",
@@ -150,10 +169,6 @@ impl Statements {
             ),
             set_cursor: format!(
                 "update tenant_state set rr_cursor = $2, updated_at = {now} where tenant_id = $1"
-            ),
-            end_lease: format!(
-                "update leases set released_at = {now}, release_reason = $3, updated_at = {now} \
-                 where lease_id = $1 and fencing_token = $2 and released_at is null"
             ),
             free_extension: format!(
                 "update extensions set \
@@ -209,8 +224,16 @@ impl Statements {
                    number = coalesce({n}, number), updated_at = {now} \
                  where id = $1 and tenant_id = $2 \
                    and ({n} is null or number = {n} or status <> 'in_use')",
-                s = if d.0 == Backend::Postgres { "$3::text" } else { "$3" },
-                n = if d.0 == Backend::Postgres { "$4::text" } else { "$4" },
+                s = if d.0 == Backend::Postgres {
+                    "$3::text"
+                } else {
+                    "$3"
+                },
+                n = if d.0 == Backend::Postgres {
+                    "$4::text"
+                } else {
+                    "$4"
+                },
             ),
             lock_pool_counts: format!("select total from pool_counts where tenant_id = $1{lock}"),
             create_pool_counts: d.insert_or_ignore(
@@ -361,18 +384,32 @@ impl SqlStore {
         token: i64,
         reason: ReleaseReason,
     ) -> Result<Option<Lease>, AllocError> {
-        let n = tx
-            .exec()
-            .execute(&self.sql.end_lease, args![lease_id, token, reason.as_str()])
-            .await
-            .map_err(db_err)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        let Some((lease, _)) = find_lease(tx.exec(), lease_id).await? else {
-            return Err(AllocError::Internal(anyhow::anyhow!(
-                "lease {lease_id} vanished while it was ended"
-            )));
+        let args = args![lease_id, token, reason.as_str()];
+        let lease = if let Some((_, end_lease)) = &self.sql.returning {
+            let row = tx
+                .exec()
+                .fetch_optional(end_lease, args)
+                .await
+                .map_err(db_err)?;
+            match row {
+                Some(r) => lease_from(&r)?.0,
+                None => return Ok(None),
+            }
+        } else {
+            let n = tx
+                .exec()
+                .execute(&self.sql.end_lease, args)
+                .await
+                .map_err(db_err)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let Some((lease, _)) = find_lease(tx.exec(), lease_id).await? else {
+                return Err(AllocError::Internal(anyhow::anyhow!(
+                    "lease {lease_id} vanished while it was ended"
+                )));
+            };
+            lease
         };
         tx.exec()
             .execute(
@@ -668,33 +705,43 @@ impl SqlStore {
                 "extension {extension_id} changed under its row lock"
             )));
         }
-        let inserted = tx
-            .exec()
-            .execute(
-                &self.sql.insert_lease,
-                args![
-                    lease_id,
-                    collector,
-                    request_id,
-                    cmd.fingerprint.as_str(),
-                    cmd.strategy.as_str(),
-                    i64::from(cmd.cooldown_seconds),
-                    extension_id
-                ],
-            )
-            .await;
-        if let Err(e) = inserted {
-            if is_unique_violation(&e) {
-                // A concurrent identical request won: undo ours and return theirs.
+        let args = args![
+            lease_id,
+            collector,
+            request_id,
+            cmd.fingerprint.as_str(),
+            cmd.strategy.as_str(),
+            i64::from(cmd.cooldown_seconds),
+            extension_id
+        ];
+        let inserted = match &self.sql.returning {
+            Some((insert_lease, _)) => tx
+                .exec()
+                .fetch_optional(insert_lease, args)
+                .await
+                .map(|row| row.map(|r| lease_from(&r))),
+            None => tx
+                .exec()
+                .execute(&self.sql.insert_lease, args)
+                .await
+                .map(|_| None),
+        };
+        let lease = match inserted {
+            Ok(Some(lease)) => lease?.0,
+            Ok(None) => match find_lease(tx.exec(), lease_id).await? {
+                Some((lease, _)) => lease,
+                None => {
+                    return Err(AllocError::Internal(anyhow::anyhow!(
+                        "lease {lease_id} not found after insert"
+                    )));
+                }
+            },
+            // A concurrent identical request won: undo ours and return theirs.
+            Err(e) if is_unique_violation(&e) => {
                 tx.rollback().await.map_err(db_err)?;
                 return self.replay_or_vanished(cmd).await.map(Step::Done);
             }
-            return Err(db_err(e));
-        }
-        let Some((lease, _)) = find_lease(tx.exec(), lease_id).await? else {
-            return Err(AllocError::Internal(anyhow::anyhow!(
-                "lease {lease_id} not found after insert"
-            )));
+            Err(e) => return Err(db_err(e)),
         };
         if cmd.strategy == Strategy::RoundRobin {
             tx.exec()
