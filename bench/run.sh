@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The standard benchmark set: Acquire + Release through the allocator's gRPC against the same
-# statement pair straight to the database (raw-sql), at 1, 8 and 32 clients, on PostgreSQL,
+# The standard benchmark set: Acquire + Release through the allocator's gRPC, through the
+# in-process service without gRPC (direct: what the RPC layers cost is the difference), and the
+# ceiling's statement pair straight to the database (raw-sql), at 1, 8 and 32 clients, on PostgreSQL,
 # MariaDB and SQLite; then MakeCall end to end (PostgreSQL and MariaDB) and Stats on 100,000
 # extensions. Release build; each point
 # runs SECONDS_PER_POINT (default 10). Prints our service next to the ceiling as a ratio.
@@ -28,7 +29,7 @@ out="$(mktemp)"
 trap 'rm -f "$out"; pg_stop' EXIT
 for db in postgres mariadb sqlite; do
   for clients in 1 8 32; do
-    for mode in acquire-release raw-sql; do
+    for mode in acquire-release direct raw-sql; do
       "$lg" --mode "$mode" --db "$db" --clients "$clients" --seconds "$secs" --json >> "$out"
     done
   done
@@ -40,14 +41,15 @@ done
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'db':<9}{'clients':>8}  {'service pairs/s':>16}{'raw-sql pairs/s':>16}{'ratio':>8}  {'svc p50':>9}{'svc p99':>9}{'raw p99':>9}  errors")
+print(f"{'db':<9}{'clients':>8}  {'service pairs/s':>16}{'direct':>8}{'raw-sql':>8}{'ratio':>7}{'d/raw':>7}  {'svc p50':>9}{'svc p99':>9}{'raw p50':>9}{'raw p99':>9}  errors")
 for db in ("postgres", "mariadb", "sqlite"):
     for c in (1, 8, 32):
-        s = next(r for r in rows if r["mode"] == "acquire-release" and r["db"] == db and r["clients"] == c)
-        q = next(r for r in rows if r["mode"] == "raw-sql" and r["db"] == db and r["clients"] == c)
-        ratio = s["per_second"] / q["per_second"] if q["per_second"] else 0
-        errs = {**s["errors"], **q["errors"]} or "none"
-        print(f"{db:<9}{c:>8}  {s['per_second']:>16.0f}{q['per_second']:>16.0f}{ratio:>8.2f}  {s['p50_ms']:>7.2f}ms{s['p99_ms']:>7.2f}ms{q['p99_ms']:>7.2f}ms  {errs}")
+        s, d, q = (next(r for r in rows if r["mode"] == m and r["db"] == db and r["clients"] == c)
+                   for m in ("acquire-release", "direct", "raw-sql"))
+        ratio, dratio = (x["per_second"] / q["per_second"] if q["per_second"] else 0 for x in (s, d))
+        errs = {**s["errors"], **d["errors"], **q["errors"]} or "none"
+        print(f"{db:<9}{c:>8}  {s['per_second']:>16.0f}{d['per_second']:>8.0f}{q['per_second']:>8.0f}{ratio:>7.2f}{dratio:>7.2f}  "
+              f"{s['p50_ms']:>7.2f}ms{s['p99_ms']:>7.2f}ms{q['p50_ms']:>7.2f}ms{q['p99_ms']:>7.2f}ms  {errs}")
 for r in rows:
     if r["mode"] in ("calls", "stats"):
         print(f"{r['mode']:<9}{r['db']:<9}{r['clients']:>4}  {r['per_second']:>10.0f} ops/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.2f} ms  errors {r['errors'] or 'none'}")

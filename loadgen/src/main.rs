@@ -1,8 +1,9 @@
 //! `loadgen`: drives the services' hot paths and, in the same run and on the same database, the
 //! database's own ceiling (`raw-sql`), so the two can be compared on a noisy machine.
 //!
-//! Modes: `acquire-release` (Acquire + Release over gRPC), `raw-sql` (the same statement pair
-//! straight to the database with sqlx), `calls` (MakeCall end to end: the simulator answers at
+//! Modes: `acquire-release` (Acquire + Release over gRPC), `direct` (the same pair through the
+//! in-process allocator service, without gRPC or auth), `raw-sql` (the statement pair of the
+//! ceiling straight to the database with sqlx), `calls` (MakeCall end to end: the simulator answers at
 //! once and posts the callback, which frees the extension), `stats` (Stats on a tenant with
 //! 100,000 extensions). Closed loop (`--clients N`) or open loop (`--rate R` per second, latency
 //! measured from each request's scheduled start). The services run in this process on port 0
@@ -43,6 +44,10 @@ fn db_connections() -> u32 {
 #[serde(rename_all = "kebab-case")]
 enum Mode {
     AcquireRelease,
+    /// Acquire + Release through the in-process allocator service (policy, coalescing, our
+    /// statements) without gRPC or auth: with `acquire-release` and `raw-sql`, it splits a
+    /// pair's cost into the RPC part and the database part.
+    Direct,
     RawSql,
     Calls,
     Stats,
@@ -643,6 +648,58 @@ async fn acquire_release(
     Ok(r)
 }
 
+/// Acquire + Release straight through the in-process [`allocator_svc::service::Allocator`]:
+/// the same requests as [`acquire_release`], minus the gRPC client, server and auth layers.
+async fn direct(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
+    use allocator_svc::domain::{CollectorId, ReleaseReason, RequestId, TenantId};
+    let port = allocator(db, stop).await?;
+    let svc = LOCAL
+        .get()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("--mode direct needs the in-process allocator"))?;
+    for t in 0..cli.tenants {
+        import(
+            port,
+            &format!("t{t}"),
+            (0..cli.extensions)
+                .map(|i| format!("{}", 10_000 + i))
+                .collect(),
+        )
+        .await?;
+    }
+    let tenants = cli.tenants;
+    let (sink, secs, _) = drive(cli, move |c, n| {
+        let svc = svc.clone();
+        async move {
+            let bad = |e: allocator_svc::domain::AllocError| e.to_string();
+            let input = allocator_svc::service::AcquireInput {
+                tenant_id: TenantId::parse("tenant_id", &format!("t{}", c % tenants))
+                    .map_err(bad)?,
+                collector_id: CollectorId::parse("collector_id", &format!("c{c}")).map_err(bad)?,
+                request_id: RequestId::parse("request_id", &format!("r{n}-{c}")).map_err(bad)?,
+                strategy: None,
+                ttl_seconds: None,
+            };
+            let (lease, _) = svc.acquire(input).await.map_err(bad)?;
+            match svc
+                .release(
+                    lease.lease_id,
+                    lease.fencing_token,
+                    ReleaseReason::CallEnded,
+                )
+                .await
+                .map_err(bad)?
+            {
+                allocator_svc::store::LeaseChange::Changed(_) => Ok(()),
+                _ => Err("not_released".into()),
+            }
+        }
+    })
+    .await;
+    let full = in_use(port, cli.tenants).await? == 0;
+    Ok(report(cli, &sink, secs, Some(full)))
+}
+
 async fn raw_sql(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
     // The allocator migrates the schema and imports the same pool; then it is left alone.
     let port = allocator(db, stop).await?;
@@ -1122,6 +1179,7 @@ async fn main() -> std::process::ExitCode {
                 let db = test_db(backend).await;
                 let r = match cli.mode {
                     Mode::AcquireRelease => acquire_release(&cli, &db, &stop).await,
+                    Mode::Direct => direct(&cli, &db, &stop).await,
                     Mode::RawSql => raw_sql(&cli, &db, &stop).await,
                     _ => stats(&cli, &db, &stop).await,
                 };
