@@ -366,6 +366,11 @@ pub struct PoolCounts {
 }
 
 impl PoolCounts {
+    /// Available and past their cool-down: what a pick could lease right now.
+    pub fn free_now(&self) -> u32 {
+        self.available.saturating_sub(self.cooling_down)
+    }
+
     /// in_use / (available + in_use); 0 when nothing is usable.
     pub fn utilization(&self) -> f64 {
         let usable = self.available + self.in_use;
