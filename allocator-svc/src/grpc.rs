@@ -268,6 +268,10 @@ fn tenant_of(p: &Principal, raw: &str) -> Result<TenantId, AllocError> {
     }
 }
 
+/// Commands of one lease channel running at once; the channel reads no further command
+/// until one of them finishes (so a fast caller cannot queue unbounded work).
+pub const LEASE_CHANNEL_IN_FLIGHT: usize = 32;
+
 /// Serves both allocator services over one [`Allocator`].
 #[derive(Clone, Debug)]
 pub struct AllocatorGrpc {
@@ -284,6 +288,49 @@ impl AllocatorGrpc {
     /// Converts the result (outcomes are counted by the server's RPC layer).
     fn done<T>(r: Result<T, AllocError>) -> Result<Response<T>, Status> {
         r.map(Response::new).map_err(Status::from)
+    }
+
+    /// Acquire, for the unary call and the lease channel.
+    async fn acquire_one(
+        &self,
+        p: &Principal,
+        r: pb::AcquireRequest,
+    ) -> Result<pb::AcquireResponse, AllocError> {
+        let started = Instant::now();
+        let result = async {
+            let input = AcquireInput {
+                tenant_id: tenant_of(p, &r.tenant_id)?,
+                collector_id: CollectorId::parse("collector_id", &r.collector_id)?,
+                request_id: RequestId::parse("request_id", &r.request_id)?,
+                strategy: strategy_from_pb(r.strategy)?,
+                ttl_seconds: parse_ttl("ttl_seconds", r.ttl_seconds)?,
+            };
+            let (lease, replayed) = self.svc.acquire(input).await?;
+            Ok(pb::AcquireResponse {
+                lease: Some(lease_to_pb(&lease)),
+                replayed,
+            })
+        }
+        .await;
+        self.metrics
+            .acquire_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Release, for the unary call and the lease channel.
+    async fn release_one(
+        &self,
+        p: &Principal,
+        r: pb::ReleaseRequest,
+    ) -> Result<pb::ReleaseResponse, AllocError> {
+        let lease_id = parse_uuid("lease_id", &r.lease_id)?;
+        let token = token_from_pb(r.fencing_token)?;
+        let reason = reason_from_pb(r.reason)?;
+        self.scoped_lease(p, lease_id, &r.tenant_id).await?;
+        Ok(release_to_pb(
+            self.svc.release(lease_id, token, reason).await?,
+        ))
     }
 
     /// Reads a lease the caller names and checks the caller may touch its tenant.
@@ -314,28 +361,8 @@ impl pb::extension_allocator_server::ExtensionAllocator for AllocatorGrpc {
         &self,
         req: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
-        let started = Instant::now();
         let p = Principal::from_request(&req)?;
-        let r = req.into_inner();
-        let result = async {
-            let input = AcquireInput {
-                tenant_id: tenant_of(&p, &r.tenant_id)?,
-                collector_id: CollectorId::parse("collector_id", &r.collector_id)?,
-                request_id: RequestId::parse("request_id", &r.request_id)?,
-                strategy: strategy_from_pb(r.strategy)?,
-                ttl_seconds: parse_ttl("ttl_seconds", r.ttl_seconds)?,
-            };
-            let (lease, replayed) = self.svc.acquire(input).await?;
-            Ok(pb::AcquireResponse {
-                lease: Some(lease_to_pb(&lease)),
-                replayed,
-            })
-        }
-        .await;
-        self.metrics
-            .acquire_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Self::done(result)
+        Self::done(self.acquire_one(&p, req.into_inner()).await)
     }
 
     async fn release(
@@ -343,18 +370,58 @@ impl pb::extension_allocator_server::ExtensionAllocator for AllocatorGrpc {
         req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let p = Principal::from_request(&req)?;
-        let r = req.into_inner();
-        let result = async {
-            let lease_id = parse_uuid("lease_id", &r.lease_id)?;
-            let token = token_from_pb(r.fencing_token)?;
-            let reason = reason_from_pb(r.reason)?;
-            self.scoped_lease(&p, lease_id, &r.tenant_id).await?;
-            Ok(release_to_pb(
-                self.svc.release(lease_id, token, reason).await?,
-            ))
+        Self::done(self.release_one(&p, req.into_inner()).await)
+    }
+
+    type LeasesStream = futures::stream::BoxStream<'static, Result<pb::LeaseReply, Status>>;
+
+    async fn leases(
+        &self,
+        req: Request<tonic::Streaming<pb::LeaseCommand>>,
+    ) -> Result<Response<Self::LeasesStream>, Status> {
+        use futures::StreamExt as _;
+        let p = Principal::from_request(&req)?;
+        // A person's token is checked when the channel opens and could expire while it stays
+        // open: people use the unary calls.
+        if p.key_id.starts_with("jwt:") {
+            return Err(Status::permission_denied(
+                "the lease channel is for service keys; people use Acquire and Release",
+            ));
         }
-        .await;
-        Self::done(result)
+        let grpc = self.clone();
+        let replies = req
+            .into_inner()
+            .map(move |command| {
+                let grpc = grpc.clone();
+                let p = p.clone();
+                async move {
+                    let command = command?;
+                    let reply = match command.command {
+                        Some(pb::lease_command::Command::Acquire(r)) => grpc
+                            .acquire_one(&p, r)
+                            .await
+                            .map(pb::lease_reply::Reply::Acquire),
+                        Some(pb::lease_command::Command::Release(r)) => grpc
+                            .release_one(&p, r)
+                            .await
+                            .map(pb::lease_reply::Reply::Release),
+                        None => Err(AllocError::invalid("command", "must be acquire or release")),
+                    };
+                    let reply = reply.unwrap_or_else(|e| {
+                        let s = Status::from(e);
+                        pb::lease_reply::Reply::Error(pb::LeaseError {
+                            code: s.code().into(),
+                            message: s.message().to_owned(),
+                        })
+                    });
+                    Ok(pb::LeaseReply {
+                        id: command.id,
+                        reply: Some(reply),
+                    })
+                }
+            })
+            .buffer_unordered(LEASE_CHANNEL_IN_FLIGHT);
+        Ok(Response::new(replies.boxed()))
     }
 
     async fn renew(

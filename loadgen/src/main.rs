@@ -2,7 +2,8 @@
 //! database's own ceiling (`raw-sql`), so the two can be compared on a noisy machine.
 //!
 //! Modes: `acquire-release` (Acquire + Release over gRPC), `direct` (the same pair through the
-//! in-process allocator service, without gRPC or auth), `raw-sql` (the statement pair of the
+//! in-process allocator service, without gRPC or auth), `lease-channel` (the pair as messages
+//! on one `Leases` stream per client), `raw-sql` (the statement pair of the
 //! ceiling straight to the database with sqlx), `calls` (MakeCall end to end: the simulator answers at
 //! once and posts the callback, which frees the extension), `stats` (Stats on a tenant with
 //! 100,000 extensions). Closed loop (`--clients N`) or open loop (`--rate R` per second, latency
@@ -44,6 +45,9 @@ fn db_connections() -> u32 {
 #[serde(rename_all = "kebab-case")]
 enum Mode {
     AcquireRelease,
+    /// Acquire + Release as messages on one lease channel per client (the `Leases` stream)
+    /// instead of two unary calls.
+    LeaseChannel,
     /// Acquire + Release through the in-process allocator service (policy, coalescing, our
     /// statements) without gRPC or auth: with `acquire-release` and `raw-sql`, it splits a
     /// pair's cost into the RPC part and the database part.
@@ -648,6 +652,119 @@ async fn acquire_release(
     Ok(r)
 }
 
+/// One client's lease channel: the command sender and the reply stream.
+type LeaseChannel = (
+    tokio::sync::mpsc::Sender<apb::LeaseCommand>,
+    tonic::Streaming<apb::LeaseReply>,
+);
+
+/// Sends one command on a lease channel and waits for its reply (one command in flight per
+/// client, so the next reply is this command's).
+async fn lease_command(
+    ch: &mut LeaseChannel,
+    id: u64,
+    command: apb::lease_command::Command,
+) -> Result<apb::lease_reply::Reply, String> {
+    ch.0.send(apb::LeaseCommand {
+        id,
+        command: Some(command),
+    })
+    .await
+    .map_err(|_| "channel_closed".to_owned())?;
+    let reply =
+        ch.1.message()
+            .await
+            .map_err(|s| code(&s))?
+            .ok_or("channel_closed")?;
+    if reply.id != id {
+        return Err("reply_out_of_order".into());
+    }
+    match reply.reply {
+        Some(apb::lease_reply::Reply::Error(e)) => Err(code(&tonic::Status::new(
+            tonic::Code::from(e.code),
+            e.message,
+        ))),
+        Some(r) => Ok(r),
+        None => Err("empty_reply".into()),
+    }
+}
+
+/// Acquire + Release as two messages each way on one lease channel per client.
+async fn lease_channel(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
+    let port = allocator(db, stop).await?;
+    for t in 0..cli.tenants {
+        import(
+            port,
+            &format!("t{t}"),
+            (0..cli.extensions)
+                .map(|i| format!("{}", 10_000 + i))
+                .collect(),
+        )
+        .await?;
+    }
+    let mut channels = Vec::with_capacity(cli.clients);
+    for _ in 0..cli.clients {
+        // One HTTP/2 connection per client, as in acquire-release; no per-call deadline (the
+        // stream lives for the whole run).
+        let conn = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let mut client =
+            apb::extension_allocator_client::ExtensionAllocatorClient::with_interceptor(
+                conn,
+                BearerInterceptor::new("dev-peer-key"),
+            );
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let replies = client
+            .leases(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        channels.push(Arc::new(tokio::sync::Mutex::new((tx, replies))));
+    }
+    let channels = Arc::new(channels);
+    let tenants = cli.tenants;
+    let (sink, secs, _) = drive(cli, move |c, n| {
+        let ch = channels[c % channels.len()].clone();
+        async move {
+            let mut ch = ch.lock().await;
+            let acquired = lease_command(
+                &mut ch,
+                n.saturating_mul(2),
+                apb::lease_command::Command::Acquire(apb::AcquireRequest {
+                    tenant_id: format!("t{}", c % tenants),
+                    collector_id: format!("c{c}"),
+                    strategy: 0,
+                    request_id: format!("r{n}-{c}"),
+                    ttl_seconds: 0,
+                }),
+            )
+            .await?;
+            let apb::lease_reply::Reply::Acquire(a) = acquired else {
+                return Err("wrong_reply".into());
+            };
+            let l = a.lease.ok_or("no_lease")?;
+            let released = lease_command(
+                &mut ch,
+                n.saturating_mul(2).saturating_add(1),
+                apb::lease_command::Command::Release(apb::ReleaseRequest {
+                    lease_id: l.lease_id,
+                    fencing_token: l.fencing_token,
+                    reason: 0,
+                    tenant_id: String::new(),
+                }),
+            )
+            .await?;
+            match released {
+                apb::lease_reply::Reply::Release(r) if r.released => Ok(()),
+                _ => Err("not_released".into()),
+            }
+        }
+    })
+    .await;
+    let full = in_use(port, cli.tenants).await? == 0;
+    Ok(report(cli, &sink, secs, Some(full)))
+}
+
 /// Acquire + Release straight through the in-process [`allocator_svc::service::Allocator`]:
 /// the same requests as [`acquire_release`], minus the gRPC client, server and auth layers.
 async fn direct(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
@@ -1180,6 +1297,7 @@ async fn main() -> std::process::ExitCode {
                 let r = match cli.mode {
                     Mode::AcquireRelease => acquire_release(&cli, &db, &stop).await,
                     Mode::Direct => direct(&cli, &db, &stop).await,
+                    Mode::LeaseChannel => lease_channel(&cli, &db, &stop).await,
                     Mode::RawSql => raw_sql(&cli, &db, &stop).await,
                     _ => stats(&cli, &db, &stop).await,
                 };

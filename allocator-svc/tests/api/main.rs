@@ -4,6 +4,7 @@
 mod binary;
 mod common;
 mod conformance;
+mod lease_channel;
 mod mysql_migrations;
 mod pg_store;
 mod policy;
