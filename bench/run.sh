@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The standard benchmark set: Acquire + Release through the allocator's gRPC, through the
-# in-process service without gRPC (direct: what the RPC layers cost is the difference), and the
-# ceiling's statement pair straight to the database (raw-sql), at 1, 8 and 32 clients, on PostgreSQL,
+# The standard benchmark set: Acquire + Release through the allocator's gRPC (two unary calls;
+# and as two messages on one lease channel per client), through the in-process service without
+# gRPC (direct: what the RPC layers cost is the difference), and the ceiling's statement pair
+# straight to the database (raw-sql), at 1, 8 and 32 clients, on PostgreSQL,
 # MariaDB and SQLite; then MakeCall end to end (PostgreSQL and MariaDB) and Stats on 100,000
 # extensions. Release build; each point
 # runs SECONDS_PER_POINT (default 10). Prints our service next to the ceiling as a ratio.
@@ -29,7 +30,7 @@ out="$(mktemp)"
 trap 'rm -f "$out"; pg_stop' EXIT
 for db in postgres mariadb sqlite; do
   for clients in 1 8 32; do
-    for mode in acquire-release direct raw-sql; do
+    for mode in acquire-release lease-channel direct raw-sql; do
       "$lg" --mode "$mode" --db "$db" --clients "$clients" --seconds "$secs" --json >> "$out"
     done
   done
@@ -41,15 +42,18 @@ done
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'db':<9}{'clients':>8}  {'service pairs/s':>16}{'direct':>8}{'raw-sql':>8}{'ratio':>7}{'d/raw':>7}  {'svc p50':>9}{'svc p99':>9}{'raw p50':>9}{'raw p99':>9}  errors")
+# pairs/s of each way, then each as a ratio of raw-sql (unary, channel, direct), then latency.
+print(f"{'db':<9}{'clients':>8}{'unary':>7}{'channel':>8}{'direct':>7}{'raw-sql':>8}  {'u/raw':>6}{'c/raw':>6}{'d/raw':>6}"
+      f"  {'unary p50/p99':>14}{'channel p50/p99':>16}{'raw p50/p99':>13}  errors")
 for db in ("postgres", "mariadb", "sqlite"):
     for c in (1, 8, 32):
-        s, d, q = (next(r for r in rows if r["mode"] == m and r["db"] == db and r["clients"] == c)
-                   for m in ("acquire-release", "direct", "raw-sql"))
-        ratio, dratio = (x["per_second"] / q["per_second"] if q["per_second"] else 0 for x in (s, d))
-        errs = {**s["errors"], **d["errors"], **q["errors"]} or "none"
-        print(f"{db:<9}{c:>8}  {s['per_second']:>16.0f}{d['per_second']:>8.0f}{q['per_second']:>8.0f}{ratio:>7.2f}{dratio:>7.2f}  "
-              f"{s['p50_ms']:>7.2f}ms{s['p99_ms']:>7.2f}ms{q['p50_ms']:>7.2f}ms{q['p99_ms']:>7.2f}ms  {errs}")
+        u, ch, d, q = (next(r for r in rows if r["mode"] == m and r["db"] == db and r["clients"] == c)
+                       for m in ("acquire-release", "lease-channel", "direct", "raw-sql"))
+        ratios = "".join(f"{(x['per_second'] / q['per_second'] if q['per_second'] else 0):>6.2f}" for x in (u, ch, d))
+        lat = lambda x, w: f"{x['p50_ms']:.2f}/{x['p99_ms']:.2f}".rjust(w)
+        errs = {**u["errors"], **ch["errors"], **d["errors"], **q["errors"]} or "none"
+        print(f"{db:<9}{c:>8}{u['per_second']:>7.0f}{ch['per_second']:>8.0f}{d['per_second']:>7.0f}{q['per_second']:>8.0f}  {ratios}"
+              f"  {lat(u, 14)}{lat(ch, 16)}{lat(q, 13)}  {errs}")
 for r in rows:
     if r["mode"] in ("calls", "stats"):
         print(f"{r['mode']:<9}{r['db']:<9}{r['clients']:>4}  {r['per_second']:>10.0f} ops/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.2f} ms  errors {r['errors'] or 'none'}")
