@@ -523,6 +523,23 @@ async fn allocator(db: &TestDb, stop: &CancellationToken) -> anyhow::Result<u16>
     Ok(port)
 }
 
+/// [`allocator`] with the run's pool imported: `--tenants` tenants `t0`, `t1`, ... of
+/// `--extensions` extensions each.
+async fn pooled_allocator(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<u16> {
+    let port = allocator(db, stop).await?;
+    for t in 0..cli.tenants {
+        import(
+            port,
+            &format!("t{t}"),
+            (0..cli.extensions)
+                .map(|i| format!("{}", 10_000 + i))
+                .collect(),
+        )
+        .await?;
+    }
+    Ok(port)
+}
+
 async fn import(port: u16, tenant: &str, numbers: Vec<String>) -> anyhow::Result<()> {
     let mut pool = apb::extension_pool_client::ExtensionPoolClient::with_interceptor(
         patient(port),
@@ -563,17 +580,7 @@ async fn acquire_release(
     db: &TestDb,
     stop: &CancellationToken,
 ) -> anyhow::Result<Report> {
-    let port = allocator(db, stop).await?;
-    for t in 0..cli.tenants {
-        import(
-            port,
-            &format!("t{t}"),
-            (0..cli.extensions)
-                .map(|i| format!("{}", 10_000 + i))
-                .collect(),
-        )
-        .await?;
-    }
+    let port = pooled_allocator(cli, db, stop).await?;
     // One HTTP/2 connection per client, as separate gateway replicas would have.
     let clients: Vec<_> = (0..cli.clients)
         .map(|_| {
@@ -691,17 +698,7 @@ async fn lease_command(
 
 /// Acquire + Release as two messages each way on one lease channel per client.
 async fn lease_channel(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
-    let port = allocator(db, stop).await?;
-    for t in 0..cli.tenants {
-        import(
-            port,
-            &format!("t{t}"),
-            (0..cli.extensions)
-                .map(|i| format!("{}", 10_000 + i))
-                .collect(),
-        )
-        .await?;
-    }
+    let port = pooled_allocator(cli, db, stop).await?;
     let mut channels = Vec::with_capacity(cli.clients);
     for _ in 0..cli.clients {
         // One HTTP/2 connection per client, as in acquire-release; no per-call deadline (the
@@ -769,21 +766,11 @@ async fn lease_channel(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyh
 /// the same requests as [`acquire_release`], minus the gRPC client, server and auth layers.
 async fn direct(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
     use allocator_svc::domain::{CollectorId, ReleaseReason, RequestId, TenantId};
-    let port = allocator(db, stop).await?;
+    let port = pooled_allocator(cli, db, stop).await?;
     let svc = LOCAL
         .get()
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("--mode direct needs the in-process allocator"))?;
-    for t in 0..cli.tenants {
-        import(
-            port,
-            &format!("t{t}"),
-            (0..cli.extensions)
-                .map(|i| format!("{}", 10_000 + i))
-                .collect(),
-        )
-        .await?;
-    }
     let tenants = cli.tenants;
     let (sink, secs, _) = drive(cli, move |c, n| {
         let svc = svc.clone();
@@ -819,17 +806,7 @@ async fn direct(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Res
 
 async fn raw_sql(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyhow::Result<Report> {
     // The allocator migrates the schema and imports the same pool; then it is left alone.
-    let port = allocator(db, stop).await?;
-    for t in 0..cli.tenants {
-        import(
-            port,
-            &format!("t{t}"),
-            (0..cli.extensions)
-                .map(|i| format!("{}", 10_000 + i))
-                .collect(),
-        )
-        .await?;
-    }
+    let port = pooled_allocator(cli, db, stop).await?;
     let mut settings = cco_platform::db::DatabaseSettings::sqlite_default("x");
     settings.url = db.url.clone();
     settings.max_connections = u32::try_from(cli.clients).unwrap_or(32).max(1);
