@@ -170,7 +170,11 @@ impl Application {
             None => None,
         };
 
-        let grpc = AllocatorGrpc::new(self.svc.clone(), metrics);
+        let grpc = AllocatorGrpc::new(self.svc.clone(), metrics).with_server(
+            rpc_metrics.clone(),
+            shutdown.clone(),
+            cco_platform::listen::seconds(self.settings.grpc.request_timeout_seconds),
+        );
         tracing::info!(addr = %self.grpc_addr, metrics = ?self.metrics_addr, backend = self.db.backend(), "allocator serving");
         let grace = Duration::from_secs(self.settings.shutdown_grace_seconds);
         let result = GrpcServer::new()

@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use cco_contracts::allocator::v1 as pb;
 use cco_contracts::time::to_timestamp as ts;
-use cco_platform::auth::{Principal, Role};
+use cco_platform::auth::{Principal, RATE_LIMITED, RateLimit, Role};
 use cco_platform::grpc::{INTERNAL_MESSAGE, status};
+use cco_platform::metrics::RpcMetrics;
 use cco_platform::validate::quote;
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
@@ -277,17 +279,162 @@ pub const LEASE_CHANNEL_IN_FLIGHT: usize = 32;
 pub struct AllocatorGrpc {
     svc: Allocator,
     metrics: Metrics,
+    /// Lease channels count their commands here (unary calls are counted by the server).
+    rpc_metrics: Option<RpcMetrics>,
+    /// Lease channels stop reading commands when it is cancelled.
+    shutdown: CancellationToken,
+    /// The port's request deadline, applied to each command of a lease channel.
+    request_timeout: Option<std::time::Duration>,
 }
 
 impl AllocatorGrpc {
     /// Wraps the service.
     pub fn new(svc: Allocator, metrics: Metrics) -> Self {
-        Self { svc, metrics }
+        Self {
+            svc,
+            metrics,
+            rpc_metrics: None,
+            shutdown: CancellationToken::new(),
+            request_timeout: None,
+        }
+    }
+
+    /// What the lease channel needs from the server it runs in: the RPC metrics to count its
+    /// commands, the shutdown token, and the port's request deadline (`None`: none).
+    pub fn with_server(
+        mut self,
+        rpc_metrics: RpcMetrics,
+        shutdown: CancellationToken,
+        request_timeout: Option<std::time::Duration>,
+    ) -> Self {
+        self.rpc_metrics = Some(rpc_metrics);
+        self.shutdown = shutdown;
+        self.request_timeout = request_timeout;
+        self
     }
 
     /// Converts the result (outcomes are counted by the server's RPC layer).
     fn done<T>(r: Result<T, AllocError>) -> Result<Response<T>, Status> {
         r.map(Response::new).map_err(Status::from)
+    }
+
+    /// Reads a lease channel's commands and runs each in a task of its own (up to
+    /// [`LEASE_CHANNEL_IN_FLIGHT`] at once), so a command runs to its end whether or not the
+    /// client reads the replies (a command never stops halfway with its locks held). Stops
+    /// reading on shutdown, when the client closes its side or goes away, or at an unreadable
+    /// message; then waits for the commands in flight and ends the reply stream (with
+    /// `INVALID_ARGUMENT` after an unreadable message).
+    async fn serve_channel(
+        self,
+        p: Principal,
+        limit: Option<RateLimit>,
+        mut commands: tonic::Streaming<pb::LeaseCommand>,
+        tx: tokio::sync::mpsc::Sender<Result<pb::LeaseReply, Status>>,
+    ) {
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(LEASE_CHANNEL_IN_FLIGHT));
+        let end = loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break None;
+            };
+            let next = tokio::select! {
+                () = self.shutdown.cancelled() => break None,
+                () = tx.closed() => break None,
+                m = commands.message() => m,
+            };
+            let command = match next {
+                Ok(Some(c)) => c,
+                Ok(None) => break None,
+                Err(e) => {
+                    break Some(Status::invalid_argument(format!(
+                        "lease channel: unreadable command: {}",
+                        e.message()
+                    )));
+                }
+            };
+            let (grpc, p, limit, tx) = (self.clone(), p.clone(), limit.clone(), tx.clone());
+            tokio::spawn(async move {
+                let reply = grpc.run_command(&p, limit.as_ref(), command).await;
+                let _ = tx.send(Ok(reply)).await;
+                drop(slot);
+            });
+        };
+        let all = u32::try_from(LEASE_CHANNEL_IN_FLIGHT).unwrap_or(u32::MAX);
+        let _ = slots.acquire_many(all).await;
+        if let Some(status) = end {
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+
+    /// One command of a lease channel: charged to the key's rate limit, under the server's
+    /// request deadline, counted in the RPC metrics as `acquire` or `release`.
+    async fn run_command(
+        &self,
+        p: &Principal,
+        limit: Option<&RateLimit>,
+        command: pb::LeaseCommand,
+    ) -> pb::LeaseReply {
+        use pb::lease_command::Command;
+        use pb::lease_reply::Reply;
+        let started = Instant::now();
+        let (op, reply) = if limit.is_some_and(|l| !l.allow(&p.key_id)) {
+            (
+                "lease_channel",
+                Err(Status::resource_exhausted(RATE_LIMITED)),
+            )
+        } else {
+            match command.command {
+                Some(Command::Acquire(r)) => (
+                    "acquire",
+                    self.deadline(self.acquire_one(p, r))
+                        .await
+                        .map(Reply::Acquire),
+                ),
+                Some(Command::Release(r)) => (
+                    "release",
+                    self.deadline(self.release_one(p, r))
+                        .await
+                        .map(Reply::Release),
+                ),
+                None => (
+                    "lease_channel",
+                    Err(Status::from(AllocError::invalid(
+                        "command",
+                        "must be acquire or release",
+                    ))),
+                ),
+            }
+        };
+        let code = reply.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        if let Some(m) = &self.rpc_metrics {
+            m.record(op, code, started.elapsed().as_secs_f64());
+        }
+        let reply = reply.unwrap_or_else(|s| {
+            Reply::Error(pb::LeaseError {
+                code: s.code().into(),
+                message: s.message().to_owned(),
+            })
+        });
+        pb::LeaseReply {
+            id: command.id,
+            reply: Some(reply),
+        }
+    }
+
+    /// `work` under the server's request deadline, as a unary call would be.
+    async fn deadline<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, AllocError>>,
+    ) -> Result<T, Status> {
+        match self.request_timeout {
+            None => work.await.map_err(Status::from),
+            Some(t) => match tokio::time::timeout(t, work).await {
+                Ok(r) => r.map_err(Status::from),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "the request did not finish within the server's {} s limit",
+                    t.as_secs()
+                ))),
+            },
+        }
     }
 
     /// Acquire, for the unary call and the lease channel.
@@ -373,55 +520,28 @@ impl pb::extension_allocator_server::ExtensionAllocator for AllocatorGrpc {
         Self::done(self.release_one(&p, req.into_inner()).await)
     }
 
-    type LeasesStream = futures::stream::BoxStream<'static, Result<pb::LeaseReply, Status>>;
+    type LeaseChannelStream = futures::stream::BoxStream<'static, Result<pb::LeaseReply, Status>>;
 
-    async fn leases(
+    async fn lease_channel(
         &self,
         req: Request<tonic::Streaming<pb::LeaseCommand>>,
-    ) -> Result<Response<Self::LeasesStream>, Status> {
+    ) -> Result<Response<Self::LeaseChannelStream>, Status> {
         use futures::StreamExt as _;
         let p = Principal::from_request(&req)?;
         // A person's token is checked when the channel opens and could expire while it stays
         // open: people use the unary calls.
-        if p.key_id.starts_with("jwt:") {
+        if p.is_person() {
             return Err(Status::permission_denied(
                 "the lease channel is for service keys; people use Acquire and Release",
             ));
         }
-        let grpc = self.clone();
-        let replies = req
-            .into_inner()
-            .map(move |command| {
-                let grpc = grpc.clone();
-                let p = p.clone();
-                async move {
-                    let command = command?;
-                    let reply = match command.command {
-                        Some(pb::lease_command::Command::Acquire(r)) => grpc
-                            .acquire_one(&p, r)
-                            .await
-                            .map(pb::lease_reply::Reply::Acquire),
-                        Some(pb::lease_command::Command::Release(r)) => grpc
-                            .release_one(&p, r)
-                            .await
-                            .map(pb::lease_reply::Reply::Release),
-                        None => Err(AllocError::invalid("command", "must be acquire or release")),
-                    };
-                    let reply = reply.unwrap_or_else(|e| {
-                        let s = Status::from(e);
-                        pb::lease_reply::Reply::Error(pb::LeaseError {
-                            code: s.code().into(),
-                            message: s.message().to_owned(),
-                        })
-                    });
-                    Ok(pb::LeaseReply {
-                        id: command.id,
-                        reply: Some(reply),
-                    })
-                }
-            })
-            .buffer_unordered(LEASE_CHANNEL_IN_FLIGHT);
-        Ok(Response::new(replies.boxed()))
+        let limit = req.extensions().get::<RateLimit>().cloned();
+        let commands = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(LEASE_CHANNEL_IN_FLIGHT);
+        tokio::spawn(self.clone().serve_channel(p, limit, commands, tx));
+        Ok(Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+        ))
     }
 
     async fn renew(

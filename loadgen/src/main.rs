@@ -3,7 +3,7 @@
 //!
 //! Modes: `acquire-release` (Acquire + Release over gRPC), `direct` (the same pair through the
 //! in-process allocator service, without gRPC or auth), `lease-channel` (the pair as messages
-//! on one `Leases` stream per client), `raw-sql` (the statement pair of the
+//! on one `LeaseChannel` stream per client), `raw-sql` (the statement pair of the
 //! ceiling straight to the database with sqlx), `calls` (MakeCall end to end: the simulator answers at
 //! once and posts the callback, which frees the extension), `stats` (Stats on a tenant with
 //! 100,000 extensions). Closed loop (`--clients N`) or open loop (`--rate R` per second, latency
@@ -45,7 +45,7 @@ fn db_connections() -> u32 {
 #[serde(rename_all = "kebab-case")]
 enum Mode {
     AcquireRelease,
-    /// Acquire + Release as messages on one lease channel per client (the `Leases` stream)
+    /// Acquire + Release as messages on one lease channel per client (the `LeaseChannel` stream)
     /// instead of two unary calls.
     LeaseChannel,
     /// Acquire + Release through the in-process allocator service (policy, coalescing, our
@@ -713,7 +713,7 @@ async fn lease_channel(cli: &Cli, db: &TestDb, stop: &CancellationToken) -> anyh
             );
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let replies = client
-            .leases(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .lease_channel(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await?
             .into_inner();
         channels.push(Arc::new(tokio::sync::Mutex::new((tx, replies))));

@@ -165,6 +165,11 @@ impl Principal {
         }
     }
 
+    /// A person signed in with a JWT (checked when the call starts), not a service key.
+    pub fn is_person(&self) -> bool {
+        self.key_id.starts_with("jwt:")
+    }
+
     /// Reads the principal the auth layer attached to a request.
     pub fn from_request<T>(req: &tonic::Request<T>) -> Result<Self, tonic::Status> {
         req.extensions()
@@ -305,7 +310,13 @@ pub fn is_open_path(path: &str) -> bool {
 /// Buckets kept before the idle, full ones are forgotten.
 const MAX_BUCKETS: usize = 10_000;
 
-/// A token bucket per API key: `per_second` requests on average, bursts up to `burst`.
+/// What a key over its rate limit is told (`RESOURCE_EXHAUSTED`).
+pub const RATE_LIMITED: &str =
+    "rate limit: this API key is sending requests faster than allowed; slow down and retry";
+
+/// A token bucket per API key: `per_second` requests on average, bursts up to `burst`. The auth
+/// layer charges one token per call and leaves the limit in the request's extensions, so a
+/// handler whose call carries many requests charges each one.
 #[derive(Clone, Debug)]
 pub struct RateLimit {
     per_second: f64,
@@ -449,12 +460,12 @@ impl<S> AuthService<S> {
                 principal.role.as_str()
             )));
         }
-        if let Some(limit) = &self.limit
-            && !limit.allow(&principal.key_id)
-        {
-            return Err(tonic::Status::resource_exhausted(
-                "rate limit: this API key is sending requests faster than allowed; slow down and retry",
-            ));
+        if let Some(limit) = &self.limit {
+            if !limit.allow(&principal.key_id) {
+                return Err(tonic::Status::resource_exhausted(RATE_LIMITED));
+            }
+            // A call that carries many requests (a stream of commands) charges each of them.
+            req.extensions_mut().insert(limit.clone());
         }
         req.extensions_mut().insert(principal);
         Ok(())

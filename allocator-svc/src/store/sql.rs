@@ -61,10 +61,10 @@ struct Statements {
     set_cursor: String,
     /// Ends a live lease with a matching token: $1 lease, $2 token, $3 reason.
     end_lease: String,
-    /// [`Self::insert_lease`] and [`Self::end_lease`] answering the lease's columns, where the
-    /// backend has `returning` (PostgreSQL, SQLite): one statement each instead of the write and
-    /// a read back. `None` on MySQL.
-    returning: Option<(String, String)>,
+    /// [`Self::insert_lease`] and [`Self::end_lease`] answer the lease's columns (`returning`,
+    /// on PostgreSQL and SQLite): one statement each instead of the write and a read back. MySQL
+    /// reads the lease back.
+    returning: bool,
     /// Frees the extension of a lease just ended: $1 extension, $2 lease.
     free_extension: String,
     /// Extends a live, unexpired lease: $1 lease, $2 token, $3 ttl seconds.
@@ -130,16 +130,15 @@ impl Statements {
             "update leases set released_at = {now}, release_reason = $3, updated_at = {now} \
              where lease_id = $1 and fencing_token = $2 and released_at is null"
         );
-        let returning = (d.0 != Backend::MySql).then(|| {
-            let cols = concat!(" returning ", lease_cols!());
-            (
-                format!("{insert_lease}{cols}"),
-                format!("{end_lease}{cols}"),
-            )
-        });
+        let returning = d.0 != Backend::MySql;
+        let cols = if returning {
+            concat!(" returning ", lease_cols!())
+        } else {
+            ""
+        };
         Self {
-            insert_lease,
-            end_lease,
+            insert_lease: format!("{insert_lease}{cols}"),
+            end_lease: format!("{end_lease}{cols}"),
             returning,
             pick_lru: format!(
                 "select id from extensions where {free} order by {lru_order} limit 1{skip}"
@@ -385,10 +384,10 @@ impl SqlStore {
         reason: ReleaseReason,
     ) -> Result<Option<Lease>, AllocError> {
         let args = args![lease_id, token, reason.as_str()];
-        let lease = if let Some((_, end_lease)) = &self.sql.returning {
+        let lease = if self.sql.returning {
             let row = tx
                 .exec()
-                .fetch_optional(end_lease, args)
+                .fetch_optional(&self.sql.end_lease, args)
                 .await
                 .map_err(db_err)?;
             match row {
@@ -714,17 +713,16 @@ impl SqlStore {
             i64::from(cmd.cooldown_seconds),
             extension_id
         ];
-        let inserted = match &self.sql.returning {
-            Some((insert_lease, _)) => tx
-                .exec()
-                .fetch_optional(insert_lease, args)
+        let inserted = if self.sql.returning {
+            tx.exec()
+                .fetch_optional(&self.sql.insert_lease, args)
                 .await
-                .map(|row| row.map(|r| lease_from(&r))),
-            None => tx
-                .exec()
+                .map(|row| row.map(|r| lease_from(&r)))
+        } else {
+            tx.exec()
                 .execute(&self.sql.insert_lease, args)
                 .await
-                .map(|_| None),
+                .map(|_| None)
         };
         let lease = match inserted {
             Ok(Some(lease)) => lease?.0,

@@ -1,4 +1,4 @@
-//! The lease channel (`Leases`): Acquire and Release as messages on one stream keep every
+//! The lease channel (`LeaseChannel`): Acquire and Release as messages on one stream keep every
 //! guarantee of the unary calls, across two instances sharing one database, on every backend.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +19,7 @@ struct Channel {
 
 async fn open(c: &mut AllocClient) -> Result<Channel, tonic::Status> {
     let (tx, rx) = mpsc::channel(64);
-    let replies = c.leases(ReceiverStream::new(rx)).await?.into_inner();
+    let replies = c.lease_channel(ReceiverStream::new(rx)).await?.into_inner();
     Ok(Channel { tx, replies })
 }
 
@@ -168,16 +168,102 @@ async fn lease_channel_keeps_the_unary_guarantees(b: Backend) {
     };
     assert!(!stale.released);
 
+    // A command with nothing in it names the field.
+    ch[0]
+        .tx
+        .send(pb::LeaseCommand {
+            id: 201,
+            command: None,
+        })
+        .await
+        .unwrap();
+    let r = ch[0].replies.message().await.unwrap().unwrap();
+    assert_eq!(r.id, 201);
+    let (code, message) = error(r.reply.as_ref().unwrap());
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.starts_with("command"), "{message}");
+
+    // The client closes its side with commands in flight: every one is answered, then the
+    // stream ends cleanly.
+    let [c0, c1] = ch;
+    for id in 300..310 {
+        c0.tx
+            .send(pb::LeaseCommand {
+                id,
+                command: Some(acquire(id)),
+            })
+            .await
+            .unwrap();
+    }
+    let Channel { tx, mut replies } = c0;
+    drop(tx);
+    let mut answered = HashSet::new();
+    while let Some(r) = replies.message().await.expect("a clean end") {
+        assert!(matches!(r.reply, Some(Reply::Acquire(_))), "{r:?}");
+        answered.insert(r.id);
+    }
+    assert_eq!(answered, (300..310).collect::<HashSet<_>>());
+
+    // Shutting an instance down ends its open channel cleanly (no error, no waiting out the
+    // grace period) once what is in flight has answered.
+    let Channel {
+        tx: _keep_open,
+        replies: mut open_on_a2,
+    } = c1;
+    let (end, ()) = tokio::join!(open_on_a2.message(), a2.shutdown());
+    assert!(matches!(end, Ok(None)), "{end:?}");
+
     let inspect = Inspect::new(&db.url).await;
-    assert_eq!(inspect.live("t1").await, (0, 0));
+    assert_eq!(inspect.live("t1").await, (10, 10));
     let replayed = format!("req-{}", granted[0].0);
     assert_eq!(inspect.leases_for_request("t1", &replayed).await, 1);
     assert_no_overlaps(&inspect.intervals().await);
     inspect.close().await;
-    drop(ch);
     drop(scoped);
     a1.shutdown().await;
-    a2.shutdown().await;
+}
+
+/// Every command on a channel is charged to the key's rate limit, as a unary call would be:
+/// a key allowed a burst of 5 opens a channel (one token) and gets 4 commands through; the
+/// rest are refused with the rate-limit message and the channel carries on.
+async fn lease_channel_commands_count_against_the_rate_limit(b: Backend) {
+    let db = TestDb::new(b).await;
+    let mut s = settings(&db.url);
+    s.auth.rate_limit_per_second = 1;
+    s.auth.rate_limit_burst = 5;
+    let app = TestApp::spawn(s).await;
+    let mut ch = open(&mut app.alloc(CALLER).await).await.unwrap();
+    let replies = ch
+        .run(
+            (0..10)
+                .map(|i| {
+                    (
+                        i,
+                        Command::Release(pb::ReleaseRequest {
+                            lease_id: uuid::Uuid::new_v4().to_string(),
+                            fencing_token: 1,
+                            reason: 0,
+                            tenant_id: String::new(),
+                        }),
+                    )
+                })
+                .collect(),
+        )
+        .await;
+    let mut limited = 0;
+    for r in replies.values() {
+        let (code, message) = error(r);
+        if code == Code::ResourceExhausted {
+            assert!(message.starts_with("rate limit"), "{message}");
+            limited += 1;
+        } else {
+            assert_eq!(code, Code::NotFound, "{message}");
+        }
+    }
+    // A token may come back while the commands run (one per second).
+    assert!((5..=6).contains(&limited), "{limited} limited");
+    drop(ch);
+    app.shutdown().await;
 }
 
 /// Opening a channel needs a service key: no key is unauthenticated, and a person's token
@@ -224,4 +310,5 @@ async fn lease_channel_needs_a_service_key(b: Backend) {
 cco_platform::on_every_backend!(
     lease_channel_keeps_the_unary_guarantees,
     lease_channel_needs_a_service_key,
+    lease_channel_commands_count_against_the_rate_limit,
 );
