@@ -5,21 +5,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
-
 use allocator_svc::settings::PolicySourceKind;
 use call_gateway_svc::app::Application;
 use call_gateway_svc::settings::Settings;
 use cco_contracts::allocator::v1 as apb;
 use cco_contracts::gateway::v1 as pb;
 use cco_platform::auth::BearerInterceptor;
-pub use cco_platform::testing::{Backend, TestDb};
+pub use cco_platform::testing::{Backend, Raw, TestDb};
 use infinity_sim::{SimConfig, Simulator};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -585,42 +582,6 @@ impl Ctx {
     pub async fn shutdown(self) {
         self.stack.shutdown().await;
         self.sim.stop().await;
-    }
-}
-
-/// Sends and receives raw protobuf bytes.
-#[derive(Clone, Default)]
-pub struct Raw;
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
     }
 }
 

@@ -273,6 +273,32 @@ async fn raw_grpc(addr: std::net::SocketAddr, path: &str, frame: Vec<u8>) -> (i3
     (code, msg)
 }
 
+/// Sends `message` (raw bytes) as the only message of a client stream; returns the code the
+/// response stream ends with.
+async fn stream_raw(addr: std::net::SocketAddr, path: &str, message: Vec<u8>) -> Code {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(futures::stream::iter([message]));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+    let mut replies = match grpc.streaming(req, path.parse().unwrap(), Raw).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return s.code(),
+    };
+    loop {
+        match replies.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Code::Ok,
+            Err(s) => return s.code(),
+        }
+    }
+}
+
 fn framed(message: &[u8]) -> Vec<u8> {
     let mut f = vec![0];
     f.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
@@ -301,6 +327,20 @@ async fn malformed_requests_are_invalid_argument_on_every_rpc() {
                 .find(|f| matches!(f.kind(), prost_reflect::Kind::String))
                 .map_or(1, |f| f.number());
             let tag = u8::try_from(string_field << 3 | 2).unwrap();
+            if method.is_client_streaming() && method.is_server_streaming() {
+                // Messages both ways (the allocator's lease channel): a bad one ends the stream
+                // with INVALID_ARGUMENT in its trailers; no message at all is an empty stream, and
+                // a frame cut short cannot be sent through a client that frames for itself.
+                for (what, message) in [
+                    ("non-UTF-8 string", vec![tag, 2, 0xff, 0xfe]),
+                    ("truncated message", vec![tag, 5, b'a']),
+                ] {
+                    let code = stream_raw(addr, &path, message).await;
+                    assert_eq!(code, Code::InvalidArgument, "{path}: {what}");
+                }
+                checked += 1;
+                continue;
+            }
             let bodies = [
                 ("non-UTF-8 string", framed(&[tag, 2, 0xff, 0xfe])),
                 ("truncated message", framed(&[tag, 5, b'a'])),
