@@ -614,3 +614,81 @@ async fn a_pick_that_falls_behind_is_not_pool_empty() {
     );
     assert_eq!(services[0].store().live_leases().await.unwrap(), 0);
 }
+
+/// A coalesced release that waits for a lease row another transaction holds, and finds that
+/// lease ended once it gets the lock, leaves it (and its extension) alone and ends the rest of
+/// its batch: the statement locks its lease rows in id order before it changes anything, and
+/// rechecks each row it waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_batch_rechecks_a_lease_ended_while_it_waited() {
+    let (_db, pg, store) = setup().await;
+    let mut leases = Vec::new();
+    for i in 0..3 {
+        match store.acquire(&cmd(&format!("w{i}"))).await.unwrap() {
+            AcquireOutcome::Granted { lease, .. } => leases.push(lease),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (lone, ended_meanwhile, other) = (&leases[0], &leases[1], &leases[2]);
+    let lock = async |id: Uuid| {
+        let mut tx = pg.begin().await.unwrap();
+        sqlx::query("select 1 from leases where lease_id = $1 for update")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    };
+    // The lone release waits on its row while the other two queue into one batch behind it.
+    let hold_lone = lock(lone.lease_id).await;
+    let mut hold_ended = lock(ended_meanwhile.lease_id).await;
+    let release = |l: &allocator_svc::domain::Lease| {
+        let (s, id, token) = (store.clone(), l.lease_id, l.fencing_token);
+        async move { s.release(id, token, ReleaseReason::CallEnded).await }
+    };
+    let (first, queued) = queue_behind(
+        &pg,
+        release(lone),
+        vec![release(ended_meanwhile), release(other)],
+        || store.queued_releases(),
+    )
+    .await;
+    hold_lone.commit().await.unwrap();
+    assert!(matches!(
+        first.await.unwrap().unwrap(),
+        LeaseChange::Changed(_)
+    ));
+    until("the batch waits on the held lease", async || {
+        lock_waiters(&pg).await == 1
+    })
+    .await;
+    // Another path ends that lease (without freeing its extension, to see who touches it).
+    sqlx::query(
+        "update leases set released_at = clock_timestamp(), release_reason = 'manual' \
+         where lease_id = $1",
+    )
+    .bind(ended_meanwhile.lease_id)
+    .execute(&mut *hold_ended)
+    .await
+    .unwrap();
+    hold_ended.commit().await.unwrap();
+    let mut out = Vec::new();
+    for t in queued {
+        out.push(t.await.unwrap().unwrap());
+    }
+    assert!(
+        matches!(&out[0], LeaseChange::Unchanged { lease, .. } if lease.release_reason == Some(ReleaseReason::Manual)),
+        "{:?}",
+        out[0]
+    );
+    assert!(matches!(&out[1], LeaseChange::Changed(_)), "{:?}", out[1]);
+    let status = async |id: Uuid| -> String {
+        sqlx::query_scalar("select status from extensions where id = $1")
+            .bind(id)
+            .fetch_one(&pg)
+            .await
+            .unwrap()
+    };
+    assert_eq!(status(ended_meanwhile.extension_id).await, "in_use");
+    assert_eq!(status(other.extension_id).await, "available");
+}
