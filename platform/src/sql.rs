@@ -23,7 +23,10 @@
 //! make two inserts of different keys wait for each other and deadlock, and its snapshot would
 //! hide rows committed by a transaction that a row lock made us wait for). SQLite writers start
 //! with `begin immediate` and take this process's writer turn first (a fair queue instead of
-//! SQLite's busy-handler sleeps). [`retry`] reruns a whole transaction that the database
+//! SQLite's busy-handler sleeps), on this process's one writer connection: SQLite empties a
+//! connection's page cache whenever another connection has written since it last looked, so
+//! writers taking turns on the pool's connections would each start from an empty cache; the
+//! one writer keeps it. [`retry`] reruns a whole transaction that the database
 //! aborted as a deadlock or lock-wait timeout.
 
 use std::future::Future;
@@ -33,7 +36,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::mysql::{MySql, MySqlConnection, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgRow, Postgres};
-use sqlx::sqlite::{Sqlite, SqliteConnection, SqliteRow};
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{AssertSqlSafe, Column, Row as _, Transaction, TypeInfo, ValueRef};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
@@ -695,14 +698,33 @@ pub struct Db {
     pool: DbPool,
     /// SQLite writers of this process queue here, in order, before `begin immediate`.
     writer: Arc<Mutex<()>>,
+    /// SQLite: the one connection writers use (see the module's notes), opened on first use
+    /// with the pool's connection options.
+    lite_writer: Option<SqlitePool>,
 }
 
 impl Db {
     /// Wraps a connected pool.
     pub fn new(pool: DbPool) -> Self {
+        let lite_writer = match &pool {
+            DbPool::Sqlite(p) => Some(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(0)
+                    .acquire_timeout(p.options().get_acquire_timeout())
+                    // A file the process holds open does not go away between two writes: no
+                    // ping before each; kept open, it keeps its page cache.
+                    .test_before_acquire(false)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_lazy_with((*p.connect_options()).clone()),
+            ),
+            _ => None,
+        };
         Self {
             pool,
             writer: Arc::new(Mutex::new(())),
+            lite_writer,
         }
     }
 
@@ -736,11 +758,29 @@ impl Db {
             DbPool::Sqlite(p) => match mode {
                 Mode::Write => {
                     let turn = Arc::clone(&self.writer).lock_owned().await;
-                    Tx::Lite(p.begin_with("begin immediate").await?, Some(turn))
+                    let writer = self.lite_writer.as_ref().unwrap_or(p);
+                    Tx::Lite(writer.begin_with("begin immediate").await?, Some(turn))
                 }
                 Mode::Read => Tx::Lite(p.begin().await?, None),
             },
         })
+    }
+
+    /// Runs one writing statement as its own transaction and answers every row it returns: on
+    /// SQLite on the writer connection, in this process's writer turn (no `begin immediate`
+    /// and commit round trips: SQLite takes the write lock when the statement starts).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn write(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, sqlx::Error> {
+        match (&self.pool, &self.lite_writer) {
+            (DbPool::Sqlite(_), Some(writer)) => {
+                let _turn = self.writer.lock().await;
+                let mut conn = writer.acquire().await?;
+                Exec::Lite(&mut conn).fetch_all(sql, args).await
+            }
+            _ => self.fetch_all(sql, args).await,
+        }
     }
 
     /// A connection for reads outside a transaction.
