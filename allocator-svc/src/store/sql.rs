@@ -15,6 +15,10 @@
 //!   database aborts as a deadlock or lock-wait timeout is run again ([`retry`]).
 //! - SQLite writers start with `begin immediate` (one writer at a time, in this process's
 //!   queue), so the same statements need no row locks: the dialect leaves the clauses out.
+//!   There the lease row drives its extension (triggers of migration 0005): inserting a lease
+//!   marks its extension in use and ending it frees the extension, in the same statement, so
+//!   an LRU or affinity acquire ([`lite_acquire`]) and a release are one statement each, their
+//!   own transaction, with no `begin immediate` and commit round trips.
 //!
 //! Times come from the database clock ([`Dialect::now`]), so instances share one clock.
 
@@ -50,7 +54,8 @@ struct Statements {
     /// $1 tenant.
     pick_rr_first: String,
     /// Marks the picked extension in use: $1 id, $2 lease id, $3 collector, $4 ttl seconds.
-    lease_extension: String,
+    /// None on SQLite, where inserting the lease does it (a trigger; see [`lite_acquire`]).
+    lease_extension: Option<String>,
     /// Inserts the lease from the extension row just leased.
     insert_lease: String,
     /// Locks the tenant's state row and reads its cursor: $1 tenant.
@@ -59,14 +64,23 @@ struct Statements {
     create_tenant: String,
     /// $1 tenant, $2 cursor.
     set_cursor: String,
-    /// Ends a live lease with a matching token: $1 lease, $2 token, $3 reason.
+    /// Ends a live lease with a matching token: $1 lease, $2 token, $3 reason. On SQLite this
+    /// frees its extension too (a trigger).
     end_lease: String,
     /// [`Self::insert_lease`] and [`Self::end_lease`] answer the lease's columns (`returning`,
     /// on PostgreSQL and SQLite): one statement each instead of the write and a read back. MySQL
     /// reads the lease back.
     returning: bool,
-    /// Frees the extension of a lease just ended: $1 extension, $2 lease.
-    free_extension: String,
+    /// Frees the extension of a lease just ended: $1 extension, $2 lease. None on SQLite, where
+    /// ending the lease does it (a trigger).
+    free_extension: Option<String>,
+    /// SQLite's LRU acquire in one statement ([`lite_acquire`]).
+    lite_acquire_lru: Option<String>,
+    /// As [`Self::lite_acquire_lru`], trying the collector's last extension first.
+    lite_acquire_affinity: Option<String>,
+    /// As [`Self::lite_acquire_lru`], of the extension already picked ($10): the serialised
+    /// path's lease insert on SQLite.
+    lite_acquire_picked: Option<String>,
     /// Extends a live, unexpired lease: $1 lease, $2 token, $3 ttl seconds.
     renew_lease: String,
     /// $1 extension, $2 lease.
@@ -136,7 +150,18 @@ impl Statements {
         } else {
             ""
         };
+        let lite = d.0 == Backend::Sqlite;
+        let lru_pick =
+            format!("(select id from extensions where {free} order by {lru_order} limit 1)");
+        let affinity_pick = format!(
+            "coalesce((select id from extensions where {free} and id = \
+               (select extension_id from leases where tenant_id = $1 and collector_id = $3 \
+                order by acquired_at desc limit 1)), {lru_pick})"
+        );
         Self {
+            lite_acquire_lru: lite.then(|| lite_acquire(d, &lru_pick)),
+            lite_acquire_affinity: lite.then(|| lite_acquire(d, &affinity_pick)),
+            lite_acquire_picked: lite.then(|| lite_acquire(d, "$10")),
             insert_lease: format!("{insert_lease}{cols}"),
             end_lease: format!("{end_lease}{cols}"),
             returning,
@@ -151,14 +176,16 @@ impl Statements {
             pick_rr_first: format!(
                 "select id from extensions where {free} order by {number_order} limit 1{skip}"
             ),
-            lease_extension: format!(
-                "update extensions set status = 'in_use', current_lease_id = $2, \
+            lease_extension: (!lite).then(|| {
+                format!(
+                    "update extensions set status = 'in_use', current_lease_id = $2, \
                  current_collector_id = $3, lease_expires_at = {}, \
                  fencing_token = fencing_token + 1, last_collector_id = $3, last_used_at = {now}, \
                  use_count = use_count + 1, available_at = null, updated_at = {now} \
                  where id = $1 and status = 'available'",
-                d.plus_secs(now, ttl)
-            ),
+                    d.plus_secs(now, ttl)
+                )
+            }),
             lock_tenant: format!("select rr_cursor from tenant_state where tenant_id = $1{lock}"),
             create_tenant: d.insert_or_ignore(
                 "tenant_state",
@@ -169,16 +196,18 @@ impl Statements {
             set_cursor: format!(
                 "update tenant_state set rr_cursor = $2, updated_at = {now} where tenant_id = $1"
             ),
-            free_extension: format!(
-                "update extensions set \
+            free_extension: (!lite).then(|| {
+                format!(
+                    "update extensions set \
                    status = case when status = 'in_use' then 'available' else status end, \
                    current_lease_id = null, current_collector_id = null, lease_expires_at = null, \
                    last_released_at = {ended_at}, \
                    available_at = case when {cooldown} > 0 then {} else null end, \
                    updated_at = {ended_at} \
                  where id = $1 and current_lease_id = $2",
-                d.plus_secs(ended_at, cooldown)
-            ),
+                    d.plus_secs(ended_at, cooldown)
+                )
+            }),
             renew_lease: format!(
                 "update leases set expires_at = {}, updated_at = {now} \
                  where lease_id = $1 and fencing_token = $2 and released_at is null \
@@ -243,6 +272,29 @@ impl Statements {
             ),
         }
     }
+}
+
+/// SQLite's acquire in one statement: the lease row inserted from the picked extension (`pick`,
+/// an SQL expression for its id), answering its columns; the trigger `leases_take_extension`
+/// marks the extension in use in the same statement. One statement is its own transaction, so
+/// it needs no `begin immediate` and commit round trips. Nothing picked, or the cap ($9, else
+/// null) reached: no row. $1 tenant, $2 lease id, $3 collector, $4 request id, $5 fingerprint,
+/// $6 strategy, $7 cooldown seconds, $8 ttl seconds.
+fn lite_acquire(d: Dialect, pick: &str) -> String {
+    let now = d.now();
+    format!(
+        "insert into leases (lease_id, tenant_id, extension_id, extension_number, \
+           collector_id, request_id, request_fingerprint, strategy, fencing_token, \
+           cooldown_seconds, acquired_at, expires_at, created_at, updated_at) \
+         select $2, tenant_id, id, number, $3, $4, $5, $6, fencing_token + 1, $7, {now}, {}, \
+           {now}, {now} \
+         from extensions \
+         where id = {pick} and ($9 is null or \
+           (select count(*) from extensions where tenant_id = $1 and status = 'in_use') < $9) \
+         returning {}",
+        d.plus_secs(now, "$8"),
+        lease_cols!(),
+    )
 }
 
 /// Number order (shorter numbers first, then text order), as the backend's indexes hold it.
@@ -410,13 +462,12 @@ impl SqlStore {
             };
             lease
         };
-        tx.exec()
-            .execute(
-                &self.sql.free_extension,
-                args![lease.extension_id, lease_id],
-            )
-            .await
-            .map_err(db_err)?;
+        if let Some(free) = &self.sql.free_extension {
+            tx.exec()
+                .execute(free, args![lease.extension_id, lease_id])
+                .await
+                .map_err(db_err)?;
+        }
         Ok(Some(lease))
     }
 
@@ -560,20 +611,12 @@ impl SqlStore {
         }
     }
 
-    /// The serialised acquire: every strategy, with or without a cap.
+    /// The serialised acquire: every strategy, with or without a cap. On SQLite, LRU and
+    /// affinity acquires that are granted take one statement first ([`Self::acquire_lite`]).
     pub async fn acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
         let tenant = cmd.tenant_id.as_str();
-        // SQLite: a replay needs no write lock (the database's only one): answer it from a
-        // read. The check is repeated under the turn below for a twin that commits in between.
-        if self.db.backend() == Backend::Sqlite
-            && let Some((l, fp)) = find_by_request(
-                self.db.conn().await.map_err(db_err)?.exec(),
-                tenant,
-                cmd.request_id.as_str(),
-            )
-            .await?
-        {
-            return Ok(replay(l, &fp, cmd));
+        if let Some(granted) = sql::retry(contended, || self.acquire_lite(cmd)).await? {
+            return Ok(granted);
         }
         sql::retry(contended, || async {
             loop {
@@ -584,6 +627,50 @@ impl SqlStore {
             }
         })
         .await
+    }
+
+    /// SQLite, LRU and affinity: the acquire in one statement ([`lite_acquire`]). `None`:
+    /// nothing was granted (the cap, an empty pool, or the request id's earlier lease when the
+    /// pool had nothing to pick), or round robin, which this path does not do; the serialised
+    /// path answers those. A request id already used makes the insert fail: its lease is
+    /// replayed.
+    async fn acquire_lite(&self, cmd: &AcquireCmd) -> Result<Option<AcquireOutcome>, AllocError> {
+        let sql = match cmd.strategy {
+            Strategy::Lru => self.sql.lite_acquire_lru.as_deref(),
+            Strategy::CollectorAffinity => self.sql.lite_acquire_affinity.as_deref(),
+            Strategy::RoundRobin => None,
+        };
+        let Some(sql) = sql else {
+            return Ok(None);
+        };
+        let written = self
+            .db
+            .write(
+                sql,
+                args![
+                    cmd.tenant_id.as_str(),
+                    Uuid::now_v7(),
+                    cmd.collector_id.as_str(),
+                    cmd.request_id.as_str(),
+                    cmd.fingerprint.as_str(),
+                    cmd.strategy.as_str(),
+                    i64::from(cmd.cooldown_seconds),
+                    i64::from(cmd.ttl_seconds),
+                    cmd.cap.map(i64::from)
+                ],
+            )
+            .await;
+        match written {
+            Ok(rows) => match rows.first() {
+                Some(row) => Ok(Some(AcquireOutcome::Granted {
+                    lease: lease_from(row)?.0,
+                    replayed: false,
+                })),
+                None => Ok(None),
+            },
+            Err(e) if is_unique_violation(&e) => self.replay_or_vanished(cmd).await.map(Some),
+            Err(e) => Err(db_err(e)),
+        }
     }
 
     /// Creates a per-tenant row a transaction found missing, in a transaction of its own.
@@ -686,43 +773,55 @@ impl SqlStore {
             return Ok(Step::Done(AcquireOutcome::PoolEmpty(counts)));
         };
         let lease_id = Uuid::now_v7();
-        let n = tx
-            .exec()
-            .execute(
-                &self.sql.lease_extension,
-                args![
-                    extension_id,
-                    lease_id,
-                    collector,
-                    i64::from(cmd.ttl_seconds)
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        if n != 1 {
-            return Err(AllocError::Internal(anyhow::anyhow!(
-                "extension {extension_id} changed under its row lock"
-            )));
-        }
-        let args = args![
-            lease_id,
-            collector,
-            request_id,
-            cmd.fingerprint.as_str(),
-            cmd.strategy.as_str(),
-            i64::from(cmd.cooldown_seconds),
-            extension_id
-        ];
-        let inserted = if self.sql.returning {
-            tx.exec()
-                .fetch_optional(&self.sql.insert_lease, args)
+        let inserted = match (&self.sql.lease_extension, &self.sql.lite_acquire_picked) {
+            (Some(lease_extension), _) => {
+                let n = tx
+                    .exec()
+                    .execute(
+                        lease_extension,
+                        args![
+                            extension_id,
+                            lease_id,
+                            collector,
+                            i64::from(cmd.ttl_seconds)
+                        ],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                if n != 1 {
+                    return Err(AllocError::Internal(anyhow::anyhow!(
+                        "extension {extension_id} changed under its row lock"
+                    )));
+                }
+                self.insert_lease(&mut tx, cmd, lease_id, extension_id)
+                    .await
+            }
+            // SQLite: the lease's insert marks its extension in use.
+            (None, Some(insert)) => tx
+                .exec()
+                .fetch_optional(
+                    insert,
+                    args![
+                        tenant,
+                        lease_id,
+                        collector,
+                        request_id,
+                        cmd.fingerprint.as_str(),
+                        cmd.strategy.as_str(),
+                        i64::from(cmd.cooldown_seconds),
+                        i64::from(cmd.ttl_seconds),
+                        Option::<i64>::None,
+                        extension_id
+                    ],
+                )
                 .await
-                .map(|row| row.map(|r| lease_from(&r)))
-        } else {
-            tx.exec()
-                .execute(&self.sql.insert_lease, args)
-                .await
-                .map(|_| None)
+                .map(|row| row.map(|r| lease_from(&r))),
+            (None, None) => {
+                return Err(AllocError::Internal(anyhow::anyhow!(
+                    "no statement leases an extension on {}",
+                    self.backend()
+                )));
+            }
         };
         let lease = match inserted {
             Ok(Some(lease)) => lease?.0,
@@ -757,6 +856,37 @@ impl SqlStore {
         }))
     }
 
+    /// Inserts the lease of the extension just marked in use (PostgreSQL's one-store path and
+    /// MySQL), answering it where the backend can (`returning`).
+    async fn insert_lease(
+        &self,
+        tx: &mut Tx,
+        cmd: &AcquireCmd,
+        lease_id: Uuid,
+        extension_id: Uuid,
+    ) -> Result<Option<Result<(Lease, String), AllocError>>, sqlx::Error> {
+        let args = args![
+            lease_id,
+            cmd.collector_id.as_str(),
+            cmd.request_id.as_str(),
+            cmd.fingerprint.as_str(),
+            cmd.strategy.as_str(),
+            i64::from(cmd.cooldown_seconds),
+            extension_id
+        ];
+        if self.sql.returning {
+            tx.exec()
+                .fetch_optional(&self.sql.insert_lease, args)
+                .await
+                .map(|row| row.map(|r| lease_from(&r)))
+        } else {
+            tx.exec()
+                .execute(&self.sql.insert_lease, args)
+                .await
+                .map(|_| None)
+        }
+    }
+
     /// The lease an earlier request with this id got, replayed to `cmd`.
     pub async fn replay_or_vanished(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome, AllocError> {
         let conn = &mut self.db.conn().await.map_err(db_err)?;
@@ -784,6 +914,28 @@ impl SqlStore {
         token: i64,
         reason: ReleaseReason,
     ) -> Result<LeaseChange, AllocError> {
+        if self.sql.free_extension.is_none() {
+            // SQLite: ending the lease frees its extension (a trigger), so the release is one
+            // statement, its own transaction.
+            let ended = sql::retry(contended, || async {
+                self.db
+                    .write(&self.sql.end_lease, args![lease_id, token, reason.as_str()])
+                    .await
+                    .map_err(db_err)
+            })
+            .await?;
+            return match ended.first() {
+                Some(row) => Ok(LeaseChange::Changed(lease_from(row)?.0)),
+                None => {
+                    unchanged(
+                        self.db.conn().await.map_err(db_err)?.exec(),
+                        lease_id,
+                        token,
+                    )
+                    .await
+                }
+            };
+        }
         sql::retry(contended, || async {
             let mut tx = self.begin(Mode::Write).await?;
             let out = match self.end_lease(&mut tx, lease_id, token, reason).await? {

@@ -8,4 +8,5 @@ mod lease_channel;
 mod mysql_migrations;
 mod pg_store;
 mod policy;
+mod sqlite_store;
 mod sqlite_upgrade;

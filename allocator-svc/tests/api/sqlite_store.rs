@@ -1,0 +1,220 @@
+//! SQLite store specifics: the lease row drives its extension (migration 0005's triggers), so
+//! an acquire and a release are one statement each. The guard holds for any writer, not only
+//! the store: a lease for a busy extension is refused whole, and a lease ended by hand frees
+//! its extension. Two stores on one file (two writer connections, as two instances) never
+//! lease one extension twice.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use allocator_svc::domain::{
+    CollectorId, ExtStatus, ExtensionNumber, ReleaseReason, RequestId, Strategy, TenantId,
+};
+use allocator_svc::store::sql::SqlStore;
+use allocator_svc::store::{AcquireCmd, AcquireOutcome, LeaseChange};
+use cco_platform::db::{DatabaseSettings, DbPool};
+use cco_platform::sql::Db;
+use cco_platform::testing::{Backend, TestDb};
+use sqlx::SqlitePool;
+use tokio::sync::Barrier;
+
+async fn setup(extensions: usize) -> (TestDb, DbPool, SqlitePool, SqlStore) {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut s = DatabaseSettings::sqlite_default("x");
+    s.url = db.url.clone();
+    let pool = DbPool::connect(&s).await.unwrap();
+    pool.migrate(allocator_svc::app::MIGRATIONS).await.unwrap();
+    let DbPool::Sqlite(lite) = pool.clone() else {
+        panic!("not sqlite")
+    };
+    let store = SqlStore::new(Db::new(pool.clone()));
+    let numbers: Vec<ExtensionNumber> = (0..extensions)
+        .map(|i| ExtensionNumber::parse("n", &format!("{}", 8000 + i)).unwrap())
+        .collect();
+    store.import(&tenant(), "", &numbers).await.unwrap();
+    (db, pool, lite, store)
+}
+
+fn tenant() -> TenantId {
+    TenantId::parse("t", "t1").unwrap()
+}
+
+fn cmd(request_id: &str, strategy: Strategy, cooldown_seconds: u32) -> AcquireCmd {
+    AcquireCmd {
+        tenant_id: tenant(),
+        collector_id: CollectorId::parse("c", "c1").unwrap(),
+        request_id: RequestId::parse("r", request_id).unwrap(),
+        strategy,
+        ttl_seconds: 600,
+        cooldown_seconds,
+        cap: None,
+        fingerprint: format!("c1|{}|{cooldown_seconds}", strategy.as_str()),
+    }
+}
+
+fn granted(out: AcquireOutcome) -> allocator_svc::domain::Lease {
+    match out {
+        AcquireOutcome::Granted { lease, .. } => lease,
+        other => panic!("not granted: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_lease_for_a_busy_extension_is_refused_whole() {
+    let (_db, pool, lite, store) = setup(1).await;
+    let lease = granted(store.acquire(&cmd("r1", Strategy::Lru, 0)).await.unwrap());
+    // A second lease row for the same extension, written by hand as a buggy writer would.
+    let err = sqlx::query(
+        "insert into leases (lease_id, tenant_id, extension_id, extension_number, collector_id, \
+           request_id, request_fingerprint, strategy, fencing_token, cooldown_seconds, \
+           acquired_at, expires_at, created_at, updated_at) \
+         select 'intruder', tenant_id, id, number, 'c2', 'r2', 'fp', 'lru', fencing_token + 1, 0, \
+           '2026-01-01T00:00:00.000000+00:00', '2026-01-01T00:10:00.000000+00:00', \
+           '2026-01-01T00:00:00.000000+00:00', '2026-01-01T00:00:00.000000+00:00' \
+         from extensions where id = $1",
+    )
+    .bind(lease.extension_id.to_string())
+    .execute(&lite)
+    .await
+    .expect_err("a second live lease of one extension");
+    assert!(err.to_string().contains("not available"), "{err}");
+    let leases: i64 = sqlx::query_scalar("select count(*) from leases")
+        .fetch_one(&lite)
+        .await
+        .unwrap();
+    assert_eq!(leases, 1, "the refused lease row is not kept");
+    let ext = store
+        .get_extension(&tenant(), lease.extension_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ext.current_lease_id, Some(lease.lease_id));
+    assert_eq!(ext.fencing_token, lease.fencing_token);
+    assert_eq!(ext.status, ExtStatus::InUse);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_lease_ended_by_hand_frees_its_extension_after_its_cooldown() {
+    let (_db, pool, lite, store) = setup(1).await;
+    let lease = granted(store.acquire(&cmd("r1", Strategy::Lru, 90)).await.unwrap());
+    let ext = store
+        .get_extension(&tenant(), lease.extension_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ext.use_count, 1);
+    assert_eq!(ext.last_used_at, Some(lease.acquired_at));
+    assert_eq!(ext.lease_expires_at, Some(lease.expires_at));
+    sqlx::query(
+        "update leases set released_at = '2026-01-01T00:05:00.000000+00:00', \
+           release_reason = 'manual' where lease_id = $1",
+    )
+    .bind(lease.lease_id.to_string())
+    .execute(&lite)
+    .await
+    .unwrap();
+    let ext = store
+        .get_extension(&tenant(), lease.extension_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ext.status, ExtStatus::Available);
+    assert_eq!(ext.current_lease_id, None);
+    assert_eq!(ext.lease_expires_at, None);
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    assert_eq!(ext.last_released_at, Some(at("2026-01-01T00:05:00Z")));
+    assert_eq!(ext.available_at, Some(at("2026-01-01T00:06:30Z")));
+    // The store sees it ended: its token no longer releases anything.
+    let again = store
+        .release(
+            lease.lease_id,
+            lease.fencing_token,
+            ReleaseReason::CallEnded,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(again, LeaseChange::Unchanged { .. }), "{again:?}");
+    pool.close().await;
+}
+
+/// Two stores on one file, each with its own writer connection, and many tasks acquiring and
+/// releasing through both at once, LRU and affinity: no extension is ever leased twice, every
+/// lease gets a token one above the last, and the pool is whole afterwards.
+#[tokio::test]
+async fn two_stores_on_one_file_never_lease_an_extension_twice() {
+    const TASKS: usize = 16;
+    const ROUNDS: usize = 40;
+    let (db, pool, lite, store) = setup(TASKS + 2).await;
+    let mut s = DatabaseSettings::sqlite_default("x");
+    s.url = db.url.clone();
+    let other_pool = DbPool::connect(&s).await.unwrap();
+    let stores = [
+        Arc::new(store),
+        Arc::new(SqlStore::new(Db::new(other_pool.clone()))),
+    ];
+    let start = Arc::new(Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let store = Arc::clone(&stores[i % 2]);
+        let start = Arc::clone(&start);
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut tokens = Vec::new();
+            for round in 0..ROUNDS {
+                let strategy = if round % 2 == 0 {
+                    Strategy::Lru
+                } else {
+                    Strategy::CollectorAffinity
+                };
+                let mut c = cmd(&format!("r{i}-{round}"), strategy, 0);
+                c.collector_id = CollectorId::parse("c", &format!("c{i}")).unwrap();
+                let lease = granted(store.acquire(&c).await.unwrap());
+                tokens.push((lease.extension_id, lease.fencing_token));
+                let out = store
+                    .release(
+                        lease.lease_id,
+                        lease.fencing_token,
+                        ReleaseReason::CallEnded,
+                    )
+                    .await
+                    .unwrap();
+                assert!(matches!(out, LeaseChange::Changed(_)), "{out:?}");
+            }
+            tokens
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for token in t.await.unwrap() {
+            assert!(
+                seen.insert(token),
+                "extension and token granted twice: {token:?}"
+            );
+        }
+    }
+    assert_eq!(seen.len(), TASKS * ROUNDS);
+    // Every extension's tokens run 1..=n with no gap: each grant took the next one.
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "select e.id, e.fencing_token, e.use_count, count(l.lease_id) \
+         from extensions e left join leases l on l.extension_id = e.id group by e.id",
+    )
+    .fetch_all(&lite)
+    .await
+    .unwrap();
+    let mut total = 0;
+    for (id, token, uses, leases) in rows {
+        assert_eq!((token, uses), (leases, leases), "extension {id}");
+        total += leases;
+    }
+    assert_eq!(usize::try_from(total).unwrap(), TASKS * ROUNDS);
+    let live: i64 = sqlx::query_scalar(
+        "select count(*) from extensions where status <> 'available' or current_lease_id is not null",
+    )
+    .fetch_one(&lite)
+    .await
+    .unwrap();
+    assert_eq!(live, 0);
+    other_pool.close().await;
+    pool.close().await;
+}
