@@ -645,7 +645,10 @@ pub enum Tx {
     /// MySQL.
     My(Transaction<'static, MySql>),
     /// SQLite, holding this process's writer turn when it writes.
-    Lite(Transaction<'static, Sqlite>, Option<OwnedMutexGuard<()>>),
+    Lite(
+        Transaction<'static, Sqlite>,
+        Option<OwnedMutexGuard<WriterSlot>>,
+    ),
 }
 
 impl Tx {
@@ -692,12 +695,17 @@ pub enum Mode {
     Read,
 }
 
+/// SQLite: the writer connection between two [`Db::write`]s, kept out of its pool (sqlx pings a
+/// connection returned to a pool, one more trip to its thread, before the next writer may take
+/// it). `None` while a transaction has it, or before the first write.
+type WriterSlot = Option<PoolConnection<Sqlite>>;
+
 /// A pool of any backend, with what the store layer needs of it.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: DbPool,
     /// SQLite writers of this process queue here, in order, before `begin immediate`.
-    writer: Arc<Mutex<()>>,
+    writer: Arc<Mutex<WriterSlot>>,
     /// SQLite: the one connection writers use (see the module's notes), opened on first use
     /// with the pool's connection options.
     lite_writer: Option<SqlitePool>,
@@ -723,7 +731,7 @@ impl Db {
         };
         Self {
             pool,
-            writer: Arc::new(Mutex::new(())),
+            writer: Arc::new(Mutex::new(None)),
             lite_writer,
         }
     }
@@ -757,7 +765,10 @@ impl Db {
             DbPool::MySql(p) => Tx::My(p.begin().await?),
             DbPool::Sqlite(p) => match mode {
                 Mode::Write => {
-                    let turn = Arc::clone(&self.writer).lock_owned().await;
+                    let mut turn = Arc::clone(&self.writer).lock_owned().await;
+                    // The connection a `write` kept goes back to the writer pool, to be taken
+                    // again as the transaction's own.
+                    drop(turn.take());
                     let writer = self.lite_writer.as_ref().unwrap_or(p);
                     Tx::Lite(writer.begin_with("begin immediate").await?, Some(turn))
                 }
@@ -774,10 +785,20 @@ impl Db {
     /// The database's.
     pub async fn write(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, sqlx::Error> {
         match (&self.pool, &self.lite_writer) {
-            (DbPool::Sqlite(_), Some(writer)) => {
-                let _turn = self.writer.lock().await;
-                let mut conn = writer.acquire().await?;
-                Exec::Lite(&mut conn).fetch_all(sql, args).await
+            (DbPool::Sqlite(p), Some(writer)) => {
+                if p.is_closed() {
+                    return Err(sqlx::Error::PoolClosed);
+                }
+                let mut turn = self.writer.lock().await;
+                // Out of the slot while it runs: if this future is dropped half-way, the
+                // connection goes back to the pool (which checks it) instead of the slot.
+                let mut conn = match turn.take() {
+                    Some(c) => c,
+                    None => writer.acquire().await?,
+                };
+                let rows = Exec::Lite(&mut conn).fetch_all(sql, args).await?;
+                *turn = Some(conn);
+                Ok(rows)
             }
             _ => self.fetch_all(sql, args).await,
         }
@@ -1007,6 +1028,75 @@ where
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// SQLite's writer connection is handed between single-statement writes, write
+    /// transactions, and a write dropped while its statement runs, without any of them waiting
+    /// for a connection that was never handed back (the pool's acquire timeout is a minute; the
+    /// test gives the whole run 30 s).
+    #[tokio::test]
+    async fn sqlite_writes_hand_the_writer_connection_on() {
+        let dir = std::env::temp_dir().join(format!("cco-writer-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut settings = crate::db::DatabaseSettings::sqlite_default("x");
+        settings.url = format!("sqlite://{}", dir.join("w.db").display());
+        settings.acquire_timeout_ms = 60_000;
+        let pool = DbPool::connect(&settings).await.unwrap();
+        let db = Db::new(pool.clone());
+        db.execute("create table t (n integer not null)", args![])
+            .await
+            .unwrap();
+        let run = async {
+            for i in 0..20_i64 {
+                let rows = db
+                    .write("insert into t (n) values ($1) returning n", args![i])
+                    .await
+                    .unwrap();
+                assert_eq!(rows.len(), 1);
+                let mut tx = db.begin(Mode::Write).await.unwrap();
+                tx.exec()
+                    .execute("insert into t (n) values ($1)", args![-i])
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+            // A slow write, polled once (its statement is sent) and dropped.
+            let slow = db.write(
+                "insert into t (n) select count(*) from (with recursive c(x) as \
+                 (select 1 union all select x + 1 from c where x < 300000) select x from c)",
+                args![],
+            );
+            let mut slow = Box::pin(slow);
+            assert!(futures::poll!(&mut slow).is_pending());
+            drop(slow);
+            db.write("insert into t (n) values (1000)", args![])
+                .await
+                .unwrap();
+            let mut tx = db.begin(Mode::Write).await.unwrap();
+            tx.exec()
+                .execute("insert into t (n) values (1001)", args![])
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), run)
+            .await
+            .expect("a writer waited for the writer connection");
+        let n = db
+            .fetch_one(
+                "select count(*) as n from t where n between -19 and 19 or n in (1000, 1001)",
+                args![],
+            )
+            .await
+            .unwrap()
+            .i64("n")
+            .unwrap();
+        assert_eq!(n, 42);
+        pool.close().await;
+        let closed = db.write("insert into t (n) values (1)", args![]).await;
+        assert!(matches!(closed, Err(sqlx::Error::PoolClosed)), "{closed:?}");
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn positional_rewrites_in_order_and_repeats() {
