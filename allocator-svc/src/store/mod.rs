@@ -24,8 +24,10 @@
 //! - only acquire turns an extension `in_use`, so the cap check under the tenant lock cannot be
 //!   outrun by another path.
 //!
-//! SQLite serialises all writers with `begin immediate`, which gives the same guarantees
-//! without row locks.
+//! SQLite serialises all writers with `begin immediate` (and single statements, which are their
+//! own transactions), which gives the same guarantees without row locks; there, triggers mark
+//! an extension in use when its lease is inserted (refusing one that is not available) and free
+//! it when its lease ends (see `sql.rs`).
 
 pub mod postgres;
 pub mod sql;
