@@ -59,6 +59,18 @@ fn granted(out: AcquireOutcome) -> allocator_svc::domain::Lease {
     }
 }
 
+/// Releases `lease` with its own token (the call ended).
+async fn end(store: &SqlStore, lease: &allocator_svc::domain::Lease) -> LeaseChange {
+    store
+        .release(
+            lease.lease_id,
+            lease.fencing_token,
+            ReleaseReason::CallEnded,
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_lease_for_a_busy_extension_is_refused_whole() {
     let (_db, pool, lite, store) = setup(1).await;
@@ -126,14 +138,7 @@ async fn a_lease_ended_by_hand_frees_its_extension_after_its_cooldown() {
     assert_eq!(ext.last_released_at, Some(at("2026-01-01T00:05:00Z")));
     assert_eq!(ext.available_at, Some(at("2026-01-01T00:06:30Z")));
     // The store sees it ended: its token no longer releases anything.
-    let again = store
-        .release(
-            lease.lease_id,
-            lease.fencing_token,
-            ReleaseReason::CallEnded,
-        )
-        .await
-        .unwrap();
+    let again = end(&store, &lease).await;
     assert!(matches!(again, LeaseChange::Unchanged { .. }), "{again:?}");
     pool.close().await;
 }
@@ -171,14 +176,7 @@ async fn two_stores_on_one_file_never_lease_an_extension_twice() {
                 c.collector_id = CollectorId::parse("c", &format!("c{i}")).unwrap();
                 let lease = granted(store.acquire(&c).await.unwrap());
                 tokens.push((lease.extension_id, lease.fencing_token));
-                let out = store
-                    .release(
-                        lease.lease_id,
-                        lease.fencing_token,
-                        ReleaseReason::CallEnded,
-                    )
-                    .await
-                    .unwrap();
+                let out = end(&store, &lease).await;
                 assert!(matches!(out, LeaseChange::Changed(_)), "{out:?}");
             }
             tokens
