@@ -697,8 +697,23 @@ pub enum Mode {
 
 /// SQLite: the writer connection between two [`Db::write`]s, kept out of its pool (sqlx pings a
 /// connection returned to a pool, one more trip to its thread, before the next writer may take
-/// it). `None` while a transaction has it, or before the first write.
-type WriterSlot = Option<PoolConnection<Sqlite>>;
+/// it). Empty before the first write, while a write or a write transaction has the connection,
+/// and after a transaction or a failed or dropped write, until the next write takes the
+/// connection from the writer pool again.
+#[derive(Debug, Default)]
+pub struct WriterSlot(Option<PoolConnection<Sqlite>>);
+
+impl Drop for WriterSlot {
+    fn drop(&mut self) {
+        // A connection dropped back to its pool is returned by a spawned task; with no runtime
+        // left (the last `Db` dropped outside one) it is closed here instead.
+        if tokio::runtime::Handle::try_current().is_err()
+            && let Some(conn) = self.0.take()
+        {
+            drop(conn.detach());
+        }
+    }
+}
 
 /// A pool of any backend, with what the store layer needs of it.
 #[derive(Debug, Clone)]
@@ -731,7 +746,7 @@ impl Db {
         };
         Self {
             pool,
-            writer: Arc::new(Mutex::new(None)),
+            writer: Arc::new(Mutex::new(WriterSlot::default())),
             lite_writer,
         }
     }
@@ -766,9 +781,12 @@ impl Db {
             DbPool::Sqlite(p) => match mode {
                 Mode::Write => {
                     let mut turn = Arc::clone(&self.writer).lock_owned().await;
+                    if p.is_closed() {
+                        return Err(sqlx::Error::PoolClosed);
+                    }
                     // The connection a `write` kept goes back to the writer pool, to be taken
                     // again as the transaction's own.
-                    drop(turn.take());
+                    drop(turn.0.take());
                     let writer = self.lite_writer.as_ref().unwrap_or(p);
                     Tx::Lite(writer.begin_with("begin immediate").await?, Some(turn))
                 }
@@ -786,18 +804,18 @@ impl Db {
     pub async fn write(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, sqlx::Error> {
         match (&self.pool, &self.lite_writer) {
             (DbPool::Sqlite(p), Some(writer)) => {
+                let mut turn = self.writer.lock().await;
                 if p.is_closed() {
                     return Err(sqlx::Error::PoolClosed);
                 }
-                let mut turn = self.writer.lock().await;
                 // Out of the slot while it runs: if this future is dropped half-way, the
                 // connection goes back to the pool (which checks it) instead of the slot.
-                let mut conn = match turn.take() {
+                let mut conn = match turn.0.take() {
                     Some(c) => c,
                     None => writer.acquire().await?,
                 };
                 let rows = Exec::Lite(&mut conn).fetch_all(sql, args).await?;
-                *turn = Some(conn);
+                turn.0 = Some(conn);
                 Ok(rows)
             }
             _ => self.fetch_all(sql, args).await,
@@ -1035,11 +1053,7 @@ mod tests {
     /// test gives the whole run 30 s).
     #[tokio::test]
     async fn sqlite_writes_hand_the_writer_connection_on() {
-        let dir = std::env::temp_dir().join(format!("cco-writer-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut settings = crate::db::DatabaseSettings::sqlite_default("x");
-        settings.url = format!("sqlite://{}", dir.join("w.db").display());
-        settings.acquire_timeout_ms = 60_000;
+        let (dir, settings) = sqlite_file();
         let pool = DbPool::connect(&settings).await.unwrap();
         let db = Db::new(pool.clone());
         db.execute("create table t (n integer not null)", args![])
@@ -1059,7 +1073,11 @@ mod tests {
                     .unwrap();
                 tx.commit().await.unwrap();
             }
-            // A slow write, polled once (its statement is sent) and dropped.
+            // A slow write, polled once and dropped: it took the connection a write left in the
+            // slot and sent its statement, which SQLite runs to its end.
+            db.write("insert into t (n) values (999)", args![])
+                .await
+                .unwrap();
             let slow = db.write(
                 "insert into t (n) select count(*) from (with recursive c(x) as \
                  (select 1 union all select x + 1 from c where x < 300000) select x from c)",
@@ -1083,19 +1101,56 @@ mod tests {
             .expect("a writer waited for the writer connection");
         let n = db
             .fetch_one(
-                "select count(*) as n from t where n between -19 and 19 or n in (1000, 1001)",
+                "select count(*) as n from t \
+                 where n between -19 and 19 or n in (999, 1000, 1001, 300000)",
                 args![],
             )
             .await
             .unwrap()
             .i64("n")
             .unwrap();
-        assert_eq!(n, 42);
+        assert_eq!(n, 44);
         pool.close().await;
         let closed = db.write("insert into t (n) values (1)", args![]).await;
         assert!(matches!(closed, Err(sqlx::Error::PoolClosed)), "{closed:?}");
+        let closed = db.begin(Mode::Write).await.err();
+        assert!(
+            matches!(closed, Some(sqlx::Error::PoolClosed)),
+            "{closed:?}"
+        );
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A `Db` whose writer slot holds a connection, dropped after its runtime is gone: the
+    /// connection is closed in place (returning it to its pool would need the runtime).
+    #[test]
+    fn a_db_dropped_outside_a_runtime_closes_its_writer_connection() {
+        let (dir, settings) = sqlite_file();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let db = rt.block_on(async {
+            let db = Db::new(DbPool::connect(&settings).await.unwrap());
+            db.execute("create table t (n integer)", args![])
+                .await
+                .unwrap();
+            db.write("insert into t (n) values (1)", args![])
+                .await
+                .unwrap();
+            db
+        });
+        drop(rt);
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fresh SQLite file in a folder of its own, and settings for it.
+    fn sqlite_file() -> (std::path::PathBuf, crate::db::DatabaseSettings) {
+        let dir = std::env::temp_dir().join(format!("cco-writer-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut settings = crate::db::DatabaseSettings::sqlite_default("x");
+        settings.url = format!("sqlite://{}", dir.join("w.db").display());
+        settings.acquire_timeout_ms = 60_000;
+        (dir, settings)
     }
 
     #[test]
