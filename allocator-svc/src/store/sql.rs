@@ -297,6 +297,29 @@ fn lite_acquire(d: Dialect, pick: &str) -> String {
     )
 }
 
+/// The parameters of [`lite_acquire`]'s statements, in its order; `picked` is $10, the extension
+/// already picked.
+fn lite_acquire_args(
+    cmd: &AcquireCmd,
+    lease_id: Uuid,
+    cap: Option<u32>,
+    picked: Option<Uuid>,
+) -> Vec<Arg<'_>> {
+    let mut args = vec![
+        Arg::Text(cmd.tenant_id.as_str()),
+        Arg::Uuid(lease_id),
+        Arg::Text(cmd.collector_id.as_str()),
+        Arg::Text(cmd.request_id.as_str()),
+        Arg::Text(cmd.fingerprint.as_str()),
+        Arg::Text(cmd.strategy.as_str()),
+        Arg::I64(i64::from(cmd.cooldown_seconds)),
+        Arg::I64(i64::from(cmd.ttl_seconds)),
+        Arg::OptI64(cap.map(i64::from)),
+    ];
+    args.extend(picked.map(Arg::Uuid));
+    args
+}
+
 /// Number order (shorter numbers first, then text order), as the backend's indexes hold it.
 fn number_order(d: Dialect) -> &'static str {
     match d.0 {
@@ -645,20 +668,7 @@ impl SqlStore {
         };
         let written = self
             .db
-            .write(
-                sql,
-                args![
-                    cmd.tenant_id.as_str(),
-                    Uuid::now_v7(),
-                    cmd.collector_id.as_str(),
-                    cmd.request_id.as_str(),
-                    cmd.fingerprint.as_str(),
-                    cmd.strategy.as_str(),
-                    i64::from(cmd.cooldown_seconds),
-                    i64::from(cmd.ttl_seconds),
-                    cmd.cap.map(i64::from)
-                ],
-            )
+            .write(sql, &lite_acquire_args(cmd, Uuid::now_v7(), cmd.cap, None))
             .await;
         match written {
             Ok(rows) => match rows.first() {
@@ -801,18 +811,7 @@ impl SqlStore {
                 .exec()
                 .fetch_optional(
                     insert,
-                    args![
-                        tenant,
-                        lease_id,
-                        collector,
-                        request_id,
-                        cmd.fingerprint.as_str(),
-                        cmd.strategy.as_str(),
-                        i64::from(cmd.cooldown_seconds),
-                        i64::from(cmd.ttl_seconds),
-                        Option::<i64>::None,
-                        extension_id
-                    ],
+                    &lite_acquire_args(cmd, lease_id, None, Some(extension_id)),
                 )
                 .await
                 .map(|row| row.map(|r| lease_from(&r))),
