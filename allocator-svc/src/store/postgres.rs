@@ -255,8 +255,18 @@ impl PgStore {
         self.inner.replay_or_vanished(cmd).await.map(Fast::Done)
     }
 
-    async fn pool_empty(&self, tenant: &str) -> Result<Fast, AllocError> {
-        self.inner.pool_empty(tenant).await.map(Fast::Done)
+    /// An acquire whose statement found nothing free. Its request id is looked up again
+    /// first: a twin that committed after the statement took its snapshot, but before it took
+    /// the request-id lock, is invisible to it and held the extension it would have picked,
+    /// and that twin's lease is the answer, not "pool empty".
+    async fn pool_empty(&self, cmd: &AcquireCmd) -> Result<Fast, AllocError> {
+        if let Some(replayed) = self.inner.replay_if_used(cmd).await? {
+            return Ok(Fast::Done(replayed));
+        }
+        self.inner
+            .pool_empty(cmd.tenant_id.as_str())
+            .await
+            .map(Fast::Done)
     }
 
     /// An LRU acquire: alone, or coalesced with others of its tenant.
@@ -313,7 +323,7 @@ impl PgStore {
         }
         let extension_id: Option<Uuid> = row.try_get("id").map_err(db_err)?;
         if extension_id.is_none() || inserted != 1 {
-            return self.pool_empty(tenant).await;
+            return self.pool_empty(cmd).await;
         }
         Ok(Fast::Done(granted(&row, cmd, lease_id)?))
     }
@@ -432,7 +442,7 @@ impl PgStore {
             {
                 Ok(Fast::Done(AcquireOutcome::CapReached { cap, live }))
             } else {
-                self.pool_empty(tenant).await
+                self.pool_empty(&job.cmd).await
             });
         }
         Ok(out)

@@ -898,6 +898,19 @@ impl SqlStore {
         }
     }
 
+    /// The lease of `cmd`'s request id, replayed, if it has one (a fresh look-up).
+    pub async fn replay_if_used(
+        &self,
+        cmd: &AcquireCmd,
+    ) -> Result<Option<AcquireOutcome>, AllocError> {
+        let conn = &mut self.db.conn().await.map_err(db_err)?;
+        Ok(
+            find_by_request(conn.exec(), cmd.tenant_id.as_str(), cmd.request_id.as_str())
+                .await?
+                .map(|(l, fp)| replay(l, &fp, cmd)),
+        )
+    }
+
     /// The counts of a tenant's pool, when an acquire found it empty.
     pub async fn pool_empty(&self, tenant: &str) -> Result<AcquireOutcome, AllocError> {
         let conn = &mut self.db.conn().await.map_err(db_err)?;

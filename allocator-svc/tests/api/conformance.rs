@@ -312,6 +312,41 @@ async fn idempotent_acquire_under_race(b: Backend) {
     a2.shutdown().await;
 }
 
+/// Identical Acquires racing for a pool's last free extension: in each of five rounds, 40
+/// twins over two instances all get the one lease (none is told the pool is empty while its
+/// twin is being granted), and it is released before the next round.
+async fn twins_racing_for_the_last_extension_all_get_it(b: Backend) {
+    let db = TestDb::new(b).await;
+    let a1 = TestApp::spawn(settings(&db.url)).await;
+    let a2 = TestApp::spawn(settings(&db.url)).await;
+    let mut pool = a1.pool(ADMIN).await;
+    import(&mut pool, "t1", &["1"]).await;
+    let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
+    for round in 0..5 {
+        let request = format!("last-{round}");
+        let mut leases = Vec::new();
+        for r in burst(&clients, 40, |_| acquire_req("t1", "c1", &request)).await {
+            let r = r.unwrap_or_else(|s| panic!("round {round}: every twin succeeds: {s:?}"));
+            leases.push((r.lease.unwrap(), r.replayed));
+        }
+        let first = leases[0].0.clone();
+        assert!(
+            leases.iter().all(|(l, _)| *l == first),
+            "round {round}: one lease"
+        );
+        let fresh = leases.iter().filter(|(_, replayed)| !replayed).count();
+        assert_eq!(fresh, 1, "round {round}: one granted, the rest replayed");
+        let mut c = clients[0].clone();
+        release(&mut c, &first).await;
+    }
+    let inspect = Inspect::new(&db.url).await;
+    assert_eq!(inspect.live("t1").await, (0, 0));
+    assert_no_overlaps(&inspect.intervals().await);
+    inspect.close().await;
+    a1.shutdown().await;
+    a2.shutdown().await;
+}
+
 /// Release checks the fencing token: stale tokens and repeated releases change nothing; a late
 /// release of an old lease can never free the extension's new lease.
 async fn fencing_and_idempotent_release(b: Backend) {
@@ -1553,6 +1588,7 @@ cco_platform::on_every_backend!(
     pool_empty_across_two_instances,
     concurrent_picks_never_see_a_free_pool_empty,
     idempotent_acquire_under_race,
+    twins_racing_for_the_last_extension_all_get_it,
     identical_acquires_that_start_without_a_grant,
     fencing_and_idempotent_release,
     renew_extends_live_leases_only,
