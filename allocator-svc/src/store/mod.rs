@@ -6,9 +6,11 @@
 //! Concurrency contract, on every backend:
 //! - every method is one transaction (run again whole when the database aborts it for another:
 //!   a deadlock or a lock-wait timeout);
-//! - identical acquires (same tenant and request id) are serialised (PostgreSQL: a
-//!   transaction-scoped advisory lock on the pair; MySQL: the lock of the request's
-//!   `acquire_turns` row, created beforehand), so the second replays the first's lease;
+//! - identical acquires (same tenant and request id) end with one lease, replayed to every
+//!   one of them, never a refusal beside a grant (PostgreSQL: they are serialised by a
+//!   transaction-scoped advisory lock on the pair; MySQL: the second waits at the lease's
+//!   unique request id, or at the tenant row, or, finding nothing free, for the acquires in
+//!   flight, and then replays the first's lease; SQLite: one writer at a time);
 //! - an acquire that must respect a cap or move the round-robin cursor first locks the tenant's
 //!   `tenant_state` row, so those acquires are serialised per tenant; uncapped LRU and affinity
 //!   acquires never take it (they pick with `for update skip locked`); a missing per-tenant

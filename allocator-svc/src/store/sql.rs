@@ -8,11 +8,12 @@
 //! - PostgreSQL and MySQL run every transaction at READ COMMITTED with row locks. Free
 //!   extensions are picked with `for update skip locked`; a capped or round-robin acquire first
 //!   locks the tenant's `tenant_state` row (upserted), so the count and the cursor are read
-//!   under it; identical acquires take turns (PostgreSQL: a transaction-scoped advisory lock;
-//!   MySQL: the lock of the request's `acquire_turns` row, created in a transaction of its
-//!   own first). Anything that ends a lease locks the lease row before the
-//!   extension row; several leases are locked in lease id order first. A transaction the
-//!   database aborts as a deadlock or lock-wait timeout is run again ([`retry`]).
+//!   under it. Identical acquires: on PostgreSQL they take turns (a transaction-scoped
+//!   advisory lock); on MySQL they meet at the lease's unique request id, the tenant row, or
+//!   a pick that waits for the acquires in flight before a refusal (see `try_acquire`).
+//!   Anything that ends a lease locks the lease row before the extension row; several leases
+//!   are locked in lease id order first. A transaction the database aborts as a deadlock or
+//!   lock-wait timeout is run again ([`retry`]).
 //! - SQLite writers start with `begin immediate` (one writer at a time, in this process's
 //!   queue), so the same statements need no row locks: the dialect leaves the clauses out.
 //!   There the lease row drives its extension (triggers of migration 0005): inserting a lease
@@ -53,6 +54,10 @@ struct Statements {
     pick_rr_after: String,
     /// $1 tenant.
     pick_rr_first: String,
+    /// MySQL: [`Self::pick_lru`] that waits for locked rows instead of skipping them, run when
+    /// an uncapped pick found nothing: it waits out the acquires in flight (an identical one
+    /// among them), so a refusal is only answered once they have committed. None elsewhere.
+    pick_lru_wait: Option<String>,
     /// Marks the picked extension in use: $1 id, $2 lease id, $3 collector, $4 ttl seconds.
     /// None on SQLite, where inserting the lease does it (a trigger; see [`lite_acquire`]).
     lease_extension: Option<String>,
@@ -176,6 +181,9 @@ impl Statements {
             pick_rr_first: format!(
                 "select id from extensions where {free} order by {number_order} limit 1{skip}"
             ),
+            pick_lru_wait: (d.0 == Backend::MySql).then(|| {
+                format!("select id from extensions where {free} order by {lru_order} limit 1{lock}")
+            }),
             lease_extension: (!lite).then(|| {
                 format!(
                     "update extensions set status = 'in_use', current_lease_id = $2, \
@@ -579,59 +587,25 @@ impl SqlStore {
         ))
     }
 
-    /// MySQL: creates the request's `acquire_turns` row, committed before the acquire's own
-    /// transaction takes its lock (one small row per request id, kept like the lease history).
-    async fn ensure_turn(&self, tenant: &str, request_id: &str) -> Result<(), AllocError> {
-        if self.db.backend() != Backend::MySql {
-            return Ok(());
-        }
-        let sql = self.dialect().insert_or_ignore(
-            "acquire_turns",
-            "tenant_id, request_id",
-            "($1, $2)",
-            "tenant_id, request_id",
-        );
-        self.db
-            .execute(&sql, args![tenant, request_id])
-            .await
-            .map(drop)
-            .map_err(db_err)
-    }
-
-    /// Makes identical acquires (same tenant and request id) take turns until `tx` ends.
+    /// PostgreSQL: makes identical acquires (same tenant and request id) take turns until `tx`
+    /// ends. MySQL and SQLite need no turn (see [`Self::try_acquire`]).
     async fn take_turn(
         &self,
         tx: &mut Tx,
         tenant: &str,
         request_id: &str,
     ) -> Result<(), AllocError> {
-        match self.db.backend() {
-            Backend::Postgres => tx
-                .exec()
-                .execute(
-                    "select pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))",
-                    args![tenant, request_id],
-                )
-                .await
-                .map(drop)
-                .map_err(db_err),
-            // The request's row, created beforehand by `ensure_turn`, locked: a twin waits for
-            // it in a queue. (Taking the turn by inserting the row here deadlocked: twins
-            // queued on an uncommitted row find it gone when its transaction rolls back, as
-            // every acquire that is not granted does, and insert into each other's gaps.)
-            Backend::MySql => tx
-                .exec()
-                .execute(
-                    "select request_id from acquire_turns \
-                     where tenant_id = $1 and request_id = $2 for update",
-                    args![tenant, request_id],
-                )
-                .await
-                .map(drop)
-                .map_err(db_err),
-            // One writer at a time already.
-            Backend::Sqlite => Ok(()),
+        if self.db.backend() != Backend::Postgres {
+            return Ok(());
         }
+        tx.exec()
+            .execute(
+                "select pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))",
+                args![tenant, request_id],
+            )
+            .await
+            .map(drop)
+            .map_err(db_err)
     }
 
     /// The serialised acquire: every strategy, with or without a cap. On SQLite, LRU and
@@ -699,17 +673,20 @@ impl SqlStore {
     async fn try_acquire(&self, cmd: &AcquireCmd) -> Result<Step<AcquireOutcome>, AllocError> {
         let tenant = cmd.tenant_id.as_str();
         let request_id = cmd.request_id.as_str();
-        self.ensure_turn(tenant, request_id).await?;
         let mut tx = self.begin(Mode::Write).await?;
-        // Identical requests run one at a time: the second waits here until the first
-        // commits, then finds its lease below and replays it, instead of leasing a second
-        // extension or seeing a pool its twin has drained.
+        // Identical requests must end with one lease, replayed to all of them, and never with
+        // a refusal beside a grant. PostgreSQL: they run one at a time (an advisory lock); the
+        // second waits here until the first commits, then finds its lease below. SQLite: one
+        // writer at a time already. MySQL, without a turn (a committed turn row cost a third
+        // commit per pair): twins that both pick meet at the lease's unique request id, where
+        // the second waits for the first to commit and replays it; capped and round-robin
+        // twins queue on the tenant row and look the id up under it; an uncapped twin that
+        // found nothing free waits for the acquires in flight (`pick_lru_wait`) before it
+        // looks again and refuses.
         self.take_turn(&mut tx, tenant, request_id).await?;
-        if let Some((l, fp)) = find_by_request(tx.exec(), tenant, request_id).await? {
-            return Ok(Step::Done(replay(l, &fp, cmd)));
-        }
+        let serial = cmd.cap.is_some() || cmd.strategy == Strategy::RoundRobin;
         let mut cursor: Option<String> = None;
-        if cmd.cap.is_some() || cmd.strategy == Strategy::RoundRobin {
+        if serial {
             // Locks the tenant row until commit: capped and round-robin acquires of one tenant
             // run one at a time, so the count and the cursor below cannot be outrun.
             let row = tx
@@ -721,19 +698,27 @@ impl SqlStore {
                 return Ok(Step::Missing(PerTenant::State));
             };
             cursor = col(row.opt_text("rr_cursor"))?;
-            if let Some(cap) = cmd.cap {
-                let live = tx
-                    .exec()
-                    .fetch_one(
-                        "select count(*) as n from extensions where tenant_id = $1 and status = 'in_use'",
-                        args![tenant],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                let live = u32::try_from(col(live.i64("n"))?).unwrap_or(u32::MAX);
-                if live >= cap {
-                    return Ok(Step::Done(AcquireOutcome::CapReached { cap, live }));
-                }
+        }
+        // A request id used before is answered here, before anything is picked; MySQL's
+        // uncapped acquires leave that to the lease's unique key (a used id fails the insert
+        // and is replayed) and save the trip.
+        if (serial || self.db.backend() != Backend::MySql)
+            && let Some((l, fp)) = find_by_request(tx.exec(), tenant, request_id).await?
+        {
+            return Ok(Step::Done(replay(l, &fp, cmd)));
+        }
+        if let Some(cap) = cmd.cap {
+            let live = tx
+                .exec()
+                .fetch_one(
+                    "select count(*) as n from extensions where tenant_id = $1 and status = 'in_use'",
+                    args![tenant],
+                )
+                .await
+                .map_err(db_err)?;
+            let live = u32::try_from(col(live.i64("n"))?).unwrap_or(u32::MAX);
+            if live >= cap {
+                return Ok(Step::Done(AcquireOutcome::CapReached { cap, live }));
             }
         }
         let collector = cmd.collector_id.as_str();
@@ -777,6 +762,20 @@ impl SqlStore {
                     None => pick(&mut tx, &self.sql.pick_rr_first, None).await?,
                 }
             }
+        };
+        let picked = match (picked, &self.sql.pick_lru_wait) {
+            (None, Some(wait)) if !serial => {
+                // MySQL: what the skipped rows' acquires left free, once they have ended; an
+                // identical one among them has committed its lease by then.
+                let got = pick(&mut tx, wait, None).await?;
+                if got.is_none()
+                    && let Some((l, fp)) = find_by_request(tx.exec(), tenant, request_id).await?
+                {
+                    return Ok(Step::Done(replay(l, &fp, cmd)));
+                }
+                got
+            }
+            (picked, _) => picked,
         };
         let Some(extension_id) = picked else {
             let counts = self.counts_on(tx.exec(), tenant).await?;

@@ -1,5 +1,5 @@
-//! The allocator's conformance suite: every scenario runs against PostgreSQL and SQLite
-//! through the real gRPC server (`conformance!` instantiates each one per backend).
+//! The allocator's conformance suite: every scenario runs against PostgreSQL, MariaDB and
+//! SQLite through the real gRPC server (`on_every_backend!` instantiates each one per backend).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -345,6 +345,66 @@ async fn twins_racing_for_the_last_extension_all_get_it(b: Backend) {
     inspect.close().await;
     a1.shutdown().await;
     a2.shutdown().await;
+}
+
+/// A request id used before replays its lease whatever the pool holds: with extensions free
+/// (the attempt that tried one leaves it untouched: its token is not spent), with none free,
+/// and from another collector it is refused naming request_id, with none free too.
+async fn a_used_request_id_replays_whatever_the_pool_holds(b: Backend) {
+    let (db, app) = start(b, |_| {}).await;
+    let mut pool = app.pool(ADMIN).await;
+    let ids = import(&mut pool, "t1", &["1", "2"]).await;
+    let mut c = app.alloc(CALLER).await;
+    let first = c
+        .acquire(acquire_req("t1", "c1", "r1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let l1 = first.lease.unwrap();
+    let again = c
+        .acquire(acquire_req("t1", "c1", "r1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(again.lease.unwrap(), l1, "the same lease, with one free");
+    let inspect = Inspect::new(&db.url).await;
+    assert_eq!(inspect.live("t1").await, (1, 1));
+    let other = c
+        .acquire(acquire_req("t1", "c1", "r2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_ne!(other.extension_id, l1.extension_id);
+    assert!(ids.contains(&other.extension_id));
+    assert_eq!(
+        other.fencing_token, 1,
+        "the replay spent no token of the free one"
+    );
+    let empty = c
+        .acquire(acquire_req("t1", "c1", "r1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.replayed);
+    assert_eq!(empty.lease.unwrap(), l1, "the same lease, with none free");
+    let err = c
+        .acquire(acquire_req("t1", "someone-else", "r1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().starts_with("request_id:"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(inspect.live("t1").await, (2, 2));
+    assert_eq!(inspect.leases_for_request("t1", "r1").await, 1);
+    inspect.close().await;
+    app.shutdown().await;
 }
 
 /// Release checks the fencing token: stale tokens and repeated releases change nothing; a late
@@ -1588,6 +1648,7 @@ cco_platform::on_every_backend!(
     pool_empty_across_two_instances,
     concurrent_picks_never_see_a_free_pool_empty,
     idempotent_acquire_under_race,
+    a_used_request_id_replays_whatever_the_pool_holds,
     twins_racing_for_the_last_extension_all_get_it,
     identical_acquires_that_start_without_a_grant,
     fencing_and_idempotent_release,
