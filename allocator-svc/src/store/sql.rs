@@ -79,6 +79,10 @@ struct Statements {
     /// Frees the extension of a lease just ended: $1 extension, $2 lease. None on SQLite, where
     /// ending the lease does it (a trigger).
     free_extension: Option<String>,
+    /// MySQL: [`Self::end_lease`] and [`Self::free_extension`] in one statement, a
+    /// multi-table update (the lease row is read, and locked, first: it is the constant
+    /// table): $1 lease, $2 token, $3 reason. None elsewhere.
+    end_and_free: Option<String>,
     /// SQLite's LRU acquire in one statement ([`lite_acquire`]).
     lite_acquire_lru: Option<String>,
     /// As [`Self::lite_acquire_lru`], trying the collector's last extension first.
@@ -214,6 +218,22 @@ impl Statements {
                    updated_at = {ended_at} \
                  where id = $1 and current_lease_id = $2",
                     d.plus_secs(ended_at, cooldown)
+                )
+            }),
+            end_and_free: (d.0 == Backend::MySql).then(|| {
+                // `now` is the statement's start time on MySQL, so the lease's end and the
+                // extension's last release are the same instant, as elsewhere.
+                format!(
+                    "update leases l left join extensions e \
+                       on e.id = l.extension_id and e.current_lease_id = l.lease_id \
+                     set l.released_at = {now}, l.release_reason = $3, l.updated_at = {now}, \
+                       e.status = case when e.status = 'in_use' then 'available' else e.status end, \
+                       e.current_lease_id = null, e.current_collector_id = null, \
+                       e.lease_expires_at = null, e.last_released_at = {now}, \
+                       e.available_at = case when l.cooldown_seconds > 0 then {} else null end, \
+                       e.updated_at = {now} \
+                     where l.lease_id = $1 and l.fencing_token = $2 and l.released_at is null",
+                    d.plus_secs(now, "l.cooldown_seconds")
                 )
             }),
             renew_lease: format!(
@@ -945,6 +965,29 @@ impl SqlStore {
                     )
                     .await
                 }
+            };
+        }
+        if let Some(end_and_free) = &self.sql.end_and_free {
+            // MySQL: one statement, its own transaction, then the ended lease read back (it
+            // does not change once ended) on the same connection.
+            let (n, mut conn) = sql::retry(contended, || async {
+                let mut conn = self.db.conn().await.map_err(db_err)?;
+                let n = conn
+                    .exec()
+                    .execute(end_and_free, args![lease_id, token, reason.as_str()])
+                    .await
+                    .map_err(db_err)?;
+                Ok((n, conn))
+            })
+            .await?;
+            if n == 0 {
+                return unchanged(conn.exec(), lease_id, token).await;
+            }
+            return match find_lease(conn.exec(), lease_id).await? {
+                Some((lease, _)) => Ok(LeaseChange::Changed(lease)),
+                None => Err(AllocError::Internal(anyhow::anyhow!(
+                    "lease {lease_id} vanished after it was ended"
+                ))),
             };
         }
         sql::retry(contended, || async {
