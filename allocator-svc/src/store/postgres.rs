@@ -255,18 +255,27 @@ impl PgStore {
         self.inner.replay_or_vanished(cmd).await.map(Fast::Done)
     }
 
-    /// An acquire whose statement found nothing free. Its request id is looked up again
-    /// first: a twin that committed after the statement took its snapshot, but before it took
-    /// the request-id lock, is invisible to it and held the extension it would have picked,
-    /// and that twin's lease is the answer, not "pool empty".
-    async fn pool_empty(&self, cmd: &AcquireCmd) -> Result<Fast, AllocError> {
+    /// An acquire whose statement granted nothing: `refusal` (cap reached), else pool empty.
+    /// Its request id is looked up again first: a twin that committed after the statement
+    /// took its snapshot, but before it took the request-id lock, is invisible to it and held
+    /// the extension it would have picked (or the cap's last place), and that twin's lease is
+    /// the answer, not the refusal.
+    async fn refuse(
+        &self,
+        cmd: &AcquireCmd,
+        refusal: Option<AcquireOutcome>,
+    ) -> Result<Fast, AllocError> {
         if let Some(replayed) = self.inner.replay_if_used(cmd).await? {
             return Ok(Fast::Done(replayed));
         }
-        self.inner
-            .pool_empty(cmd.tenant_id.as_str())
-            .await
-            .map(Fast::Done)
+        match refusal {
+            Some(r) => Ok(Fast::Done(r)),
+            None => self
+                .inner
+                .pool_empty(cmd.tenant_id.as_str())
+                .await
+                .map(Fast::Done),
+        }
     }
 
     /// An LRU acquire: alone, or coalesced with others of its tenant.
@@ -323,7 +332,7 @@ impl PgStore {
         }
         let extension_id: Option<Uuid> = row.try_get("id").map_err(db_err)?;
         if extension_id.is_none() || inserted != 1 {
-            return self.pool_empty(cmd).await;
+            return self.refuse(cmd, None).await;
         }
         Ok(Fast::Done(granted(&row, cmd, lease_id)?))
     }
@@ -440,9 +449,10 @@ impl PgStore {
                 .transpose()?
                 .filter(|(cap, live)| live >= cap)
             {
-                Ok(Fast::Done(AcquireOutcome::CapReached { cap, live }))
+                self.refuse(&job.cmd, Some(AcquireOutcome::CapReached { cap, live }))
+                    .await
             } else {
-                self.pool_empty(&job.cmd).await
+                self.refuse(&job.cmd, None).await
             });
         }
         Ok(out)
