@@ -6,11 +6,12 @@
 //! Concurrency contract, on every backend:
 //! - every method is one transaction (run again whole when the database aborts it for another:
 //!   a deadlock or a lock-wait timeout);
-//! - identical acquires (same tenant and request id) end with one lease, replayed to every
-//!   one of them, never a refusal beside a grant (PostgreSQL: they are serialised by a
-//!   transaction-scoped advisory lock on the pair; MySQL: the second waits at the lease's
-//!   unique request id, or at the tenant row, or, finding nothing free, for the acquires in
-//!   flight, and then replays the first's lease; SQLite: one writer at a time);
+//! - identical acquires (same tenant and request id) that overlap end with one lease,
+//!   replayed to the others, not a refusal while a twin holds an extension (PostgreSQL: an
+//!   advisory lock on the pair, and a fresh look-up before a refusal; MySQL: the second waits
+//!   at the lease's unique request id, or at the tenant row, or, finding nothing free, for the
+//!   acquires holding free extensions, and then replays the first's lease; SQLite: one writer
+//!   at a time; docs/reliability.md has MySQL's limits);
 //! - an acquire that must respect a cap or move the round-robin cursor first locks the tenant's
 //!   `tenant_state` row, so those acquires are serialised per tenant; uncapped LRU and affinity
 //!   acquires never take it (they pick with `for update skip locked`); a missing per-tenant

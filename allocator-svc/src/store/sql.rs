@@ -43,6 +43,11 @@ use crate::domain::{
 /// Numbers inserted per statement by an import.
 const IMPORT_CHUNK: usize = 500;
 
+/// MySQL: the most extensions an uncapped acquire that found nothing free waits for, one by
+/// one, before it refuses (see [`SqlStore::try_acquire`]): more than the acquires that can be
+/// in flight on a tenant's pool with the default connection pools of a few instances.
+const WAIT_PICK_LIMIT: usize = 100;
+
 /// The statements of the store, written once and completed for one backend.
 #[derive(Debug)]
 struct Statements {
@@ -54,10 +59,13 @@ struct Statements {
     pick_rr_after: String,
     /// $1 tenant.
     pick_rr_first: String,
-    /// MySQL: [`Self::pick_lru`] that waits for locked rows instead of skipping them, run when
-    /// an uncapped pick found nothing: it waits out the acquires in flight (an identical one
-    /// among them), so a refusal is only answered once they have committed. None elsewhere.
-    pick_lru_wait: Option<String>,
+    /// MySQL, when an uncapped pick found nothing: the extensions free as last committed (a
+    /// plain read, no lock), in LRU order, up to [`WAIT_PICK_LIMIT`]; the pick skipped them,
+    /// so acquires in flight (or an admin change) hold them. $1 tenant. None elsewhere.
+    held_free: Option<String>,
+    /// MySQL: locks one of those by primary key if it is still free, waiting for its holder:
+    /// $1 tenant, $2 id. None elsewhere.
+    lock_if_free: Option<String>,
     /// Marks the picked extension in use: $1 id, $2 lease id, $3 collector, $4 ttl seconds.
     /// None on SQLite, where inserting the lease does it (a trigger; see [`lite_acquire`]).
     lease_extension: Option<String>,
@@ -185,9 +193,14 @@ impl Statements {
             pick_rr_first: format!(
                 "select id from extensions where {free} order by {number_order} limit 1{skip}"
             ),
-            pick_lru_wait: (d.0 == Backend::MySql).then(|| {
-                format!("select id from extensions where {free} order by {lru_order} limit 1{lock}")
+            held_free: (d.0 == Backend::MySql).then(|| {
+                format!(
+                    "select id from extensions where {free} order by {lru_order} \
+                     limit {WAIT_PICK_LIMIT}"
+                )
             }),
+            lock_if_free: (d.0 == Backend::MySql)
+                .then(|| format!("select id from extensions where id = $2 and {free}{lock}")),
             lease_extension: (!lite).then(|| {
                 format!(
                     "update extensions set status = 'in_use', current_lease_id = $2, \
@@ -701,8 +714,8 @@ impl SqlStore {
         // commit per pair): twins that both pick meet at the lease's unique request id, where
         // the second waits for the first to commit and replays it; capped and round-robin
         // twins queue on the tenant row and look the id up under it; an uncapped twin that
-        // found nothing free waits for the acquires in flight (`pick_lru_wait`) before it
-        // looks again and refuses.
+        // found nothing free waits for the acquires in flight (`held_free`, `lock_if_free`)
+        // before it looks again and refuses.
         self.take_turn(&mut tx, tenant, request_id).await?;
         let serial = cmd.cap.is_some() || cmd.strategy == Strategy::RoundRobin;
         let mut cursor: Option<String> = None;
@@ -783,11 +796,26 @@ impl SqlStore {
                 }
             }
         };
-        let picked = match (picked, &self.sql.pick_lru_wait) {
-            (None, Some(wait)) if !serial => {
-                // MySQL: what the skipped rows' acquires left free, once they have ended; an
-                // identical one among them has committed its lease by then.
-                let got = pick(&mut tx, wait, None).await?;
+        let picked = match (picked, &self.sql.held_free, &self.sql.lock_if_free) {
+            (None, Some(held), Some(lock)) if !serial => {
+                // MySQL: wait for the acquires in flight, then take what they left or replay a
+                // twin among them. Each held extension is locked by primary key in turn (the
+                // order every other path locks an extension in; this transaction holds no
+                // other lock meanwhile, as READ COMMITTED lets go of a row that no longer
+                // matches), which waits for its holder to commit or roll back.
+                let held = tx
+                    .exec()
+                    .fetch_all(held, args![tenant])
+                    .await
+                    .map_err(db_err)?;
+                let mut got = None;
+                for row in &held {
+                    let id = col(row.uuid("id"))?;
+                    got = pick(&mut tx, lock, Some(Arg::Uuid(id))).await?;
+                    if got.is_some() {
+                        break;
+                    }
+                }
                 if got.is_none()
                     && let Some((l, fp)) = find_by_request(tx.exec(), tenant, request_id).await?
                 {
@@ -795,7 +823,7 @@ impl SqlStore {
                 }
                 got
             }
-            (picked, _) => picked,
+            (picked, ..) => picked,
         };
         let Some(extension_id) = picked else {
             let counts = self.counts_on(tx.exec(), tenant).await?;

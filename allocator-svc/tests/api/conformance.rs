@@ -312,9 +312,10 @@ async fn idempotent_acquire_under_race(b: Backend) {
     a2.shutdown().await;
 }
 
-/// Identical Acquires racing for a pool's last free extension: in each of five rounds, 40
+/// Identical Acquires racing for a pool's last free extension: in each of six rounds, 40
 /// twins over two instances all get the one lease (none is told the pool is empty while its
-/// twin is being granted), and it is released before the next round.
+/// twin is being granted), and it is released before the next round. Rounds alternate LRU and
+/// collector affinity (whose pick locks the collector's last extension by id).
 async fn twins_racing_for_the_last_extension_all_get_it(b: Backend) {
     let db = TestDb::new(b).await;
     let a1 = TestApp::spawn(settings(&db.url)).await;
@@ -322,10 +323,15 @@ async fn twins_racing_for_the_last_extension_all_get_it(b: Backend) {
     let mut pool = a1.pool(ADMIN).await;
     import(&mut pool, "t1", &["1"]).await;
     let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
-    for round in 0..5 {
+    for round in 0..6 {
         let request = format!("last-{round}");
+        let twin = |_| {
+            let mut r = acquire_req("t1", "c1", &request);
+            r.strategy = if round % 2 == 0 { LRU } else { AFF }.into();
+            r
+        };
         let mut leases = Vec::new();
-        for r in burst(&clients, 40, |_| acquire_req("t1", "c1", &request)).await {
+        for r in burst(&clients, 40, twin).await {
             let r = r.unwrap_or_else(|s| panic!("round {round}: every twin succeeds: {s:?}"));
             leases.push((r.lease.unwrap(), r.replayed));
         }
@@ -338,6 +344,48 @@ async fn twins_racing_for_the_last_extension_all_get_it(b: Backend) {
         assert_eq!(fresh, 1, "round {round}: one granted, the rest replayed");
         let mut c = clients[0].clone();
         release(&mut c, &first).await;
+    }
+    let inspect = Inspect::new(&db.url).await;
+    assert_eq!(inspect.live("t1").await, (0, 0));
+    assert_no_overlaps(&inspect.intervals().await);
+    inspect.close().await;
+    a1.shutdown().await;
+    a2.shutdown().await;
+}
+
+/// Distinct Acquires of every strategy racing over two instances for a pool too small for
+/// them: in each of three rounds exactly the pool is granted, on distinct extensions, and
+/// every other Acquire is told the pool is empty; none is aborted.
+async fn mixed_strategies_on_an_exhausted_pool(b: Backend) {
+    let db = TestDb::new(b).await;
+    let a1 = TestApp::spawn(settings(&db.url)).await;
+    let a2 = TestApp::spawn(settings(&db.url)).await;
+    let mut pool = a1.pool(ADMIN).await;
+    import(&mut pool, "t1", &["1", "2", "3", "4"]).await;
+    let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
+    for round in 0..3 {
+        let req = |i: usize| {
+            let mut r = acquire_req("t1", &format!("c{}", i % 5), &format!("m{round}-{i}"));
+            r.strategy = [LRU, AFF, RR][i % 3].into();
+            r
+        };
+        let mut granted = Vec::new();
+        for r in burst(&clients, 30, req).await {
+            match r {
+                Ok(r) => granted.push(r.lease.unwrap()),
+                Err(s) => {
+                    assert_eq!(s.code(), Code::ResourceExhausted, "round {round}: {s:?}");
+                    assert!(s.message().contains("pool empty"), "{}", s.message());
+                }
+            }
+        }
+        let distinct: HashSet<_> = granted.iter().map(|l| l.extension_id.clone()).collect();
+        assert_eq!(granted.len(), 4, "round {round}: the whole pool, no more");
+        assert_eq!(distinct.len(), 4, "round {round}: distinct extensions");
+        let mut c = clients[0].clone();
+        for l in &granted {
+            release(&mut c, l).await;
+        }
     }
     let inspect = Inspect::new(&db.url).await;
     assert_eq!(inspect.live("t1").await, (0, 0));
@@ -1650,6 +1698,7 @@ cco_platform::on_every_backend!(
     idempotent_acquire_under_race,
     a_used_request_id_replays_whatever_the_pool_holds,
     twins_racing_for_the_last_extension_all_get_it,
+    mixed_strategies_on_an_exhausted_pool,
     identical_acquires_that_start_without_a_grant,
     fencing_and_idempotent_release,
     renew_extends_live_leases_only,
