@@ -40,7 +40,9 @@ pub const MIGRATIONS: Migrations = Migrations {
 pub fn store_for(db: &DbPool, coalesce: &CoalesceSettings) -> Arc<dyn Store> {
     match db {
         DbPool::Postgres(p) => Arc::new(PgStore::new(p.clone(), coalesce.limits())),
-        DbPool::MySql(_) | DbPool::Sqlite(_) => Arc::new(SqlStore::new(Db::new(db.clone()))),
+        DbPool::MySql(_) | DbPool::Sqlite(_) => {
+            Arc::new(SqlStore::coalesced(Db::new(db.clone()), coalesce.limits()))
+        }
     }
 }
 

@@ -756,6 +756,13 @@ impl Db {
         &self.pool
     }
 
+    /// SQLite: whether a write holds the writer turn at this moment (a write started now would
+    /// wait for it). Always false on the other backends. A hint for coalescing, not a lock: it
+    /// can change as soon as it is read.
+    pub fn writer_busy(&self) -> bool {
+        self.lite_writer.is_some() && self.writer.try_lock().is_err()
+    }
+
     /// The backend.
     pub fn backend(&self) -> Backend {
         match self.pool {
