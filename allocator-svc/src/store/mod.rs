@@ -30,7 +30,8 @@
 //! SQLite serialises all writers with `begin immediate` (and single statements, which are their
 //! own transactions), which gives the same guarantees without row locks; there, triggers mark
 //! an extension in use when its lease is inserted (refusing one that is not available) and free
-//! it when its lease ends (see `sql.rs`).
+//! it when its lease ends (see `sql.rs`); releases that find the writer busy are coalesced into
+//! one statement ([`sql::SqlStore::coalesced`]).
 
 pub mod postgres;
 pub mod sql;

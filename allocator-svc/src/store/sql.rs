@@ -407,6 +407,19 @@ struct LiteRelease {
 
 type LiteReleases = Batcher<(), LiteRelease, Result<LeaseChange, AllocError>>;
 
+/// The most releases one SQLite statement ends: each batch size is a statement of its own in
+/// the writer connection's statement cache (sqlx keeps 100), beside the hot ones.
+const LITE_MAX_BATCH: usize = 32;
+
+/// `e` again, for each job of a batch that failed as a whole.
+fn same_error(e: &AllocError) -> AllocError {
+    match e {
+        AllocError::Unavailable(m) => AllocError::Unavailable(m.clone()),
+        AllocError::Contention(m) => AllocError::Contention(m.clone()),
+        other => AllocError::Internal(anyhow::anyhow!("release batch: {other}")),
+    }
+}
+
 /// SQLite: ends up to `n` leases in one statement, answering the ended ones' columns; the
 /// trigger `leases_free_extension` frees each one's extension. Parameters, per lease `i` from
 /// 0: `$3i+1` lease id, `$3i+2` token, `$3i+3` reason. SQLite's `now` is one instant for the
@@ -527,6 +540,10 @@ impl SqlStore {
         let lite = db.backend() == Backend::Sqlite && limits.max_batch > 1;
         let mut store = Self::new(db);
         if lite {
+            let limits = Limits {
+                max_batch: limits.max_batch.min(LITE_MAX_BATCH),
+                ..limits
+            };
             store.releases = Some(std::sync::Arc::new(Batcher::new(
                 limits,
                 |j: &LiteRelease| &j.lease_text,
@@ -1154,14 +1171,11 @@ impl SqlStore {
         let rows = match written {
             Ok(rows) => rows,
             Err(e) => {
-                // Nothing was written (the statement is its own transaction): each runs alone,
-                // which says what happened to it.
-                tracing::debug!(error = %e, jobs = jobs.len(), "release batch refused, running its jobs one by one");
-                let mut out = Vec::with_capacity(jobs.len());
-                for j in &jobs {
-                    out.push(self.release_lite(j.lease_id, j.token, j.reason).await);
-                }
-                return out;
+                // Nothing was written (the statement is its own transaction). No one lease can
+                // make it fail on SQLite (no row lock, no constraint a release can break), so
+                // running the jobs one by one would only repeat the failure (a busy file, a
+                // lost disk) once per job: every job gets the error.
+                return jobs.iter().map(|_| Err(same_error(&e))).collect();
             }
         };
         let ended = rows

@@ -249,7 +249,7 @@ async fn releases_queued_behind_a_write_end_together() {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 let out = store.release(id, token, ReleaseReason::CallEnded).await;
-                (real, out.unwrap())
+                (id, token, real, out.unwrap())
             }));
         }
     }
@@ -267,13 +267,17 @@ async fn releases_queued_behind_a_write_end_together() {
     }
     held.commit().await.unwrap();
     for t in tasks {
+        // Each answer is about the lease its job named.
         match t.await.unwrap() {
-            (true, LeaseChange::Changed(l)) => assert!(l.released_at.is_some()),
-            (false, LeaseChange::Unchanged { reason, .. }) => {
-                assert!(
-                    reason.contains("token") || reason.contains("released"),
-                    "{reason}"
-                )
+            (id, token, true, LeaseChange::Changed(l)) => {
+                assert_eq!((l.lease_id, l.fencing_token), (id, token));
+                assert!(l.released_at.is_some());
+                assert_eq!(l.release_reason, Some(ReleaseReason::CallEnded));
+            }
+            (id, token, false, LeaseChange::Unchanged { lease, reason }) => {
+                assert_eq!(lease.lease_id, id);
+                assert_eq!(lease.fencing_token, token + 1);
+                assert!(reason.contains("token"), "{reason}");
             }
             other => panic!("{other:?}"),
         }
