@@ -67,8 +67,9 @@ struct Statements {
     /// MySQL: locks one of those by primary key if it is still free, waiting for its holder:
     /// $1 tenant, $2 id. None elsewhere.
     lock_if_free: Option<String>,
-    /// Marks the picked extension in use: $1 id, $2 lease id, $3 collector, $4 ttl seconds.
-    /// None on SQLite, where inserting the lease does it (a trigger; see [`lite_acquire`]).
+    /// Marks the picked extension in use: $1 id, $2 lease id, $3 collector, $4 ttl seconds;
+    /// on MySQL $5 the lease's time, the pick's `picked_at` (see [`Picked`]). None on SQLite,
+    /// where inserting the lease does it (a trigger; see [`lite_acquire`]).
     lease_extension: Option<String>,
     /// Inserts the lease from the extension row just leased.
     insert_lease: String,
@@ -83,7 +84,7 @@ struct Statements {
     end_lease: String,
     /// [`Self::insert_lease`] and [`Self::end_lease`] answer the lease's columns (`returning`,
     /// on PostgreSQL and SQLite): one statement each instead of the write and a read back. MySQL
-    /// reads the lease back.
+    /// builds a granted lease from what its pick read ([`Picked`]) and reads an ended one back.
     returning: bool,
     /// Frees the extension of a lease just ended: $1 extension, $2 lease. None on SQLite, where
     /// ending the lease does it (a trigger).
@@ -163,6 +164,17 @@ impl Statements {
              where lease_id = $1 and fencing_token = $2 and released_at is null"
         );
         let returning = d.0 != Backend::MySql;
+        // Without `returning` (MySQL), a pick reads what the lease needs besides its request
+        // (number, token, the database clock) under the row's lock, and the lease is built
+        // from it; the lease's time goes into the update as $5.
+        let (picked, at) = if returning {
+            ("id".to_owned(), now)
+        } else {
+            (
+                format!("id, number, fencing_token, {now} as picked_at"),
+                "$5",
+            )
+        };
         let cols = if returning {
             concat!(" returning ", lease_cols!())
         } else {
@@ -184,15 +196,17 @@ impl Statements {
             end_lease: format!("{end_lease}{cols}"),
             returning,
             pick_lru: format!(
-                "select id from extensions where {free} order by {lru_order} limit 1{skip}"
+                "select {picked} from extensions where {free} order by {lru_order} limit 1{skip}"
             ),
-            pick_affinity: format!("select id from extensions where id = $2 and {free}{skip}"),
+            pick_affinity: format!(
+                "select {picked} from extensions where id = $2 and {free}{skip}"
+            ),
             pick_rr_after: format!(
-                "select id from extensions where {free} and {number_after} \
+                "select {picked} from extensions where {free} and {number_after} \
                  order by {number_order} limit 1{skip}"
             ),
             pick_rr_first: format!(
-                "select id from extensions where {free} order by {number_order} limit 1{skip}"
+                "select {picked} from extensions where {free} order by {number_order} limit 1{skip}"
             ),
             held_free: (d.0 == Backend::MySql).then(|| {
                 format!(
@@ -200,16 +214,17 @@ impl Statements {
                      limit {WAIT_PICK_LIMIT}"
                 )
             }),
-            lock_if_free: (d.0 == Backend::MySql)
-                .then(|| format!("select id from extensions where id = $2 and {free}{lock}")),
+            lock_if_free: (d.0 == Backend::MySql).then(|| {
+                format!("select {picked} from extensions where id = $2 and {free}{lock}")
+            }),
             lease_extension: (!lite).then(|| {
                 format!(
                     "update extensions set status = 'in_use', current_lease_id = $2, \
                  current_collector_id = $3, lease_expires_at = {}, \
-                 fencing_token = fencing_token + 1, last_collector_id = $3, last_used_at = {now}, \
-                 use_count = use_count + 1, available_at = null, updated_at = {now} \
+                 fencing_token = fencing_token + 1, last_collector_id = $3, last_used_at = {at}, \
+                 use_count = use_count + 1, available_at = null, updated_at = {at} \
                  where id = $1 and status = 'available'",
-                    d.plus_secs(now, ttl)
+                    d.plus_secs(at, ttl)
                 )
             }),
             lock_tenant: format!("select rr_cursor from tenant_state where tenant_id = $1{lock}"),
@@ -461,6 +476,81 @@ enum PerTenant {
 /// True for an error worth running the transaction again for.
 fn contended(e: &AllocError) -> bool {
     matches!(e, AllocError::Contention(_))
+}
+
+/// An extension a pick locked.
+struct Picked {
+    id: Uuid,
+    /// Without `returning` (MySQL): what the lease needs besides its request, read by the pick
+    /// under the row's lock, so the granted lease is not read back.
+    read: Option<PickRead>,
+}
+
+struct PickRead {
+    number: String,
+    /// The extension's token before this lease (the lease's is one more).
+    token: i64,
+    /// The database clock when the pick ran: the lease's acquired time.
+    at: DateTime<Utc>,
+}
+
+impl Picked {
+    fn from(r: &Row, returning: bool) -> Result<Self, AllocError> {
+        let read = if returning {
+            None
+        } else {
+            Some(PickRead {
+                number: col(r.text("number"))?,
+                token: col(r.i64("fencing_token"))?,
+                at: col(r.time("picked_at"))?,
+            })
+        };
+        Ok(Self {
+            id: col(r.uuid("id"))?,
+            read,
+        })
+    }
+}
+
+impl PickRead {
+    /// The lease the acquire's update and insert wrote (`lease_extension`, `insert_lease`):
+    /// the token one more, acquired at the pick's time, expiring `ttl_seconds` later.
+    fn lease(
+        self,
+        cmd: &AcquireCmd,
+        lease_id: Uuid,
+        extension_id: Uuid,
+    ) -> Result<Lease, AllocError> {
+        let fencing_token = self.token.checked_add(1).ok_or_else(|| {
+            AllocError::Internal(anyhow::anyhow!(
+                "extension {extension_id}: fencing token {} cannot grow",
+                self.token
+            ))
+        })?;
+        let expires_at = chrono::TimeDelta::try_seconds(i64::from(cmd.ttl_seconds))
+            .and_then(|ttl| self.at.checked_add_signed(ttl))
+            .ok_or_else(|| {
+                AllocError::Internal(anyhow::anyhow!(
+                    "lease {lease_id}: {} + {} s is out of range",
+                    self.at,
+                    cmd.ttl_seconds
+                ))
+            })?;
+        Ok(Lease {
+            lease_id,
+            extension_id,
+            extension_number: self.number,
+            tenant_id: cmd.tenant_id.as_str().to_owned(),
+            collector_id: cmd.collector_id.as_str().to_owned(),
+            request_id: cmd.request_id.as_str().to_owned(),
+            strategy: cmd.strategy,
+            fencing_token,
+            acquired_at: self.at,
+            expires_at,
+            released_at: None,
+            release_reason: None,
+        })
+    }
 }
 
 async fn find_lease(ex: Exec<'_>, lease_id: Uuid) -> Result<Option<(Lease, String)>, AllocError> {
@@ -840,12 +930,15 @@ impl SqlStore {
             }
         }
         let collector = cmd.collector_id.as_str();
+        let returning = self.sql.returning;
         let pick = async |tx: &mut Tx, sql: &str, arg: Option<Arg<'_>>| {
             let row = match arg {
                 Some(a) => tx.exec().fetch_optional(sql, &[Arg::Text(tenant), a]).await,
                 None => tx.exec().fetch_optional(sql, args![tenant]).await,
             };
-            row.map_err(db_err)?.map(|r| col(r.uuid("id"))).transpose()
+            row.map_err(db_err)?
+                .map(|r| Picked::from(&r, returning))
+                .transpose()
         };
         let picked = match cmd.strategy {
             Strategy::Lru => pick(&mut tx, &self.sql.pick_lru, None).await?,
@@ -910,24 +1003,26 @@ impl SqlStore {
             }
             (picked, ..) => picked,
         };
-        let Some(extension_id) = picked else {
+        let Some(picked) = picked else {
             let counts = self.counts_on(tx.exec(), tenant).await?;
             return Ok(Step::Done(AcquireOutcome::PoolEmpty(counts)));
         };
+        let extension_id = picked.id;
         let lease_id = Uuid::now_v7();
         let inserted = match (&self.sql.lease_extension, &self.sql.lite_acquire_picked) {
             (Some(lease_extension), _) => {
+                let mut a = vec![
+                    Arg::Uuid(extension_id),
+                    Arg::Uuid(lease_id),
+                    Arg::Text(collector),
+                    Arg::I64(i64::from(cmd.ttl_seconds)),
+                ];
+                if let Some(read) = &picked.read {
+                    a.push(Arg::Time(read.at));
+                }
                 let n = tx
                     .exec()
-                    .execute(
-                        lease_extension,
-                        args![
-                            extension_id,
-                            lease_id,
-                            collector,
-                            i64::from(cmd.ttl_seconds)
-                        ],
-                    )
+                    .execute(lease_extension, &a)
                     .await
                     .map_err(db_err)?;
                 if n != 1 {
@@ -956,11 +1051,13 @@ impl SqlStore {
         };
         let lease = match inserted {
             Ok(Some(lease)) => lease?.0,
-            Ok(None) => match find_lease(tx.exec(), lease_id).await? {
-                Some((lease, _)) => lease,
+            // No `returning`: the lease is what the pick read and the update wrote.
+            Ok(None) => match picked.read {
+                Some(read) => read.lease(cmd, lease_id, extension_id)?,
                 None => {
                     return Err(AllocError::Internal(anyhow::anyhow!(
-                        "lease {lease_id} not found after insert"
+                        "lease {lease_id} inserted without its columns on {}",
+                        self.backend()
                     )));
                 }
             },
