@@ -166,12 +166,19 @@ impl Statements {
         let returning = d.0 != Backend::MySql;
         // Without `returning` (MySQL), a pick reads what the lease needs besides its request
         // (number, token, the database clock) under the row's lock, and the lease is built
-        // from it; the lease's time goes into the update as $5.
+        // from it; the lease's time goes into the update as $5. The clock is the statement's
+        // start, which can precede the commit of the release that freed the row (the pick
+        // reads the row later): the lease starts no earlier than that release ended, so the
+        // extension's history never overlaps.
         let (picked, at) = if returning {
             ("id".to_owned(), now)
         } else {
             (
-                format!("id, number, fencing_token, {now} as picked_at"),
+                format!(
+                    "id, number, fencing_token, \
+                     cast(greatest({now}, coalesce(last_released_at, {now})) as datetime(6)) \
+                     as picked_at"
+                ),
                 "$5",
             )
         };
@@ -990,6 +997,16 @@ impl SqlStore {
                 for row in &held {
                     let id = col(row.uuid("id"))?;
                     got = pick(&mut tx, lock, Some(Arg::Uuid(id))).await?;
+                    if let Some(Picked {
+                        read: Some(read), ..
+                    }) = &mut got
+                    {
+                        // The lock may have waited (up to the server's lock timeout): the
+                        // lease starts now, not when the waiting statement began.
+                        let now = format!("select {} as picked_at", self.dialect().now());
+                        let row = tx.exec().fetch_one(&now, &[]).await.map_err(db_err)?;
+                        read.at = read.at.max(col(row.time("picked_at"))?);
+                    }
                     if got.is_some() {
                         break;
                     }
@@ -1108,10 +1125,18 @@ impl SqlStore {
                 .await
                 .map(|row| row.map(|r| lease_from(&r)))
         } else {
+            // The lease is built from the pick (`PickRead::lease`); the count stands in for
+            // the read-back that would have found it missing.
             tx.exec()
                 .execute(&self.sql.insert_lease, args)
                 .await
-                .map(|_| None)
+                .map(|n| {
+                    (n != 1).then(|| {
+                        Err(AllocError::Internal(anyhow::anyhow!(
+                            "lease {lease_id}: {n} rows inserted for one"
+                        )))
+                    })
+                })
         }
     }
 

@@ -6,6 +6,7 @@ mod common;
 mod conformance;
 mod lease_channel;
 mod mysql_migrations;
+mod mysql_store;
 mod pg_store;
 mod policy;
 mod sqlite_store;
