@@ -25,6 +25,25 @@ async fn start(
     (db, app)
 }
 
+/// Two instances on one fresh database, `numbers` imported into tenant t1's pool, and a
+/// caller's client of each (for [`burst`]).
+async fn two_instances(b: Backend, numbers: &[&str]) -> (TestDb, [TestApp; 2], [AllocClient; 2]) {
+    let db = TestDb::new(b).await;
+    let apps = [
+        TestApp::spawn(settings(&db.url)).await,
+        TestApp::spawn(settings(&db.url)).await,
+    ];
+    import(&mut apps[0].pool(ADMIN).await, "t1", numbers).await;
+    let clients = [apps[0].alloc(CALLER).await, apps[1].alloc(CALLER).await];
+    (db, apps, clients)
+}
+
+/// Shuts both instances down.
+async fn shutdown([a1, a2]: [TestApp; 2]) {
+    a1.shutdown().await;
+    a2.shutdown().await;
+}
+
 /// Sends `n` Acquires at once (held back by a barrier until all are ready), alternating between
 /// the two instances' `clients`; `req(i)` builds the i-th. Results come back in request order.
 async fn burst(
@@ -237,18 +256,9 @@ async fn cap_holds_across_two_instances(b: Backend) {
 /// Without a cap, 200 concurrent Acquires over two instances drain a 20-extension pool exactly:
 /// 20 distinct leases, the rest RESOURCE_EXHAUSTED saying the pool is empty.
 async fn pool_empty_across_two_instances(b: Backend) {
-    let db = TestDb::new(b).await;
-    let a1 = TestApp::spawn(settings(&db.url)).await;
-    let a2 = TestApp::spawn(settings(&db.url)).await;
-    let mut pool = a1.pool(ADMIN).await;
     let numbers: Vec<String> = (0..20).map(|i| format!("70{i:02}")).collect();
-    import(
-        &mut pool,
-        "t1",
-        &numbers.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
-    let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
+    let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    let (db, apps, clients) = two_instances(b, &numbers).await;
     let results = burst(&clients, 200, |i| {
         let mut req = acquire_req("t1", &format!("c{}", i % 7), &format!("req-{i}"));
         req.strategy = [LRU, RR, AFF][i % 3].into();
@@ -271,19 +281,13 @@ async fn pool_empty_across_two_instances(b: Backend) {
     let inspect = Inspect::new(&db.url).await;
     assert_no_overlaps(&inspect.intervals().await);
     inspect.close().await;
-    a1.shutdown().await;
-    a2.shutdown().await;
+    shutdown(apps).await;
 }
 
 /// 50 identical concurrent Acquires (same tenant and request id) get one lease; reusing the
 /// request id with other parameters is refused, naming request_id.
 async fn idempotent_acquire_under_race(b: Backend) {
-    let db = TestDb::new(b).await;
-    let a1 = TestApp::spawn(settings(&db.url)).await;
-    let a2 = TestApp::spawn(settings(&db.url)).await;
-    let mut pool = a1.pool(ADMIN).await;
-    import(&mut pool, "t1", &["1", "2", "3", "4"]).await;
-    let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
+    let (db, apps, clients) = two_instances(b, &["1", "2", "3", "4"]).await;
     let mut ids = HashSet::new();
     let mut fresh = 0;
     for r in burst(&clients, 50, |_| acquire_req("t1", "c1", "same-call")).await {
@@ -308,8 +312,7 @@ async fn idempotent_acquire_under_race(b: Backend) {
         "{}",
         err.message()
     );
-    a1.shutdown().await;
-    a2.shutdown().await;
+    shutdown(apps).await;
 }
 
 /// Identical Acquires racing for a pool's last free extension: in each of six rounds, 40
@@ -317,12 +320,7 @@ async fn idempotent_acquire_under_race(b: Backend) {
 /// twin is being granted), and it is released before the next round. Rounds alternate LRU and
 /// collector affinity (whose pick locks the collector's last extension by id).
 async fn twins_racing_for_the_last_extension_all_get_it(b: Backend) {
-    let db = TestDb::new(b).await;
-    let a1 = TestApp::spawn(settings(&db.url)).await;
-    let a2 = TestApp::spawn(settings(&db.url)).await;
-    let mut pool = a1.pool(ADMIN).await;
-    import(&mut pool, "t1", &["1"]).await;
-    let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
+    let (db, apps, clients) = two_instances(b, &["1"]).await;
     for round in 0..6 {
         let request = format!("last-{round}");
         let twin = |_| {
@@ -349,20 +347,14 @@ async fn twins_racing_for_the_last_extension_all_get_it(b: Backend) {
     assert_eq!(inspect.live("t1").await, (0, 0));
     assert_no_overlaps(&inspect.intervals().await);
     inspect.close().await;
-    a1.shutdown().await;
-    a2.shutdown().await;
+    shutdown(apps).await;
 }
 
 /// Distinct Acquires of every strategy racing over two instances for a pool too small for
 /// them: in each of three rounds exactly the pool is granted, on distinct extensions, and
 /// every other Acquire is told the pool is empty; none is aborted.
 async fn mixed_strategies_on_an_exhausted_pool(b: Backend) {
-    let db = TestDb::new(b).await;
-    let a1 = TestApp::spawn(settings(&db.url)).await;
-    let a2 = TestApp::spawn(settings(&db.url)).await;
-    let mut pool = a1.pool(ADMIN).await;
-    import(&mut pool, "t1", &["1", "2", "3", "4"]).await;
-    let clients = [a1.alloc(CALLER).await, a2.alloc(CALLER).await];
+    let (db, apps, clients) = two_instances(b, &["1", "2", "3", "4"]).await;
     for round in 0..3 {
         let req = |i: usize| {
             let mut r = acquire_req("t1", &format!("c{}", i % 5), &format!("m{round}-{i}"));
@@ -391,8 +383,7 @@ async fn mixed_strategies_on_an_exhausted_pool(b: Backend) {
     assert_eq!(inspect.live("t1").await, (0, 0));
     assert_no_overlaps(&inspect.intervals().await);
     inspect.close().await;
-    a1.shutdown().await;
-    a2.shutdown().await;
+    shutdown(apps).await;
 }
 
 /// A request id used before replays its lease whatever the pool holds: with extensions free
