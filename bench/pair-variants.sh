@@ -13,8 +13,8 @@
 #         updates can be HOT); Acquire deletes the pick from `free_extensions`, Release
 #         inserts it back
 # Each design runs in a database of its own on a private cluster (bench/pg.sh), rounds
-# alternating; afterwards no extension may be left in use and no database may hold more history
-# rows than pairs, or the script fails.
+# alternating; afterwards no extension may be left in use, no database may hold more history
+# rows than pairs, and the free list must hold the whole pool again, or the script fails.
 #   bash bench/pair-variants.sh                       # 8 s points, 2 rounds, 1/8/32 clients
 #   SECS=4 ROUNDS="1" CLIENTS="8" bash bench/pair-variants.sh
 set -euo pipefail
@@ -38,7 +38,7 @@ for round in ${ROUNDS:-1 2}; do
     raw=""
     for v in raw ours once fl; do
       db=base; [ "$v" = once ] && db=once; [ "$v" = fl ] && db=fl
-      # A pair whose Acquire granted nothing releases nothing (the token is null).
+      # A pair whose Acquire granted nothing releases nothing (its variables are empty).
       out="$(pgbench -n -M prepared -c "$c" -j "$(( c > 2 ? 2 : c ))" -T "${SECS:-8}" \
         -f "$dir/$v.sql" "$base/$db" 2>&1)" || { echo "$out" >&2; exit 1; }
       tps="$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' <<<"$out")"
@@ -52,8 +52,10 @@ done
 for db in base once fl; do
   got="$(psql -At "$base/$db" -c "select count(*) from leases")"
   busy="$(psql -At "$base/$db" -c "select count(*) from extensions where status <> 'available'")"
-  if [ "$got" -gt "${pairs[$db]}" ] || [ "$busy" != 0 ]; then
-    echo "pair-variants: $db: $got history rows for ${pairs[$db]} pairs, $busy extensions left in use" >&2
+  free=256
+  [ "$db" = fl ] && free="$(psql -At "$base/$db" -c "select count(*) from free_extensions")"
+  if [ "$got" -gt "${pairs[$db]}" ] || [ "$busy" != 0 ] || [ "$free" != 256 ]; then
+    echo "pair-variants: $db: $got history rows for ${pairs[$db]} pairs, $busy extensions left in use, $free of 256 on the free list" >&2
     exit 1
   fi
   # An Acquire statement whose snapshot fell behind the other clients can find nothing free
