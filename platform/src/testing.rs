@@ -179,6 +179,22 @@ impl Drop for TestDb {
         if let Some(name) = self.mysql_name.take() {
             drop_on_private_runtime(async move {
                 if let Ok(mut conn) = MySqlConnection::connect(&mysql_admin_url()).await {
+                    // As PostgreSQL's `with (force)`: a connection left open on the database
+                    // (a pool the test did not close, a test that panicked mid-transaction)
+                    // would hold a metadata lock that `drop database` waits for.
+                    let ids: Vec<u64> = sqlx::query_scalar(
+                        "select cast(id as unsigned) from information_schema.processlist \
+                         where db = ? and id <> connection_id()",
+                    )
+                    .bind(&name)
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                    for id in ids {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("kill {id}")))
+                            .execute(&mut conn)
+                            .await;
+                    }
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "drop database if exists {name}"
                     )))
