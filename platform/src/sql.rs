@@ -31,6 +31,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::mysql::{MySql, MySqlConnection, MySqlRow};
@@ -724,7 +725,31 @@ pub struct Db {
     /// SQLite: the one connection writers use (see the module's notes), opened on first use
     /// with the pool's connection options.
     lite_writer: Option<SqlitePool>,
+    /// SQLite: WAL checkpoints run beside the writer, not in its commits.
+    checkpoints: Arc<Checkpoints>,
 }
+
+/// SQLite checkpoints the WAL into the database file when a commit takes the WAL past
+/// `wal_autocheckpoint` pages (1,000 by default), in that commit: about one write in a
+/// hundred waited several milliseconds for it (the allocator's Acquire + Release p99 at 1
+/// client: 4.4 ms against a p50 of 0.23). The writer connection's mark is raised to
+/// [`LITE_FALLBACK_CHECKPOINT_PAGES`] instead, and every [`LITE_CHECKPOINT_EVERY`] writes a
+/// passive checkpoint runs on a pooled connection in a task of its own (one at a time), while
+/// writers go on. A passive checkpoint never blocks a writer; when it has copied the whole WAL,
+/// the next write starts the WAL over, so it stays small. If the task falls behind, the
+/// writer's own checkpoint at the raised mark bounds the WAL (4 KiB pages: about 40 MiB).
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    writes: AtomicU64,
+    running: AtomicBool,
+    done: AtomicU64,
+}
+
+/// Writes (SQLite, writer connection) between two background checkpoints.
+pub const LITE_CHECKPOINT_EVERY: u64 = 100;
+/// The writer connection's own `wal_autocheckpoint`, reached only if background checkpoints
+/// fall behind.
+pub const LITE_FALLBACK_CHECKPOINT_PAGES: u32 = 10_000;
 
 impl Db {
     /// Wraps a connected pool.
@@ -740,7 +765,10 @@ impl Db {
                     .test_before_acquire(false)
                     .idle_timeout(None)
                     .max_lifetime(None)
-                    .connect_lazy_with((*p.connect_options()).clone()),
+                    .connect_lazy_with((*p.connect_options()).clone().pragma(
+                        "wal_autocheckpoint",
+                        LITE_FALLBACK_CHECKPOINT_PAGES.to_string(),
+                    )),
             ),
             _ => None,
         };
@@ -748,7 +776,47 @@ impl Db {
             pool,
             writer: Arc::new(Mutex::new(WriterSlot::default())),
             lite_writer,
+            checkpoints: Arc::default(),
         }
+    }
+
+    /// SQLite: background checkpoints finished so far (see [`Checkpoints`]).
+    pub fn checkpoints_done(&self) -> u64 {
+        self.checkpoints.done.load(Ordering::Acquire)
+    }
+
+    /// SQLite: counts a write on the writer connection; every [`LITE_CHECKPOINT_EVERY`]th
+    /// starts a passive checkpoint in a task of its own unless one is running.
+    fn wrote(&self) {
+        let DbPool::Sqlite(pool) = &self.pool else {
+            return;
+        };
+        let n = self.checkpoints.writes.fetch_add(1, Ordering::Relaxed) + 1;
+        if !n.is_multiple_of(LITE_CHECKPOINT_EVERY)
+            || self.checkpoints.running.swap(true, Ordering::AcqRel)
+            || tokio::runtime::Handle::try_current().is_err()
+        {
+            return;
+        }
+        let (pool, state) = (pool.clone(), Arc::clone(&self.checkpoints));
+        tokio::spawn(async move {
+            let ran = match pool.acquire().await {
+                Ok(mut c) => sqlx::query("pragma wal_checkpoint(PASSIVE)")
+                    .execute(&mut *c)
+                    .await
+                    .map(drop),
+                Err(e) => Err(e),
+            };
+            match ran {
+                Ok(()) => {
+                    state.done.fetch_add(1, Ordering::AcqRel);
+                }
+                // A closed pool or a busy file: the next round (or the writer's own mark)
+                // checkpoints instead.
+                Err(e) => tracing::debug!(error = %e, "background WAL checkpoint skipped"),
+            }
+            state.running.store(false, Ordering::Release);
+        });
     }
 
     /// The pool.
@@ -795,7 +863,9 @@ impl Db {
                     // again as the transaction's own.
                     drop(turn.0.take());
                     let writer = self.lite_writer.as_ref().unwrap_or(p);
-                    Tx::Lite(writer.begin_with("begin immediate").await?, Some(turn))
+                    let tx = writer.begin_with("begin immediate").await?;
+                    self.wrote();
+                    Tx::Lite(tx, Some(turn))
                 }
                 Mode::Read => Tx::Lite(p.begin().await?, None),
             },
@@ -823,6 +893,7 @@ impl Db {
                 };
                 let rows = Exec::Lite(&mut conn).fetch_all(sql, args).await?;
                 turn.0 = Some(conn);
+                self.wrote();
                 Ok(rows)
             }
             _ => self.fetch_all(sql, args).await,
@@ -1151,6 +1222,66 @@ mod tests {
     }
 
     /// A fresh SQLite file in a folder of its own, and settings for it.
+    /// SQLite's WAL is checkpointed beside the writer: the writer connection's own mark is
+    /// raised, and every [`LITE_CHECKPOINT_EVERY`] writes a passive checkpoint runs on a
+    /// pooled connection. Ten rounds of exactly that many writes, each round waiting for its
+    /// checkpoint to be counted (no timer), keep the WAL file under 500 pages: each checkpoint
+    /// copied the whole WAL, so the next write started it over. Without them the 1,000 writes
+    /// (two pages each at least: the row's page and the table's) would all still be in it.
+    #[tokio::test]
+    async fn sqlite_checkpoints_run_beside_the_writer() {
+        let (dir, settings) = sqlite_file();
+        let pool = DbPool::connect(&settings).await.unwrap();
+        let db = Db::new(pool.clone());
+        db.execute(
+            "create table t (n integer not null, pad text not null)",
+            args![],
+        )
+        .await
+        .unwrap();
+        let pad = "x".repeat(600);
+        for round in 1..=10_u64 {
+            for i in 0..LITE_CHECKPOINT_EVERY {
+                let n = i64::try_from(i).unwrap();
+                db.write(
+                    "insert into t (n, pad) values ($1, $2)",
+                    args![n, pad.as_str()],
+                )
+                .await
+                .unwrap();
+            }
+            let mut spins = 0_u32;
+            while db.checkpoints_done() < round {
+                spins += 1;
+                assert!(spins < 1_000_000, "round {round}: no checkpoint finished");
+                tokio::task::yield_now().await;
+            }
+        }
+        let page: i64 = {
+            let r = db.fetch_one("pragma page_size", args![]).await.unwrap();
+            r.i64("page_size").unwrap()
+        };
+        let wal = std::fs::metadata(dir.join("w.db-wal")).unwrap().len();
+        assert!(
+            wal < 500 * u64::try_from(page).unwrap(),
+            "the WAL holds {wal} bytes after 1,000 writes"
+        );
+        // Read on the writer connection (a write transaction), after the rounds.
+        let mut tx = db.begin(Mode::Write).await.unwrap();
+        let mark = tx
+            .exec()
+            .fetch_one("pragma wal_autocheckpoint", args![])
+            .await
+            .unwrap();
+        assert_eq!(
+            mark.i64("wal_autocheckpoint").unwrap(),
+            i64::from(LITE_FALLBACK_CHECKPOINT_PAGES)
+        );
+        tx.commit().await.unwrap();
+        pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     fn sqlite_file() -> (std::path::PathBuf, crate::db::DatabaseSettings) {
         let dir = std::env::temp_dir().join(format!("cco-writer-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
