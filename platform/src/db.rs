@@ -170,7 +170,12 @@ impl DbPool {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Checkpoints run beside the writers (`sql::Checkpoints`), not in a commit.
+                .pragma(
+                    "wal_autocheckpoint",
+                    crate::sql::LITE_FALLBACK_CHECKPOINT_PAGES.to_string(),
+                );
             if let Some(parent) = opts.get_filename().parent()
                 && !parent.as_os_str().is_empty()
             {

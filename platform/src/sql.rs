@@ -732,12 +732,14 @@ pub struct Db {
 /// SQLite checkpoints the WAL into the database file when a commit takes the WAL past
 /// `wal_autocheckpoint` pages (1,000 by default), in that commit: about one write in a
 /// hundred waited several milliseconds for it (the allocator's Acquire + Release p99 at 1
-/// client: 4.4 ms against a p50 of 0.23). The writer connection's mark is raised to
-/// [`LITE_FALLBACK_CHECKPOINT_PAGES`] instead, and every [`LITE_CHECKPOINT_EVERY`] writes a
-/// passive checkpoint runs on a pooled connection in a task of its own (one at a time), while
-/// writers go on. A passive checkpoint never blocks a writer; when it has copied the whole WAL,
-/// the next write starts the WAL over, so it stays small. If the task falls behind, the
-/// writer's own checkpoint at the raised mark bounds the WAL (4 KiB pages: about 40 MiB).
+/// client: 4.4 ms against a p50 of 0.23). Every connection's mark is raised to
+/// [`LITE_FALLBACK_CHECKPOINT_PAGES`] instead, and every [`LITE_CHECKPOINT_EVERY`] writes
+/// (through [`Db::write`], [`Db::begin`] for writing, or [`Db::execute`]) a passive checkpoint
+/// runs on a pooled connection in a task of its own (one at a time), while writers go on. A
+/// passive checkpoint never blocks a writer; when it has copied the whole WAL and no reader
+/// holds an older snapshot, the next write starts the WAL over. If writes never pause, that
+/// happens only after a commit's own checkpoint at the raised mark (4 KiB pages: about 40 MiB,
+/// and the file stays that size); a long read can hold it back, as before.
 #[derive(Debug, Default)]
 pub struct Checkpoints {
     writes: AtomicU64,
@@ -745,10 +747,21 @@ pub struct Checkpoints {
     done: AtomicU64,
 }
 
-/// Writes (SQLite, writer connection) between two background checkpoints.
+/// Clears [`Checkpoints`]' running flag when the checkpoint task ends, however it ends.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Writes (SQLite: on the writer connection, or single statements through the pool) between
+/// two background checkpoints.
 pub const LITE_CHECKPOINT_EVERY: u64 = 100;
-/// The writer connection's own `wal_autocheckpoint`, reached only if background checkpoints
-/// fall behind.
+/// Every SQLite connection's own `wal_autocheckpoint` (set by [`crate::db::DbPool::connect`]):
+/// a commit checkpoints in line only past this many pages, if background checkpoints fall
+/// behind.
 pub const LITE_FALLBACK_CHECKPOINT_PAGES: u32 = 10_000;
 
 impl Db {
@@ -765,10 +778,7 @@ impl Db {
                     .test_before_acquire(false)
                     .idle_timeout(None)
                     .max_lifetime(None)
-                    .connect_lazy_with((*p.connect_options()).clone().pragma(
-                        "wal_autocheckpoint",
-                        LITE_FALLBACK_CHECKPOINT_PAGES.to_string(),
-                    )),
+                    .connect_lazy_with((*p.connect_options()).clone()),
             ),
             _ => None,
         };
@@ -785,37 +795,50 @@ impl Db {
         self.checkpoints.done.load(Ordering::Acquire)
     }
 
-    /// SQLite: counts a write on the writer connection; every [`LITE_CHECKPOINT_EVERY`]th
-    /// starts a passive checkpoint in a task of its own unless one is running.
+    /// SQLite: counts a write (on the writer connection, or one statement through the pool);
+    /// every [`LITE_CHECKPOINT_EVERY`]th starts a passive checkpoint in a task of its own
+    /// unless one is running.
     fn wrote(&self) {
         let DbPool::Sqlite(pool) = &self.pool else {
             return;
         };
         let n = self.checkpoints.writes.fetch_add(1, Ordering::Relaxed) + 1;
         if !n.is_multiple_of(LITE_CHECKPOINT_EVERY)
-            || self.checkpoints.running.swap(true, Ordering::AcqRel)
             || tokio::runtime::Handle::try_current().is_err()
+            || self.checkpoints.running.swap(true, Ordering::AcqRel)
         {
             return;
         }
         let (pool, state) = (pool.clone(), Arc::clone(&self.checkpoints));
         tokio::spawn(async move {
+            // Cleared however the task ends (a panic, the runtime dropping it).
+            let _running = Running(&state.running);
             let ran = match pool.acquire().await {
-                Ok(mut c) => sqlx::query("pragma wal_checkpoint(PASSIVE)")
-                    .execute(&mut *c)
-                    .await
-                    .map(drop),
+                Ok(mut c) => {
+                    sqlx::query("pragma wal_checkpoint(PASSIVE)")
+                        .fetch_one(&mut *c)
+                        .await
+                }
                 Err(e) => Err(e),
             };
-            match ran {
-                Ok(()) => {
+            match ran.and_then(|r| {
+                Ok((
+                    sqlx::Row::try_get::<i64, _>(&r, "busy")?,
+                    sqlx::Row::try_get::<i64, _>(&r, "log")?,
+                    sqlx::Row::try_get::<i64, _>(&r, "checkpointed")?,
+                ))
+            }) {
+                // Every frame copied: the next write starts the WAL over.
+                Ok((0, log, done)) if done >= log => {
                     state.done.fetch_add(1, Ordering::AcqRel);
                 }
-                // A closed pool or a busy file: the next round (or the writer's own mark)
-                // checkpoints instead.
-                Err(e) => tracing::debug!(error = %e, "background WAL checkpoint skipped"),
+                // Frames a reader still needs, or written meanwhile: the next round copies them.
+                Ok((busy, log, done)) => {
+                    tracing::debug!(busy, log, done, "background WAL checkpoint partial");
+                }
+                Err(sqlx::Error::PoolClosed) => {}
+                Err(e) => tracing::warn!(error = %e, "background WAL checkpoint failed"),
             }
-            state.running.store(false, Ordering::Release);
         });
     }
 
@@ -917,7 +940,9 @@ impl Db {
     /// # Errors
     /// The database's.
     pub async fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
-        self.conn().await?.exec().execute(sql, args).await
+        let n = self.conn().await?.exec().execute(sql, args).await?;
+        self.wrote();
+        Ok(n)
     }
 
     /// Runs one query on its own; every row.
@@ -1221,11 +1246,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A fresh SQLite file in a folder of its own, and settings for it.
-    /// SQLite's WAL is checkpointed beside the writer: the writer connection's own mark is
+    /// SQLite's WAL is checkpointed beside the writer: the connections' own mark is
     /// raised, and every [`LITE_CHECKPOINT_EVERY`] writes a passive checkpoint runs on a
-    /// pooled connection. Ten rounds of exactly that many writes, each round waiting for its
-    /// checkpoint to be counted (no timer), keep the WAL file under 500 pages: each checkpoint
+    /// pooled connection. Ten rounds of exactly that many writes, each round waiting until its
+    /// checkpoint is counted as complete, keep the WAL file under 500 pages: each checkpoint
     /// copied the whole WAL, so the next write started it over. Without them the 1,000 writes
     /// (two pages each at least: the row's page and the table's) would all still be in it.
     #[tokio::test]
@@ -1241,7 +1265,14 @@ mod tests {
         .unwrap();
         let pad = "x".repeat(600);
         for round in 1..=10_u64 {
-            for i in 0..LITE_CHECKPOINT_EVERY {
+            // The create table was the first counted write: each round ends on a checkpoint's
+            // write, so no write runs beside it and it copies the whole WAL.
+            let writes = if round == 1 {
+                LITE_CHECKPOINT_EVERY - 1
+            } else {
+                LITE_CHECKPOINT_EVERY
+            };
+            for i in 0..writes {
                 let n = i64::try_from(i).unwrap();
                 db.write(
                     "insert into t (n, pad) values ($1, $2)",
@@ -1250,12 +1281,14 @@ mod tests {
                 .await
                 .unwrap();
             }
-            let mut spins = 0_u32;
-            while db.checkpoints_done() < round {
-                spins += 1;
-                assert!(spins < 1_000_000, "round {round}: no checkpoint finished");
-                tokio::task::yield_now().await;
-            }
+            let counted = async {
+                while db.checkpoints_done() < round {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(30), counted)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no complete checkpoint counted"));
         }
         let page: i64 = {
             let r = db.fetch_one("pragma page_size", args![]).await.unwrap();
@@ -1282,6 +1315,7 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A fresh SQLite file in a folder of its own, and settings for it.
     fn sqlite_file() -> (std::path::PathBuf, crate::db::DatabaseSettings) {
         let dir = std::env::temp_dir().join(format!("cco-writer-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
