@@ -300,3 +300,14 @@ pub fn assert_no_overlaps(intervals: &[Interval]) {
         }
     }
 }
+
+/// A fresh database of `backend` and a pool of at most `max_connections` on it (otherwise the
+/// default settings), not migrated.
+pub async fn connect(backend: Backend, max_connections: u32) -> (TestDb, cco_platform::db::DbPool) {
+    let db = TestDb::new(backend).await;
+    let mut s = cco_platform::db::DatabaseSettings::sqlite_default("x");
+    s.url = db.url.clone();
+    s.max_connections = max_connections;
+    let pool = cco_platform::db::DbPool::connect(&s).await.unwrap();
+    (db, pool)
+}

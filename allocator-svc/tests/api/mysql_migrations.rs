@@ -4,9 +4,9 @@
 
 use allocator_svc::domain::{ExtensionNumber, TenantId};
 use allocator_svc::store::sql::SqlStore;
-use cco_platform::db::{DatabaseSettings, DbPool};
+use cco_platform::db::DbPool;
 use cco_platform::sql::Db;
-use cco_platform::testing::{Backend, TestDb};
+use cco_platform::testing::Backend;
 
 async fn run_files(pool: &sqlx::MySqlPool, service: &str) {
     let dir = format!(
@@ -30,10 +30,7 @@ async fn run_files(pool: &sqlx::MySqlPool, service: &str) {
 
 #[tokio::test]
 async fn mysql_migrations_run_again_without_harm() {
-    let db = TestDb::new(Backend::MariaDb).await;
-    let mut s = DatabaseSettings::sqlite_default("x");
-    s.url = db.url.clone();
-    let pool = DbPool::connect(&s).await.unwrap();
+    let (_db, pool) = crate::common::connect(Backend::MariaDb, 8).await;
     let DbPool::MySql(my) = &pool else {
         panic!("not mysql")
     };

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use allocator_svc::domain::{CollectorId, ExtensionNumber, RequestId, Strategy, TenantId};
 use allocator_svc::store::sql::SqlStore;
 use allocator_svc::store::{AcquireCmd, AcquireOutcome};
-use cco_platform::db::{DatabaseSettings, DbPool};
+use cco_platform::db::DbPool;
 use cco_platform::sql::Db;
-use cco_platform::testing::{Backend, TestDb};
+use cco_platform::testing::Backend;
 use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
 
@@ -43,10 +43,7 @@ async fn lock_waiters(my: &MySqlPool) -> i64 {
 /// answers is the one stored (a replay reads it back).
 #[tokio::test]
 async fn an_acquire_that_waited_for_a_row_starts_its_lease_after_the_wait() {
-    let db = TestDb::new(Backend::MariaDb).await;
-    let mut s = DatabaseSettings::sqlite_default("x");
-    s.url = db.url.clone();
-    let pool = DbPool::connect(&s).await.unwrap();
+    let (_db, pool) = crate::common::connect(Backend::MariaDb, 8).await;
     pool.migrate(allocator_svc::app::MIGRATIONS).await.unwrap();
     let DbPool::MySql(my) = pool.clone() else {
         panic!("not mysql")

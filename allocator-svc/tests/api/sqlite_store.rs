@@ -22,10 +22,7 @@ use sqlx::SqlitePool;
 use tokio::sync::Barrier;
 
 async fn setup(extensions: usize) -> (TestDb, DbPool, SqlitePool, SqlStore) {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut s = DatabaseSettings::sqlite_default("x");
-    s.url = db.url.clone();
-    let pool = DbPool::connect(&s).await.unwrap();
+    let (db, pool) = crate::common::connect(Backend::Sqlite, 8).await;
     pool.migrate(allocator_svc::app::MIGRATIONS).await.unwrap();
     let DbPool::Sqlite(lite) = pool.clone() else {
         panic!("not sqlite")

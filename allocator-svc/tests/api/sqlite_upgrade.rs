@@ -5,9 +5,9 @@
 use allocator_svc::domain::{ReleaseReason, TenantId};
 use allocator_svc::store::LeaseChange;
 use allocator_svc::store::sql::SqlStore;
-use cco_platform::db::{DatabaseSettings, DbPool};
+use cco_platform::db::DbPool;
 use cco_platform::sql::Db;
-use cco_platform::testing::{Backend, TestDb};
+use cco_platform::testing::Backend;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
@@ -17,10 +17,7 @@ fn ms(t: DateTime<Utc>) -> i64 {
 
 #[tokio::test]
 async fn sqlite_times_survive_the_move_to_text() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut s = DatabaseSettings::sqlite_default("x");
-    s.url = db.url.clone();
-    let pool = DbPool::connect(&s).await.unwrap();
+    let (_db, pool) = crate::common::connect(Backend::Sqlite, 8).await;
     let DbPool::Sqlite(lite) = &pool else {
         panic!("not sqlite")
     };
