@@ -175,6 +175,12 @@ impl DbPool {
                 .pragma(
                     "wal_autocheckpoint",
                     crate::sql::LITE_FALLBACK_CHECKPOINT_PAGES.to_string(),
+                )
+                // A WAL that a long read or a big write pushed past this is cut back to it
+                // when it next starts over, instead of staying at its largest for good.
+                .pragma(
+                    "journal_size_limit",
+                    crate::sql::LITE_WAL_KEEP_BYTES.to_string(),
                 );
             if let Some(parent) = opts.get_filename().parent()
                 && !parent.as_os_str().is_empty()

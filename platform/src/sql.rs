@@ -739,7 +739,8 @@ pub struct Db {
 /// passive checkpoint never blocks a writer; when it has copied the whole WAL and no reader
 /// holds an older snapshot, the next write starts the WAL over. If writes never pause, that
 /// happens only after a commit's own checkpoint at the raised mark (4 KiB pages: about 40 MiB,
-/// and the file stays that size); a long read can hold it back, as before.
+/// and the file stays that size); a long read can hold it back, as before, and a file that
+/// grew past [`LITE_WAL_KEEP_BYTES`] meanwhile is cut back to that when the WAL starts over.
 #[derive(Debug, Default)]
 pub struct Checkpoints {
     writes: AtomicU64,
@@ -763,6 +764,11 @@ pub const LITE_CHECKPOINT_EVERY: u64 = 100;
 /// a commit checkpoints in line only past this many pages, if background checkpoints fall
 /// behind.
 pub const LITE_FALLBACK_CHECKPOINT_PAGES: u32 = 10_000;
+/// Every SQLite connection's `journal_size_limit`: the largest `-wal` file kept after the WAL
+/// starts over. Above the 10,000-page mark (about 40 MiB with 4 KiB pages), so the usual cycle
+/// never truncates; a WAL that a long read held back, or one big transaction, grew past it is
+/// cut back to it, not kept at its largest.
+pub const LITE_WAL_KEEP_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Db {
     /// Wraps a connected pool.
@@ -1311,6 +1317,53 @@ mod tests {
             i64::from(LITE_FALLBACK_CHECKPOINT_PAGES)
         );
         tx.commit().await.unwrap();
+        pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A WAL that grew past [`LITE_WAL_KEEP_BYTES`] (here one 80 MB transaction; in service, a
+    /// long read that held every checkpoint back) is cut back to it when it starts over, where
+    /// SQLite would keep the file at its largest for good.
+    #[tokio::test]
+    async fn sqlite_wal_is_cut_back_after_it_grew() {
+        let (dir, settings) = sqlite_file();
+        let pool = DbPool::connect(&settings).await.unwrap();
+        let db = Db::new(pool.clone());
+        db.execute("create table b (v blob not null)", args![])
+            .await
+            .unwrap();
+        let wal_bytes = || std::fs::metadata(dir.join("w.db-wal")).unwrap().len();
+        db.write(
+            "with recursive n(i) as (select 1 union all select i + 1 from n where i < 80) \
+             insert into b (v) select randomblob(1000000) from n",
+            args![],
+        )
+        .await
+        .unwrap();
+        let grown = wal_bytes();
+        assert!(
+            grown > LITE_WAL_KEEP_BYTES,
+            "the 80 MB write left a WAL of only {grown} bytes"
+        );
+        // Copy all of it into the database file; then the next write starts the WAL over.
+        let done = db
+            .fetch_one("pragma wal_checkpoint(PASSIVE)", args![])
+            .await
+            .unwrap();
+        assert_eq!(done.i64("busy").unwrap(), 0);
+        assert_eq!(
+            done.i64("log").unwrap(),
+            done.i64("checkpointed").unwrap(),
+            "the checkpoint did not copy the whole WAL"
+        );
+        db.write("delete from b where rowid = 1", args![])
+            .await
+            .unwrap();
+        let kept = wal_bytes();
+        assert!(
+            kept <= LITE_WAL_KEEP_BYTES,
+            "the WAL was not cut back: {kept} bytes after starting over (it had grown to {grown})"
+        );
         pool.close().await;
         std::fs::remove_dir_all(dir).unwrap();
     }
