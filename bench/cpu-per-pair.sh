@@ -4,7 +4,10 @@
 # machine's time goes, per way of calling. Each point runs twice, N pairs and 16 pairs, and the
 # difference is divided by N - 16, so set-up (migrations, the pool's import, connections) drops
 # out. Database CPU is the server's processes' user + system time from /proc (the private
-# cluster of bench/pg.sh; mariadbd or mysqld); SQLite runs inside the load generator.
+# cluster of bench/pg.sh; mariadbd or mysqld); SQLite runs inside the load generator. The last
+# column counts the load generator's context switches per pair (voluntary + involuntary, from
+# time(1)): each is a thread that went to sleep or was put off the core, so it counts the
+# wake-ups between the client's, the connections' and the server's tasks.
 #   bash bench/cpu-per-pair.sh                     # 8 clients, 6,000 pairs, 3 databases
 #   CLIENTS="1 8" PAIRS=4000 DBS=postgres bash bench/cpu-per-pair.sh
 set -euo pipefail
@@ -38,26 +41,26 @@ server_cpu() {
   done
   python3 -c "print($t / $tck)"
 }
-run() { # db mode clients count -> "loadgen_cpu server_cpu"; fails if loadgen's --check does
+run() { # db mode clients count -> "loadgen_cpu server_cpu switches"; fails if --check does
   local s0 s1 t
   s0="$(server_cpu "$1")"
-  t="$( { /usr/bin/time -f '%U %S' "$lg" --mode "$2" --db "$1" --clients "$3" --count "$4" \
+  t="$( { /usr/bin/time -f '%U %S %w %c' "$lg" --mode "$2" --db "$1" --clients "$3" --count "$4" \
           --check > /dev/null; } 2>&1 | tail -1)" || { echo "cpu-per-pair: $*: loadgen failed" >&2; return 1; }
   s1="$(server_cpu "$1")"
-  python3 -c "u, s = map(float, '$t'.split()); print(u + s, $s1 - $s0)"
+  python3 -c "u, s, w, c = map(float, '$t'.split()); print(u + s, $s1 - $s0, w + c)"
 }
-printf '%-9s %-8s %-16s %12s %12s %12s\n' db clients mode "server ms" "loadgen ms" "total ms"
+printf '%-9s %-8s %-16s %12s %12s %12s %10s\n' db clients mode "server ms" "loadgen ms" "total ms" switches
 for db in ${DBS:-postgres mariadb sqlite}; do
   for c in ${CLIENTS:-8}; do
     for mode in acquire-release lease-channel direct raw-sql; do
       small="$(run "$db" "$mode" "$c" 16)" || exit 1
       big="$(run "$db" "$mode" "$c" "$pairs")" || exit 1
-      read -r l0 s0 <<<"$small"
-      read -r l1 s1 <<<"$big"
+      read -r l0 s0 w0 <<<"$small"
+      read -r l1 s1 w1 <<<"$big"
       python3 -c "
 n = $pairs - 16
-s, l = ($s1 - $s0) * 1000 / n, ($l1 - $l0) * 1000 / n
-print(f'{\"$db\":<9} {$c:<8} {\"$mode\":<16} {s:12.3f} {l:12.3f} {s + l:12.3f}')"
+s, l, w = ($s1 - $s0) * 1000 / n, ($l1 - $l0) * 1000 / n, ($w1 - $w0) / n
+print(f'{\"$db\":<9} {$c:<8} {\"$mode\":<16} {s:12.3f} {l:12.3f} {s + l:12.3f} {w:10.1f}')"
     done
   done
 done
