@@ -766,8 +766,8 @@ pub const LITE_CHECKPOINT_EVERY: u64 = 100;
 pub const LITE_FALLBACK_CHECKPOINT_PAGES: u32 = 10_000;
 /// Every SQLite connection's `journal_size_limit`: the largest `-wal` file kept after the WAL
 /// starts over. Above the 10,000-page mark (about 40 MiB with 4 KiB pages), so the usual cycle
-/// never truncates; a WAL that a long read held back, or one big transaction, grew past it is
-/// cut back to it, not kept at its largest.
+/// never truncates; a WAL that grew past it (a long read held checkpoints back, or one big
+/// transaction) is cut back to it, not kept at its largest.
 pub const LITE_WAL_KEEP_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Db {
