@@ -1162,9 +1162,7 @@ mod tests {
     /// test gives the whole run 30 s).
     #[tokio::test]
     async fn sqlite_writes_hand_the_writer_connection_on() {
-        let (dir, settings) = sqlite_file();
-        let pool = DbPool::connect(&settings).await.unwrap();
-        let db = Db::new(pool.clone());
+        let (dir, pool, db) = sqlite_db().await;
         db.execute("create table t (n integer not null)", args![])
             .await
             .unwrap();
@@ -1260,9 +1258,7 @@ mod tests {
     /// (two pages each at least: the row's page and the table's) would all still be in it.
     #[tokio::test]
     async fn sqlite_checkpoints_run_beside_the_writer() {
-        let (dir, settings) = sqlite_file();
-        let pool = DbPool::connect(&settings).await.unwrap();
-        let db = Db::new(pool.clone());
+        let (dir, pool, db) = sqlite_db().await;
         db.execute(
             "create table t (n integer not null, pad text not null)",
             args![],
@@ -1326,9 +1322,7 @@ mod tests {
     /// SQLite would keep the file at its largest for good.
     #[tokio::test]
     async fn sqlite_wal_is_cut_back_after_it_grew() {
-        let (dir, settings) = sqlite_file();
-        let pool = DbPool::connect(&settings).await.unwrap();
-        let db = Db::new(pool.clone());
+        let (dir, pool, db) = sqlite_db().await;
         db.execute("create table b (v blob not null)", args![])
             .await
             .unwrap();
@@ -1366,6 +1360,15 @@ mod tests {
         );
         pool.close().await;
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A [`Db`] over a fresh SQLite file ([`sqlite_file`]): the folder, the pool (to close) and
+    /// the `Db`.
+    async fn sqlite_db() -> (std::path::PathBuf, DbPool, Db) {
+        let (dir, settings) = sqlite_file();
+        let pool = DbPool::connect(&settings).await.unwrap();
+        let db = Db::new(pool.clone());
+        (dir, pool, db)
     }
 
     /// A fresh SQLite file in a folder of its own, and settings for it.
